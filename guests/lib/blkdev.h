@@ -1,0 +1,3 @@
+#ifndef GUEST_BLKDEV_H
+#define GUEST_BLKDEV_H
+#endif

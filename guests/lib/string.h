@@ -1,0 +1,22 @@
+/* The mem and str function subset guests need.  gcc may emit calls to
+   memcpy, memmove, memset and memcmp on its own (struct copies, zeroing
+   loops), so these must exist even if no code calls them by name. */
+#ifndef GUEST_STRING_H
+#define GUEST_STRING_H
+
+#include <stddef.h>
+
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+size_t strnlen(const char *s, size_t max);
+int strcmp(const char *a, const char *b);
+int strncmp(const char *a, const char *b, size_t n);
+char *strchr(const char *s, int c);
+char *strncpy(char *dst, const char *src, size_t n);
+/* Copies at most size-1 bytes and always terminates (if size > 0). */
+size_t strlcpy(char *dst, const char *src, size_t size);
+
+#endif
