@@ -1,0 +1,41 @@
+# blockbed — top-level targets.  `make demo` and `make test` are the two
+# commands of the README's Quick start; each one creates or refreshes .venv,
+# installs the project into it (editable), builds the guests, then runs.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: all venv guests demo test test-all bench crash-long fuzz clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+guests:
+	$(MAKE) -s -C guests
+
+demo: $(STAMP) guests
+	$(VENV)/bin/blockbed demo
+
+# The CI job: everything but tests marked slow.  Must stay under 15 minutes
+# on 2 cores.
+test: $(STAMP) guests
+	$(VPY) -m pytest -q -m "not slow" tests
+
+# Everything, including the slow sweeps.
+test-all: $(STAMP) guests
+	$(VPY) -m pytest -q tests
+
+bench: $(STAMP) guests
+	@for b in benchmarks/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
+
+clean:
+	$(MAKE) -s -C guests clean
+	rm -rf .pytest_cache .hypothesis build *.egg-info

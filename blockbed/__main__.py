@@ -1,0 +1,7 @@
+"""``python -m blockbed`` is the ``blockbed`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

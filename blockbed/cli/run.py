@@ -1,0 +1,87 @@
+"""``blockbed run``: boot a guest ELF, print its serial transcript, exit with its status.
+
+Exit status: the value the guest wrote to the debug-exit port (guests write 0
+for success), or one of the host outcomes in
+:data:`blockbed.machine.board.HOST_EXIT_STATUS` — 120 machine stopped by the
+block layer's error policy, 121 guest fault, 122 halted with nothing to wake
+it, 123 instruction budget used up, 124 wall-clock timeout — with a one-line
+reason on stderr.  A one-line summary (exits by kind, virtual ticks, wall
+time) follows on stderr.  Bad arguments exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import trace
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="boot a guest ELF on the machine",
+                       description=__doc__.splitlines()[0],
+                       epilog="exit status: the guest's debug-exit value; 120 stopped, 121 guest fault, "
+                              "122 halted, 123 instruction budget, 124 timeout, 2 bad arguments")
+    p.add_argument("--kernel", required=True, metavar="ELF", help="multiboot guest ELF")
+    p.add_argument("--append", default="", metavar="STR", help="guest command line")
+    p.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest RAM (default 256)")
+    p.add_argument("--drive", action="append", default=[], metavar="SPEC",
+                   help="file=PATH,format=…,if=virtio|ahci|ide|lsi,cache=… (repeatable)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="wall-clock limit (default 60)")
+    p.add_argument("--max-instructions", type=int, default=None, metavar="N",
+                   help="instruction budget (slows tight loops: unicorn then counts every instruction)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for device completion order")
+    p.add_argument("--trace", metavar="FILE", help="write trace events as JSON lines ('-' for stderr)")
+    p.add_argument("--quiet-summary", action="store_true", help="omit the summary line")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..machine import Machine, MachineConfig
+    from ..machine.boot import BootError
+    from ..machine.board import ExitKind
+
+    if args.trace:
+        trace.add_sink(trace.JsonLinesSink(args.trace))
+
+    def echo(b: bytes) -> None:
+        sys.stdout.buffer.write(b)
+
+    try:
+        machine = Machine(MachineConfig(memory_mib=args.memory, seed=args.seed, timeout_s=args.timeout,
+                                        max_instructions=args.max_instructions, echo_serial=echo))
+    except ValueError as exc:
+        print(f"blockbed run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        try:
+            from ..devices.attach import attach_drives
+        except ImportError:
+            attach_drives = None
+        if args.drive:
+            if attach_drives is None:
+                print("blockbed run: --drive needs the block layer and device models, not installed", file=sys.stderr)
+                return 2
+            try:
+                attach_drives(machine, args.drive)
+            except ValueError as exc:
+                print(f"blockbed run: {exc}", file=sys.stderr)
+                return 2
+        try:
+            machine.load_kernel(args.kernel, args.append)
+        except BootError as exc:
+            print(f"blockbed run: {args.kernel}: {exc}", file=sys.stderr)
+            return 2
+        result = machine.run()
+    finally:
+        machine.close()
+    sys.stdout.flush()
+    for w in result.warnings:
+        print(f"blockbed: warning: {w}", file=sys.stderr)
+    if result.kind is not ExitKind.GUEST_EXIT:
+        print(f"blockbed: {result.reason}", file=sys.stderr)
+        if result.fault is not None:
+            print(result.fault.report(), file=sys.stderr)
+    if not args.quiet_summary:
+        print(result.summary(), file=sys.stderr)
+    return result.exit_status

@@ -1,0 +1,1 @@
+"""Device models: the ISA basics (serial, debug-exit) and the disk controllers."""

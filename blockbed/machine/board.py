@@ -1,0 +1,221 @@
+"""The machine: RAM + CPU + buses + interrupt controllers + PCI + serial + debug-exit.
+
+:class:`Machine` wires the parts together and owns the run loop::
+
+    m = Machine(MachineConfig(memory_mib=256, seed=1))
+    m.add_pci(SomeController(...))          # before boot
+    m.load_kernel("guests/build/hello.elf", "a=1")
+    result = m.run()                        # RunResult: kind, exit code, transcript, stats
+
+The loop runs unicorn in time slices.  Between slices it delivers pending
+interrupts, and while the guest halts it moves virtual time to the next
+device event.  It ends on the guest's debug-exit write, a guest fault, a halt
+nothing can wake, the block layer's ``stop`` error policy, the wall-clock
+timeout, or the instruction budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+from .. import trace
+from ..devices.debugexit import DebugExit
+from ..devices.serial import Serial16550
+from .boot import GDT_ADDR, MB_BOOT_MAGIC, LoadedKernel, load_multiboot
+from .bus import IoPortBus, MmioBus
+from .cpu import CPU, GuestFault, StopReason
+from .events import EventQueue
+from .interrupts import APIC_BASE, APIC_SIZE, LocalAPIC
+from .ioapic import IOAPIC, IOAPIC_BASE, IOAPIC_SIZE
+from .memory import GuestMemory
+from .pci import HostBridge, IsaBridge, PCIDevice, PCIHost, assign_bars
+
+MAX_RAM_MIB = 3 * 1024  # RAM stays below the PCI hole at 0xC0000000
+
+
+class ExitKind(Enum):
+    """How a run ended.  ``exit_status`` gives the process status `blockbed run` uses."""
+
+    GUEST_EXIT = "guest-exit"      # the guest wrote to debug-exit: its value
+    STOPPED = "stopped"            # the block layer's werror/rerror=stop paused the machine
+    FAULT = "guest-fault"          # CPU exception, unmapped fetch, bad IDT …
+    HALTED = "halted"              # HLT with nothing that could ever wake the CPU
+    BUDGET = "instruction-budget"  # the instruction budget ran out
+    TIMEOUT = "timeout"            # the wall-clock limit ran out
+
+
+HOST_EXIT_STATUS = {
+    ExitKind.STOPPED: 120,
+    ExitKind.FAULT: 121,
+    ExitKind.HALTED: 122,
+    ExitKind.BUDGET: 123,
+    ExitKind.TIMEOUT: 124,
+}
+
+
+@dataclass
+class MachineConfig:
+    memory_mib: int = 256
+    seed: int = 0
+    timeout_s: float = 60.0
+    max_instructions: int | None = None
+    echo_serial: Callable[[bytes], None] | None = None
+
+
+@dataclass
+class RunResult:
+    kind: ExitKind
+    exit_code: int | None
+    reason: str
+    transcript: str
+    wall_s: float
+    exits: dict[str, int]
+    virtual_ticks: int
+    instructions_at_least: int
+    fault: GuestFault | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        if self.kind is ExitKind.GUEST_EXIT:
+            return self.exit_code & 0xFF
+        return HOST_EXIT_STATUS[self.kind]
+
+    def summary(self) -> str:
+        ex = ", ".join(f"{k} {v}" for k, v in self.exits.items())
+        return (f"blockbed: {self.kind.value}; exits: {ex}; virtual ticks {self.virtual_ticks}; "
+                f"wall {self.wall_s:.3f} s")
+
+
+class Machine:
+    def __init__(self, config: MachineConfig | None = None):
+        self.config = config = config or MachineConfig()
+        if not 2 <= config.memory_mib <= MAX_RAM_MIB:
+            raise ValueError(f"--memory must be between 2 and {MAX_RAM_MIB} MiB (got {config.memory_mib})")
+        self.memory = GuestMemory(config.memory_mib << 20)
+        self.events = EventQueue(config.seed)
+        self.pio = IoPortBus()
+        self.mmio = MmioBus(self.memory.size)
+        self.apic = LocalAPIC(kick=self._kick)
+        self.cpu = CPU(self)
+        self.mmio.attach(self.cpu.uc, self.cpu.wrap_mmio)
+        self.mmio.add("lapic", APIC_BASE, APIC_SIZE, self.apic)
+        self.ioapic = IOAPIC(self.apic)
+        self.apic.eoi_listeners.append(self.ioapic.eoi)
+        self.mmio.add("ioapic", IOAPIC_BASE, IOAPIC_SIZE, self.ioapic)
+        self.serial = Serial16550(echo=config.echo_serial)
+        self.pio.add("serial0", 0x3F8, 8, self.serial)
+        self.pio.add("debug-exit", 0xF4, 4, DebugExit(self.guest_exit))
+        self.pci = PCIHost(self)
+        self.pci.intx_listeners.append(lambda dev, irq, level: self.ioapic.set_line(irq, level))
+        self.pci.add(HostBridge(), slot=0)
+        self.pci.add(IsaBridge(), slot=1)
+        self.kernel: LoadedKernel | None = None
+        self.exit_code: int | None = None
+        self.stop_reason_text: str | None = None
+        self.warnings: list[str] = []
+        self._firmware_done = False
+        self.on_close: list[Callable[[], None]] = []
+
+    # --- assembly ------------------------------------------------------------------
+    def add_pci(self, dev: PCIDevice, slot: int | None = None) -> PCIDevice:
+        return self.pci.add(dev, slot)
+
+    def firmware(self) -> None:
+        """Assign BARs and enable decoding, as SeaBIOS does before a -kernel boot."""
+        if not self._firmware_done:
+            self.warnings += assign_bars(self.pci)
+            self._firmware_done = True
+
+    def load_kernel(self, path: str, append: str = "") -> LoadedKernel:
+        self.firmware()
+        self.kernel = load_multiboot(self.memory, path, append)
+        self.cpu.enter_multiboot(self.kernel.entry, MB_BOOT_MAGIC, self.kernel.info_addr, GDT_ADDR)
+        return self.kernel
+
+    # --- requests from devices ------------------------------------------------------
+    def guest_exit(self, value: int) -> None:
+        if self.exit_code is None:
+            self.exit_code = value
+        self.cpu.request_stop(StopReason.EXIT)
+
+    def stop(self, reason: str) -> None:
+        """Pause the machine (the block layer's ``stop`` error policy)."""
+        if self.stop_reason_text is None:
+            self.stop_reason_text = reason
+        self.cpu.request_stop(StopReason.EXIT)
+
+    def _kick(self) -> None:
+        self.cpu.kick()
+
+    # --- the run loop ---------------------------------------------------------------------
+    def run(self, timeout_s: float | None = None) -> RunResult:
+        if self.kernel is None:
+            raise RuntimeError("load_kernel() first")
+        cfg = self.config
+        timeout = cfg.timeout_s if timeout_s is None else timeout_s
+        cpu = self.cpu
+        start = time.monotonic()
+        deadline = start + timeout
+        kind, reason = None, ""
+        budget = cfg.max_instructions
+        while kind is None:
+            if self.exit_code is not None:
+                kind, reason = ExitKind.GUEST_EXIT, f"guest exit {self.exit_code}"
+                break
+            if self.stop_reason_text is not None:
+                kind, reason = ExitKind.STOPPED, f"machine stopped: {self.stop_reason_text}"
+                break
+            if cpu.fault is not None:
+                kind, reason = ExitKind.FAULT, cpu.fault.reason
+                break
+            cpu.try_deliver_interrupt()
+            if cpu.fault is not None:
+                continue
+            if cpu.halted:
+                if self.apic.irr and cpu.try_deliver_interrupt():
+                    continue
+                if self.events.skip_to_next():
+                    continue
+                if self.apic.irr or self.ioapic.asserted:
+                    # An interrupt is pending but masked by IF=0 or the priority rules.
+                    flags = cpu.regs64()["rflags"]
+                    if flags & (1 << 9):
+                        kind, reason = ExitKind.HALTED, "halted: the pending interrupt is blocked by priority"
+                    else:
+                        kind, reason = ExitKind.HALTED, "halted with interrupts disabled (IF=0) and nothing to wake it"
+                    break
+                flags = cpu.regs64()["rflags"]
+                if flags & (1 << 9):
+                    kind, reason = ExitKind.HALTED, "halted waiting for an interrupt, but no device has anything pending"
+                else:
+                    kind, reason = ExitKind.HALTED, "halted with interrupts disabled (IF=0) and nothing to wake it"
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                kind, reason = ExitKind.TIMEOUT, f"wall-clock timeout after {timeout:g} s"
+                break
+            slice_us = max(1000, min(cpu.SLICE_US, int((deadline - now) * 1e6)))
+            if budget is not None:
+                remaining = budget - cpu.instructions_lower_bound
+                if remaining <= 0:
+                    kind, reason = ExitKind.BUDGET, f"instruction budget of {budget} used up"
+                    break
+                cpu.run_slice(slice_us, count=min(remaining, 50_000_000))
+            else:
+                cpu.run_slice(slice_us)
+        wall = time.monotonic() - start
+        if trace.enabled:
+            trace.emit("machine.end", kind=kind.value, reason=reason)
+        warnings = self.warnings + self.pio.conflicts + self.mmio.conflicts
+        return RunResult(kind, self.exit_code, reason, self.serial.text(), wall,
+                         cpu.exits.as_dict(), self.events.now, cpu.instructions_lower_bound,
+                         cpu.fault, warnings)
+
+    def close(self) -> None:
+        for fn in self.on_close:
+            fn()
+        self.on_close.clear()

@@ -1,0 +1,381 @@
+"""The CPU: unicorn set-up, the run loop, HLT, interrupt injection, fault reports.
+
+Unicorn is created in 32-bit mode because a multiboot loader hands over in
+32-bit protected mode; the guest's own start code then turns on PAE paging
+and EFER.LME and far-jumps into 64-bit code, which unicorn (QEMU's TCG)
+follows.  The Python binding only exposes the 32-bit register views in that
+mode, so 64-bit registers are read and written through a saved context whose
+mode field is switched to 64-bit (:meth:`CPU.regs64`).
+
+Unicorn has no interrupt input.  Interrupts are injected the way the
+hardware does it in long mode (Intel SDM vol. 3 §6.14): when RFLAGS.IF=1 the
+loop reads the gate from the guest's IDT, pushes SS, RSP, RFLAGS, CS and RIP
+on the 16-byte aligned stack and continues at the handler with IF cleared
+(interrupt gate); the guest returns with IRETQ, which unicorn executes.
+
+HLT stops ``emu_start``; the loop then waits for the next device event or
+pending interrupt.  CPU exceptions are not delivered to the guest: they end
+the run with a :class:`GuestFault` report (reason, RIP, the instruction
+disassembled with capstone, registers).  Nothing a guest does reaches the
+user as a Python traceback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from unicorn import (UC_ARCH_X86, UC_ERR_EXCEPTION, UC_HOOK_INSN, UC_HOOK_INTR,
+                     UC_MODE_32, UC_MODE_64, UC_QUERY_TIMEOUT, Uc, UcError)
+from unicorn import x86_const as X
+
+from .. import trace
+from .bus import RegionHandler
+
+if TYPE_CHECKING:
+    from .board import Machine
+
+END_ADDRESS = 0xFFFF_FFFF_FFFF_FFFF
+EFER = 0xC0000080
+RFLAGS_IF = 1 << 9
+RFLAGS_TF = 1 << 8
+EXCEPTION_NAMES = {
+    0: "#DE divide error", 1: "#DB debug", 3: "#BP breakpoint", 4: "#OF overflow",
+    5: "#BR bound range", 6: "#UD invalid opcode", 7: "#NM device not available",
+    8: "#DF double fault", 10: "#TS invalid TSS", 11: "#NP segment not present",
+    12: "#SS stack fault", 13: "#GP general protection", 14: "#PF page fault",
+    16: "#MF x87 error", 17: "#AC alignment check", 18: "#MC machine check",
+    19: "#XM SIMD exception",
+}
+_REG64 = [("rax", X.UC_X86_REG_RAX), ("rbx", X.UC_X86_REG_RBX), ("rcx", X.UC_X86_REG_RCX),
+          ("rdx", X.UC_X86_REG_RDX), ("rsi", X.UC_X86_REG_RSI), ("rdi", X.UC_X86_REG_RDI),
+          ("rbp", X.UC_X86_REG_RBP), ("rsp", X.UC_X86_REG_RSP), ("r8", X.UC_X86_REG_R8),
+          ("r9", X.UC_X86_REG_R9), ("r10", X.UC_X86_REG_R10), ("r11", X.UC_X86_REG_R11),
+          ("r12", X.UC_X86_REG_R12), ("r13", X.UC_X86_REG_R13), ("r14", X.UC_X86_REG_R14),
+          ("r15", X.UC_X86_REG_R15), ("rip", X.UC_X86_REG_RIP), ("rflags", X.UC_X86_REG_RFLAGS)]
+
+
+class StopReason(Enum):
+    NONE = "none"
+    EXIT = "exit"            # debug-exit written, or the machine asked to stop
+    KICK = "kick"            # an interrupt became pending; deliver it
+    FAULT = "fault"
+
+
+@dataclass
+class GuestFault:
+    """Why and where a guest stopped making sense."""
+
+    reason: str
+    rip: int
+    instruction: str = ""
+    registers: dict[str, int] = field(default_factory=dict)
+    long_mode: bool = False
+
+    def report(self) -> str:
+        lines = [f"guest fault: {self.reason}",
+                 f"  at rip={self.rip:#x}: {self.instruction or '(no instruction bytes)'}"]
+        regs = self.registers
+        names = [n for n, _ in _REG64 if n in regs]
+        for i in range(0, len(names), 4):
+            lines.append("  " + "  ".join(f"{n:>6}={regs[n]:#018x}" for n in names[i:i + 4]))
+        extra = {k: v for k, v in regs.items() if k not in names}
+        if extra:
+            lines.append("  " + "  ".join(f"{k}={v:#x}" for k, v in sorted(extra.items())))
+        return "\n".join(lines)
+
+
+@dataclass
+class ExitCounts:
+    pio: int = 0
+    mmio: int = 0
+    hlt: int = 0
+    interrupts: int = 0
+    slices: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(pio=self.pio, mmio=self.mmio, hlt=self.hlt, interrupts=self.interrupts)
+
+
+class CPU:
+    """One x86-64 CPU on unicorn, bound to a :class:`Machine`."""
+
+    SLICE_US = 200_000  # emu_start time slice: how often the wall-clock limits are checked
+
+    def __init__(self, machine: "Machine"):
+        self.machine = machine
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.exits = ExitCounts()
+        self.halted = False
+        self.stop_reason = StopReason.NONE
+        self.fault: GuestFault | None = None
+        self._exception: int | None = None
+        self.instructions_lower_bound = 0
+        machine.memory.map_into(self.uc)
+        self._install_io_hooks()
+
+    # --- exits -------------------------------------------------------------
+    def _install_io_hooks(self) -> None:
+        m = self.machine
+        ports = m.pio.ports
+        events = m.events
+        exits = self.exits
+        ones = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+
+        def on_in(uc, port, size, ud):
+            exits.pio += 1
+            events.now += 1
+            if events._heap and events._heap[0].due <= events.now:
+                events.run_due()
+            ent = ports.get(port)
+            if ent is None:
+                return ones[size]
+            if trace.enabled:
+                v = ent[0].read(port - ent[1], size)
+                trace.emit("pio.in", port=port, size=size, value=v)
+                return v
+            return ent[0].read(port - ent[1], size)
+
+        def on_out(uc, port, size, value, ud):
+            exits.pio += 1
+            events.now += 1
+            if events._heap and events._heap[0].due <= events.now:
+                events.run_due()
+            if trace.enabled:
+                trace.emit("pio.out", port=port, size=size, value=value)
+            ent = ports.get(port)
+            if ent is not None:
+                ent[0].write(port - ent[1], size, value)
+
+        def on_intr(uc, intno, ud):
+            self._exception = intno
+            uc.emu_stop()
+
+        self.uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self.uc.hook_add(UC_HOOK_INTR, on_intr)
+
+    def wrap_mmio(self, handler: RegionHandler) -> tuple:
+        """Unicorn callbacks for one MMIO chunk: count, tick, call the handler."""
+        events = self.machine.events
+        exits = self.exits
+        read = handler.read
+        write = handler.write
+
+        def rd(uc, offset, size, ud):
+            exits.mmio += 1
+            events.now += 1
+            if events._heap and events._heap[0].due <= events.now:
+                events.run_due()
+            if trace.enabled:
+                v = read(offset, size)
+                trace.emit("mmio.read", handler=type(handler).__name__, offset=offset, size=size, value=v)
+                return v
+            return read(offset, size)
+
+        def wr(uc, offset, size, value, ud):
+            exits.mmio += 1
+            events.now += 1
+            if events._heap and events._heap[0].due <= events.now:
+                events.run_due()
+            if trace.enabled:
+                trace.emit("mmio.write", handler=type(handler).__name__, offset=offset, size=size, value=value)
+            write(offset, size, value)
+
+        return rd, wr
+
+    def request_stop(self, reason: StopReason = StopReason.EXIT) -> None:
+        """Called from a hook (debug-exit, machine stop): end the current slice."""
+        if self.stop_reason in (StopReason.NONE, StopReason.KICK):
+            self.stop_reason = reason
+        self.uc.emu_stop()
+
+    def kick(self) -> None:
+        """An interrupt became pending: return to the loop to deliver it."""
+        if self.stop_reason is StopReason.NONE:
+            self.stop_reason = StopReason.KICK
+            self.uc.emu_stop()
+
+    # --- registers -----------------------------------------------------------
+    def _context64(self):
+        """A saved context readable/writable with 64-bit register ids."""
+        ctx = self.uc.context_save()
+        # struct uc_context { size_t context_size; uc_mode mode; uc_arch arch; ... }
+        ctypes.cast(ctx.context, ctypes.POINTER(ctypes.c_uint32))[2] = UC_MODE_64
+        ctx._mode = UC_MODE_64
+        return ctx
+
+    def regs64(self) -> dict[str, int]:
+        ctx = self._context64()
+        return {name: ctx.reg_read(rid) for name, rid in _REG64}
+
+    def write_regs64(self, **values: int) -> None:
+        ctx = self._context64()
+        ids = dict(_REG64)
+        for name, v in values.items():
+            ctx.reg_write(ids[name], v)
+        self.uc.context_restore(ctx)
+
+    def long_mode(self) -> bool:
+        return bool(self.uc.reg_read(X.UC_X86_REG_MSR, EFER) & 0x400)
+
+    def rip(self) -> int:
+        return self.regs64()["rip"] if self.long_mode() else self.uc.reg_read(X.UC_X86_REG_EIP)
+
+    # --- boot state (Multiboot 0.6.96 §3.2) -------------------------------
+    def enter_multiboot(self, entry: int, magic: int, info_addr: int, gdt_addr: int) -> None:
+        """32-bit flat protected mode at ``entry``, paging off, IF=0, EAX/EBX set."""
+        uc = self.uc
+        gdt = struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
+        self.machine.memory.write(gdt_addr, gdt)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, len(gdt) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_CR0, 0x11)  # PE | ET
+        uc.reg_write(X.UC_X86_REG_CS, 0x08)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(r, 0x10)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        uc.reg_write(X.UC_X86_REG_EAX, magic)
+        uc.reg_write(X.UC_X86_REG_EBX, info_addr)
+        uc.reg_write(X.UC_X86_REG_EIP, entry)
+
+    # --- interrupt injection ------------------------------------------------------
+    def try_deliver_interrupt(self) -> bool:
+        """Deliver the highest pending vector if the guest can take it now."""
+        apic = self.machine.apic
+        if not apic.irr:
+            return False
+        if not self.long_mode():
+            return False  # guests take interrupts only once in long mode
+        regs = self.regs64()
+        if not regs["rflags"] & RFLAGS_IF:
+            return False
+        vector = apic.pending_vector()
+        if vector is None:
+            return False
+        _sel, idt_base, idt_limit, _fl = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        if vector * 16 + 15 > idt_limit:
+            self._fail(f"interrupt vector {vector} beyond the IDT limit {idt_limit:#x}")
+            return False
+        mem = self.machine.memory
+        gate_addr = idt_base + vector * 16
+        if not mem.contains(gate_addr, 16):
+            self._fail(f"IDT gate for vector {vector} at {gate_addr:#x} is outside RAM")
+            return False
+        lo, hi = struct.unpack_from("<QQ", mem.view(gate_addr, 16))
+        gate_type = (lo >> 40) & 0xF
+        present = (lo >> 47) & 1
+        ist = (lo >> 32) & 7
+        selector = (lo >> 16) & 0xFFFF
+        target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | ((hi & 0xFFFFFFFF) << 32)
+        if not present or gate_type not in (0xE, 0xF):
+            self._fail(f"IDT gate for vector {vector} is not a present interrupt/trap gate "
+                       f"(type {gate_type:#x}, P={present})")
+            return False
+        if ist:
+            self._fail(f"IDT gate for vector {vector} uses IST {ist}, which this machine does not model")
+            return False
+        cs = self.uc.reg_read(X.UC_X86_REG_CS)
+        if selector != cs:
+            self._fail(f"IDT gate for vector {vector} switches CS {cs:#x}->{selector:#x}, "
+                       "which this machine does not model")
+            return False
+        ss = self.uc.reg_read(X.UC_X86_REG_SS)
+        rsp = (regs["rsp"] & ~0xF) - 40
+        if not mem.contains(rsp, 40):
+            self._fail(f"interrupt stack frame at {rsp:#x} is outside RAM")
+            return False
+        struct.pack_into("<QQQQQ", mem.view(rsp, 40), 0, regs["rip"], cs, regs["rflags"], regs["rsp"], ss)
+        flags = regs["rflags"] & ~(RFLAGS_TF | (RFLAGS_IF if gate_type == 0xE else 0))
+        self.write_regs64(rsp=rsp, rip=target, rflags=flags)
+        apic.accept(vector)
+        self.exits.interrupts += 1
+        self.halted = False
+        if trace.enabled:
+            trace.emit("cpu.interrupt", vector=vector, handler=target, rip=regs["rip"])
+        return True
+
+    # --- faults ----------------------------------------------------------------------
+    def _fail(self, reason: str) -> None:
+        self.fault = self.describe_fault(reason)
+        self.stop_reason = StopReason.FAULT
+
+    def describe_fault(self, reason: str) -> GuestFault:
+        try:
+            lm = self.long_mode()
+            regs = self.regs64()
+            if not lm:
+                regs = {k: v & 0xFFFFFFFF for k, v in regs.items()}
+            rip = regs["rip"]
+            for name, rid in (("cr0", X.UC_X86_REG_CR0), ("cr2", X.UC_X86_REG_CR2),
+                              ("cr3", X.UC_X86_REG_CR3), ("cr4", X.UC_X86_REG_CR4)):
+                regs[name] = self.uc.reg_read(rid)
+            regs["efer"] = self.uc.reg_read(X.UC_X86_REG_MSR, EFER)
+            regs["cs"] = self.uc.reg_read(X.UC_X86_REG_CS)
+        except UcError:
+            lm, regs, rip = False, {}, 0
+        return GuestFault(reason, rip, self.disassemble(rip, lm), regs, lm)
+
+    def disassemble(self, rip: int, long_mode: bool) -> str:
+        mem = self.machine.memory
+        n = max(0, min(15, mem.size - rip))
+        if n == 0:
+            return ""
+        code = mem.read(rip, n)
+        try:
+            import capstone
+            md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if long_mode else capstone.CS_MODE_32)
+            for insn in md.disasm(code, rip):
+                return f"{insn.mnemonic} {insn.op_str}".strip() + f"  [{insn.bytes.hex()}]"
+        except Exception as exc:  # capstone missing or broken: show the bytes
+            return f"bytes {code.hex()} ({exc})"
+        return f"undecodable bytes {code.hex()}"
+
+    def _classify_uc_error(self, err: UcError) -> str:
+        if err.errno == UC_ERR_EXCEPTION or self._exception is not None:
+            vec = self._exception
+            return f"CPU exception {EXCEPTION_NAMES.get(vec, f'vector {vec}')}"
+        return f"unicorn: {err}"
+
+    # --- one slice -----------------------------------------------------------------
+    def run_slice(self, slice_us: int, count: int = 0) -> None:
+        """Run guest code until an exit that needs the loop, HLT, a fault or the slice ends.
+
+        With ``count`` unicorn also stops after that many instructions (it then
+        counts every instruction, which halves the speed of tight loops, so the
+        machine asks for it only when an instruction budget is set).
+        """
+        self.stop_reason = StopReason.NONE
+        self._exception = None
+        begin = self.rip()
+        if begin > 0xFFFFFFFF:
+            self._fail(f"RIP {begin:#x} is above 4 GiB; this machine runs guests below 4 GiB")
+            return
+        self.exits.slices += 1
+        try:
+            self.uc.emu_start(begin, END_ADDRESS, slice_us, count)
+        except UcError as err:
+            if self.stop_reason is StopReason.EXIT:
+                return
+            self._fail(self._classify_uc_error(err))
+            return
+        if self._exception is not None and self.stop_reason is not StopReason.EXIT:
+            vec = self._exception
+            self._fail(f"CPU exception {EXCEPTION_NAMES.get(vec, f'vector {vec} (software interrupt)')}")
+            return
+        if self.stop_reason is StopReason.NONE:
+            if self.uc.query(UC_QUERY_TIMEOUT):
+                return
+            # Nothing asked unicorn to stop and the slice did not end: HLT.
+            rip = self.rip()
+            mem = self.machine.memory
+            if rip and mem.contains(rip - 1, 1) and mem.buf[rip - 1] == 0xF4:
+                self.halted = True
+                self.exits.hlt += 1
+                if trace.enabled:
+                    trace.emit("cpu.hlt", rip=rip)
+            elif count:
+                self.instructions_lower_bound += count  # the count ran out: exactly `count` ran
