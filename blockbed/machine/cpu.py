@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from unicorn import (UC_ARCH_X86, UC_ERR_EXCEPTION, UC_HOOK_INSN, UC_HOOK_INTR,
+from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR,
                      UC_MODE_32, UC_MODE_64, UC_QUERY_TIMEOUT, Uc, UcError)
+from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as X
 
 from .. import trace
@@ -57,6 +58,18 @@ _REG64 = [("rax", X.UC_X86_REG_RAX), ("rbx", X.UC_X86_REG_RBX), ("rcx", X.UC_X86
           ("r9", X.UC_X86_REG_R9), ("r10", X.UC_X86_REG_R10), ("r11", X.UC_X86_REG_R11),
           ("r12", X.UC_X86_REG_R12), ("r13", X.UC_X86_REG_R13), ("r14", X.UC_X86_REG_R14),
           ("r15", X.UC_X86_REG_R15), ("rip", X.UC_X86_REG_RIP), ("rflags", X.UC_X86_REG_RFLAGS)]
+
+
+_UC_ERRORS = {
+    uc_const.UC_ERR_INSN_INVALID: "CPU exception #UD invalid opcode",
+    uc_const.UC_ERR_READ_UNMAPPED: "read from an unmapped physical address",
+    uc_const.UC_ERR_WRITE_UNMAPPED: "write to an unmapped physical address",
+    uc_const.UC_ERR_FETCH_UNMAPPED: "instruction fetch from an unmapped physical address",
+    uc_const.UC_ERR_FETCH_PROT: "instruction fetch from a non-executable region (MMIO)",
+    uc_const.UC_ERR_READ_UNALIGNED: "unaligned read",
+    uc_const.UC_ERR_WRITE_UNALIGNED: "unaligned write",
+    uc_const.UC_ERR_EXCEPTION: "unhandled CPU exception",
+}
 
 
 class StopReason(Enum):
@@ -335,9 +348,11 @@ class CPU:
         return f"undecodable bytes {code.hex()}"
 
     def _classify_uc_error(self, err: UcError) -> str:
-        if err.errno == UC_ERR_EXCEPTION or self._exception is not None:
+        if self._exception is not None:
             vec = self._exception
             return f"CPU exception {EXCEPTION_NAMES.get(vec, f'vector {vec}')}"
+        if err.errno in _UC_ERRORS:
+            return _UC_ERRORS[err.errno]
         return f"unicorn: {err}"
 
     # --- one slice -----------------------------------------------------------------

@@ -1,0 +1,4 @@
+#include "prologue.S"
+body:
+  cli
+  hlt

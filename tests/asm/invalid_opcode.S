@@ -1,0 +1,5 @@
+#include "prologue.S"
+body:
+  mov $'u', %al
+  call putc
+  ud2

@@ -1,0 +1,312 @@
+"""The machine: boot, dispatch, interrupts, and hostile guests.
+
+Small assembly guests (tests/asm/*.S, built here with the machine's gcc)
+exercise one behaviour each.  Every hostile case must end in a clear report —
+an ExitKind, a reason, RIP and the disassembled instruction — and leave the
+host process healthy (the next machine still boots).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blockbed.machine import ExitKind, Machine, MachineConfig
+from blockbed.machine.memory import DMAError
+from blockbed.machine.pci import BarKind, PCIDevice, CMD_BUS_MASTER, COMMAND
+from blockbed.machine.qtest import QTest
+
+ASM = Path(__file__).parent / "asm"
+
+
+@pytest.fixture(scope="session")
+def asm_build(tmp_path_factory) -> Path:
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the test guests")
+    out = tmp_path_factory.mktemp("asm")
+    for src in ASM.glob("*.S"):
+        if src.name == "prologue.S":
+            continue
+        obj = out / (src.stem + ".o")
+        elf = out / (src.stem + ".elf")
+        subprocess.run(["gcc", "-m32", "-c", "-I", str(ASM), str(src), "-o", str(obj)], check=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", str(obj), "-o", str(elf)], check=True)
+    return out
+
+
+def boot(elf: Path, timeout: float = 10.0, **cfg) -> tuple[Machine, object]:
+    m = Machine(MachineConfig(memory_mib=cfg.pop("memory_mib", 32), timeout_s=timeout, **cfg))
+    m.load_kernel(str(elf))
+    return m, m.run()
+
+
+class RaiseVectorPort:
+    """Test device on port 0x510: a write schedules interrupt vector <value> a few ticks later."""
+
+    def __init__(self, machine: Machine):
+        self.m = machine
+        self.raised = 0
+
+    def read(self, offset, size):
+        return self.raised
+
+    def write(self, offset, size, value):
+        self.m.events.schedule(5, self._fire, value)
+
+    def _fire(self, vector):
+        self.raised += 1
+        self.m.apic.raise_vector(vector)
+
+
+def test_mmio_and_ports_that_hit_nothing_read_all_ones(asm_build):
+    m, r = boot(asm_build / "mmio_poke.elf")
+    assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, r.reason
+
+
+def test_interrupt_is_delivered_through_the_guest_idt(asm_build):
+    m = Machine(MachineConfig(memory_mib=32, timeout_s=10))
+    dev = RaiseVectorPort(m)
+    m.pio.add("test-irq", 0x510, 1, dev)
+    m.load_kernel(str(asm_build / "interrupt.elf"))
+    r = m.run()
+    assert r.kind is ExitKind.GUEST_EXIT, r.reason
+    assert r.exit_code == 1 and r.transcript == "i"
+    assert r.exits["interrupts"] == 1 and r.exits["hlt"] >= 1
+    assert m.apic.isr == 0  # the handler's EOI retired it
+
+
+def test_wild_jump_is_a_clear_fault_report(asm_build):
+    m, r = boot(asm_build / "wild_jump.elf")
+    assert r.kind is ExitKind.FAULT
+    assert "page fault" in r.reason
+    report = r.fault.report()
+    assert "rip=" in report and "cr2" in report
+    assert r.exit_status == 121
+
+
+def test_invalid_opcode_reports_the_instruction(asm_build):
+    m, r = boot(asm_build / "invalid_opcode.elf")
+    assert r.kind is ExitKind.FAULT
+    assert "#UD" in r.reason
+    assert r.fault.instruction.startswith("ud2")
+    assert r.transcript == "u"
+
+
+def test_infinite_loop_hits_the_wall_clock_timeout(asm_build):
+    m, r = boot(asm_build / "infinite_loop.elf", timeout=0.5)
+    assert r.kind is ExitKind.TIMEOUT and r.exit_status == 124
+
+
+def test_infinite_loop_hits_the_instruction_budget(asm_build):
+    m, r = boot(asm_build / "infinite_loop.elf", timeout=30, max_instructions=2_000_000)
+    assert r.kind is ExitKind.BUDGET and r.exit_status == 123
+    assert r.instructions_at_least >= 2_000_000
+
+
+def test_hlt_with_interrupts_off_ends_the_run(asm_build):
+    m, r = boot(asm_build / "hlt_cli.elf")
+    assert r.kind is ExitKind.HALTED
+    assert "interrupts disabled" in r.reason
+
+
+def test_host_survives_every_hostile_guest(asm_build):
+    """After all the faults above, a fresh machine still boots and exits cleanly."""
+    for name in ("wild_jump", "invalid_opcode", "hlt_cli"):
+        boot(asm_build / f"{name}.elf")
+    m, r = boot(asm_build / "mmio_poke.elf")
+    assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0
+
+
+def test_cli_reports_a_fault_without_traceback(asm_build):
+    proc = subprocess.run([sys.executable, "-m", "blockbed", "run", "--kernel",
+                           str(asm_build / "invalid_opcode.elf"), "--memory", "32"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 121
+    assert "Traceback" not in proc.stderr
+    assert "guest fault: CPU exception #UD" in proc.stderr
+    assert "ud2" in proc.stderr
+    assert "blockbed: guest-fault; exits:" in proc.stderr
+
+
+def test_cli_rejects_a_file_that_is_not_a_kernel(tmp_path):
+    bogus = tmp_path / "bogus.elf"
+    bogus.write_bytes(b"\x7fELF" + bytes(100))
+    proc = subprocess.run([sys.executable, "-m", "blockbed", "run", "--kernel", str(bogus)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "no multiboot header" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- PCI through the qtest API ----------------------------------------------------
+
+class Scratch:
+    def __init__(self):
+        self.regs = {}
+
+    def read(self, offset, size):
+        return self.regs.get(offset, 0)
+
+    def write(self, offset, size, value):
+        self.regs[offset] = value
+
+
+class DmaTestDevice(PCIDevice):
+    """BAR0 (MMIO, 4 KiB): offset 0 address, 8 length, 0x10 go (copy pattern), 0x18 status."""
+
+    vendor_id, device_id, class_code, name = 0x1234, 0x0001, 0xFF0000, "dma-test"
+    interrupt_pin = 1
+
+    def __init__(self):
+        super().__init__()
+        self.regs = Scratch()
+        self.add_bar(0, 0x1000, BarKind.MEM32, self)
+        self.add_bar(2, 0x100, BarKind.IO, Scratch())
+        self.add_bar(3, 0x4000, BarKind.MEM64, Scratch(), prefetchable=True)
+        self.add_msi(1)
+
+    def read(self, offset, size):
+        return self.regs.read(offset, size)
+
+    def write(self, offset, size, value):
+        self.regs.write(offset, size, value)
+        if offset == 0x10:
+            try:
+                view = self.dma(self.regs.read(0, 8), self.regs.read(8, 8))
+                view[:] = b"\xab" * len(view)
+                self.regs.write(0x18, 4, 1)
+            except DMAError:
+                self.regs.write(0x18, 4, 0xE)  # the device's error status
+
+
+@pytest.fixture
+def qt_dev():
+    m = Machine(MachineConfig(memory_mib=16))
+    dev = m.add_pci(DmaTestDevice())
+    qt = QTest(m)
+    qt.boot_firmware()
+    return m, qt, dev
+
+
+def test_firmware_assigns_aligned_bars_and_enables_decoding(qt_dev):
+    m, qt, dev = qt_dev
+    bar0, bar2, bar3 = (qt.bar_address(dev, i) for i in (0, 2, 3))
+    assert bar0 % 0x1000 == 0 and bar0 >= 0xC0000000
+    assert bar3 % 0x4000 == 0 and bar3 >= 0xC0000000
+    assert 0xC000 <= bar2 < 0x10000 and bar2 % 0x100 == 0
+    assert qt.pci_config_read(dev, COMMAND, 2) & 0x7 == 0x7
+    qt.writel(bar0 + 0x40, 0x1234)
+    assert qt.readl(bar0 + 0x40) == 0x1234
+
+
+def test_bar_sizing_by_writing_all_ones(qt_dev):
+    m, qt, dev = qt_dev
+    qt.pci_config_write(dev, COMMAND, 0, 2)
+    qt.pci_config_write(dev, 0x10, 0xFFFFFFFF)
+    assert qt.pci_config_read(dev, 0x10) == 0xFFFFF000          # 4 KiB, mem32
+    qt.pci_config_write(dev, 0x18, 0xFFFFFFFF)
+    assert qt.pci_config_read(dev, 0x18) == 0xFFFFFF01          # 256 bytes, I/O
+    qt.pci_config_write(dev, 0x1C, 0xFFFFFFFF)
+    qt.pci_config_write(dev, 0x20, 0xFFFFFFFF)
+    assert qt.pci_config_read(dev, 0x1C) == 0xFFFFC00C          # 16 KiB, mem64, prefetchable
+    assert qt.pci_config_read(dev, 0x20) == 0xFFFFFFFF
+
+
+def test_command_register_gates_decoding(qt_dev):
+    m, qt, dev = qt_dev
+    bar0 = qt.bar_address(dev, 0)
+    qt.writel(bar0 + 0x40, 7)
+    qt.pci_config_write(dev, COMMAND, 0x0, 2)                 # memory decoding off
+    assert qt.readl(bar0 + 0x40) == 0xFFFFFFFF
+    qt.pci_config_write(dev, COMMAND, 0x2, 2)
+    assert qt.readl(bar0 + 0x40) == 7
+
+
+def test_guest_moves_a_bar(qt_dev):
+    m, qt, dev = qt_dev
+    old = qt.bar_address(dev, 0)
+    qt.writel(old + 0x40, 9)
+    qt.pci_config_write(dev, 0x10, 0xD0000000)
+    assert qt.readl(old + 0x40) == 0xFFFFFFFF
+    assert qt.readl(0xD0000000 + 0x40) == 9
+
+
+def test_bar_moved_over_ram_is_refused_and_reported(qt_dev):
+    m, qt, dev = qt_dev
+    qt.memwrite(0x100000, b"precious")
+    qt.pci_config_write(dev, 0x10, 0x00100000)
+    assert qt.memread(0x100000, 8) == b"precious"             # RAM wins, untouched
+    assert any("overlaps guest RAM" in c for c in m.mmio.conflicts)
+
+
+def test_dma_outside_ram_becomes_a_device_error(qt_dev):
+    m, qt, dev = qt_dev
+    bar0 = qt.bar_address(dev, 0)
+    qt.writeq(bar0 + 0, 0x10000)
+    qt.writeq(bar0 + 8, 16)
+    qt.writel(bar0 + 0x10, 1)
+    assert qt.readl(bar0 + 0x18) == 1 and qt.memread(0x10000, 16) == b"\xab" * 16
+    for addr, length in ((m.memory.size - 8, 16), (1 << 40, 16), (0x10000, 1 << 62)):
+        qt.writeq(bar0 + 0, addr)
+        qt.writeq(bar0 + 8, length)
+        qt.writel(bar0 + 0x10, 1)
+        assert qt.readl(bar0 + 0x18) == 0xE
+
+
+def test_dma_without_bus_master_is_refused(qt_dev):
+    m, qt, dev = qt_dev
+    bar0 = qt.bar_address(dev, 0)
+    qt.pci_config_write(dev, COMMAND, 0x2, 2)                 # memory on, bus master off
+    qt.writeq(bar0 + 0, 0x10000)
+    qt.writeq(bar0 + 8, 16)
+    qt.writel(bar0 + 0x10, 1)
+    assert qt.readl(bar0 + 0x18) == 0xE
+    assert qt.memread(0x10000, 16) == bytes(16)
+
+
+def test_msi_delivers_the_programmed_vector(qt_dev):
+    m, qt, dev = qt_dev
+    off = dev.msi.off
+    qt.pci_config_write(dev, off + 4, 0xFEE00000)
+    qt.pci_config_write(dev, off + 8, 0)
+    qt.pci_config_write(dev, off + 12, 0x45, 2)
+    qt.pci_config_write(dev, off + 2, 1, 2)                   # MSI enable
+    dev.notify(0)
+    assert qt.pending_vectors() == [0x45]
+
+
+def test_intx_reaches_the_ioapic_and_the_status_bit(qt_dev):
+    m, qt, dev = qt_dev
+    irq = qt.pci_config_read(dev, 0x3C, 1)
+    assert irq in (10, 11)
+    qt.writel(0xFEC00000, 0x10 + 2 * irq)
+    qt.writel(0xFEC00010, 0x0000A051)                          # vector 0x51, level, unmasked
+    dev.set_irq(1)
+    assert qt.pci_config_read(dev, 0x06, 2) & 0x8
+    assert qt.pending_vectors() == [0x51]
+    qt.ack_vector(0x51)                                        # EOI while still asserted: again
+    assert qt.pending_vectors() == [0x51]
+    qt.ack_vector(0x51)
+    dev.set_irq(0)
+    qt.ack_vector(0x51)
+    assert qt.pending_vectors() == []
+    assert not qt.pci_config_read(dev, 0x06, 2) & 0x8
+
+
+def test_same_seed_gives_the_same_event_order():
+    from blockbed.machine.events import EventQueue
+
+    def order(seed):
+        q = EventQueue(seed)
+        out = []
+        for i in range(20):
+            q.schedule(q.jitter(1, 50), out.append, i)
+        while q.skip_to_next():
+            pass
+        return out
+
+    assert order(7) == order(7)
+    assert order(7) != order(8)
