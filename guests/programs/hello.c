@@ -1,6 +1,14 @@
 /* hello: the smoke-test guest.  Prints what the machine looks like from
  * inside (memory, command line, PCI functions with their BARs) and exits 0.
- * Under QEMU with isa-debug-exit the process status is then 1. */
+ * Under QEMU with isa-debug-exit the process status is then 1.
+ *
+ * Output (one line each):
+ *   blockbed hello guest
+ *   mem: <MiB> MiB
+ *   arg <key>=<value>                      per command-line argument
+ *   pci BB:DD.F VVVV:DDDD class CC.SS.PI   per PCI function
+ *     bar N io|mem32|mem64 [prefetch] addr=0x... size=0x...
+ *   hello: done */
 #include "guest.h"
 
 int kmain(uint32_t magic, uint32_t mbinfo)
@@ -27,5 +35,9 @@ int kmain(uint32_t magic, uint32_t mbinfo)
         }
     }
     printf("hello: done\n");
+    /* wait=1: stay up (halted) so a test can inspect the machine from the
+     * outside, e.g. compare with QEMU's "info pci". */
+    if (arg_u64("wait", 0))
+        halt();
     return 0;
 }
