@@ -54,14 +54,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"blockbed run: {exc}", file=sys.stderr)
         return 2
     try:
-        try:
-            from ..devices.attach import attach_drives
-        except ImportError:
-            attach_drives = None
         if args.drive:
-            if attach_drives is None:
-                print("blockbed run: --drive needs the block layer and device models, not installed", file=sys.stderr)
-                return 2
+            from ..devices.attach import attach_drives
             try:
                 attach_drives(machine, args.drive)
             except ValueError as exc:
