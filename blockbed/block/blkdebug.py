@@ -69,7 +69,9 @@ QEMU_EVENTS = (
     "none",
 )
 DATA_EVENTS = ("read", "write", "write_zeroes", "discard", "flush")
-EVENTS = frozenset(QEMU_EVENTS + DATA_EVENTS)
+# Raised by blockbed's qcow2 driver beyond QEMU's list: the start of an L2 allocation.
+EXTRA_EVENTS = ("l2_alloc",)
+EVENTS = frozenset(QEMU_EVENTS + DATA_EVENTS + EXTRA_EVENTS)
 
 IOTYPES = ("read", "write", "write_zeroes", "discard", "flush", "block_status")
 DEFAULT_IOTYPES = frozenset(IOTYPES) - {"block_status"}

@@ -101,8 +101,13 @@ def get_format(name: str) -> FormatSpec:
     return spec
 
 
-def _probe(header: bytes, filename: str | None, exclude_raw: bool = False) -> str:
-    """The best-scoring format for ``header`` ("raw" when nothing else claims it)."""
+def _probe(header: bytes, filename: str | None, strict: bool = True) -> str:
+    """The best-scoring format for ``header`` ("raw" when nothing else claims it).
+
+    If the qcow2 driver is unavailable but the header carries the qcow2 magic,
+    ``strict`` raises its "not available" error (never open it as raw) and
+    otherwise answers "qcow2".
+    """
     best, best_score = "raw", 1
     for name in available_formats():
         if name == "raw":
@@ -111,7 +116,9 @@ def _probe(header: bytes, filename: str | None, exclude_raw: bool = False) -> st
             spec = get_format(name)
         except BlockError:
             if name == "qcow2" and header.startswith(QCOW2_MAGIC):
-                raise  # never fall back to raw for an image that is visibly qcow2
+                if strict:
+                    raise  # never fall back to raw for an image that is visibly qcow2
+                return "qcow2"
             continue
         score = spec.probe(header, filename)
         if score > best_score:
@@ -121,7 +128,7 @@ def _probe(header: bytes, filename: str | None, exclude_raw: bool = False) -> st
 
 def probe_other_format(header: bytes) -> str | None:
     """Name of a non-raw format that claims ``header``, else None (raw's sector-0 guard)."""
-    fmt = _probe(header, None)
+    fmt = _probe(header, None, strict=False)
     return None if fmt == "raw" else fmt
 
 
