@@ -1,0 +1,150 @@
+"""Cluster mapping: L1 table, L2 tables, entry decoding (spec "Cluster mapping").
+
+Guest offset → L1 index (high bits) → L2 table → L2 entry → host cluster.
+The L1 table is held in memory whole and written through (each entry change
+is written and flushed); L2 tables go through the write-back
+:class:`~.cache.MetadataCache`, whose size is the ``l2-cache-size`` option.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from array import array
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+from ..driver import BlockError
+from .cache import MetadataCache, dump_be_array, load_be_array
+from .header import MAX_L1_BYTES
+
+if TYPE_CHECKING:
+    from .driver import Qcow2Driver
+
+L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+L2E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+L1E_RESERVED = 0x7F000000000001FF
+OFLAG_COPIED = 1 << 63
+OFLAG_COMPRESSED = 1 << 62
+OFLAG_ZERO = 1
+
+
+class ClusterType(IntEnum):
+    UNALLOCATED = 0
+    ZERO_PLAIN = 1
+    ZERO_ALLOC = 2
+    NORMAL = 3
+    COMPRESSED = 4
+
+
+def cluster_type(entry: int) -> ClusterType:
+    if entry & OFLAG_COMPRESSED:
+        return ClusterType.COMPRESSED
+    if entry & OFLAG_ZERO:
+        return ClusterType.ZERO_ALLOC if entry & L2E_OFFSET_MASK else ClusterType.ZERO_PLAIN
+    if entry & L2E_OFFSET_MASK:
+        return ClusterType.NORMAL
+    return ClusterType.UNALLOCATED
+
+
+class Mapping:
+    """The active L1 table and the L2 cache of one image."""
+
+    def __init__(self, drv: "Qcow2Driver", l2_cache_entries: int):
+        self.drv = drv
+        self.file = drv.file
+        self.cb = drv.cluster_bits
+        self.cs = 1 << self.cb
+        self.l2_bits = self.cb - 3
+        self.l2_size = 1 << self.l2_bits
+        self.l1: list[int] = []
+        self.cache = MetadataCache(self.file, "l2", self.cs, l2_cache_entries,
+                                   lambda b: load_be_array("Q", b), dump_be_array,
+                                   "l2_update", "l2_load",
+                                   check_write=lambda off, n: drv.overlap.check(off, n, "l2"))
+        # compressed-cluster geometry (spec "Compressed Clusters Descriptor")
+        self.csize_shift = 62 - (self.cb - 8)
+        self.csize_mask = (1 << (self.cb - 8)) - 1
+        self.coffset_mask = (1 << self.csize_shift) - 1
+
+    def load_l1(self) -> None:
+        h = self.drv.header
+        n = h.l1_size
+        if not n:
+            self.l1 = []
+            return
+        buf = bytearray(n * 8)
+        self.file.read(h.l1_table_offset, memoryview(buf))
+        self.l1 = list(struct.unpack(f">{n}Q", buf))
+
+    def l2_offset(self, l1_index: int) -> int:
+        """The L2 table offset for an L1 index (0 = none); checks alignment."""
+        if l1_index >= len(self.l1):
+            return 0
+        e = self.l1[l1_index]
+        off = e & L1E_OFFSET_MASK
+        if e & 0x1FF:
+            self.drv.signal_corruption(f"L2 table offset {e & ~OFLAG_COPIED:#x} unaligned "
+                                       f"(L1 index: {l1_index:#x})")
+        return off
+
+    def l2_table(self, off: int) -> array:
+        return self.cache.get(off)
+
+    def compressed_range(self, entry: int) -> tuple[int, int]:
+        """(host offset, byte length) of a compressed cluster's data."""
+        coff = entry & self.coffset_mask
+        nsec = ((entry >> self.csize_shift) & self.csize_mask) + 1
+        return coff, nsec * 512 - (coff & 511)
+
+    def write_l1_entry(self, index: int) -> None:
+        """Write one L1 entry and flush (QEMU qcow2_write_l1_entry uses pwrite_sync)."""
+        h = self.drv.header
+        off = h.l1_table_offset + index * 8
+        self.drv.overlap.check(off, 8, "l1")
+        self.file.debug_event("l1_update")
+        self.file.write(off, struct.pack(">Q", self.l1[index]))
+        self.file.flush()
+
+    def grow_l1(self, min_size: int, exact: bool = False) -> None:
+        """Move the L1 table to a bigger one (QEMU qcow2_grow_l1_table).
+
+        The new table is written and flushed before the header points at it;
+        the old one is freed afterwards.
+        """
+        drv = self.drv
+        old_size = len(self.l1)
+        if min_size <= old_size:
+            return
+        new_size = min_size
+        if not exact:
+            new_size = max(old_size, 1)
+            while new_size < min_size:
+                new_size = (new_size * 3 + 1) // 2
+        if new_size * 8 > MAX_L1_BYTES:
+            if min_size * 8 > MAX_L1_BYTES:
+                raise BlockError(errno.EFBIG, "qcow2: the L1 table would exceed QEMU's "
+                                              "limit of 32 MiB")
+            new_size = MAX_L1_BYTES // 8
+        nbytes = -(-(new_size * 8) // self.cs) * self.cs
+        self.file.debug_event("l1_grow_alloc_table")
+        new_off = drv.refcounts.alloc(nbytes // self.cs)
+        drv.refcounts.cache.flush()
+        drv.overlap.add(new_off, nbytes, "l1")
+        table = self.l1 + [0] * (new_size - old_size)
+        raw = struct.pack(f">{new_size}Q", *table) + bytes(nbytes - new_size * 8)
+        self.file.debug_event("l1_grow_write_table")
+        drv.overlap.check(new_off, nbytes, "l1")
+        self.file.write(new_off, raw)
+        self.file.flush()
+        self.file.debug_event("l1_grow_activate_table")
+        old_off = drv.header.l1_table_offset
+        self.file.write(36, struct.pack(">IQ", new_size, new_off))
+        self.file.flush()
+        drv.header.l1_size = new_size
+        drv.header.l1_table_offset = new_off
+        self.l1 = table
+        if old_size:
+            old_bytes = -(-(old_size * 8) // self.cs) * self.cs
+            drv.overlap.remove(old_off, old_bytes)
+            drv.refcounts.free(old_off, old_bytes // self.cs)

@@ -1,0 +1,303 @@
+"""Image creation and preallocation (QEMU qcow2_co_create, preallocate_co).
+
+The whole initial layout is computed up front and written in bulk, so even
+``preallocation=metadata`` for millions of clusters is a handful of large
+sequential writes:
+
+    cluster 0        header (+ extensions, backing file name)
+    1 .. T           refcount table
+    .. R             refcount blocks (all refcounts 1)
+    .. L             L1 table
+    .. (prealloc)    all L2 tables, then all data clusters, in guest order
+
+With no preallocation and small tables this is exactly QEMU's layout
+(header, refcount table, one refcount block, L1).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import sys
+from array import array
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..driver import BlockDriver, BlockError
+from .cluster import OFLAG_COPIED
+from .header import (COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, COMPRESSION_ZSTD,
+                     INCOMPAT_COMPRESSION, MAX_L1_BYTES, Header, serialize_header)
+from .refcount import RefcountCodec
+
+PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+
+
+@dataclass
+class CreateOptions:
+    cluster_size: int = 65536
+    version: int = 3
+    refcount_bits: int = 16
+    lazy_refcounts: bool = False
+    preallocation: str = "off"
+    backing_file: str | None = None
+    backing_fmt: str | None = None
+    compression_type: int = COMPRESSION_ZLIB
+
+
+def _bool(v, name: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).lower()
+    if s in ("on", "true", "yes", "1"):
+        return True
+    if s in ("off", "false", "no", "0"):
+        return False
+    raise BlockError(errno.EINVAL, f"Parameter '{name}' expects 'on' or 'off'")
+
+
+def parse_size(v) -> int:
+    """qemu-img size syntax: 1G, 512M, 64k, 1.5G, plain bytes."""
+    if isinstance(v, int):
+        return v
+    s = str(v).strip()
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50,
+             "e": 1 << 60}
+    try:
+        if s and s[-1].lower() in units:
+            val = float(s[:-1]) * units[s[-1].lower()]
+        else:
+            val = float(s) if "." in s else int(s)
+    except ValueError:
+        raise BlockError(errno.EINVAL, f"Invalid size '{v}': expected a number with an optional "
+                                       "suffix k, M, G, T, P or E") from None
+    if val < 0:
+        raise BlockError(errno.EINVAL, f"Invalid size '{v}': must not be negative")
+    return int(val)
+
+
+def parse_options(options: dict) -> CreateOptions:
+    """Validate ``-o`` options with QEMU's error messages."""
+    o = CreateOptions()
+    opts = dict(options or {})
+    if "cluster_size" in opts:
+        o.cluster_size = parse_size(opts.pop("cluster_size"))
+    cs = o.cluster_size
+    if cs < 512 or cs > (2 << 20) or cs & (cs - 1):
+        raise BlockError(errno.EINVAL, "Cluster size must be a power of two between 512 and 2048k")
+    compat = str(opts.pop("compat", "1.1"))
+    if compat in ("0.10", "v2"):
+        o.version = 2
+    elif compat in ("1.1", "v3"):
+        o.version = 3
+    else:
+        raise BlockError(errno.EINVAL, f"Invalid compatibility level: '{compat}'")
+    if "refcount_bits" in opts:
+        rb = opts.pop("refcount_bits")
+        try:
+            o.refcount_bits = int(rb)
+        except ValueError:
+            raise BlockError(errno.EINVAL, f"Invalid refcount_bits '{rb}'") from None
+    rb = o.refcount_bits
+    if rb < 1 or rb > 64 or rb & (rb - 1):
+        raise BlockError(errno.EINVAL, "Refcount width must be a power of two and may not "
+                                       "exceed 64 bits")
+    if o.version == 2 and rb != 16:
+        raise BlockError(errno.EINVAL, "Different refcount widths than 16 bits require "
+                                       "compatibility level 1.1 or above (use compat=1.1 or greater)")
+    if "lazy_refcounts" in opts:
+        o.lazy_refcounts = _bool(opts.pop("lazy_refcounts"), "lazy_refcounts")
+    if o.lazy_refcounts and o.version == 2:
+        raise BlockError(errno.EINVAL, "Lazy refcounts only supported with compatibility level "
+                                       "1.1 and above (use compat=1.1 or greater)")
+    o.preallocation = str(opts.pop("preallocation", "off"))
+    if o.preallocation not in PREALLOC_MODES:
+        raise BlockError(errno.EINVAL, f"Parameter 'preallocation' does not accept value "
+                                       f"'{o.preallocation}'")
+    o.backing_file = opts.pop("backing_file", None) or None
+    o.backing_fmt = opts.pop("backing_fmt", None) or None
+    if o.backing_file and o.preallocation != "off":
+        raise BlockError(errno.EINVAL, "Backing file and preallocation can only be used at "
+                                       "the same time if extended_l2 is on")
+    ct = str(opts.pop("compression_type", "zlib"))
+    if ct == "zlib":
+        o.compression_type = COMPRESSION_ZLIB
+    elif ct == "zstd":
+        o.compression_type = COMPRESSION_ZSTD
+    else:
+        raise BlockError(errno.EINVAL, f"Parameter 'compression-type' does not accept value '{ct}'")
+    if o.compression_type != COMPRESSION_ZLIB and o.version == 2:
+        raise BlockError(errno.EINVAL, "Non-zlib compression type is only supported with "
+                                       "compatibility level 1.1 and above (use compat=1.1 or greater)")
+    if _bool(opts.pop("extended_l2", False), "extended_l2"):
+        raise BlockError(errno.ENOTSUP, "extended_l2=on is not supported by blockbed")
+    if opts.pop("encrypt.format", None) or _bool(opts.pop("encryption", False), "encryption"):
+        raise BlockError(errno.ENOTSUP, "encrypted qcow2 images are not supported by blockbed")
+    opts.pop("size", None)
+    if opts:
+        raise BlockError(errno.EINVAL, f"Invalid parameter '{next(iter(opts))}'")
+    return o
+
+
+@dataclass
+class Layout:
+    header: Header
+    reftable_off: int
+    reftable_clusters: int
+    refblocks_off: int
+    nb_refblocks: int
+    l1_off: int
+    l1_size: int
+    l2_off: int          # preallocated L2 tables (0 when none)
+    nb_l2: int
+    data_off: int
+    nb_data: int
+    total_clusters: int
+
+
+def plan(size: int, o: CreateOptions) -> Layout:
+    cs = o.cluster_size
+    cb = cs.bit_length() - 1
+    l2_entries = cs // 8
+    l1_size = -(-size // (cs * l2_entries)) if size else 0
+    if l1_size * 8 > MAX_L1_BYTES:
+        raise BlockError(errno.EFBIG, "Could not resize image: The image size is too large "
+                                      f"for the cluster size {cs} (L1 table would exceed 32 MiB)")
+    l1_clusters = -(-(l1_size * 8) // cs)
+    prealloc = o.preallocation != "off"
+    nb_data = -(-size // cs) if prealloc else 0
+    nb_l2 = -(-nb_data // l2_entries) if prealloc else 0
+    codec = RefcountCodec(o.refcount_bits.bit_length() - 1, cs)
+    t, r = 1, 1
+    while True:
+        n = 1 + t + r + l1_clusters + nb_l2 + nb_data
+        nr = -(-n // codec.entries)
+        nt = -(-(nr * 8) // cs)
+        if (nt, nr) == (t, r):
+            break
+        t, r = nt, nr
+    if t * cs > (8 << 20):
+        raise BlockError(errno.EFBIG, "The image size is too large for this cluster size and "
+                                      "refcount width (refcount table would exceed 8 MiB)")
+    reftable_off = cs
+    refblocks_off = reftable_off + t * cs
+    l1_off = refblocks_off + r * cs
+    l2_off = l1_off + l1_clusters * cs
+    data_off = l2_off + nb_l2 * cs
+    h = Header(version=o.version, cluster_bits=cb, size=size, l1_size=l1_size,
+               l1_table_offset=l1_off if l1_size else 0, refcount_table_offset=reftable_off,
+               refcount_table_clusters=t, refcount_order=o.refcount_bits.bit_length() - 1,
+               header_length=112 if o.version >= 3 else 72,
+               compression_type=o.compression_type,
+               backing_file=o.backing_file, backing_format=o.backing_fmt if o.backing_file else None)
+    if o.lazy_refcounts:
+        h.compatible_features |= COMPAT_LAZY_REFCOUNTS
+    if o.compression_type != COMPRESSION_ZLIB:
+        h.incompatible_features |= INCOMPAT_COMPRESSION
+    return Layout(h, reftable_off, t, refblocks_off, r, l1_off, l1_size,
+                  l2_off if nb_l2 else 0, nb_l2, data_off, nb_data, 1 + t + r + l1_clusters + nb_l2 + nb_data)
+
+
+def _be_q(values: array) -> bytes:
+    if sys.byteorder == "little":
+        values.byteswap()
+    return values.tobytes()
+
+
+def metadata_writes(lay: Layout, o: CreateOptions) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) writes that build the image, in file order, in large chunks."""
+    cs = o.cluster_size
+    yield 0, serialize_header(lay.header).ljust(cs, b"\0")
+    # refcount table
+    entries = array("Q", range(lay.refblocks_off, lay.refblocks_off + lay.nb_refblocks * cs, cs))
+    raw = _be_q(entries)
+    yield lay.reftable_off, raw + bytes(lay.reftable_clusters * cs - len(raw))
+    # refcount blocks: every cluster of the image has refcount 1
+    codec = RefcountCodec(o.refcount_bits.bit_length() - 1, cs)
+    full = codec.filled_block(codec.entries)
+    remaining = lay.total_clusters
+    chunk: list[bytes] = []
+    off = lay.refblocks_off
+    for _ in range(lay.nb_refblocks):
+        k = min(remaining, codec.entries)
+        chunk.append(full if k == codec.entries else codec.filled_block(k))
+        remaining -= k
+        if len(chunk) * cs >= (8 << 20):
+            yield off, b"".join(chunk)
+            off += len(chunk) * cs
+            chunk = []
+    if chunk:
+        yield off, b"".join(chunk)
+    # L1 table
+    if lay.l1_size:
+        if lay.nb_l2:
+            l1 = array("Q", range(lay.l2_off | OFLAG_COPIED, (lay.l2_off + lay.nb_l2 * cs) | OFLAG_COPIED, cs))
+            raw = _be_q(l1)
+        else:
+            raw = b""
+        # QEMU writes exactly l1_size entries; the rest of the cluster stays past EOF
+        yield lay.l1_off, raw + bytes(lay.l1_size * 8 - len(raw))
+    # L2 tables, 8 MiB at a time
+    if lay.nb_l2:
+        per_write = max(1, (8 << 20) // cs)
+        l2_entries = cs // 8
+        for first in range(0, lay.nb_l2, per_write):
+            ntab = min(per_write, lay.nb_l2 - first)
+            c0 = first * l2_entries
+            c1 = min(lay.nb_data, (first + ntab) * l2_entries)
+            start = (lay.data_off + c0 * cs) | OFLAG_COPIED
+            vals = array("Q", range(start, start + (c1 - c0) * cs, cs))
+            raw = _be_q(vals)
+            yield lay.l2_off + first * cs, raw + bytes(ntab * cs - len(raw))
+
+
+def create_on_node(node: BlockDriver, size: int, options: dict) -> Layout:
+    """Write a new qcow2 image onto an (empty) protocol node."""
+    o = parse_options(options)
+    size = -(-size // 512) * 512
+    lay = plan(size, o)
+    node.truncate(0)
+    for off, data in metadata_writes(lay, o):
+        node.write(off, data)
+    if lay.nb_data:
+        end = lay.data_off + lay.nb_data * lay.header.cluster_size
+        if o.preallocation == "full":
+            node.write_zeroes(lay.data_off, end - lay.data_off)
+        elif node.length() < end:
+            node.truncate(end)
+    node.flush()
+    return lay
+
+
+def create(path: str, size: int, options: dict) -> None:
+    """Create ``path`` as a qcow2 image of ``size`` bytes (``-o`` options as a dict)."""
+    o = parse_options(options)
+    if size is None:
+        raise BlockError(errno.EINVAL, "Image creation needs a size parameter")
+    size = -(-int(size) // 512) * 512
+    lay = plan(size, o)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        os.ftruncate(fd, 0)
+        for off, data in metadata_writes(lay, o):
+            os.pwrite(fd, data, off)
+        if lay.nb_data:
+            end = lay.data_off + lay.nb_data * lay.header.cluster_size
+            if o.preallocation == "falloc":
+                try:
+                    os.posix_fallocate(fd, lay.data_off, end - lay.data_off)
+                except OSError as e:
+                    raise BlockError(e.errno or errno.EIO,
+                                     f"Could not preallocate data for the new file: {e.strerror}")
+            elif o.preallocation == "full":
+                zeros = bytes(8 << 20)
+                pos = lay.data_off
+                while pos < end:
+                    k = min(len(zeros), end - pos)
+                    os.pwrite(fd, zeros[:k] if k < len(zeros) else zeros, pos)
+                    pos += k
+            if os.fstat(fd).st_size < end:
+                os.ftruncate(fd, end)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

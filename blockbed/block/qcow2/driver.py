@@ -1,0 +1,807 @@
+"""The qcow2 format driver: a :class:`BlockDriver` over a protocol node.
+
+Reads follow the mapping to data, zero, compressed or backing-file content.
+Writes overwrite in place where OFLAG_COPIED says the cluster is ours alone,
+and otherwise allocate new clusters with copy-on-write of the partial
+clusters' old content (spec "Cluster mapping", QEMU block/qcow2-cluster.c).
+
+Metadata ordering, as QEMU does it with cache dependencies (see
+:mod:`.cache`): refcounts are durable before the L2 entries that use the new
+clusters, copy-on-write data before the L2 entry that exposes it, new L2
+tables before the L1 entry that points at them, and L2 entries are cleared
+durably before the refcount drop that frees their clusters.  A host crash at
+any moment therefore leaves an image that checks clean except for leaks.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+from array import array
+from typing import Callable, Sequence
+
+from ... import trace
+from ..driver import (BlockDriver, BlockError, Buffer, CorruptImageError, Extent,
+                      ImageFormatError, ReadOnlyError, check_request)
+from .cluster import (L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO,
+                      ClusterType, Mapping, cluster_type)
+from .compress import decompress
+from .header import (AUTOCLEAR_BITMAPS, COMPAT_LAZY_REFCOUNTS, EXT_BITMAPS, INCOMPAT_CORRUPT,
+                     INCOMPAT_DIRTY, MAX_CLUSTER_BITS, Header, parse_header)
+from .overlap import OverlapMap
+from .refcount import RefcountManager
+from .snapshot import Snapshot, read_snapshots
+
+log = logging.getLogger("blockbed.qcow2")
+
+DEFAULT_L2_CACHE_MAX = 32 << 20      # QEMU DEFAULT_L2_CACHE_MAX_SIZE
+_ZEROS = memoryview(bytes(1 << 21))
+MAX_BACKING_DEPTH = 64
+
+# realpaths of images being opened right now, to refuse backing loops
+_opening: list[str] = []
+
+
+def _zero_fill(buf: memoryview) -> None:
+    n = len(buf)
+    pos = 0
+    while pos < n:
+        k = min(n - pos, len(_ZEROS))
+        buf[pos:pos + k] = _ZEROS[:k]
+        pos += k
+
+
+def _parse_size(v) -> int:
+    if isinstance(v, int):
+        return v
+    s = str(v).strip()
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    if s and s[-1].lower() in mult:
+        return int(float(s[:-1]) * mult[s[-1].lower()])
+    return int(s)
+
+
+class Qcow2Driver(BlockDriver):
+    """A qcow2 image on ``file`` (options: ``l2-cache-size``, ``refcount-cache-size``,
+    ``backing`` (a node, or None for no backing), ``pass-discard-request``,
+    ``x-unsafe-l2-before-refcount``, ``filename``)."""
+
+    driver_name = "qcow2"
+
+    def __init__(self, file: BlockDriver, *, read_only: bool = False,
+                 options: dict | None = None,
+                 opener: Callable[..., BlockDriver] | None = None,
+                 filename: str | None = None):
+        self.file = file
+        opts = dict(options or {})
+        self.options = opts
+        self.read_only = bool(read_only or file.read_only)
+        self.filename = filename or opts.get("filename") or _node_path(file)
+        self.backing: BlockDriver | None = None
+        self.corrupt = False
+        self._closed = False
+        self.unsafe_order = bool(opts.get("x-unsafe-l2-before-refcount", False))
+        self.pass_discard = bool(opts.get("pass-discard-request", True))
+        self.repair_message: str | None = None
+        self._set_dirty = False
+        flen = file.length()
+        first = bytearray(min(flen, 512))
+        file.read(0, memoryview(first))
+        if len(first) < 72 or first[:4] != b"QFI\xfb":
+            raise ImageFormatError("Image is not in qcow2 format")
+        cb = int.from_bytes(first[20:24], "big")
+        if not 9 <= cb <= MAX_CLUSTER_BITS:
+            raise ImageFormatError(f"Unsupported cluster size: 2^{cb}")
+        raw = bytearray(min(flen, 1 << cb))
+        file.read(0, memoryview(raw))
+        self.header: Header = parse_header(bytes(raw), flen)
+        h = self.header
+        self.cluster_bits = h.cluster_bits
+        self.cluster_size = h.cluster_size
+        self.l2_bits = h.cluster_bits - 3
+        self.corrupt = bool(h.incompatible_features & INCOMPAT_CORRUPT)
+        if self.corrupt and not self.read_only:
+            raise ImageFormatError("qcow2: Image is corrupt; cannot be opened read/write")
+        if h.data_file is not None:
+            raise ImageFormatError("qcow2: images with an external data file are not supported")
+        self.overlap = OverlapMap(h.cluster_bits, self._overlap_violation)
+        # cache sizes (QEMU: l2-cache-size defaults to what covers the disk, up to 32 MiB)
+        cs = self.cluster_size
+        need = max(1, -(-h.size // (cs * (cs // 8)))) * cs
+        l2_bytes = _parse_size(opts.get("l2-cache-size", min(need, DEFAULT_L2_CACHE_MAX)))
+        rc_bytes = _parse_size(opts.get("refcount-cache-size", max(4 * cs, l2_bytes // 4)))
+        self.refcounts = RefcountManager(self, max(4, rc_bytes // cs))
+        self.mapping = Mapping(self, max(2, l2_bytes // cs))
+        self.refcounts.load_table()
+        self.mapping.load_l1()
+        self.snapshots: list[Snapshot] = []
+        snap_bytes = 0
+        if h.nb_snapshots:
+            self.snapshots, snap_bytes = read_snapshots(file, h.snapshots_offset, h.nb_snapshots,
+                                                        cs, flen)
+        self._build_overlap_map(snap_bytes)
+        self.lazy_refcounts = bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS)
+        self._open_backing(opts, opener)
+        if h.incompatible_features & INCOMPAT_DIRTY and not self.read_only:
+            self._repair_dirty()
+        if not self.read_only and h.version >= 3 and h.autoclear_features & ~AUTOCLEAR_BITMAPS:
+            # unknown autoclear bits must be cleared by a writer (spec "autoclear_features")
+            h.autoclear_features &= AUTOCLEAR_BITMAPS
+            self._write_features()
+
+    # --- opening helpers -----------------------------------------------------
+    def _build_overlap_map(self, snap_bytes: int) -> None:
+        h, cs = self.header, self.cluster_size
+        ov = self.overlap
+        ov.add(0, cs, "header")
+        if h.l1_size:
+            ov.add(h.l1_table_offset, h.l1_size * 8, "l1")
+        ov.add(h.refcount_table_offset, h.refcount_table_clusters * cs, "reftable")
+        for off in self.refcounts.table:
+            if off:
+                ov.add(off, cs, "refblock")
+        for e in self.mapping.l1:
+            off = e & L2E_OFFSET_MASK
+            if off:
+                ov.add(off, cs, "l2")
+        if snap_bytes:
+            ov.add(h.snapshots_offset, snap_bytes, "snapshot_table")
+        for s in self.snapshots:
+            if s.l1_size:
+                ov.add(s.l1_table_offset, s.l1_size * 8, "inactive_l1")
+        if h.bitmaps and h.bitmaps["bitmap_directory_size"]:
+            ov.add(h.bitmaps["bitmap_directory_offset"], h.bitmaps["bitmap_directory_size"],
+                   "bitmap_directory")
+
+    def _open_backing(self, opts: dict, opener) -> None:
+        h = self.header
+        if "backing" in opts:
+            self.backing = opts["backing"]
+            return
+        if not h.backing_file:
+            return
+        if opener is None:
+            raise ImageFormatError(f"qcow2: image has a backing file ({h.backing_file}) but no "
+                                   "opener was given to open it")
+        path = self.backing_path()
+        real = os.path.realpath(path)
+        me = os.path.realpath(self.filename) if self.filename else None
+        if real == me or real in _opening:
+            raise ImageFormatError(f"qcow2: backing file loop: {h.backing_file!r} "
+                                   "is already part of the backing chain")
+        if len(_opening) >= MAX_BACKING_DEPTH:
+            raise ImageFormatError("qcow2: backing chain is too deep")
+        if me:
+            _opening.append(me)
+        try:
+            self.backing = opener(path, format=h.backing_format, read_only=True)
+        except BlockError as e:
+            raise ImageFormatError(f"Could not open backing file: {e}") from None
+        except OSError as e:
+            raise ImageFormatError(f"Could not open backing file '{path}': "
+                                   f"{e.strerror or e}") from None
+        finally:
+            if me:
+                _opening.remove(me)
+
+    def backing_path(self) -> str:
+        """The backing file name resolved against this image's directory (as QEMU does)."""
+        name = self.header.backing_file or ""
+        if os.path.isabs(name) or not self.filename or ":" in name.split("/")[0]:
+            return name
+        return os.path.join(os.path.dirname(self.filename), name)
+
+    def _repair_dirty(self) -> None:
+        from .check import check_image
+        res = check_image(self, repair="all")
+        self.header.incompatible_features &= ~INCOMPAT_DIRTY
+        self._write_features()
+        self.repair_message = ("qcow2: image was not closed cleanly (dirty bit set with "
+                               "lazy_refcounts); refcounts were repaired: "
+                               f"{res.leaks_fixed} leaks and {res.corruptions_fixed} "
+                               "corruptions fixed")
+        log.warning("%s", self.repair_message)
+        if trace.enabled:
+            trace.emit("qcow2.repair_dirty", leaks_fixed=res.leaks_fixed,
+                       corruptions_fixed=res.corruptions_fixed)
+
+    def _write_features(self) -> None:
+        if self.header.version < 3:
+            return
+        h = self.header
+        self.file.write(72, struct.pack(">QQQ", h.incompatible_features,
+                                        h.compatible_features, h.autoclear_features))
+        self.file.flush()
+
+    # --- corruption -------------------------------------------------------------
+    def _overlap_violation(self, msg: str) -> None:
+        self.signal_corruption(msg)
+
+    def signal_corruption(self, msg: str) -> None:
+        """Mark the image corrupt (v3 header bit) and refuse further writes (QEMU
+        qcow2_signal_corruption).  Always raises CorruptImageError."""
+        first = not self.corrupt
+        self.corrupt = True
+        if first:
+            log.error("qcow2: Marking image as corrupt: %s; further corruption events "
+                      "will be suppressed", msg)
+            if trace.enabled:
+                trace.emit("qcow2.corrupt", message=msg)
+            if not self.read_only and self.header.version >= 3:
+                self.header.incompatible_features |= INCOMPAT_CORRUPT
+                try:
+                    self._write_features()
+                except OSError:
+                    pass
+        raise CorruptImageError(f"qcow2: image is corrupt: {msg}")
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError("qcow2: the image is opened read-only")
+        if self.corrupt:
+            raise CorruptImageError("qcow2: the image is marked corrupt; writes are refused "
+                                    "(run 'blockbed img check -r all' to repair it)")
+        if self.lazy_refcounts and not self._set_dirty and self.header.version >= 3:
+            self.header.incompatible_features |= INCOMPAT_DIRTY
+            self._write_features()
+            self._set_dirty = True
+
+    # --- size -------------------------------------------------------------------
+    def length(self) -> int:
+        return self.header.size
+
+    # --- reads -------------------------------------------------------------------
+    def read(self, offset: int, buf: memoryview) -> None:
+        n = len(buf)
+        if offset < 0 or offset + n > self.header.size:
+            check_request(self, offset, n)
+        if not isinstance(buf, memoryview):
+            buf = memoryview(buf)
+        if buf.format != "B" or buf.ndim != 1:
+            buf = buf.cast("B")
+        cb = self.cluster_bits
+        cmask = self.cluster_size - 1
+        # fast path: one cluster, allocated data
+        if n and (offset & cmask) + n <= self.cluster_size:
+            mp = self.mapping
+            l1i = offset >> (cb + self.l2_bits)
+            if l1i < len(mp.l1):
+                e1 = mp.l1[l1i]
+                if e1 & 0x1FF == 0 and e1 & L2E_OFFSET_MASK:
+                    e = mp.cache.get(e1 & L2E_OFFSET_MASK)[(offset >> cb) & ((1 << self.l2_bits) - 1)]
+                    if e & (OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == 0 and e & L2E_OFFSET_MASK:
+                        self._read_host((e & L2E_OFFSET_MASK) + (offset & cmask), buf)
+                        return
+        pos = offset
+        end = offset + n
+        while pos < end:
+            run, kind, host = self._extent(pos, end)
+            dst = buf[pos - offset:pos - offset + run]
+            if kind == ClusterType.NORMAL:
+                self._read_host(host, dst)
+            elif kind == ClusterType.UNALLOCATED:
+                self._read_backing(pos, dst)
+            elif kind == ClusterType.COMPRESSED:
+                self._read_compressed(pos, host, dst)
+            else:
+                _zero_fill(dst)
+            pos += run
+
+    def _read_host(self, host: int, dst: memoryview) -> None:
+        self.file.debug_event("read_aio")
+        try:
+            self.file.read(host, dst)
+        except BlockError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # data clusters past the end of the file read as zeros (as QEMU's file driver)
+            flen = self.file.length()
+            avail = max(0, min(len(dst), flen - host))
+            if avail:
+                self.file.read(host, dst[:avail])
+            _zero_fill(dst[avail:])
+
+    def _read_backing(self, pos: int, dst: memoryview) -> None:
+        b = self.backing
+        if b is None:
+            _zero_fill(dst)
+            return
+        blen = b.length()
+        avail = max(0, min(len(dst), blen - pos))
+        if avail:
+            self.file.debug_event("read_backing_aio")
+            b.read(pos, dst[:avail])
+        if avail < len(dst):
+            _zero_fill(dst[avail:])
+
+    def _read_compressed(self, pos: int, entry: int, dst: memoryview) -> None:
+        cs = self.cluster_size
+        data = self._decompress_cluster(entry)
+        start = pos & (cs - 1)
+        dst[:] = memoryview(data)[start:start + len(dst)]
+
+    def _decompress_cluster(self, entry: int) -> bytes:
+        cached = getattr(self, "_last_compressed", None)
+        if cached and cached[0] == entry:
+            return cached[1]
+        coff, csize = self.mapping.compressed_range(entry)
+        flen = self.file.length()
+        csize = max(0, min(csize, flen - coff))
+        raw = bytearray(csize)
+        self.file.debug_event("read_compressed")
+        if csize:
+            self.file.read(coff, memoryview(raw))
+        data = decompress(raw, self.cluster_size, self.header.compression_type)
+        self._last_compressed = (entry, data)
+        return data
+
+    def _extent(self, pos: int, end: int) -> tuple[int, ClusterType, int]:
+        """The longest run from ``pos`` (< end) with one cluster type and contiguous host.
+
+        Returns (length, type, host offset of pos or the L2 entry for compressed).
+        Runs stop at L2 table boundaries.
+        """
+        cb, cs = self.cluster_bits, self.cluster_size
+        l2_size = 1 << self.l2_bits
+        l1i = pos >> (cb + self.l2_bits)
+        table_end = (l1i + 1) << (cb + self.l2_bits)
+        lim = min(end, table_end)
+        off = self.mapping.l2_offset(l1i)
+        if not off:
+            return lim - pos, ClusterType.UNALLOCATED, 0
+        table = self.mapping.cache.get(off)
+        idx = (pos >> cb) & (l2_size - 1)
+        e = table[idx]
+        t = cluster_type(e)
+        if t == ClusterType.NORMAL and e & 0x1FE:
+            self.signal_corruption(f"Cluster allocation offset {e & L2E_OFFSET_MASK | (e & 0x1FE):#x} "
+                                   f"unaligned (L2 offset: {off:#x}, L2 index: {idx:#x})")
+        run_end = min(lim, ((pos >> cb) + 1) << cb)
+        if t == ClusterType.COMPRESSED:
+            return run_end - pos, t, e
+        host = (e & L2E_OFFSET_MASK) + (pos & (cs - 1)) if t == ClusterType.NORMAL else 0
+        nxt_host = (e & L2E_OFFSET_MASK) + cs
+        while run_end < lim:
+            idx += 1
+            e2 = table[idx]
+            t2 = cluster_type(e2)
+            if t2 != t:
+                break
+            if t == ClusterType.NORMAL:
+                if e2 & L2E_OFFSET_MASK != nxt_host or e2 & 0x1FE:
+                    break
+                nxt_host += cs
+            run_end = min(lim, run_end + cs)
+        return run_end - pos, t, host
+
+    # --- writes ----------------------------------------------------------------------
+    def write(self, offset: int, data: Buffer, fua: bool = False) -> None:
+        n = len(data)
+        if offset < 0 or offset + n > self.header.size:
+            check_request(self, offset, n)
+        self._check_writable()
+        mv = data if isinstance(data, memoryview) else memoryview(data)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        cb = self.cluster_bits
+        cmask = self.cluster_size - 1
+        if n and (offset & cmask) + n <= self.cluster_size:
+            # fast path: overwrite in place (OFLAG_COPIED: the cluster is ours alone)
+            mp = self.mapping
+            l1i = offset >> (cb + self.l2_bits)
+            if l1i < len(mp.l1):
+                e1 = mp.l1[l1i]
+                if e1 & OFLAG_COPIED and e1 & 0x1FF == 0:
+                    e = mp.cache.get(e1 & L2E_OFFSET_MASK)[(offset >> cb) & ((1 << self.l2_bits) - 1)]
+                    if e & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED:
+                        host = (e & L2E_OFFSET_MASK) + (offset & cmask)
+                        self.overlap.check(host, n, None)
+                        self.file.debug_event("write_aio")
+                        self.file.write(host, mv)
+                        if fua:
+                            self.flush()
+                        return
+        pos, end = offset, offset + n
+        span = 1 << (cb + self.l2_bits)
+        while pos < end:
+            chunk_end = min(end, (pos // span + 1) * span)
+            self._write_in_l2(pos, mv[pos - offset:chunk_end - offset])
+            pos = chunk_end
+        if fua:
+            self.flush()
+
+    def _write_in_l2(self, pos: int, mv: memoryview) -> None:
+        """Write ``mv`` at ``pos``; the range lies within one L2 table."""
+        cb, cs = self.cluster_bits, self.cluster_size
+        l2_mask = (1 << self.l2_bits) - 1
+        end = pos + len(mv)
+        l1i = pos >> (cb + self.l2_bits)
+        mp = self.mapping
+        off = mp.l2_offset(l1i)
+        table = mp.cache.get(off) if off else None
+        first_c, last_c = pos >> cb, (end - 1) >> cb
+        c = first_c
+        while c <= last_c:
+            e = table[c & l2_mask] if table is not None else 0
+            inplace = (e & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED
+                       and e & L2E_OFFSET_MASK and off and mp.l1[l1i] & OFLAG_COPIED)
+            # extend the run of clusters of the same kind (contiguous host for in-place)
+            k = c + 1
+            if inplace:
+                nxt = (e & L2E_OFFSET_MASK) + cs
+                while k <= last_c:
+                    e2 = table[k & l2_mask]
+                    if e2 & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) != OFLAG_COPIED \
+                            or e2 & L2E_OFFSET_MASK != nxt:
+                        break
+                    nxt += cs
+                    k += 1
+            else:
+                while k <= last_c:
+                    e2 = table[k & l2_mask] if table is not None else 0
+                    if (e2 & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED
+                            and e2 & L2E_OFFSET_MASK and mp.l1[l1i] & OFLAG_COPIED):
+                        break
+                    k += 1
+            rs = max(pos, c << cb)
+            re_ = min(end, k << cb)
+            piece = mv[rs - pos:re_ - pos]
+            if inplace:
+                host = (e & L2E_OFFSET_MASK) + (rs & (cs - 1))
+                self.overlap.check(host, len(piece), None)
+                self.file.debug_event("write_aio")
+                self.file.write(host, piece)
+            else:
+                table, off = self._alloc_and_write(l1i, c, k - c, rs, piece)
+            c = k
+
+    def _l2_for_write(self, l1i: int) -> tuple[array, int]:
+        """An L2 table we may modify (OFLAG_COPIED), allocating or copying one (l2_allocate)."""
+        mp = self.mapping
+        if l1i >= len(mp.l1):
+            mp.grow_l1(l1i + 1)
+        e1 = mp.l1[l1i]
+        old = mp.l2_offset(l1i)
+        if old and e1 & OFLAG_COPIED:
+            return mp.cache.get(old), old
+        self.file.debug_event("l2_alloc")
+        new_off = self.refcounts.alloc(1)
+        self.overlap.add(new_off, self.cluster_size, "l2")
+        if old:
+            self.file.debug_event("l2_alloc_cow_read")
+            table = array("Q", mp.cache.get(old))
+        else:
+            table = array("Q", bytes(self.cluster_size))
+        mp.cache.put_new(new_off, table)
+        if not self.lazy_refcounts and not self.unsafe_order:
+            mp.cache.set_dependency(self.refcounts.cache)
+        self.file.debug_event("l2_alloc_write")
+        mp.cache.flush()
+        mp.l1[l1i] = new_off | OFLAG_COPIED
+        mp.write_l1_entry(l1i)
+        if old:
+            # the L1 entry no longer points at the shared table: drop our reference
+            self.refcounts.free(old, 1, discard=False)
+        return table, new_off
+
+    def _alloc_and_write(self, l1i: int, c0: int, n: int, rs: int, piece: memoryview
+                         ) -> tuple[array, int]:
+        """Allocate ``n`` clusters for guest clusters c0.., write data with COW, link L2."""
+        cb, cs = self.cluster_bits, self.cluster_size
+        l2_mask = (1 << self.l2_bits) - 1
+        table, l2off = self._l2_for_write(l1i)
+        old_entries = [table[(c0 + i) & l2_mask] for i in range(n)]
+        host = self.refcounts.alloc(n)
+        self.file.debug_event("cluster_alloc_space")
+        start = c0 << cb
+        endg = (c0 + n) << cb
+        head_len = rs - start
+        tail_len = endg - (rs + len(piece))
+        bufs: list[Buffer] = []
+        if head_len:
+            head = bytearray(head_len)
+            self._read_cluster_part(start, old_entries[0], memoryview(head))
+            bufs.append(head)
+        bufs.append(piece)
+        if tail_len:
+            tail = bytearray(tail_len)
+            self._read_cluster_part(rs + len(piece), old_entries[-1], memoryview(tail))
+            bufs.append(tail)
+        self.overlap.check(host, n * cs, None)
+        self.file.debug_event("write_aio")
+        self.file.writev(host, bufs)
+        if head_len or tail_len:
+            # COW data must be durable before the L2 entry that exposes it
+            self.mapping.cache.depends_on_flush()
+        # the table may have been evicted while we read COW data: reinstall it
+        mp = self.mapping
+        if l2off not in mp.cache.tables:
+            table = mp.cache.get(l2off)
+        for i in range(n):
+            table[(c0 + i) & l2_mask] = (host + (i << cb)) | OFLAG_COPIED
+        if not self.lazy_refcounts and not self.unsafe_order:
+            mp.cache.set_dependency(self.refcounts.cache)
+        self.file.debug_event("l2_update")
+        mp.cache.mark_dirty(l2off)
+        self._release_entries(old_entries)
+        return table, l2off
+
+    def _release_entries(self, entries: Sequence[int]) -> None:
+        """Drop the references old L2 entries held (after the entries were replaced)."""
+        freed = False
+        for e in entries:
+            t = cluster_type(e)
+            if t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+                if not freed:
+                    self.refcounts.cache.set_dependency(self.mapping.cache)
+                    freed = True
+                self.refcounts.free(e & L2E_OFFSET_MASK, 1)
+            elif t == ClusterType.COMPRESSED:
+                if not freed:
+                    self.refcounts.cache.set_dependency(self.mapping.cache)
+                    freed = True
+                coff, csize = self.mapping.compressed_range(e)
+                first = coff >> self.cluster_bits
+                last = (coff + csize - 1) >> self.cluster_bits
+                self.refcounts.free(first << self.cluster_bits, last - first + 1)
+
+    def _read_cluster_part(self, pos: int, entry: int, dst: memoryview) -> None:
+        """Guest content at ``pos`` (within one cluster) as described by ``entry``."""
+        t = cluster_type(entry)
+        cs = self.cluster_size
+        if t == ClusterType.NORMAL:
+            self._read_host((entry & L2E_OFFSET_MASK) + (pos & (cs - 1)), dst)
+        elif t == ClusterType.UNALLOCATED:
+            self.file.debug_event("cow_read")
+            self._read_backing(pos, dst)
+        elif t == ClusterType.COMPRESSED:
+            self._read_compressed(pos, entry, dst)
+        else:
+            _zero_fill(dst)
+
+    # --- zeroes and discard -----------------------------------------------------------
+    def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
+        check_request(self, offset, length)
+        self._check_writable()
+        if length == 0:
+            return
+        cs = self.cluster_size
+        if self.header.version < 3:
+            self._write_zero_data(offset, length)
+            return
+        a = -(-offset // cs) * cs
+        b = (offset + length) // cs * cs
+        if offset + length == self.header.size:
+            b = -(-(offset + length) // cs) * cs     # the last partial cluster counts as whole
+        if a >= b:
+            self._write_zero_data(offset, length)
+            return
+        if offset < a:
+            self._write_zero_data(offset, a - offset)
+        self._zero_clusters(a, min(b, self.header.size) if b > self.header.size else b,
+                            unmap=may_unmap)
+        if b < offset + length:
+            self._write_zero_data(b, offset + length - b)
+
+    def _write_zero_data(self, offset: int, length: int) -> None:
+        pos = offset
+        while pos < offset + length:
+            k = min(offset + length - pos, len(_ZEROS))
+            # skip clusters that already read as zeros without a backing file
+            self.write(pos, _ZEROS[:k])
+            pos += k
+
+    def _zero_clusters(self, start: int, end: int, unmap: bool) -> None:
+        """Set the v3 zero flag on whole clusters (QEMU zero_in_l2_slice)."""
+        self._update_entries(start, end, "zero_unmap" if unmap else "zero")
+
+    def discard(self, offset: int, length: int) -> None:
+        check_request(self, offset, length)
+        self._check_writable()
+        cs = self.cluster_size
+        a = -(-offset // cs) * cs
+        end = offset + length
+        b = end // cs * cs
+        if end == self.header.size:
+            b = -(-end // cs) * cs
+        if a >= b:
+            return               # partial clusters: a discard is only a hint
+        if self.header.version < 3 and self.backing is not None:
+            return               # v2 cannot express "zero" and must not expose backing data
+        self._update_entries(a, min(b, -(-self.header.size // cs) * cs), "discard")
+
+    def _update_entries(self, start: int, end: int, mode: str) -> None:
+        cb = self.cluster_bits
+        l2_mask = (1 << self.l2_bits) - 1
+        span = 1 << (cb + self.l2_bits)
+        mp = self.mapping
+        pos = start
+        while pos < end:
+            chunk_end = min(end, (pos // span + 1) * span)
+            l1i = pos >> (cb + self.l2_bits)
+            if mode == "discard" and not mp.l2_offset(l1i) and \
+                    (self.backing is None or self.header.version < 3):
+                pos = chunk_end
+                continue
+            table, l2off = self._l2_for_write(l1i)
+            old: list[int] = []
+            for c in range(pos >> cb, -(-chunk_end >> cb) if chunk_end & ((1 << cb) - 1)
+                           else chunk_end >> cb):
+                i = c & l2_mask
+                e = table[i]
+                t = cluster_type(e)
+                if mode == "discard":
+                    if self.header.version >= 3 and (self.backing is not None or
+                                                     t != ClusterType.UNALLOCATED):
+                        new = OFLAG_ZERO
+                    else:
+                        new = 0
+                    release = t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC,
+                                    ClusterType.COMPRESSED)
+                elif mode == "zero_unmap" or t in (ClusterType.COMPRESSED,) or \
+                        (t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) and not e & OFLAG_COPIED):
+                    new = OFLAG_ZERO
+                    release = t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC,
+                                    ClusterType.COMPRESSED)
+                else:   # keep the allocation, mark it zero (ZERO_ALLOC)
+                    new = (e & (L2E_OFFSET_MASK | OFLAG_COPIED)) | OFLAG_ZERO
+                    release = False
+                if new != e:
+                    table[i] = new
+                    if release:
+                        old.append(e)
+            self.file.debug_event("l2_update")
+            mp.cache.mark_dirty(l2off)
+            if old:
+                self._release_entries(old)
+            pos = chunk_end
+
+    # --- status ---------------------------------------------------------------------------
+    def block_status(self, offset: int, length: int) -> list[Extent]:
+        """Extents of this node only; unallocated ranges have ``allocated=False``.
+
+        ``zero`` is set for unallocated ranges that no backing file covers.
+        """
+        check_request(self, offset, length)
+        out: list[Extent] = []
+        pos, end = offset, offset + length
+        blen = self.backing.length() if self.backing is not None else 0
+        while pos < end:
+            run, kind, host = self._extent(pos, end)
+            if kind == ClusterType.UNALLOCATED and pos < blen < pos + run:
+                run = blen - pos
+            if kind == ClusterType.NORMAL:
+                ext = Extent(pos, run, data=True, zero=False, allocated=True,
+                             host_offset=host, host_node=self.file)
+            elif kind == ClusterType.COMPRESSED:
+                ext = Extent(pos, run, data=True, zero=False, allocated=True)
+            elif kind == ClusterType.UNALLOCATED:
+                ext = Extent(pos, run, data=False, zero=pos >= blen, allocated=False)
+            else:
+                h = None
+                if kind == ClusterType.ZERO_ALLOC:
+                    e = self._entry(pos)
+                    h = (e & L2E_OFFSET_MASK) + (pos & (self.cluster_size - 1))
+                ext = Extent(pos, run, data=False, zero=True, allocated=True, host_offset=h,
+                             host_node=self.file if h is not None else None)
+            if out and _mergeable(out[-1], ext):
+                p = out[-1]
+                out[-1] = Extent(p.offset, p.length + ext.length, p.data, p.zero, p.allocated,
+                                 p.host_offset, p.depth, p.host_node)
+            else:
+                out.append(ext)
+            pos += run
+        return out
+
+    def _entry(self, pos: int) -> int:
+        cb = self.cluster_bits
+        off = self.mapping.l2_offset(pos >> (cb + self.l2_bits))
+        if not off:
+            return 0
+        return self.mapping.cache.get(off)[(pos >> cb) & ((1 << self.l2_bits) - 1)]
+
+    def l2_entry(self, pos: int) -> int:
+        """The raw L2 entry for guest offset ``pos`` (0 when no L2 table covers it)."""
+        return self._entry(pos)
+
+    # --- flush, resize, close ------------------------------------------------------------------
+    def flush(self) -> None:
+        if self.read_only or self._closed:
+            return
+        mp, rc = self.mapping, self.refcounts
+        self.file.debug_event("flush_to_os")
+        if self.unsafe_order:
+            mp.cache.depends = None
+            mp.cache.write_dirty()
+            rc.cache.write_dirty()
+        else:
+            mp.cache.write_dirty()
+            rc.cache.write_dirty()
+            mp.cache.write_dirty()
+        self.file.debug_event("flush_to_disk")
+        self.file.flush()
+        rc.process_discards()
+
+    def truncate(self, length: int) -> None:
+        """Grow the virtual disk (shrinking is refused, as qemu-img resize without --shrink)."""
+        self._check_writable()
+        h = self.header
+        if length < h.size:
+            raise BlockError(errno.ENOTSUP, "qcow2: shrinking is not supported")
+        if length % 512:
+            raise BlockError(errno.EINVAL, "qcow2: the size must be a multiple of 512 bytes")
+        if length == h.size:
+            return
+        if self.snapshots:
+            raise BlockError(errno.ENOTSUP, "qcow2: cannot resize an image with internal snapshots")
+        need = -(-length // (1 << (self.cluster_bits + self.l2_bits)))
+        if need > len(self.mapping.l1):
+            self.mapping.grow_l1(need, exact=True)
+        self.file.write(24, struct.pack(">Q", length))
+        self.file.flush()
+        h.size = length
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            if not self.read_only and not self.corrupt:
+                self.flush()
+                if self._set_dirty:
+                    self.header.incompatible_features &= ~INCOMPAT_DIRTY
+                    self._write_features()
+        finally:
+            self._closed = True
+            self.file.close()
+            if self.backing is not None:
+                self.backing.close()
+
+    def children(self):
+        kids = [self.file]
+        if self.backing is not None:
+            kids.append(self.backing)
+        return kids
+
+    def debug_event(self, name: str) -> None:
+        self.file.debug_event(name)
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        """Hit/miss statistics of the L2 and refcount-block caches."""
+        return {"l2": self.mapping.cache.stats(), "refcount": self.refcounts.cache.stats()}
+
+    def forget_metadata(self, offset: int) -> None:
+        """A cluster was freed: drop cached tables and overlap records for it."""
+        self.mapping.cache.forget(offset)
+        self.refcounts.cache.forget(offset)
+        kind = self.overlap.kind_at(offset)
+        if kind in ("l2", "refblock"):
+            self.overlap.remove(offset, self.cluster_size)
+
+
+def _node_path(node: BlockDriver) -> str | None:
+    """The host path under a protocol node (through filters), for relative backing names."""
+    seen = 0
+    while node is not None and seen < 16:
+        path = getattr(node, "path", None) or getattr(node, "filename", None)
+        if isinstance(path, str):
+            return path
+        kids = list(node.children())
+        node = kids[0] if kids else None
+        seen += 1
+    return None
+
+
+def _mergeable(a: Extent, b: Extent) -> bool:
+    if (a.data, a.zero, a.allocated, a.depth) != (b.data, b.zero, b.allocated, b.depth):
+        return False
+    if a.end != b.offset:
+        return False
+    if (a.host_offset is None) != (b.host_offset is None):
+        return False
+    if a.host_offset is not None and a.host_offset + a.length != b.host_offset:
+        return False
+    if a.data and a.host_offset is None:
+        return False          # compressed clusters stay separate
+    return True

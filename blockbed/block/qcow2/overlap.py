@@ -1,0 +1,51 @@
+"""Metadata overlap checks (QEMU's qcow2_check_metadata_overlap, "cached" mode).
+
+Every cluster that holds metadata of the active image (header, L1 table, L2
+tables, refcount table and blocks, snapshot table and snapshot L1 tables,
+bitmap directory) is recorded with its kind.  Before any write the driver
+asks whether the target range belongs to something else; if it does the image
+is inconsistent, so the driver marks it corrupt and refuses the write instead
+of letting data land on metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class OverlapMap:
+    def __init__(self, cluster_bits: int, on_violation: Callable[[str], None]):
+        self.cluster_bits = cluster_bits
+        self.kinds: dict[int, str] = {}
+        self.on_violation = on_violation
+
+    def add(self, offset: int, length: int, kind: str) -> None:
+        cb = self.cluster_bits
+        for ci in range(offset >> cb, (offset + length - 1 >> cb) + 1 if length else offset >> cb):
+            self.kinds[ci] = kind
+
+    def remove(self, offset: int, length: int) -> None:
+        cb = self.cluster_bits
+        for ci in range(offset >> cb, (offset + length - 1 >> cb) + 1 if length else offset >> cb):
+            self.kinds.pop(ci, None)
+
+    def kind_at(self, offset: int) -> str | None:
+        return self.kinds.get(offset >> self.cluster_bits)
+
+    def check(self, offset: int, length: int, kind: str | None) -> None:
+        """Refuse a write of ``kind`` (None = guest data) over other metadata."""
+        if length <= 0 or not self.kinds:
+            return
+        cb = self.cluster_bits
+        kinds = self.kinds
+        first, last = offset >> cb, (offset + length - 1) >> cb
+        if last - first > len(kinds):
+            hits = [ci for ci in kinds if first <= ci <= last]
+        else:
+            hits = [ci for ci in range(first, last + 1) if ci in kinds]
+        for ci in hits:
+            k = kinds[ci]
+            if k != kind:
+                what = "guest data" if kind is None else kind
+                self.on_violation(f"Preventing invalid write on metadata (overlaps with {k}): "
+                                  f"{what} write at {offset:#x}+{length:#x}")
