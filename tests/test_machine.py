@@ -310,3 +310,21 @@ def test_same_seed_gives_the_same_event_order():
 
     assert order(7) == order(7)
     assert order(7) != order(8)
+
+
+def test_guest_sizes_bars_while_running_and_decoding_survives():
+    """hello sizes every BAR (decoding off, all-ones, restore, on) from inside the
+    guest, so the MMIO map is rebuilt from within unicorn hooks mid-run."""
+    from conftest import guest_elf
+    m = Machine(MachineConfig(memory_mib=64))
+    dev = m.add_pci(DmaTestDevice())
+    m.load_kernel(str(guest_elf("hello")))
+    r = m.run()
+    assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, r.reason
+    assert "pci 00:02.0 1234:0001 class ff.00.00" in r.transcript
+    assert "  bar 3 mem64 prefetch" in r.transcript and "size=0x4000" in r.transcript
+    qt = QTest(m)
+    bar0 = qt.bar_address(dev, 0)
+    assert dev.bars[0].mapped_at == bar0
+    qt.writel(bar0 + 0x40, 5)
+    assert qt.readl(bar0 + 0x40) == 5
