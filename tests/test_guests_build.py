@@ -263,3 +263,18 @@ def test_bad_number_argument_is_a_clear_error(qemu_system: str, tmp_path: Path) 
     status, out = boot(qemu_system, tmp_path, "selftest", "ram_size=12x")
     assert "panic: cmdline: ram_size=12x is not a number" in out, out
     assert status == 0x7E * 2 + 1
+
+
+def test_device_interrupts_msi_and_intx(qemu_system: str, tmp_path: Path) -> None:
+    """MSI via the local APIC and level INTx via the I/O APIC reach IDT
+    handlers, EOI works, and an acknowledged level interrupt does not
+    repeat (QEMU's edu test device raises them on request)."""
+    status, out = boot(qemu_system, tmp_path, "irqtest", "", "-device", "edu")
+    assert "irqtest: msi ok" in out and "irqtest: intx ok" in out, out
+    assert status == 1, out
+
+
+def test_irqtest_without_device(qemu_system: str, tmp_path: Path) -> None:
+    status, out = boot(qemu_system, tmp_path, "irqtest")
+    assert "irqtest: no edu device" in out, out
+    assert status == 2 * 2 + 1

@@ -68,6 +68,30 @@ uint32_t lapic_id(void)
     return mmio_read32(LAPIC_BASE + LAPIC_ID) >> 24;
 }
 
+/* I/O APIC: IOREGSEL at +0x00 selects a register, IOWIN at +0x10
+ * accesses it; redirection entry n is registers 0x10 + 2n (low: vector
+ * 7:0, delivery mode 10:8 = 000 fixed, destination mode 11 = 0 physical,
+ * polarity 13 = 0 high, trigger 15, mask 16) and 0x11 + 2n (high:
+ * destination APIC ID in 31:24). */
+static void ioapic_write(uint32_t reg, uint32_t v)
+{
+    mmio_write32(IOAPIC_BASE + 0x00, reg);
+    mmio_write32(IOAPIC_BASE + 0x10, v);
+}
+
+void ioapic_route(unsigned gsi, uint8_t vector, int level)
+{
+    lapic_enable();
+    ioapic_write(0x10 + 2 * gsi, 1u << 16);             /* masked while changing */
+    ioapic_write(0x11 + 2 * gsi, 0);                    /* destination: APIC ID 0 */
+    ioapic_write(0x10 + 2 * gsi, vector | (level ? 1u << 15 : 0));
+}
+
+void ioapic_mask(unsigned gsi)
+{
+    ioapic_write(0x10 + 2 * gsi, 1u << 16);
+}
+
 void irq_install(uint8_t vector, irq_handler_t handler)
 {
     if (vector >= 32 && handler)

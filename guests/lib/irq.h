@@ -18,6 +18,8 @@
  *     irq_disable();
  *     while (!done) { wait_for_interrupt(); irq_disable(); }
  *     irq_enable();   // if wanted
+ * or, bounded (a lost interrupt must not hang the guest):
+ *     for (n = 0; !done && n < LIMIT; n++) irq_window();
  * wait_for_interrupt() is "sti; hlt": the interrupt shadow of sti keeps an
  * interrupt from landing between the two (SDM Vol. 2B, STI). */
 #ifndef GUEST_IRQ_H
@@ -48,11 +50,26 @@ void irq_install(uint8_t vector, irq_handler_t handler);
 void lapic_enable(void);
 void lapic_eoi(void);
 uint32_t lapic_id(void);
+/* I/O APIC (82093AA datasheet §3.2) at 0xFEC00000, for line interrupts:
+ * route input `gsi` to `vector` on CPU 0, fixed delivery, active high;
+ * `level` selects level trigger (PCI INTx) over edge (ISA, e.g. IDE's IRQ
+ * 14/15).  On QEMU's pc machine ISA IRQ n (n != 0) is I/O APIC input n,
+ * and a PCI function's INTx arrives on the ISA IRQ the firmware wrote to
+ * its interrupt line register (pci_dev.irq_line).  A level handler must
+ * make the device drop the line before returning (the EOI follows). */
+#define IOAPIC_BASE         0xFEC00000u
+void ioapic_route(unsigned gsi, uint8_t vector, int level);
+void ioapic_mask(unsigned gsi);
 /* Number of interrupts delivered on a vector since boot. */
 uint64_t irq_count(uint8_t vector);
 
 static inline void irq_enable(void)  { __asm__ volatile("sti" ::: "memory"); }
 static inline void irq_disable(void) { __asm__ volatile("cli" ::: "memory"); }
 static inline void wait_for_interrupt(void) { __asm__ volatile("sti; hlt" ::: "memory"); }
+/* Let pending interrupts in, for polling loops that run with interrupts
+ * off: the instruction after sti is in its interrupt shadow, and it must
+ * be a plain one — QEMU's TCG does not take an interrupt after a "pause"
+ * in the shadow before the next cli. */
+static inline void irq_window(void) { __asm__ volatile("sti; nop; cli" ::: "memory"); }
 
 #endif
