@@ -278,3 +278,31 @@ def test_irqtest_without_device(qemu_system: str, tmp_path: Path) -> None:
     status, out = boot(qemu_system, tmp_path, "irqtest")
     assert "irqtest: no edu device" in out, out
     assert status == 2 * 2 + 1
+
+
+@pytest.mark.parametrize("cache,wce", [("writeback", 1), ("writethrough", 0)])
+def test_ata_identify_decoding_matches_qemu(qemu_system: str, tmp_path: Path,
+                                            cache: str, wce: int) -> None:
+    """lib/ata.c decodes QEMU's real IDENTIFY DEVICE data: strings (byte
+    swapped, trimmed), 48-bit capacity, write cache state from the drive's
+    cache mode, feature bits."""
+    disk = tmp_path / "ata.img"
+    disk.write_bytes(bytes(3 * 1024 * 1024 + 512 * 7))
+    status, out = boot(qemu_system, tmp_path, "ataprobe", "",
+                       "-drive", f"file={disk},format=raw,if=none,id=d0,cache={cache}",
+                       "-device", "ide-hd,drive=d0,bus=ide.0,unit=0,serial=SER-42,"
+                                  "model=blockbed test disk")
+    assert status == 1, out
+    lines = [ln for ln in out.splitlines() if ln.startswith("ataprobe: ")]
+    assert lines[0] == "ataprobe: model 'blockbed test disk' serial 'SER-42' firmware '2.5+'"
+    assert lines[1] == f"ataprobe: sectors {6144 + 7} sector_size 512 lba48 1 dma 1"
+    assert lines[2] == (f"ataprobe: wcache supported 1 enabled {wce} flush 1 flush_ext 1 "
+                        "fua 0")
+    cachename = "writeback" if wce else "writethrough"
+    assert f"ata: {6144 + 7} sectors of 512 bytes, cache {cachename}, qd 0, caps flush" in out
+
+
+def test_ataprobe_without_disk(qemu_system: str, tmp_path: Path) -> None:
+    status, out = boot(qemu_system, tmp_path, "ataprobe")
+    assert "ataprobe: no device" in out, out
+    assert status == 5

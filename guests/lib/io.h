@@ -49,6 +49,17 @@ static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
 
 static inline void cpu_relax(void) { __asm__ volatile("pause"); }
 
+/* Poll `cond` at most `limit` times (a count, not time: QEMU and blockbed
+ * then give up on the same iteration); evaluates to the final truth of
+ * `cond`.  For device status registers:
+ *     if (!SPIN_UNTIL(!(inb(st) & BSY), 1000000)) return BLK_ETIMEDOUT; */
+#define SPIN_UNTIL(cond, limit) ({                                      \
+        uint64_t spin_n_ = 0;                                           \
+        while (!(cond) && ++spin_n_ < (uint64_t)(limit))                \
+            cpu_relax();                                                \
+        !!(cond);                                                       \
+    })
+
 static inline uint64_t rdtsc(void)
 {
     uint32_t lo, hi;
