@@ -10,6 +10,9 @@
  * (needs a machine that delivers INT n: QEMU does); fault=ud2 executes an
  * invalid opcode to check the exception report (exit code 0x7F). */
 #include "guest.h"
+#include "ata.h"
+#include "endian.h"
+#include "scsi.h"
 
 static int checks, failures;
 
@@ -216,6 +219,119 @@ static void test_blkdev(void)
     CHECK(blk_submit(d, &fq) == 0 && blk_wait(d, &fq) == 0, "queued flush");
 }
 
+static void put_ata_string(uint16_t *w, const char *s, int nwords)
+{
+    for (int i = 0; i < nwords; i++) {
+        char a = *s ? *s++ : ' ';
+        char b = *s ? *s++ : ' ';
+        w[i] = (uint16_t)((uint8_t)a << 8 | (uint8_t)b);
+    }
+}
+
+static void test_ata(void)
+{
+    static uint16_t id[256];
+    struct ata_identify a;
+    /* A 28-bit-only disk: capacity from words 60-61, no FUA without LBA48. */
+    put_ata_string(&id[10], "  SN1", 10);
+    put_ata_string(&id[27], "Model X", 20);
+    id[49] = 1 << 8 | 1 << 9;
+    id[60] = 0x5678;
+    id[61] = 0x0012;
+    id[83] = 0x4000 | 1 << 12;
+    id[84] = 0x4000 | 1 << 6;
+    id[82] = 1 << 5;
+    CHECK(ata_parse_identify(id, &a) == 0, "parse");
+    CHECK(a.sectors == 0x125678 && !a.lba48 && a.flush && !a.flush_ext && a.dma,
+          "lba28 sectors=%lx", (unsigned long)a.sectors);
+    CHECK(!strcmp(a.serial, "  SN1") && !strcmp(a.model, "Model X"), "strings '%s' '%s'",
+          a.serial, a.model);
+    struct blkdev d = { 0 };
+    ata_identify_to_blkdev(&a, &d);
+    CHECK(d.caps == (BLK_CAP_FLUSH | BLK_CAP_WCE_TOGGLE) && d.write_cache == 0,
+          "caps 0x%x", d.caps);
+    /* 48-bit, 4096-byte logical sectors (words 106, 117-118), NCQ depth 32,
+     * TRIM, write cache on. */
+    id[83] |= 1 << 10 | 1 << 13;
+    id[100] = 0x0000; id[101] = 0x0001; id[102] = 0x0002; id[103] = 0;
+    id[106] = 0x4000 | 1 << 12;
+    id[117] = 2048; id[118] = 0;
+    id[75] = 31;
+    id[76] = 1 << 8;
+    id[85] = 1 << 5;
+    id[169] = 1;
+    CHECK(ata_parse_identify(id, &a) == 0 && a.sectors == 0x200010000ull &&
+          a.sector_size == 4096 && a.ncq && a.ncq_depth == 32 && a.trim && a.fua &&
+          a.wcache_enabled, "lba48 sectors=%lx size %u ncq %d/%d", (unsigned long)a.sectors,
+          a.sector_size, a.ncq, a.ncq_depth);
+    ata_identify_to_blkdev(&a, &d);
+    CHECK(d.caps == (BLK_CAP_FLUSH | BLK_CAP_FUA | BLK_CAP_DISCARD | BLK_CAP_WCE_TOGGLE) &&
+          d.write_cache == 1 && d.sector_size == 4096, "caps 0x%x", d.caps);
+    id[0] = 0x8000;                             /* ATAPI */
+    CHECK(ata_parse_identify(id, &a) == BLK_EIO, "atapi rejected");
+    CHECK(ata_trim_entry(0x123456789ABCull, 8) == 0x0008123456789ABCull, "trim entry");
+}
+
+static void test_scsi(void)
+{
+    uint8_t cdb[SCSI_CDB_MAX];
+    CHECK(scsi_cdb_rw(cdb, 0, 0x12345678, 8, 0) == 10 && cdb[0] == SCSI_READ_10 &&
+          get_be32(cdb + 2) == 0x12345678 && get_be16(cdb + 7) == 8 && cdb[1] == 0, "read10");
+    CHECK(scsi_cdb_rw(cdb, 1, 5, 1, 1) == 10 && cdb[0] == SCSI_WRITE_10 && cdb[1] == 0x08,
+          "write10 fua");
+    CHECK(scsi_cdb_rw(cdb, 1, 0x100000000ull, 70000, 1) == 16 && cdb[0] == SCSI_WRITE_16 &&
+          get_be64(cdb + 2) == 0x100000000ull && get_be32(cdb + 10) == 70000 &&
+          cdb[1] == 0x08, "write16");
+    CHECK(scsi_cdb_rw(cdb, 0, 0, 0x10000, 0) == 16, "count > 65535 needs 16");
+    CHECK(scsi_cdb_read_capacity16(cdb, 32) == 16 && cdb[0] == 0x9E && cdb[1] == 0x10 &&
+          get_be32(cdb + 10) == 32, "read capacity 16");
+    CHECK(scsi_cdb_inquiry(cdb, 1, 0xB0, 64) == 6 && cdb[1] == 1 && cdb[2] == 0xB0 &&
+          get_be16(cdb + 3) == 64, "inquiry vpd");
+    uint8_t p[24];
+    CHECK(scsi_unmap_param(p, 0x1122334455ull, 99) == 24 && get_be16(p) == 22 &&
+          get_be16(p + 2) == 16 && get_be64(p + 8) == 0x1122334455ull &&
+          get_be32(p + 16) == 99, "unmap param");
+
+    uint8_t cap[32] = { 0 };
+    put_be64(cap, 2047);
+    put_be32(cap + 8, 4096);
+    cap[14] = 0xC0;
+    struct scsi_capacity c;
+    CHECK(scsi_parse_capacity16(cap, 32, &c) == 0 && c.blocks == 2048 &&
+          c.block_size == 4096 && c.lbpme && c.lbprz, "capacity16");
+
+    uint8_t fixed[18] = { 0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x01 };
+    uint8_t desc[8] = { 0x72, 0x06, 0x29, 0x00 };
+    struct scsi_sense sn;
+    CHECK(scsi_parse_sense(fixed, 18, &sn) == 0 && sn.key == 5 && sn.asc == 0x24 &&
+          sn.ascq == 1, "fixed sense");
+    CHECK(scsi_parse_sense(desc, 8, &sn) == 0 && sn.key == 6 && sn.asc == 0x29,
+          "descriptor sense");
+    CHECK(scsi_parse_sense(fixed, 10, &sn) < 0, "short sense");
+    CHECK(!strcmp(scsi_sense_key_name(5), "ILLEGAL REQUEST"), "sense key name");
+
+    uint8_t inq[36] = { 0x00 };
+    memcpy(inq + 8, "QEMU    QEMU HARDDISK   2.5+", 28);
+    struct scsi_inquiry iq;
+    CHECK(scsi_parse_inquiry(inq, 36, &iq) == 0 && iq.type == 0 &&
+          !strcmp(iq.vendor, "QEMU") && !strcmp(iq.product, "QEMU HARDDISK") &&
+          !strcmp(iq.revision, "2.5+"), "inquiry '%s' '%s' '%s'", iq.vendor, iq.product,
+          iq.revision);
+
+    /* MODE SENSE(10): header, an unrelated page 0x01, then caching. */
+    uint8_t ms[8 + 12 + 20] = { 0 };
+    put_be16(ms, sizeof(ms) - 2);
+    ms[8] = 0x01; ms[9] = 10;
+    ms[20] = 0x08; ms[21] = 18; ms[22] = 0x04;
+    int wce = -1;
+    CHECK(scsi_find_caching_page(ms, sizeof(ms), &wce) == 20 && wce == 1, "caching wce=%d",
+          wce);
+    ms[22] = 0;
+    CHECK(scsi_find_caching_page(ms, sizeof(ms), &wce) == 20 && wce == 0, "caching off");
+    put_be16(ms, 8 + 12 - 2);                   /* data ends before the page */
+    CHECK(scsi_find_caching_page(ms, sizeof(ms), &wce) < 0, "caching page absent");
+}
+
 static volatile unsigned last_vector;
 static void on_irq(unsigned v) { last_vector = v; }
 
@@ -241,6 +357,8 @@ int kmain(uint32_t magic, uint32_t mbinfo)
     test_parse();
     test_dma();
     test_blkdev();
+    test_ata();
+    test_scsi();
     if (arg_u64("irq", 0))
         test_irq();
     printf("selftest: %d checks, %d failures\n", checks, failures);
