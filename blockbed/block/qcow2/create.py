@@ -276,19 +276,24 @@ def create(path: str, size: int, options: dict) -> None:
         raise BlockError(errno.EINVAL, "Image creation needs a size parameter")
     size = -(-int(size) // 512) * 512
     lay = plan(size, o)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        raise BlockError(e.errno or errno.EIO, f"Could not create '{path}': {e.strerror}") from None
+    lock = None
+    try:
+        try:
+            from ..locking import ImageLock, Permissions
+            lock = ImageLock(fd, path, Permissions.for_open(read_only=False))
+        except ImportError:  # pragma: no cover - locking is part of the block layer
+            lock = None
         os.ftruncate(fd, 0)
         for off, data in metadata_writes(lay, o):
             os.pwrite(fd, data, off)
         if lay.nb_data:
             end = lay.data_off + lay.nb_data * lay.header.cluster_size
             if o.preallocation == "falloc":
-                try:
-                    os.posix_fallocate(fd, lay.data_off, end - lay.data_off)
-                except OSError as e:
-                    raise BlockError(e.errno or errno.EIO,
-                                     f"Could not preallocate data for the new file: {e.strerror}")
+                os.posix_fallocate(fd, lay.data_off, end - lay.data_off)
             elif o.preallocation == "full":
                 zeros = bytes(8 << 20)
                 pos = lay.data_off
@@ -299,5 +304,11 @@ def create(path: str, size: int, options: dict) -> None:
             if os.fstat(fd).st_size < end:
                 os.ftruncate(fd, end)
         os.fsync(fd)
+    except OSError as e:
+        if isinstance(e, BlockError):
+            raise
+        raise BlockError(e.errno or errno.EIO, f"Could not create '{path}': {e.strerror}") from None
     finally:
+        if lock is not None:
+            lock.release()
         os.close(fd)

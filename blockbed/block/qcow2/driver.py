@@ -102,7 +102,8 @@ class Qcow2Driver(BlockDriver):
         self.cluster_size = h.cluster_size
         self.l2_bits = h.cluster_bits - 3
         self.corrupt = bool(h.incompatible_features & INCOMPAT_CORRUPT)
-        if self.corrupt and not self.read_only:
+        self.check_mode = bool(opts.get("x-check", False))   # qemu-img check: allow repair
+        if self.corrupt and not self.read_only and not self.check_mode:
             raise ImageFormatError("qcow2: Image is corrupt; cannot be opened read/write")
         if h.data_file is not None:
             raise ImageFormatError("qcow2: images with an external data file are not supported")
@@ -124,7 +125,7 @@ class Qcow2Driver(BlockDriver):
         self._build_overlap_map(snap_bytes)
         self.lazy_refcounts = bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS)
         self._open_backing(opts, opener)
-        if h.incompatible_features & INCOMPAT_DIRTY and not self.read_only:
+        if h.incompatible_features & INCOMPAT_DIRTY and not self.read_only and not self.check_mode:
             self._repair_dirty()
         if not self.read_only and h.version >= 3 and h.autoclear_features & ~AUTOCLEAR_BITMAPS:
             # unknown autoclear bits must be cleared by a writer (spec "autoclear_features")
@@ -240,7 +241,7 @@ class Qcow2Driver(BlockDriver):
     def _check_writable(self) -> None:
         if self.read_only:
             raise ReadOnlyError("qcow2: the image is opened read-only")
-        if self.corrupt:
+        if self.corrupt and not self.check_mode:
             raise CorruptImageError("qcow2: the image is marked corrupt; writes are refused "
                                     "(run 'blockbed img check -r all' to repair it)")
         if self.lazy_refcounts and not self._set_dirty and self.header.version >= 3:
@@ -672,6 +673,16 @@ class Qcow2Driver(BlockDriver):
             run, kind, host = self._extent(pos, end)
             if kind == ClusterType.UNALLOCATED and pos < blen < pos + run:
                 run = blen - pos
+            if kind == ClusterType.NORMAL and self._metadata_preallocated():
+                for ext in self._recurse_status(pos, run, host):
+                    if out and _mergeable(out[-1], ext):
+                        p = out[-1]
+                        out[-1] = Extent(p.offset, p.length + ext.length, p.data, p.zero,
+                                         p.allocated, p.host_offset, p.depth, p.host_node)
+                    else:
+                        out.append(ext)
+                pos += run
+                continue
             if kind == ClusterType.NORMAL:
                 ext = Extent(pos, run, data=True, zero=False, allocated=True,
                              host_offset=host, host_node=self.file)
@@ -693,6 +704,41 @@ class Qcow2Driver(BlockDriver):
             else:
                 out.append(ext)
             pos += run
+        return out
+
+    def _metadata_preallocated(self) -> bool:
+        """QEMU's qcow2_detect_metadata_preallocation: far more clusters have a refcount
+        than the file has allocated blocks.  Then data clusters that are holes in the
+        file are reported as zero (BDRV_BLOCK_RECURSE)."""
+        cached = getattr(self, "_prealloc_detected", None)
+        if cached is not None:
+            return cached
+        from .check import _Checker, CheckResult
+        path = _node_path(self.file)
+        result = False
+        if path:
+            try:
+                real = os.stat(path).st_blocks * 512 // self.cluster_size
+            except OSError:
+                real = None
+            if real is not None:
+                threshold = max(real * 10 // 9, real + 2)
+                stored, _ = _Checker(self, CheckResult()).stored()
+                result = sum(1 for v in stored if v) > threshold
+        self._prealloc_detected = result
+        return result
+
+    def _recurse_status(self, pos: int, run: int, host: int) -> list[Extent]:
+        out = []
+        flen = self.file.length()
+        avail = max(0, min(run, flen - host))
+        if avail:
+            for fe in self.file.block_status(host, avail):
+                out.append(Extent(pos + fe.offset - host, fe.length, data=True, zero=fe.zero,
+                                  allocated=True, host_offset=fe.offset, host_node=self.file))
+        if avail < run:
+            out.append(Extent(pos + avail, run - avail, data=True, zero=True, allocated=True,
+                              host_offset=host + avail, host_node=self.file))
         return out
 
     def _entry(self, pos: int) -> int:

@@ -1,0 +1,456 @@
+"""Consistency check and repair, modelled on QEMU's qcow2_check_refcounts.
+
+The check walks every structure that references clusters (header, refcount
+table and blocks, active and snapshot L1/L2 tables, data and compressed
+clusters, snapshot table, bitmap directory and tables), counts references per
+cluster, and compares with the stored refcounts:
+
+- stored > references: a *leak* (harmless, wastes space)
+- stored < references: a *corruption* (a cluster could be reused while in use)
+- OFLAG_COPIED set exactly when the refcount is 1 (active tables only)
+- table offsets aligned and inside the file
+
+Repair (``-r leaks`` / ``-r all``) sets the stored refcounts to the counted
+references; when a needed refcount block is missing or broken, the whole
+refcount structure is rebuilt at the end of the image and the header switched
+to it in one write after everything else is durable.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .cache import load_be_array
+from .cluster import (L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, ClusterType,
+                      cluster_type)
+from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, BitmapDirEntry
+from .refcount import REFT_OFFSET_MASK, RefcountCodec
+
+if TYPE_CHECKING:
+    from .driver import Qcow2Driver
+
+
+@dataclass
+class CheckResult:
+    corruptions: int = 0
+    leaks: int = 0
+    check_errors: int = 0
+    corruptions_fixed: int = 0
+    leaks_fixed: int = 0
+    image_end_offset: int = 0
+    total_clusters: int = 0
+    allocated_clusters: int = 0
+    fragmented_clusters: int = 0
+    compressed_clusters: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def exit_code(self) -> int:
+        """qemu-img check's exit status: 1 internal error, 2 corruption, 3 leaks, 0 clean."""
+        if self.check_errors:
+            return 1
+        if self.corruptions:
+            return 2
+        if self.leaks:
+            return 3
+        return 0
+
+
+class _Refs:
+    """Reference counts per cluster, growing past the end of the file if needed."""
+
+    def __init__(self, n: int):
+        self.a = array("I", bytes(4 * n))
+        self.n = n
+
+    def inc(self, ci: int) -> None:
+        if ci >= self.n:
+            grow = max(ci + 1, self.n + (self.n >> 2) + 16)
+            if grow - self.n > (1 << 28):
+                raise ValueError("reference far past the end of the image")
+            self.a.extend(array("I", bytes(4 * (grow - self.n))))
+            self.n = grow
+        self.a[ci] += 1
+
+
+class _Checker:
+    def __init__(self, drv: "Qcow2Driver", res: CheckResult):
+        self.drv = drv
+        self.res = res
+        self.file = drv.file
+        self.cb = drv.cluster_bits
+        self.cs = drv.cluster_size
+        self.flen = drv.file.length()
+        self.nb = -(-self.flen // self.cs)
+        self.refs = _Refs(self.nb)
+        self.max_ref = -1
+        self.codec = RefcountCodec(drv.header.refcount_order, self.cs)
+        self.rb_bits = self.codec.entries.bit_length() - 1
+
+    def msg(self, s: str) -> None:
+        self.res.messages.append(s)
+
+    def inc_range(self, off: int, length: int) -> None:
+        if length <= 0:
+            return
+        first, last = off >> self.cb, (off + length - 1) >> self.cb
+        if last - first > (1 << 24):
+            self.msg(f"ERROR: table at {off:#x} of {length} bytes is far too large")
+            self.res.corruptions += 1
+            return
+        for ci in range(first, last + 1):
+            self.refs.inc(ci)
+        if last > self.max_ref:
+            self.max_ref = last
+
+    def read(self, off: int, length: int) -> bytes | None:
+        if off + length > self.flen:
+            avail = max(0, self.flen - off)
+            buf = bytearray(length)
+            if avail:
+                self.file.read(off, memoryview(buf)[:avail])
+            return bytes(buf)
+        buf = bytearray(length)
+        self.file.read(off, memoryview(buf))
+        return bytes(buf)
+
+    # --- walkers -------------------------------------------------------------------
+    def walk_l1(self, l1: list[int], active: bool) -> None:
+        res = self.res
+        nxt = 0
+        for l1i, e in enumerate(l1):
+            l2off = e & L1E_OFFSET_MASK
+            if not l2off:
+                continue
+            if e & 0x1FF:
+                self.msg(f"ERROR l2_offset={l2off:x}: Table is not cluster aligned; "
+                         "L1 entry corrupted")
+                res.corruptions += 1
+                continue
+            self.inc_range(l2off, self.cs)
+            if l2off >= self.flen:
+                self.msg(f"ERROR l2_offset={l2off:x}: L2 table is outside the image file")
+                res.corruptions += 1
+                continue
+            table = load_be_array("Q", self.read(l2off, self.cs))
+            for l2i, le in enumerate(table):
+                t = cluster_type(le)
+                if t == ClusterType.COMPRESSED:
+                    if le & OFLAG_COPIED:
+                        self.msg(f"ERROR: coffset={le & self.drv.mapping.coffset_mask:x}: "
+                                 "Compressed cluster has copied flag set")
+                        res.corruptions += 1
+                    coff, csize = self.drv.mapping.compressed_range(le)
+                    if active:
+                        res.allocated_clusters += 1
+                        res.compressed_clusters += 1
+                        res.fragmented_clusters += 1
+                    self.inc_range(coff & ~511, csize + (coff & 511))
+                elif t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+                    off = le & L2E_OFFSET_MASK
+                    if active:
+                        res.allocated_clusters += 1
+                        if nxt and off != nxt:
+                            res.fragmented_clusters += 1
+                        nxt = off + self.cs
+                    if le & 0x1FE:
+                        self.msg(f"ERROR offset={off:x}: Cluster is not properly aligned; "
+                                 "L2 entry corrupted.")
+                        res.corruptions += 1
+                        continue
+                    self.inc_range(off, self.cs)
+
+    def walk_everything(self) -> None:
+        drv, h = self.drv, self.drv.header
+        self.inc_range(0, self.cs)                                  # header
+        self.walk_l1(drv.mapping.l1, active=True)
+        if h.l1_size:
+            self.inc_range(h.l1_table_offset, h.l1_size * 8)
+        # snapshots
+        if h.nb_snapshots:
+            from .snapshot import read_snapshots
+            snaps, nbytes = read_snapshots(self.file, h.snapshots_offset, h.nb_snapshots,
+                                           self.cs, self.flen)
+            self.inc_range(h.snapshots_offset, nbytes)
+            for s in snaps:
+                if s.l1_size:
+                    self.inc_range(s.l1_table_offset, s.l1_size * 8)
+                    raw = self.read(s.l1_table_offset, s.l1_size * 8)
+                    self.walk_l1(list(struct.unpack(f">{s.l1_size}Q", raw)), active=False)
+        # refcount table and blocks
+        self.inc_range(h.refcount_table_offset, h.refcount_table_clusters * self.cs)
+        for ti, off in enumerate(drv.refcounts.table):
+            if not off:
+                continue
+            if off & ~REFT_OFFSET_MASK or off % self.cs:
+                self.msg(f"ERROR refcount block {ti} is not cluster aligned; refcount table "
+                         "entry corrupted")
+                self.res.corruptions += 1
+                continue
+            if off >= self.flen:
+                self.msg(f"ERROR refcount block {ti} is outside image")
+                self.res.corruptions += 1
+                continue
+            self.inc_range(off, self.cs)
+        # bitmaps
+        if h.bitmaps and h.autoclear_features & AUTOCLEAR_BITMAPS:
+            self.walk_bitmaps(h.bitmaps)
+
+    def walk_bitmaps(self, ext: dict) -> None:
+        doff, dsize = ext["bitmap_directory_offset"], ext["bitmap_directory_size"]
+        if not dsize or dsize > (64 << 20) or doff % self.cs:
+            return
+        self.inc_range(doff, dsize)
+        raw = self.read(doff, dsize)
+        pos = 0
+        for _ in range(ext["nb_bitmaps"]):
+            if pos + 24 > len(raw):
+                break
+            e = BitmapDirEntry.parse(raw[pos:pos + 24])
+            self.inc_range(e.bitmap_table_offset, e.bitmap_table_size * 8)
+            if e.bitmap_table_size and e.bitmap_table_size < (1 << 24):
+                tab = load_be_array("Q", self.read(e.bitmap_table_offset, e.bitmap_table_size * 8))
+                for be in tab:
+                    off = be & 0x00FFFFFFFFFFFE00
+                    if off:
+                        self.inc_range(off, self.cs)
+            pos += (24 + e.extra_data_size + e.name_size + 7) & ~7
+
+    # --- stored refcounts ---------------------------------------------------------------
+    def stored(self) -> tuple[list[int], set[int]]:
+        """Stored refcounts for clusters [0, n) and the table indices whose block is unusable."""
+        n = max(self.nb, self.refs.n)
+        out = [0] * n
+        broken: set[int] = set()
+        table = self.drv.refcounts.table
+        for ti in range(min(len(table), (n >> self.rb_bits) + 1)):
+            off = table[ti]
+            if not off:
+                continue
+            if off % self.cs or off >= self.flen:
+                broken.add(ti)
+                continue
+            vals = self.codec.all_values(self.codec.load(self.read(off, self.cs)))
+            base = ti << self.rb_bits
+            k = min(len(vals), n - base)
+            if k > 0:
+                out[base:base + k] = vals[:k]
+        return out, broken
+
+
+def check_image(drv: "Qcow2Driver", repair: str | None = None) -> CheckResult:
+    """Check (and with ``repair`` = "leaks" or "all", repair) the image behind ``drv``."""
+    if not drv.read_only and not drv.corrupt:
+        drv.flush()
+    res = CheckResult()
+    first = _check_once(drv, res, repair)
+    if repair and (first.leaks_fixed or first.corruptions_fixed):
+        again = CheckResult()
+        _check_once(drv, again, None)
+        again.leaks_fixed = first.leaks_fixed
+        again.corruptions_fixed = first.corruptions_fixed
+        again.messages = first.messages + again.messages
+        return again
+    return first
+
+
+def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> CheckResult:
+    ck = _Checker(drv, res)
+    h = drv.header
+    res.total_clusters = -(-h.size // drv.cluster_size)
+    try:
+        ck.walk_everything()
+    except (OSError, ValueError) as e:
+        res.messages.append(f"ERROR: check failed: {e}")
+        res.check_errors += 1
+        return res
+    stored, broken = ck.stored()
+    refs = ck.refs.a
+    fix_leaks = repair in ("leaks", "all")
+    fix_errors = repair == "all"
+    n = max(ck.nb, ck.refs.n)
+    changes: dict[int, int] = {}
+    rebuild = False
+    highest = -1
+    refs_list = refs.tolist()
+    if len(refs_list) < n:
+        refs_list.extend([0] * (n - len(refs_list)))
+    if len(stored) < n:
+        stored.extend([0] * (n - len(stored)))
+    nz = [i for i in range(0, n, 4096) if any(refs_list[i:i + 4096])]
+    if nz:
+        blk = nz[-1]
+        highest = max(i for i in range(blk, min(n, blk + 4096)) if refs_list[i])
+    mismatches = []
+    for base in range(0, n, 4096):
+        if refs_list[base:base + 4096] != stored[base:base + 4096]:
+            mismatches.extend(i for i in range(base, min(n, base + 4096))
+                              if refs_list[i] != stored[i])
+    for i in mismatches:
+        r = refs_list[i]
+        s = stored[i]
+        if i >= ck.nb and r == 0:
+            continue
+        fixable = None
+        if s == 0 and r > 0 and fix_errors:
+            rebuild = True
+            fixable = "c"
+        elif s > r and fix_leaks:
+            fixable = "l"
+        elif s < r and fix_errors:
+            fixable = "c"
+        if fixable:
+            changes[i] = r
+            word = "Repairing"
+        else:
+            word = "ERROR" if s < r else "Leaked"
+        res.messages.append(f"{word} cluster {i} refcount={s} reference={r}")
+        if fixable == "l":
+            res.leaks_fixed += 1
+        elif fixable == "c":
+            res.corruptions_fixed += 1
+        elif s < r:
+            res.corruptions += 1
+        else:
+            res.leaks += 1
+    res.image_end_offset = (highest + 1) * drv.cluster_size if highest >= 0 else 0
+    if broken and fix_errors:
+        rebuild = True
+    if changes or rebuild:
+        if rebuild:
+            target = [refs[i] if i < ck.refs.n else 0 for i in range(n)]
+            for i in range(n):
+                if i not in changes and i < len(stored) and not fix_errors:
+                    target[i] = stored[i]
+            _rebuild_refcounts(drv, target)
+        else:
+            rc = drv.refcounts
+            for i, r in changes.items():
+                s = stored[i]
+                if s != r:
+                    rc.update(i, 1, r - s)
+            rc.cache.flush()
+        stored, _ = _Checker(drv, CheckResult()).stored()
+    _check_copied(drv, res, stored, fix_errors)
+    if fix_errors and drv.corrupt and not res.corruptions:
+        drv.header.incompatible_features &= ~INCOMPAT_CORRUPT
+        drv._write_features()
+        drv.corrupt = False
+    return res
+
+
+def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: bool) -> None:
+    """OFLAG_COPIED must be set exactly when the refcount is 1 (QEMU check_oflag_copied)."""
+    cb, cs = drv.cluster_bits, drv.cluster_size
+    mp = drv.mapping
+    flen = drv.file.length()
+
+    def rc(off: int) -> int:
+        ci = off >> cb
+        return stored[ci] if ci < len(stored) else 0
+
+    for l1i, e in enumerate(mp.l1):
+        l2off = e & L1E_OFFSET_MASK
+        if not l2off or e & 0x1FF:
+            continue
+        r = rc(l2off)
+        if (r == 1) != bool(e & OFLAG_COPIED):
+            word = "Repairing" if fix else "ERROR"
+            res.messages.append(f"{word} OFLAG_COPIED L2 cluster: l1_index={l1i} "
+                                f"l1_entry={e:x} refcount={r}")
+            if fix:
+                mp.l1[l1i] = (e | OFLAG_COPIED) if r == 1 else (e & ~OFLAG_COPIED)
+                mp.write_l1_entry(l1i)
+                res.corruptions_fixed += 1
+            else:
+                res.corruptions += 1
+        if l2off >= flen:
+            continue
+        raw = bytearray(cs)
+        drv.file.read(l2off, memoryview(raw))
+        table = load_be_array("Q", raw)
+        changed = False
+        for i, le in enumerate(table):
+            t = cluster_type(le)
+            if t not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) or le & 0x1FE:
+                continue
+            r = rc(le & L2E_OFFSET_MASK)
+            if (r == 1) != bool(le & OFLAG_COPIED):
+                word = "Repairing" if fix else "ERROR"
+                res.messages.append(f"{word} OFLAG_COPIED data cluster: l2_entry={le:x} "
+                                    f"refcount={r}")
+                if fix:
+                    table[i] = (le | OFLAG_COPIED) if r == 1 else (le & ~OFLAG_COPIED)
+                    changed = True
+                    res.corruptions_fixed += 1
+                else:
+                    res.corruptions += 1
+        if changed:
+            mp.cache.forget(l2off)
+            from .cache import dump_be_array
+            drv.file.write(l2off, dump_be_array(table))
+            drv.file.flush()
+
+
+def _rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
+    """Write a fresh refcount table and blocks holding ``target`` (QEMU
+    rebuild_refcount_structure); the header switches to them last."""
+    cs, cb = drv.cluster_size, drv.cluster_bits
+    codec = RefcountCodec(drv.header.refcount_order, cs)
+    per = codec.entries
+    top = len(target)
+    while top and not target[top - 1]:
+        top -= 1
+    start = max(top, -(-drv.file.length() // cs))
+    # the new structures (table T clusters, then blocks) live at [start, ...)
+    rbb = per.bit_length() - 1
+    used = {i >> rbb for i in range(top) if target[i]}
+    t, nblocks = 1, 0
+    for _ in range(64):
+        end = start + t + nblocks
+        ranges = sorted(used | set(range(start >> rbb, ((end - 1) >> rbb) + 1)))
+        nb2 = len(ranges)
+        t2 = -(-((max(ranges) + 1) * 8) // cs)
+        if (t2, nb2) == (t, nblocks):
+            break
+        t, nblocks = t2, nb2
+    vals = list(target) + [0] * max(0, start + t + nblocks - len(target))
+    for i in range(start, start + t + nblocks):
+        vals[i] = 1
+    rb_bits = per.bit_length() - 1
+    table = [0] * (t * cs // 8)
+    blocks: list[bytes] = []
+    for k, ti in enumerate(ranges):
+        table[ti] = (start + t + k) << cb
+        blk = codec.new()
+        base = ti << rb_bits
+        for j in range(per):
+            v = vals[base + j] if base + j < len(vals) else 0
+            if v:
+                codec.set(blk, j, min(v, codec.max))
+        blocks.append(codec.dump(blk))
+    f = drv.file
+    f.write((start + t) << cb, b"".join(blocks))
+    f.write(start << cb, struct.pack(f">{len(table)}Q", *table))
+    f.flush()
+    f.write(48, struct.pack(">QI", start << cb, t))
+    f.flush()
+    drv.header.refcount_table_offset = start << cb
+    drv.header.refcount_table_clusters = t
+    # reload the refcount state and the overlap map
+    rc = drv.refcounts
+    for off in list(rc.cache.tables):
+        rc.cache.forget(off)
+    rc.load_table()
+    rc.free_cluster_index = 0
+    rc.max_allocated = start + t + nblocks
+    ov = drv.overlap
+    for ci, kind in list(ov.kinds.items()):
+        if kind in ("reftable", "refblock"):
+            del ov.kinds[ci]
+    ov.add(start << cb, t * cs, "reftable")
+    for off in rc.table:
+        if off:
+            ov.add(off, cs, "refblock")

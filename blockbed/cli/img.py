@@ -1,0 +1,687 @@
+"""``blockbed img``: qemu-img's syntax and output over blockbed's block layer.
+
+Subcommands: create, info, check, map, convert, compare, resize.  JSON output
+matches ``qemu-img … --output=json`` of QEMU 7.2 field for field; key order
+follows QEMU's QDict hash order so even the text is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ..block.driver import BlockDriver, BlockError
+
+CHUNK = 2 << 20
+
+
+# --- QEMU-compatible JSON -------------------------------------------------------------
+def _qdict_bucket(name: str) -> int:
+    """QEMU qdict.c tdb_hash(name) % QDICT_BUCKET_MAX: the order keys are printed in."""
+    v = (0x238F13AF * len(name)) & 0xFFFFFFFF
+    for i, ch in enumerate(name.encode()):
+        v = (v + (ch << (i * 5 % 24))) & 0xFFFFFFFF
+    return ((1103515243 * v + 12345) & 0xFFFFFFFF) % 512
+
+
+def _qdict_order(d: dict) -> list[tuple[str, Any]]:
+    # within a bucket QEMU iterates newest first
+    items = list(d.items())
+    idx = {k: i for i, (k, _) in enumerate(items)}
+    return sorted(items, key=lambda kv: (_qdict_bucket(kv[0]), -idx[kv[0]]))
+
+
+def qemu_json(obj: Any, indent: int = 0) -> str:
+    """Pretty JSON as QEMU's qobject_to_json_pretty writes it."""
+    pad = "    " * (indent + 1)
+    end = "    " * indent
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        parts = [f"{pad}{json.dumps(k)}: {qemu_json(v, indent + 1)}" for k, v in _qdict_order(obj)]
+        return "{\n" + ",\n".join(parts) + "\n" + end + "}"
+    if isinstance(obj, list):
+        if not obj:
+            return "[]"
+        return "[\n" + ",\n".join(pad + qemu_json(v, indent + 1) for v in obj) + "\n" + end + "]"
+    if isinstance(obj, bool):
+        return "true" if obj else "false"
+    return json.dumps(obj)
+
+
+def size_to_str(n: int) -> str:
+    """QEMU's size_to_str: three significant digits and a binary unit."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    i = 0
+    v = float(n)
+    while v >= 1024 * 0.95 and i < len(units) - 1 and n >= 1024 ** (i + 1) * 0.95:
+        v /= 1024
+        i += 1
+    if i == 0:
+        return f"{n} B"
+    return f"{v:0.3g} {units[i]}"
+
+
+# --- opening ------------------------------------------------------------------------------
+def _probe_format(path: str) -> str:
+    from ..block import registry
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+    except OSError as e:
+        raise BlockError(e.errno or errno.EIO, f"Could not open '{path}': {e.strerror}") from None
+    return registry.probe_other_format(head) or "raw"
+
+
+def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share: bool = False,
+             no_backing: bool = False, extra: dict | None = None) -> tuple[BlockDriver, str]:
+    from ..block import registry
+    if fmt is None:
+        fmt = _probe_format(path)
+    opts = dict(extra or {})
+    if fmt == "qcow2" and no_backing:
+        opts["backing"] = None
+    if fmt != "qcow2":
+        opts = {}
+    node = registry.open_image(path, fmt, read_only=read_only,
+                               force_share=force_share and read_only, options=opts)
+    return node, fmt
+
+
+def _fail(msg: str, code: int = 1) -> int:
+    print(f"blockbed img: {msg}", file=sys.stderr)
+    return code
+
+
+def _parse_o(values: list[str] | None) -> dict:
+    opts: dict[str, str] = {}
+    for v in values or []:
+        for kv in v.split(","):
+            if not kv:
+                continue
+            k, sep, val = kv.partition("=")
+            if not sep:
+                raise BlockError(errno.EINVAL, f"Invalid option '{kv}': expected key=value")
+            opts[k] = val
+    return opts
+
+
+# --- create -----------------------------------------------------------------------------------
+def cmd_create(a: argparse.Namespace) -> int:
+    from ..block import registry
+    from ..block.qcow2.create import parse_size
+    fmt = a.f or "raw"
+    opts = _parse_o(a.o)
+    if a.b:
+        opts["backing_file"] = a.b
+    if a.F:
+        opts["backing_fmt"] = a.F
+    size = parse_size(a.size) if a.size is not None else None
+    if fmt != "qcow2" and ("backing_file" in opts or "backing_fmt" in opts):
+        return _fail(f"Format '{fmt}' does not support backing files")
+    if size is None:
+        bf = opts.get("backing_file")
+        if not bf:
+            return _fail("Image creation needs a size parameter")
+        path = bf if os.path.isabs(bf) else os.path.join(os.path.dirname(a.filename), bf)
+        b, bfmt = open_img(path, opts.get("backing_fmt"), force_share=True)
+        try:
+            size = b.length()
+        finally:
+            b.close()
+        opts.setdefault("backing_fmt", bfmt)
+    elif opts.get("backing_file") and not a.u:
+        bf = opts["backing_file"]
+        path = bf if os.path.isabs(bf) else os.path.join(os.path.dirname(a.filename), bf)
+        b, bfmt = open_img(path, opts.get("backing_fmt"), force_share=True)
+        b.close()
+        opts.setdefault("backing_fmt", bfmt)
+    if not a.q:
+        print(f"Formatting '{a.filename}', " + _format_line(fmt, size, opts))
+    registry.create_image(a.filename, fmt, size, opts)
+    return 0
+
+
+def _format_line(fmt: str, size: int, opts: dict) -> str:
+    if fmt != "qcow2":
+        extra = "".join(f" {k}={v}" for k, v in opts.items())
+        return f"fmt={fmt} size={size}{extra}"
+    parts = [f"fmt=qcow2", f"cluster_size={opts.get('cluster_size', 65536)}",
+             f"extended_l2={opts.get('extended_l2', 'off')}"]
+    if "preallocation" in opts:
+        parts.append(f"preallocation={opts['preallocation']}")
+    parts.append(f"compression_type={opts.get('compression_type', 'zlib')}")
+    parts.append(f"size={size}")
+    if opts.get("backing_file"):
+        parts.append(f"backing_file={opts['backing_file']}")
+    if opts.get("backing_fmt"):
+        parts.append(f"backing_fmt={opts['backing_fmt']}")
+    if "compat" in opts:
+        parts.append(f"compat={opts['compat']}")
+    parts.append(f"lazy_refcounts={opts.get('lazy_refcounts', 'off')}")
+    parts.append(f"refcount_bits={opts.get('refcount_bits', 16)}")
+    return " ".join(parts)
+
+
+# --- info -------------------------------------------------------------------------------------
+def _actual_size(path: str) -> int:
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
+    """The ImageInfo fields qemu-img info prints (QAPI order of insertion)."""
+    info: dict[str, Any] = {}
+    if fmt == "qcow2":
+        h = node.header
+        info["virtual-size"] = node.length()
+        info["filename"] = path
+        info["cluster-size"] = node.cluster_size
+        info["format"] = "qcow2"
+        info["actual-size"] = _actual_size(path)
+        data: dict[str, Any] = {}
+        if h.version == 2:
+            data["compat"] = "0.10"
+            data["compression-type"] = "zlib"
+            data["refcount-bits"] = h.refcount_bits
+        else:
+            data["compat"] = "1.1"
+            data["compression-type"] = "zstd" if h.compression_type == 1 else "zlib"
+            data["lazy-refcounts"] = bool(h.compatible_features & 1)
+            data["refcount-bits"] = h.refcount_bits
+            data["corrupt"] = bool(h.incompatible_features & 2)
+            data["extended-l2"] = False
+        info["format-specific"] = {"type": "qcow2", "data": data}
+        if h.backing_file:
+            info["backing-filename"] = h.backing_file
+            info["full-backing-filename"] = node.backing_path()
+            if h.backing_format:
+                info["backing-filename-format"] = h.backing_format
+        if node.snapshots:
+            info["snapshots"] = [{
+                "id": s.id_str, "name": s.name, "vm-state-size": s.vm_state_size,
+                "date-sec": s.date_sec, "date-nsec": s.date_nsec,
+                "vm-clock-sec": s.vm_clock_nsec // 1_000_000_000,
+                "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
+                **({"icount": s.icount} if s.icount not in (None, 2 ** 64 - 1) else {}),
+            } for s in node.snapshots]
+        info["dirty-flag"] = False
+    else:
+        info["virtual-size"] = node.length()
+        info["filename"] = path
+        info["format"] = fmt
+        info["actual-size"] = _actual_size(path)
+        info["dirty-flag"] = False
+    return info
+
+
+def _chain(path: str, fmt: str | None, force_share: bool) -> Iterator[tuple[dict, BlockDriver]]:
+    seen: set[str] = set()
+    while path:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise BlockError(errno.ELOOP, f"Backing file '{path}' creates an infinite loop.")
+        seen.add(real)
+        node, f = open_img(path, fmt, force_share=force_share, no_backing=True)
+        try:
+            info = image_info(node, f, path)
+            nxt = info.get("full-backing-filename")
+            fmt = info.get("backing-filename-format")
+            yield info, node
+        finally:
+            node.close()
+        path = nxt
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    infos = []
+    for info, node in _chain(a.filename, a.f, a.U):
+        infos.append(info)
+        if not a.backing_chain:
+            break
+    if a.output == "json":
+        print(qemu_json(infos if a.backing_chain else infos[0]))
+        return 0
+    for i, info in enumerate(infos):
+        if i:
+            print()
+        print(_human_info(info))
+    return 0
+
+
+def _human_info(info: dict) -> str:
+    lines = [f"image: {info['filename']}", f"file format: {info['format']}",
+             f"virtual size: {size_to_str(info['virtual-size'])} ({info['virtual-size']} bytes)",
+             f"disk size: {size_to_str(info['actual-size'])}"]
+    if "cluster-size" in info:
+        lines.append(f"cluster_size: {info['cluster-size']}")
+    if "backing-filename" in info:
+        bf, full = info["backing-filename"], info["full-backing-filename"]
+        lines.append(f"backing file: {bf}" + (f" (actual path: {full})" if full != bf else ""))
+        if "backing-filename-format" in info:
+            lines.append(f"backing file format: {info['backing-filename-format']}")
+    if info.get("snapshots"):
+        lines.append("Snapshot list:")
+        lines.append(f"{'ID':<4}{'TAG':<20}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>16}")
+        for s in info["snapshots"]:
+            lines.append(f"{s['id']:<4}{s['name']:<20}{size_to_str(s['vm-state-size']):>8}")
+    fs = info.get("format-specific")
+    if fs:
+        lines.append("Format specific information:")
+        for k, v in fs["data"].items():
+            vs = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            lines.append(f"    {k.replace('-', ' ')}: {vs}")
+    return "\n".join(lines)
+
+
+# --- check ----------------------------------------------------------------------------------
+def cmd_check(a: argparse.Namespace) -> int:
+    from ..block.qcow2.check import check_image
+    fmt = a.f or _probe_format(a.filename)
+    if fmt != "qcow2":
+        print(f"qemu-img: This image format does not support checks", file=sys.stderr)
+        return 63
+    try:
+        node, _ = open_img(a.filename, "qcow2", read_only=not a.r, force_share=a.U and not a.r,
+                           no_backing=True, extra={"x-check": True})
+    except BlockError as e:
+        return _fail(f"Could not open '{a.filename}': {e}", 1)
+    try:
+        res = check_image(node, repair=a.r)
+    finally:
+        node.close()
+    for m in res.messages:
+        if m.startswith(("ERROR", "Leaked", "Repairing")):
+            print(m, file=sys.stderr)
+    if a.output == "json":
+        d: dict[str, Any] = {"filename": a.filename, "format": "qcow2",
+                             "check-errors": res.check_errors}
+        if res.image_end_offset:
+            d["image-end-offset"] = res.image_end_offset
+        for key, val in (("corruptions", res.corruptions), ("leaks", res.leaks),
+                         ("corruptions-fixed", res.corruptions_fixed),
+                         ("leaks-fixed", res.leaks_fixed),
+                         ("total-clusters", res.total_clusters),
+                         ("allocated-clusters", res.allocated_clusters),
+                         ("fragmented-clusters", res.fragmented_clusters),
+                         ("compressed-clusters", res.compressed_clusters)):
+            if val:
+                d[key] = val
+        print(qemu_json(d))
+    elif not a.q:
+        if res.leaks_fixed or res.corruptions_fixed:
+            print("The following inconsistencies were found and repaired:\n\n"
+                  f"    {res.leaks_fixed} leaked clusters\n"
+                  f"    {res.corruptions_fixed} corruptions\n\n"
+                  "Double checking the fixed image now...")
+        if not (res.corruptions or res.leaks or res.check_errors):
+            print("No errors were found on the image.")
+        else:
+            if res.corruptions:
+                print(f"\n{res.corruptions} errors were found on the image.\n"
+                      "Data may be corrupted, or further writes to the image may corrupt it.")
+            if res.leaks:
+                print(f"\n{res.leaks} leaked clusters were found on the image.\n"
+                      "This means waste of disk space, but no harm to data.")
+            if res.check_errors:
+                print(f"\n{res.check_errors} internal errors have occurred during the check.")
+        if res.total_clusters and res.allocated_clusters:
+            print(f"{res.allocated_clusters}/{res.total_clusters} = "
+                  f"{res.allocated_clusters * 100 / res.total_clusters:0.2f}% allocated, "
+                  f"{res.fragmented_clusters * 100 / res.allocated_clusters:0.2f}% fragmented, "
+                  f"{res.compressed_clusters * 100 / res.allocated_clusters:0.2f}% compressed clusters")
+        if res.image_end_offset:
+            print(f"Image end offset: {res.image_end_offset}")
+    return res.exit_code()
+
+
+# --- map ------------------------------------------------------------------------------------
+@dataclass
+class MapEntry:
+    start: int
+    length: int
+    depth: int
+    present: bool
+    zero: bool
+    data: bool
+    offset: int | None
+    filename: str | None = None
+
+
+def chain_status(node: BlockDriver, offset: int, length: int, depth: int = 0) -> list[MapEntry]:
+    """qemu-img's get_block_status: descend the backing chain through unallocated ranges."""
+    out: list[MapEntry] = []
+    for e in node.block_status(offset, length):
+        if e.allocated or e.data or e.zero:
+            out.append(MapEntry(e.offset, e.length, depth, bool(e.allocated or e.data or e.zero)
+                                if e.allocated else False, e.zero, e.data, e.host_offset,
+                                _host_name(e.host_node)))
+            continue
+        backing = getattr(node, "backing", None)
+        if backing is None:
+            out.append(MapEntry(e.offset, e.length, depth, False, True, False, None))
+            continue
+        out.extend(chain_status(backing, e.offset, e.length, depth + 1))
+    return out
+
+
+def _host_name(node: BlockDriver | None) -> str | None:
+    if node is None:
+        return None
+    from ..block.qcow2.driver import _node_path
+    return _node_path(node)
+
+
+def _merge(entries: list[MapEntry]) -> list[MapEntry]:
+    out: list[MapEntry] = []
+    for e in entries:
+        if out:
+            p = out[-1]
+            if (p.zero, p.data, p.depth, p.present) == (e.zero, e.data, e.depth, e.present) and \
+                    (p.offset is None) == (e.offset is None) and \
+                    (p.offset is None or p.offset + p.length == e.offset) and \
+                    p.start + p.length == e.start:
+                p.length += e.length
+                continue
+        out.append(MapEntry(**e.__dict__))
+    return out
+
+
+def cmd_map(a: argparse.Namespace) -> int:
+    node, _ = open_img(a.filename, a.f, force_share=a.U)
+    try:
+        size = node.length()
+        start = a.start_offset or 0
+        end = size if a.max_length is None else min(size, start + a.max_length)
+        entries: list[MapEntry] = []
+        pos = start
+        while pos < end:
+            n = min(1 << 30, end - pos)
+            entries.extend(chain_status(node, pos, n))
+            pos += n
+        entries = _merge(entries)
+    finally:
+        node.close()
+    if a.output == "json":
+        lines = []
+        for e in entries:
+            s = (f'{{ "start": {e.start}, "length": {e.length}, "depth": {e.depth}, '
+                 f'"present": {str(e.present).lower()}, "zero": {str(e.zero).lower()}, '
+                 f'"data": {str(e.data).lower()}')
+            if e.offset is not None:
+                s += f', "offset": {e.offset}'
+            lines.append(s + "}")
+        print("[" + ",\n".join(lines) + "]")
+    else:
+        print(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File")
+        for e in entries:
+            if e.data and not e.zero and e.offset is not None:
+                print(f"{_cx(e.start):<16}{_cx(e.length):<16}{_cx(e.offset):<16}"
+                      f"{e.filename or a.filename}")
+    return 0
+
+
+def _cx(v: int) -> str:
+    """C's %#llx: "0" for zero, "0x…" otherwise."""
+    return f"{v:#x}" if v else "0"
+
+
+# --- convert --------------------------------------------------------------------------------
+def _zero_runs(buf: memoryview, gran: int) -> Iterator[tuple[int, int, bool]]:
+    """(start, length, is_zero) runs at ``gran`` granularity."""
+    n = len(buf)
+    zero = bytes(gran)
+    pos = 0
+    while pos < n:
+        k = min(gran, n - pos)
+        z = buf[pos:pos + k] == zero[:k]
+        end = pos + k
+        while end < n:
+            k2 = min(gran, n - end)
+            if (buf[end:end + k2] == zero[:k2]) != z:
+                break
+            end += k2
+        yield pos, end - pos, z
+        pos = end
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from ..block import registry
+    out_fmt = a.O or "raw"
+    opts = _parse_o(a.o)
+    if a.c:
+        return _fail("compressed output (-c) is not supported")
+    sparse = 4096 if a.S is None else _sparse_size(a.S)
+    src, _ = open_img(a.src, a.f, force_share=a.U)
+    try:
+        size = src.length()
+        if not a.n:
+            registry.create_image(a.dst, out_fmt, size, opts)
+        dst, _ = open_img(a.dst, out_fmt, read_only=False)
+        try:
+            fresh = not a.n
+            buf = bytearray(CHUNK)
+            mv = memoryview(buf)
+            done = 0
+            if a.p:
+                _progress(0.0)
+            pos = 0
+            while pos < size:
+                n = min(CHUNK, size - pos)
+                status = chain_status(src, pos, n)
+                for e in status:
+                    if e.zero and not e.data:
+                        if not fresh:
+                            dst.write_zeroes(e.start, e.length)
+                        continue
+                    view = mv[:e.length] if e.length <= CHUNK else None
+                    src.read(e.start, view)
+                    if sparse and fresh:
+                        for s, ln, z in _zero_runs(view, sparse):
+                            if not z:
+                                dst.write(e.start + s, view[s:s + ln])
+                    else:
+                        dst.write(e.start, view)
+                pos += n
+                done += n
+                if a.p:
+                    _progress(done * 100 / size)
+            dst.flush()
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    if a.p:
+        _progress(100.0)
+        sys.stdout.write("\n")
+    return 0
+
+
+def _sparse_size(s: str) -> int:
+    from ..block.qcow2.create import parse_size
+    v = parse_size(s) if not s.isdigit() else int(s) * 512 if False else parse_size(s)
+    return v
+
+
+def _progress(pct: float) -> None:
+    sys.stdout.write(f"    ({pct:0.2f}/100%)\r")
+    sys.stdout.flush()
+
+
+# --- compare --------------------------------------------------------------------------------
+def cmd_compare(a: argparse.Namespace) -> int:
+    try:
+        n1, _ = open_img(a.img1, a.f, force_share=a.U)
+    except BlockError as e:
+        print(f"Could not open '{a.img1}': {e}", file=sys.stderr)
+        return 2
+    try:
+        n2, _ = open_img(a.img2, a.F, force_share=a.U)
+    except BlockError as e:
+        n1.close()
+        print(f"Could not open '{a.img2}': {e}", file=sys.stderr)
+        return 2
+    try:
+        s1, s2 = n1.length(), n2.length()
+        if s1 != s2 and a.s:
+            if not a.q:
+                print("Strict mode: Image size mismatch!")
+            return 1
+        common = min(s1, s2)
+        b1, b2 = bytearray(CHUNK), bytearray(CHUNK)
+        pos = 0
+        while pos < common:
+            n = min(CHUNK, common - pos)
+            m1, m2 = memoryview(b1)[:n], memoryview(b2)[:n]
+            n1.read(pos, m1)
+            n2.read(pos, m2)
+            if m1 != m2:
+                i = next(i for i in range(0, n, 512) if m1[i:i + 512] != m2[i:i + 512])
+                if not a.q:
+                    print(f"Content mismatch at offset {pos + i}!")
+                return 1
+            pos += n
+        if s1 != s2:
+            if not a.q:
+                print("Warning: Image size mismatch!")
+            big = n1 if s1 > s2 else n2
+            end = max(s1, s2)
+            while pos < end:
+                n = min(CHUNK, end - pos)
+                m = memoryview(b1)[:n]
+                big.read(pos, m)
+                if m != bytes(n):
+                    i = next(i for i in range(0, n, 512) if m[i:i + 512] != bytes(min(512, n - i)))
+                    if not a.q:
+                        print(f"Content mismatch at offset {pos + i}!")
+                    return 1
+                pos += n
+        if not a.q:
+            print("Images are identical.")
+        return 0
+    except BlockError as e:
+        print(f"blockbed img: {e}", file=sys.stderr)
+        return 2
+    finally:
+        n1.close()
+        n2.close()
+
+
+# --- resize ---------------------------------------------------------------------------------
+def cmd_resize(a: argparse.Namespace) -> int:
+    from ..block.qcow2.create import parse_size
+    node, fmt = open_img(a.filename, a.f, read_only=False)
+    try:
+        cur = node.length()
+        s = a.size
+        if s.startswith("+"):
+            new = cur + parse_size(s[1:])
+        elif s.startswith("-"):
+            new = cur - parse_size(s[1:])
+        else:
+            new = parse_size(s)
+        if new < cur and not a.shrink:
+            return _fail("Use the --shrink option to perform a shrink operation.")
+        node.truncate(new)
+        node.flush()
+    finally:
+        node.close()
+    print("Image resized.")
+    return 0
+
+
+# --- wiring -----------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
+                                   "map, convert, compare, resize)")
+    s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
+
+    c = s.add_parser("create", help="create an image")
+    c.add_argument("-f")
+    c.add_argument("-o", action="append")
+    c.add_argument("-b")
+    c.add_argument("-F")
+    c.add_argument("-u", action="store_true")
+    c.add_argument("-q", action="store_true")
+    c.add_argument("filename")
+    c.add_argument("size", nargs="?")
+    c.set_defaults(func=_guard(cmd_create))
+
+    i = s.add_parser("info", help="show image information")
+    i.add_argument("-f")
+    i.add_argument("--output", choices=("human", "json"), default="human")
+    i.add_argument("--backing-chain", action="store_true")
+    i.add_argument("-U", "--force-share", dest="U", action="store_true")
+    i.add_argument("filename")
+    i.set_defaults(func=_guard(cmd_info))
+
+    k = s.add_parser("check", help="check (and repair) an image")
+    k.add_argument("-f")
+    k.add_argument("--output", choices=("human", "json"), default="human")
+    k.add_argument("-r", choices=("leaks", "all"))
+    k.add_argument("-q", action="store_true")
+    k.add_argument("-U", "--force-share", dest="U", action="store_true")
+    k.add_argument("filename")
+    k.set_defaults(func=_guard(cmd_check, 1))
+
+    m = s.add_parser("map", help="show the image's allocation map")
+    m.add_argument("-f")
+    m.add_argument("--output", choices=("human", "json"), default="human")
+    m.add_argument("--start-offset", type=int)
+    m.add_argument("--max-length", type=int)
+    m.add_argument("-U", "--force-share", dest="U", action="store_true")
+    m.add_argument("filename")
+    m.set_defaults(func=_guard(cmd_map))
+
+    v = s.add_parser("convert", help="convert an image")
+    v.add_argument("-f")
+    v.add_argument("-O")
+    v.add_argument("-o", action="append")
+    v.add_argument("-p", action="store_true")
+    v.add_argument("-S")
+    v.add_argument("-c", action="store_true")
+    v.add_argument("-n", action="store_true")
+    v.add_argument("-U", "--force-share", dest="U", action="store_true")
+    v.add_argument("src")
+    v.add_argument("dst")
+    v.set_defaults(func=_guard(cmd_convert))
+
+    q = s.add_parser("compare", help="compare two images' contents")
+    q.add_argument("-f")
+    q.add_argument("-F")
+    q.add_argument("-s", action="store_true")
+    q.add_argument("-p", action="store_true")
+    q.add_argument("-q", action="store_true")
+    q.add_argument("-U", "--force-share", dest="U", action="store_true")
+    q.add_argument("img1")
+    q.add_argument("img2")
+    q.set_defaults(func=_guard(cmd_compare, 2))
+
+    r = s.add_parser("resize", help="resize an image")
+    r.add_argument("-f")
+    r.add_argument("--shrink", action="store_true")
+    r.add_argument("-q", action="store_true")
+    r.add_argument("filename")
+    r.add_argument("size")
+    r.set_defaults(func=_guard(cmd_resize))
+
+
+def _guard(fn, code: int = 1):
+    """Turn block-layer errors into one qemu-img-like line and an exit status."""
+    def run(a: argparse.Namespace) -> int:
+        try:
+            return fn(a)
+        except BlockError as e:
+            print(f"blockbed img: {e}", file=sys.stderr)
+            return code
+        except OSError as e:
+            print(f"blockbed img: {e.strerror or e}", file=sys.stderr)
+            return code
+    return run
