@@ -94,8 +94,9 @@ def test_elf32_multiboot_image(name: str) -> None:
     assert any(o <= hdr < o + f for _t, o, _p, f, _m in loads)
 
 
-def test_makefile_tracks_headers_drivers_and_clean(tmp_path: Path) -> None:
-    """-MMD header dependencies, relink when a driver disappears, clean."""
+def test_makefile_tracks_headers_drivers_and_clean(tmp_path: Path, qemu_system: str) -> None:
+    """-MMD header dependencies, relink when a driver disappears, clean; and
+    programs still link without any driver and say so at blkdev_open."""
     work = tmp_path / "guests"
     work.mkdir()
     shutil.copy(GUESTS / "Makefile", work)
@@ -117,6 +118,14 @@ def test_makefile_tracks_headers_drivers_and_clean(tmp_path: Path) -> None:
     assert run_tool(*make, "-q", check=False).returncode == 1, "removed driver not seen"
     run_tool(*make)
     assert (work / "build" / "hello.elf").stat().st_mtime_ns != before
+    serial = tmp_path / "nodrv.serial"
+    proc = subprocess.run(qemu_cmd(qemu_system, work / "build" / "selftest.elf", serial, "",
+                                   "-monitor", "none"),
+                          capture_output=True, timeout=QEMU_TIMEOUT)
+    out = serial.read_text()
+    assert "blkdev: no such device type 'nosuch' (linked drivers: none)" in out, out
+    assert "blkdev: no such device type 'ram' (linked drivers: none)" in out, out
+    assert proc.returncode != 1, "selftest cannot pass without its ramdisk"
 
     run_tool(*make, "clean")
     assert not (work / "build").exists()
