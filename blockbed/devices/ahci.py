@@ -607,13 +607,14 @@ class AhciController(PCIDevice):
         struct.pack_into("<HI", self.config, sata + 2, 0x0010, 0x8 | (4 << 4))  # rev 1.0; BAR4+10h
 
     # --- wiring -----------------------------------------------------------------------------
-    def attach_drive(self, port: int, backend, config: DriveConfig | None = None) -> AtaDrive:
+    def attach_drive(self, port: int, backend, config: DriveConfig | None = None,
+                     ncq: bool = True) -> AtaDrive:
         if not 0 <= port < self.nports:
             raise ValueError(f"AHCI port {port} does not exist (0-{self.nports - 1})")
         p = self.ports[port]
         if p.drive is not None:
             raise ValueError(f"AHCI port {port} already has a drive")
-        p.drive = AtaDrive(backend, config, ncq_depth=32)
+        p.drive = AtaDrive(backend, config, ncq_depth=32 if ncq else 0)
         p.sig_pending = True
         return p.drive
 
@@ -728,9 +729,18 @@ def attach(machine: "Machine", backend, spec: Any = None) -> AhciController:
     if hba is None:
         hba = AhciController()
         machine.add_pci(hba)
-    port = _opt(spec, "port", "unit", "bus")
+    port = _opt(spec, "port", "bus")
     port = hba.free_port() if port is None else int(port)
     if port is None:
         raise ValueError(f"AHCI: all {hba.nports} ports have drives")
-    hba.attach_drive(port, backend, drive_config(spec, f"QM{port + 1:05d}"))
+    ncq = _opt(spec, "ncq")
+    hba.attach_drive(port, backend, drive_config(spec, default_serial(machine)),
+                     ncq=True if ncq is None else bool(ncq))
     return hba
+
+
+def default_serial(machine: "Machine") -> str:
+    """QEMU numbers ATA drive serials QM00001, QM00002 … in creation order."""
+    n = getattr(machine, "_ata_drive_count", 0) + 1
+    machine._ata_drive_count = n
+    return f"QM{n:05d}"
