@@ -66,11 +66,10 @@
  * Async: submit() starts the request (it may also complete it at once
  * with blk_complete) and returns 0, or a negative code if it could not be
  * queued (BLK_EBUSY when the device's queue is full): blk_submit() then
- * returns that code and the request is not in flight; poll() checks the
- * device and calls
- * blk_complete(dev, req, status) for each finished request, returning the
- * number completed or a negative code on a fatal controller error.  Drivers
- * store their per-request state in req->tag / req->drv.
+ * returns that code and the request is not in flight.  poll() checks the
+ * device and calls blk_complete(dev, req, status) for each finished
+ * request, returning the number completed or a negative code on a fatal
+ * controller error.  Drivers keep per-request state in req->tag/req->drv.
  *
  * Waiting is bounded everywhere: a device that never answers yields
  * BLK_ETIMEDOUT, never a hung guest.  Drivers bound their own polling
