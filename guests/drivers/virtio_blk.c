@@ -172,6 +172,8 @@ struct vblk {
     int nq, rr;
     int irq;
     uint32_t seg_max;
+    uint32_t idle_polls;
+    int said_reset;
     char name[12];
 };
 
@@ -490,10 +492,14 @@ static int vblk_poll(struct blkdev *d)
             wait_for_interrupt();
         irq_enable();
     }
-    if (mmio_read8(v->common + CC_STATUS) & ST_NEEDS_RESET && !n) {
-        /* A device that needs a reset completes nothing more (§2.1.2). */
-        static int said;
-        if (!said++)
+    /* A device that needs a reset completes nothing more (§2.1.2): look at
+     * the status register now and then while nothing completes (a register
+     * read is an exit; the used ring is RAM). */
+    if (n) {
+        v->idle_polls = 0;
+    } else if (++v->idle_polls % 4096 == 0 &&
+               mmio_read8(v->common + CC_STATUS) & ST_NEEDS_RESET) {
+        if (!v->said_reset++)
             printf("%s: device set DEVICE_NEEDS_RESET\n", v->name);
         return BLK_EIO;
     }

@@ -1,0 +1,16 @@
+"""virtio devices: the modern virtio-pci transport, split virtqueues, the block device.
+
+- :mod:`.pci` — :class:`VirtioPCIDevice`, the virtio 1.2 §4.1 transport
+  (vendor capabilities, common/notify/ISR/device configuration in one memory
+  BAR, MSI-X table and PBA in another), status, reset, feature negotiation.
+- :mod:`.virtqueue` — :class:`SplitQueue`, split rings (§2.7): descriptor
+  chains, indirect descriptors, EVENT_IDX, and the validation of every
+  guest-controlled ring field.
+- :mod:`.blk` — :class:`VirtioBlk` (§5.2): request parsing (one place that
+  validates the request) kept apart from the I/O against the BlockBackend,
+  and :func:`attach`, the entry point of ``--drive …,if=virtio``.
+"""
+
+from .blk import VirtioBlk, attach
+
+__all__ = ["VirtioBlk", "attach"]

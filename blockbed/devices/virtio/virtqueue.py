@@ -1,0 +1,216 @@
+"""Split virtqueues (virtio 1.2 §2.7), device side.
+
+One :class:`SplitQueue` per queue.  The driver owns the descriptor table
+(§2.7.5) and the available ring (§2.7.6); the device owns the used ring
+(§2.7.8).  Everything read from guest memory here is guest-controlled, so
+every field is validated before use and every violation becomes a
+:class:`QueueError` — the caller (the transport) turns it into
+DEVICE_NEEDS_RESET (§2.1.2); nothing escapes as a host exception:
+
+- ``avail.idx`` more than Queue Size ahead of the last consumed index
+  (§2.7.13.3: the driver cannot have more than Queue Size buffers out);
+- a ring entry or a ``next`` field that is not below Queue Size;
+- a chain that loops or is longer than Queue Size (§2.7.5.2: "A driver MUST
+  NOT create a descriptor chain longer than the Queue Size");
+- an INDIRECT descriptor when VIRTIO_F_RING_INDIRECT_DESC was not
+  negotiated, combined with NEXT, not at the head of the chain, nested in a
+  table, or whose table length is zero or not a multiple of 16 (§2.7.5.3.1);
+- a device-readable descriptor after a device-writable one (§2.7.4.2);
+- ring or table memory outside guest RAM.
+
+Data buffers outside RAM are *not* a queue error: :meth:`SplitQueue.pop`
+reports them per chain (``Chain.bad``) so the request can complete with
+IOERR, as a real DMA master abort would make a disk report.
+
+Memory is read through memoryviews of guest RAM with precompiled structs;
+the hot path (one chain per request) allocates only the result lists.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ...machine.memory import DMAError
+
+DESC_F_NEXT = 1
+DESC_F_WRITE = 2
+DESC_F_INDIRECT = 4
+AVAIL_F_NO_INTERRUPT = 1
+MAX_QUEUE_SIZE = 32768
+
+_DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")
+
+
+class QueueError(Exception):
+    """The driver broke the split-ring rules: the device needs a reset (§2.1.2)."""
+
+
+@dataclass(slots=True)
+class Chain:
+    """One descriptor chain as the device sees it.
+
+    ``readable``/``writable``: views of guest memory in chain order; None
+    for a descriptor whose buffer lies outside guest RAM (or while bus
+    mastering is off), and ``bad`` then says why: the request must fail,
+    but its status byte may still be reachable.
+    """
+    head: int
+    readable: list[memoryview | None] = field(default_factory=list)
+    writable: list[memoryview | None] = field(default_factory=list)
+    bad: str | None = None
+
+
+class SplitQueue:
+    """Device-side state of one split virtqueue.
+
+    ``dma(addr, length)`` maps guest memory (the PCI function's bus-master
+    view; raises DMAError).  The transport sets ``size``/addresses from the
+    common configuration and calls :meth:`start` when the device may use
+    the queue.
+    """
+
+    def __init__(self, index: int, max_size: int, dma):
+        self.index = index
+        self.max_size = max_size
+        self.dma = dma
+        self.indirect = False
+        self.event_idx = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Queue defaults (§4.1.4.3: after device or queue reset)."""
+        self.size = self.max_size
+        self.desc_addr = 0
+        self.driver_addr = 0
+        self.device_addr = 0
+        self.enabled = False
+        self.msix_vector = 0xFFFF
+        self.last_avail = 0
+        self.used_idx = 0
+        self.signalled_used = 0
+        self._desc: memoryview | None = None
+        self._avail: memoryview | None = None
+        self._used: memoryview | None = None
+
+    # --- set-up ----------------------------------------------------------------
+    def start(self) -> None:
+        """Map the three ring areas; QueueError if they are not in RAM or misaligned (§2.7)."""
+        n = self.size
+        if not n or n & (n - 1) or n > MAX_QUEUE_SIZE:
+            raise QueueError(f"queue {self.index}: size {n} is not a power of two <= 32768")
+        if self.desc_addr % 16 or self.driver_addr % 2 or self.device_addr % 4:
+            raise QueueError(f"queue {self.index}: misaligned ring (desc {self.desc_addr:#x}, "
+                             f"avail {self.driver_addr:#x}, used {self.device_addr:#x})")
+        try:
+            self._desc = self.dma(self.desc_addr, 16 * n)
+            self._avail = self.dma(self.driver_addr, 6 + 2 * n)
+            self._used = self.dma(self.device_addr, 6 + 8 * n)
+        except DMAError as e:
+            self._desc = self._avail = self._used = None
+            raise QueueError(f"queue {self.index}: ring outside guest RAM ({e})") from None
+
+    @property
+    def ready(self) -> bool:
+        return self._used is not None
+
+    # --- available ring ---------------------------------------------------------------
+    def pending(self) -> int:
+        """How many chains the driver has made available; QueueError if impossible."""
+        avail_idx = _U16.unpack_from(self._avail, 2)[0]
+        n = (avail_idx - self.last_avail) & 0xFFFF
+        if n > self.size:
+            raise QueueError(f"queue {self.index}: avail.idx {avail_idx} is {n} ahead of "
+                             f"{self.last_avail} (queue size {self.size})")
+        return n
+
+    def pop(self) -> Chain:
+        """Take the next available chain (call only while :meth:`pending` > 0)."""
+        size = self.size
+        slot = self.last_avail % size
+        head = _U16.unpack_from(self._avail, 4 + 2 * slot)[0]
+        if head >= size:
+            raise QueueError(f"queue {self.index}: avail ring entry {slot} names descriptor "
+                             f"{head} >= queue size {size}")
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        if self.event_idx:
+            # avail_event (§2.7.10): ask for a notification for the next new entry.
+            _U16.pack_into(self._used, 4 + 8 * size, self.last_avail)
+        return self._walk(head)
+
+    def _walk(self, head: int) -> Chain:
+        chain = Chain(head)
+        table = self._desc
+        limit = self.size
+        i = head
+        seen = 0
+        in_indirect = False
+        dma = self.dma
+        readable, writable = chain.readable, chain.writable
+        while True:
+            seen += 1
+            if seen > limit:
+                raise QueueError(f"queue {self.index}: descriptor chain from {head} loops or "
+                                 f"is longer than {limit}")
+            addr, length, flags, nxt = _DESC.unpack_from(table, 16 * i)
+            if flags & DESC_F_INDIRECT:
+                if not self.indirect:
+                    raise QueueError(f"queue {self.index}: INDIRECT descriptor without "
+                                     "VIRTIO_F_RING_INDIRECT_DESC")
+                if in_indirect or flags & DESC_F_NEXT or seen != 1:
+                    raise QueueError(f"queue {self.index}: INDIRECT descriptor nested, chained "
+                                     "or not at the head of the chain")
+                if length == 0 or length % 16:
+                    raise QueueError(f"queue {self.index}: indirect table length {length} is "
+                                     "not a positive multiple of 16")
+                try:
+                    table = dma(addr, length)
+                except DMAError as e:
+                    raise QueueError(f"queue {self.index}: indirect table outside RAM ({e})") from None
+                in_indirect = True
+                limit = length // 16
+                seen = 0
+                i = 0
+                continue
+            try:
+                view = dma(addr, length)
+            except DMAError as e:
+                view = None
+                chain.bad = str(e)
+            if flags & DESC_F_WRITE:
+                writable.append(view)
+            else:
+                if writable:
+                    raise QueueError(f"queue {self.index}: device-readable descriptor after a "
+                                     "device-writable one")
+                readable.append(view)
+            if not flags & DESC_F_NEXT:
+                return chain
+            if nxt >= limit:
+                raise QueueError(f"queue {self.index}: next {nxt} >= {limit}")
+            i = nxt
+
+    # --- used ring ----------------------------------------------------------------------
+    def push(self, head: int, written: int) -> None:
+        """Return a chain to the driver: element first, then the index (§2.7.8.2)."""
+        used = self._used
+        _USED_ELEM.pack_into(used, 4 + 8 * (self.used_idx % self.size), head, written)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        _U16.pack_into(used, 2, self.used_idx)
+
+    def should_notify(self) -> bool:
+        """Whether the used-buffer notification is due (§2.7.7, §2.7.10).
+
+        With EVENT_IDX: when ``used_event`` lies in (old, new]; without: unless
+        the driver set VIRTQ_AVAIL_F_NO_INTERRUPT.
+        """
+        new, old = self.used_idx, self.signalled_used
+        if new == old:
+            return False
+        self.signalled_used = new
+        if self.event_idx:
+            event = _U16.unpack_from(self._avail, 4 + 2 * self.size)[0]
+            return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return not _U16.unpack_from(self._avail, 0)[0] & AVAIL_F_NO_INTERRUPT
