@@ -298,8 +298,10 @@ def cmd_check(a: argparse.Namespace) -> int:
     finally:
         node.close()
     for m in res.messages:
-        if m.startswith(("ERROR", "Leaked", "Repairing")):
-            print(m, file=sys.stderr)
+        print(m, file=sys.stderr)
+    if res.failed:
+        print(f"qemu-img: Check failed: {res.failed}", file=sys.stderr)
+        return 1
     if a.output == "json":
         d: dict[str, Any] = {"filename": a.filename, "format": "qcow2",
                              "check-errors": res.check_errors}

@@ -46,10 +46,11 @@ class CheckResult:
     fragmented_clusters: int = 0
     compressed_clusters: int = 0
     messages: list[str] = field(default_factory=list)
+    failed: str | None = None     # the check itself failed (qemu-img: "Check failed: …")
 
     def exit_code(self) -> int:
         """qemu-img check's exit status: 1 internal error, 2 corruption, 3 leaks, 0 clean."""
-        if self.check_errors:
+        if self.check_errors or self.failed:
             return 1
         if self.corruptions:
             return 2
@@ -88,6 +89,8 @@ class _Checker:
         self.max_ref = -1
         self.codec = RefcountCodec(drv.header.refcount_order, self.cs)
         self.rb_bits = self.codec.entries.bit_length() - 1
+        self.fix_errors = False
+        self.broken: set[int] = set()
 
     def msg(self, s: str) -> None:
         self.res.messages.append(s)
@@ -188,11 +191,22 @@ class _Checker:
                 self.msg(f"ERROR refcount block {ti} is not cluster aligned; refcount table "
                          "entry corrupted")
                 self.res.corruptions += 1
+                self.broken.add(ti)
                 continue
             if off >= self.flen:
-                self.msg(f"ERROR refcount block {ti} is outside image")
-                self.res.corruptions += 1
-                continue
+                if self.fix_errors:
+                    # QEMU grows the file so the block exists (it then reads as zeros and
+                    # the refcount structure is rebuilt)
+                    self.msg(f"Repairing refcount block {ti} is outside image")
+                    self.file.truncate(off + self.cs)
+                    self.flen = self.file.length()
+                    self.nb = -(-self.flen // self.cs)
+                    self.res.corruptions_fixed += 1
+                else:
+                    self.msg(f"ERROR refcount block {ti} is outside image")
+                    self.res.corruptions += 1
+                    self.broken.add(ti)
+                    continue
             self.inc_range(off, self.cs)
         # bitmaps
         if h.bitmaps and h.autoclear_features & AUTOCLEAR_BITMAPS:
@@ -246,6 +260,8 @@ def check_image(drv: "Qcow2Driver", repair: str | None = None) -> CheckResult:
         drv.flush()
     res = CheckResult()
     first = _check_once(drv, res, repair)
+    if first.failed:
+        return first
     if repair and (first.leaks_fixed or first.corruptions_fixed):
         again = CheckResult()
         _check_once(drv, again, None)
@@ -256,84 +272,103 @@ def check_image(drv: "Qcow2Driver", repair: str | None = None) -> CheckResult:
     return first
 
 
+def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bool,
+             fix_errors: bool) -> tuple[bool, list[int], int]:
+    """QEMU compare_refcounts: report (and, where allowed, fix) every mismatch.
+
+    Returns (rebuild needed, stored refcounts, highest referenced cluster)."""
+    stored, _ = ck.stored()
+    refs_list = ck.refs.a.tolist()
+    n = max(ck.nb, ck.refs.n)
+    refs_list.extend([0] * (n - len(refs_list)))
+    stored.extend([0] * (n - len(stored)))
+    highest = -1
+    for base in range(((n - 1) // 4096) * 4096 if n else 0, -1, -4096):
+        chunk = refs_list[base:base + 4096]
+        if any(chunk):
+            highest = base + max(j for j, v in enumerate(chunk) if v)
+            break
+    rebuild = False
+    rc = drv.refcounts
+    fixed_any = False
+    for base in range(0, n, 4096):
+        if refs_list[base:base + 4096] == stored[base:base + 4096]:
+            continue
+        for i in range(base, min(n, base + 4096)):
+            r, s_ = refs_list[i], stored[i]
+            if r == s_ or (i >= ck.nb and r == 0):
+                continue
+            kind = None
+            if s_ == 0:
+                rebuild = True
+            elif s_ > r and fix_leaks:
+                kind = "l"
+            elif s_ < r and fix_errors:
+                kind = "c"
+            word = "Repairing" if kind else ("ERROR" if s_ < r else "Leaked")
+            res.messages.append(f"{word} cluster {i} refcount={s_} reference={r}")
+            if kind:
+                rc.update(i, 1, r - s_)
+                stored[i] = r
+                fixed_any = True
+                if kind == "l":
+                    res.leaks_fixed += 1
+                else:
+                    res.corruptions_fixed += 1
+            elif s_ < r:
+                res.corruptions += 1
+            else:
+                res.leaks += 1
+    if fixed_any:
+        rc.cache.flush()
+    return rebuild, stored, highest
+
+
 def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> CheckResult:
-    ck = _Checker(drv, res)
+    """One pass of QEMU's qcow2_check_refcounts + check_oflag_copied."""
     h = drv.header
     res.total_clusters = -(-h.size // drv.cluster_size)
+    ck = _Checker(drv, res)
+    ck.fix_errors = repair == "all" and not drv.read_only
     try:
         ck.walk_everything()
     except (OSError, ValueError) as e:
         res.messages.append(f"ERROR: check failed: {e}")
         res.check_errors += 1
         return res
-    stored, broken = ck.stored()
-    refs = ck.refs.a
     fix_leaks = repair in ("leaks", "all")
     fix_errors = repair == "all"
-    n = max(ck.nb, ck.refs.n)
-    changes: dict[int, int] = {}
-    rebuild = False
-    highest = -1
-    refs_list = refs.tolist()
-    if len(refs_list) < n:
-        refs_list.extend([0] * (n - len(refs_list)))
-    if len(stored) < n:
-        stored.extend([0] * (n - len(stored)))
-    nz = [i for i in range(0, n, 4096) if any(refs_list[i:i + 4096])]
-    if nz:
-        blk = nz[-1]
-        highest = max(i for i in range(blk, min(n, blk + 4096)) if refs_list[i])
-    mismatches = []
-    for base in range(0, n, 4096):
-        if refs_list[base:base + 4096] != stored[base:base + 4096]:
-            mismatches.extend(i for i in range(base, min(n, base + 4096))
-                              if refs_list[i] != stored[i])
-    for i in mismatches:
-        r = refs_list[i]
-        s = stored[i]
-        if i >= ck.nb and r == 0:
-            continue
-        fixable = None
-        if s == 0 and r > 0 and fix_errors:
-            rebuild = True
-            fixable = "c"
-        elif s > r and fix_leaks:
-            fixable = "l"
-        elif s < r and fix_errors:
-            fixable = "c"
-        if fixable:
-            changes[i] = r
-            word = "Repairing"
-        else:
-            word = "ERROR" if s < r else "Leaked"
-        res.messages.append(f"{word} cluster {i} refcount={s} reference={r}")
-        if fixable == "l":
-            res.leaks_fixed += 1
-        elif fixable == "c":
-            res.corruptions_fixed += 1
-        elif s < r:
-            res.corruptions += 1
-        else:
-            res.leaks += 1
-    res.image_end_offset = (highest + 1) * drv.cluster_size if highest >= 0 else 0
-    if broken and fix_errors:
-        rebuild = True
-    if changes or rebuild:
+    broken = ck.broken
+    pre = (res.corruptions, res.leaks)
+    rebuild, stored, highest = _compare(drv, res, ck, False, False)
+    rebuild = rebuild or (bool(broken) and fix_errors)
+    if rebuild and fix_errors:
+        old = (res.corruptions, res.leaks)
+        res.messages.append("Rebuilding refcount structure")
+        refs = ck.refs.a
+        _rebuild_refcounts(drv, [refs[i] for i in range(ck.refs.n)])
+        res.corruptions = res.leaks = 0
+        scratch = CheckResult()
+        ck2 = _Checker(drv, scratch)
+        ck2.walk_everything()
+        again, stored, highest = _compare(drv, scratch, ck2, True, False)
+        res.messages.extend(scratch.messages)
+        if again:
+            res.messages.append("ERROR rebuilt refcount structure is still broken")
+        res.corruptions_fixed += old[0] - res.corruptions
+        res.leaks_fixed += old[1] - res.leaks
+        res.leaks += scratch.leaks
+    elif repair:
         if rebuild:
-            target = [refs[i] if i < ck.refs.n else 0 for i in range(n)]
-            for i in range(n):
-                if i not in changes and i < len(stored) and not fix_errors:
-                    target[i] = stored[i]
-            _rebuild_refcounts(drv, target)
-        else:
-            rc = drv.refcounts
-            for i, r in changes.items():
-                s = stored[i]
-                if s != r:
-                    rc.update(i, 1, r - s)
-            rc.cache.flush()
-        stored, _ = _Checker(drv, CheckResult()).stored()
-    _check_copied(drv, res, stored, fix_errors)
+            res.messages.append("ERROR need to rebuild refcount structures")
+            res.check_errors += 1
+            res.failed = "Input/output error"
+            return res
+        if res.leaks or res.corruptions:
+            res.corruptions, res.leaks = pre
+            _, stored, highest = _compare(drv, res, ck, fix_leaks, fix_errors)
+    res.image_end_offset = (highest + 1) * drv.cluster_size if highest >= 0 else 0
+    _check_copied(drv, res, stored, bool(repair))
     if fix_errors and drv.corrupt and not res.corruptions:
         drv.header.incompatible_features &= ~INCOMPAT_CORRUPT
         drv._write_features()
@@ -396,43 +431,65 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: 
 
 def _rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
     """Write a fresh refcount table and blocks holding ``target`` (QEMU
-    rebuild_refcount_structure); the header switches to them last."""
+    rebuild_refcount_structure): refcount blocks and then the table go to the
+    first free clusters; the header switches to them last."""
     cs, cb = drv.cluster_size, drv.cluster_bits
     codec = RefcountCodec(drv.header.refcount_order, cs)
     per = codec.entries
-    top = len(target)
-    while top and not target[top - 1]:
-        top -= 1
-    start = max(top, -(-drv.file.length() // cs))
-    # the new structures (table T clusters, then blocks) live at [start, ...)
     rbb = per.bit_length() - 1
-    used = {i >> rbb for i in range(top) if target[i]}
-    t, nblocks = 1, 0
-    for _ in range(64):
-        end = start + t + nblocks
-        ranges = sorted(used | set(range(start >> rbb, ((end - 1) >> rbb) + 1)))
-        nb2 = len(ranges)
-        t2 = -(-((max(ranges) + 1) * 8) // cs)
-        if (t2, nb2) == (t, nblocks):
+    vals = list(target)
+    first_free = [1]
+
+    def alloc(n: int) -> int:
+        i = first_free[0]
+        while True:
+            while i < len(vals) and vals[i]:
+                i += 1
+            j = i
+            while j < i + n and (j >= len(vals) or not vals[j]):
+                j += 1
+            if j == i + n:
+                break
+            i = j
+        if i + n > len(vals):
+            vals.extend([0] * (i + n - len(vals)))
+        for k in range(i, i + n):
+            vals[k] = 1
+        if n == 1:
+            first_free[0] = i + 1
+        return i
+
+    blocks_at: dict[int, int] = {}
+    table_at, table_clusters = -1, 0
+    while True:
+        used = {i >> rbb for i in range(len(vals)) if vals[i]}
+        missing = sorted(used - blocks_at.keys())
+        for ti in missing:
+            blocks_at[ti] = alloc(1)
+        need = -(-((max(blocks_at) + 1) * 8) // cs)
+        if table_at < 0 or need > table_clusters:
+            if table_at >= 0:
+                for k in range(table_at, table_at + table_clusters):
+                    vals[k] = 0
+            table_clusters = need
+            table_at = alloc(need)
+            continue
+        if not missing:
             break
-        t, nblocks = t2, nb2
-    vals = list(target) + [0] * max(0, start + t + nblocks - len(target))
-    for i in range(start, start + t + nblocks):
-        vals[i] = 1
-    rb_bits = per.bit_length() - 1
+    t = table_clusters
+    start = table_at
     table = [0] * (t * cs // 8)
-    blocks: list[bytes] = []
-    for k, ti in enumerate(ranges):
-        table[ti] = (start + t + k) << cb
+    f = drv.file
+    for ti, ci in sorted(blocks_at.items()):
+        table[ti] = ci << cb
         blk = codec.new()
-        base = ti << rb_bits
+        base = ti << rbb
         for j in range(per):
             v = vals[base + j] if base + j < len(vals) else 0
             if v:
                 codec.set(blk, j, min(v, codec.max))
-        blocks.append(codec.dump(blk))
-    f = drv.file
-    f.write((start + t) << cb, b"".join(blocks))
+        f.write(ci << cb, codec.dump(blk))
+    nblocks = len(blocks_at)
     f.write(start << cb, struct.pack(f">{len(table)}Q", *table))
     f.flush()
     f.write(48, struct.pack(">QI", start << cb, t))
@@ -445,7 +502,7 @@ def _rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
         rc.cache.forget(off)
     rc.load_table()
     rc.free_cluster_index = 0
-    rc.max_allocated = start + t + nblocks
+    rc.max_allocated = max(rc.max_allocated, len(vals) - 1)
     ov = drv.overlap
     for ci, kind in list(ov.kinds.items()):
         if kind in ("reftable", "refblock"):
