@@ -111,6 +111,11 @@ class ScsiRequest:
     def done(self) -> bool:
         return self.status is not None
 
+    @property
+    def is_medium_read(self) -> bool:
+        """A READ of the medium (an HBA may disconnect while it is "seeking")."""
+        return self._medium == "read"
+
     def read(self, pos: int, view: memoryview) -> bool:
         """Fill ``view`` with data-in bytes ``pos .. pos+len(view)``; False if the command failed."""
         n = len(view)
