@@ -404,3 +404,17 @@ def test_create_image_raw_and_qcow2(tmp_path, qemu_img):
     create_image(q, "qcow2", 8 * MiB)
     info = run_tool(qemu_img, "info", "--output=json", q).stdout
     assert '"virtual-size": 8388608' in info and '"format": "qcow2"' in info
+
+
+def test_driver_bug_becomes_eio_not_a_crash(capsys):
+    class Buggy(MemoryDriver):
+        def readv(self, offset, bufs):
+            raise struct_error("unpack requires a buffer of 8 bytes")
+    import struct
+    struct_error = struct.error
+    be = BlockBackend(Buggy(4096))
+    assert be.readv(0, [memoryview(bytearray(8))]) == -errno.EIO
+    assert be.readv(0, [memoryview(bytearray(8))]) == -errno.EIO
+    assert be.internal_errors == 2 and be.stats.read.errors == 2
+    err = capsys.readouterr().err
+    assert err.count("internal error in memory: error: unpack requires a buffer of 8 bytes") == 1

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -263,6 +264,7 @@ class BlockBackend:
         self.stop_reason: StopReason | None = None
         self.resize_callbacks: list[Callable[[int], None]] = []
         self._next_id = 0
+        self.internal_errors = 0
 
     # --- write cache -------------------------------------------------------------
     @property
@@ -350,6 +352,18 @@ class BlockBackend:
             self.on_stop(self.stop_reason)  # type: ignore[misc]
         return result
 
+    def _internal_error(self, exc: Exception) -> OSError:
+        """An exception that is not an OSError is a bug in a driver: report it once on
+        stderr and to the trace, then treat it as EIO so the guest sees an I/O error
+        and the host process survives."""
+        self.internal_errors += 1
+        msg = f"internal error in {self.root.describe()}: {type(exc).__name__}: {exc}"
+        if trace.enabled:
+            trace.emit("backend.internal_error", drive=self.name, message=msg)
+        if self.internal_errors == 1:
+            print(f"blockbed: {self.name}: {msg} (reported to the guest as EIO)", file=sys.stderr)
+        return OSError(errno.EIO, msg)
+
     def _bad_range(self, kind: str, offset: int, length: int) -> bool:
         if offset < 0 or length < 0 or offset + length > self.root.length():
             self.stats.kind(kind).invalid += 1
@@ -374,6 +388,8 @@ class BlockBackend:
             self.root.readv(offset, bufs)
         except OSError as exc:
             return self._failed("read", True, exc, offset, n, entry)
+        except Exception as exc:  # a driver bug must not kill the machine
+            return self._failed("read", True, self._internal_error(exc), offset, n, entry)
         self.stats.read.record(n, _perf_ns() - t0)
         if entry is not None:
             self._complete(entry, 0, OK)
@@ -418,6 +434,8 @@ class BlockBackend:
                 self.root.writev(offset, bufs, host_fua)
         except OSError as exc:
             return self._failed("write", False, exc, offset, n, entry)
+        except Exception as exc:  # a driver bug must not kill the machine
+            return self._failed("write", False, self._internal_error(exc), offset, n, entry)
         self.stats.write.record(n, _perf_ns() - t0)
         if entry is not None:
             self._complete(entry, 0, OK)
@@ -450,6 +468,8 @@ class BlockBackend:
             self.root.flush()
         except OSError as exc:
             return self._failed("flush", False, exc, 0, 0, entry)
+        except Exception as exc:  # a driver bug must not kill the machine
+            return self._failed("flush", False, self._internal_error(exc), 0, 0, entry)
         self.stats.flush.record(0, _perf_ns() - t0)
         if entry is not None:
             self._complete(entry, 0, OK)
@@ -475,6 +495,9 @@ class BlockBackend:
                 self.root.discard(offset, length)
             except OSError as exc:
                 return self._failed("discard", False, exc, offset, length, entry)
+            except Exception as exc:  # a driver bug must not kill the machine
+                return self._failed("discard", False, self._internal_error(exc), offset, length,
+                                    entry)
         self.stats.discard.record(length, _perf_ns() - t0)
         if entry is not None:
             self._complete(entry, 0, OK)
@@ -502,6 +525,8 @@ class BlockBackend:
                 self._emulated_fua()
         except OSError as exc:
             return self._failed("write_zeroes", False, exc, offset, length, entry)
+        except Exception as exc:  # a driver bug must not kill the machine
+            return self._failed("write_zeroes", False, self._internal_error(exc), offset, length, entry)
         self.stats.write_zeroes.record(length, _perf_ns() - t0)
         if entry is not None:
             self._complete(entry, 0, OK)
