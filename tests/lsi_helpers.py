@@ -157,6 +157,7 @@ class Rig:
         table = struct.pack("<IIIIIIIIIIII", target << 16, 0, 1, MSGOUT, len(cdb), CDB,
                             max(data_len, len(out)) or 1, DATA, 1, STATUS, 1, MSGIN)
         qt.memwrite(TABLE, table)
+        qt.memwrite(SCRIPT, self.script)          # tests may have replaced it
         self.wl(R.DSA, TABLE)
         self.start(self.labels["start"])
         intr = self.wait_interrupt()
