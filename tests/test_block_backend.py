@@ -418,3 +418,13 @@ def test_driver_bug_becomes_eio_not_a_crash(capsys):
     assert be.internal_errors == 2 and be.stats.read.errors == 2
     err = capsys.readouterr().err
     assert err.count("internal error in memory: error: unpack requires a buffer of 8 bytes") == 1
+
+
+def test_close_failure_is_a_warning_not_a_traceback(capsys):
+    class FailingClose(MemoryDriver):
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    be = BlockBackend(FailingClose(4096), name="d1")
+    assert be.close() == -errno.ENOSPC
+    assert capsys.readouterr().err == ("blockbed: warning: d1: closing the image failed: "
+                                       "[Errno 28] No space left on device\n")

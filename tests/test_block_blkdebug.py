@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import os
 
 import pytest
 
@@ -219,3 +220,56 @@ def test_qcow2_metadata_event_through_backend(tmp_path, qemu_img):
     assert be.writev(0, [memoryview(b"q" * 4096)]) == STOPPED
     assert stops[0].errno == errno.ENOSPC and stops[0].operation == "write"
     be.close()
+
+
+# --- differential: the same config, the same commands, under qemu-io and under blockbed --------
+
+DIFF_CASES = {
+    "once": ('[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n',
+             ["read", "read"]),
+    "always": ('[inject-error]\nevent = "read_aio"\nerrno = "5"\n', ["read", "read", "write"]),
+    "enospc-on-write": ('[inject-error]\nevent = "write_aio"\nerrno = "28"\nonce = "on"\n',
+                        ["write", "write", "read"]),
+    "iotype": ('[inject-error]\nevent = "read_aio"\nerrno = "5"\niotype = "write"\n',
+               ["read", "write"]),
+    "state": ('[set-state]\nevent = "read_aio"\nstate = "1"\nnew_state = "2"\n'
+              '[inject-error]\nevent = "read_aio"\nstate = "2"\nerrno = "5"\nonce = "on"\n',
+              ["read", "read", "read"]),
+}
+
+
+def _qemu_results(qemu_io: str, target: str, ops: list[str]) -> list[int]:
+    args = []
+    for op in ops:
+        args += ["-c", "read 0 4k" if op == "read" else "write -P 0x44 0 4k"]
+    out = run_tool(qemu_io, "-f", "qcow2", *args, target, check=False).stdout
+    results = []
+    for line in out.splitlines():
+        if line.startswith(("read failed: ", "write failed: ")):
+            msg = line.split(": ", 1)[1]
+            results.append(next(n for n in (errno.EIO, errno.ENOSPC) if os.strerror(n) == msg))
+        elif line.startswith(("read 4096/4096", "wrote 4096/4096")):
+            results.append(0)
+    return results
+
+
+@pytest.mark.parametrize("case", sorted(DIFF_CASES))
+def test_same_outcomes_as_qemu(tmp_path, qemu_img, qemu_io, case):
+    pytest.importorskip("blockbed.block.qcow2")
+    text, ops = DIFF_CASES[case]
+    conf = config(tmp_path, text)
+    results = {}
+    for who in ("qemu", "blockbed"):
+        img = str(tmp_path / f"{who}.qcow2")
+        run_tool(qemu_img, "create", "-q", "-f", "qcow2", img, "1M")
+        run_tool(qemu_io, "-f", "qcow2", "-c", "write -P 0x33 0 64k", img)
+        if who == "qemu":
+            results[who] = _qemu_results(qemu_io, f"blkdebug:{conf}:{img}", ops)
+            continue
+        be = BlockBackend(open_image(f"blkdebug:{conf}:{img}", "qcow2"), werror="report")
+        buf = memoryview(bytearray(b"\x44" * 4096))
+        results[who] = [-(be.readv(0, [buf]) if op == "read" else be.writev(0, [buf]))
+                        for op in ops]
+        be.close()
+    assert len(results["qemu"]) == len(ops)
+    assert results["blockbed"] == results["qemu"]

@@ -547,8 +547,22 @@ class BlockBackend:
             todo.extend(n.children())
         return None
 
-    def close(self) -> None:
-        self.root.close()
+    def close(self) -> int:
+        """Close the graph (format drivers flush their metadata first).
+
+        Returns 0, or -errno if closing failed — then one warning line goes to
+        stderr, since the image may miss its last metadata updates; it never
+        raises, so a machine can always shut down.
+        """
+        try:
+            self.root.close()
+        except OSError as e:
+            if trace.enabled:
+                trace.emit("backend.close_error", drive=self.name, errno=e.errno, message=str(e))
+            print(f"blockbed: warning: {self.name}: closing the image failed: {e}",
+                  file=sys.stderr)
+            return -(e.errno or errno.EIO)
+        return OK
 
 
 def _all_zero(bufs: Sequence[Buffer]) -> bool:
