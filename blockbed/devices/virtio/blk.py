@@ -329,7 +329,7 @@ class VirtioBlk(VirtioPCIDevice):
             while q.pending():
                 chain = q.pop()
                 req = parse_request(chain, lim)
-                if self._run(req) == STOPPED:
+                if self._run(req):
                     self.stalled.append((q, req))
                     break
                 done.append((req.head, self._written(req)))
@@ -353,14 +353,15 @@ class VirtioBlk(VirtioPCIDevice):
         # byte on; a failed request wrote only the status byte at the end.
         return 1 if req.written == 1 else 0
 
-    def _run(self, req: BlkRequest) -> int:
-        """Execute (or just answer) a parsed request; write its status byte."""
+    def _run(self, req: BlkRequest) -> bool:
+        """Execute (or just answer) a parsed request and write its status byte.
+        Returns True when the error policy stopped the machine (nothing written)."""
         self.requests += 1
         if req.status is None:
             r = self.execute(req)
             if r == STOPPED:
                 self.requests -= 1
-                return STOPPED
+                return True
             req.status = S_OK if r == 0 else S_IOERR
             if r:
                 req.why = f"backend error {r}"
@@ -370,7 +371,7 @@ class VirtioBlk(VirtioPCIDevice):
             trace.emit("virtio_blk.req", dev=self.name, type=TYPE_NAMES.get(req.type, req.type),
                        sector=req.sector, bytes=req.nbytes, status=req.status, why=req.why)
         req.status_buf[0] = req.status
-        return req.status
+        return False
 
     def execute(self, req: BlkRequest) -> int:
         """The I/O of a valid request: 0, -errno or STOPPED (backend convention)."""
@@ -406,7 +407,7 @@ class VirtioBlk(VirtioPCIDevice):
         self.backend.resume()
         while self.stalled:
             q, req = self.stalled[0]
-            if self._run(req) == STOPPED:
+            if self._run(req):
                 return
             self.stalled.pop(0)
             self._complete(q, [(req.head, self._written(req))])

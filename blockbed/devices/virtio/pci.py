@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 
 from ... import trace
-from ...machine.pci import CAP_VENDOR, BarKind, PCIDevice, SubRegions
+from ...machine.pci import CAP_VENDOR, CMD_BUS_MASTER, BarKind, PCIDevice, SubRegions
 from .virtqueue import QueueError, SplitQueue
 
 # Device status bits (§2.1)
@@ -305,6 +305,10 @@ class VirtioPCIDevice(PCIDevice):
         if not self.live or not q.enabled:
             if trace.enabled:
                 trace.emit("virtio.notify_ignored", dev=self.name, queue=index, status=self.status)
+            return
+        if not self.command & CMD_BUS_MASTER:
+            # The rings are unreachable: a real function would master-abort.
+            self.fail(f"queue {index} notified with bus mastering disabled")
             return
         try:
             if not q.ready:
