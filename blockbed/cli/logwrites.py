@@ -24,7 +24,8 @@ from ..block.logwrites import Kind, LogFormatError, LogReader, replay
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("logwrites", help="inspect or replay a log-writes file",
-                       description=__doc__.splitlines()[0])
+                       description="Inspect or replay a write log recorded by the logwrites "
+                                   "filter (format: docs/block-layer.md).")
     lsub = p.add_subparsers(dest="logwrites_command", required=True, metavar="ACTION")
     d = lsub.add_parser("dump", help="print every entry of a log")
     d.add_argument("log", metavar="LOG")
