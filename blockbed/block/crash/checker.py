@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Sequence
 from ..driver import BlockDriver, BlockError
 from .hostlog import SECTOR, HostLog, OpKind
 from .oracle import ExpectedTracker, GuestWrite, Oracle
+from .metakey import metadata_key
 from .overlay import BufferNode, WorkingImage
 from .states import CrashState, Piece, state_pieces
 
@@ -102,6 +103,29 @@ def open_view(node: BlockDriver, fmt: str) -> BlockDriver:
     raise ValueError(f"crash checking supports format raw or qcow2, not {fmt}")
 
 
+def _dirty(buf: bytearray) -> bool:
+    """qcow2 v3 with the dirty bit (lazy_refcounts): refcounts may lag by design."""
+    return (len(buf) >= 80 and int.from_bytes(buf[4:8], "big") >= 3
+            and bool(int.from_bytes(buf[72:80], "big") & 1))
+
+
+def _repaired_view(buf: bytearray) -> BlockDriver:
+    """What the next read-write open sees for a dirty lazy_refcounts image: QEMU (and
+    our driver) repair the refcounts first (qcow2 spec, "dirty bit"), so the
+    check applies to the repaired image.  A private copy: the only full copy the
+    engine makes, and only for dirty states."""
+    import logging
+    from ..memory import MemoryDriver
+    from ..qcow2.driver import Qcow2Driver
+    logger = logging.getLogger("blockbed.qcow2")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)     # "refcounts were repaired" is expected here
+    try:
+        return Qcow2Driver(MemoryDriver(bytes(buf)), read_only=False, options={"backing": None})
+    finally:
+        logger.setLevel(level)
+
+
 def metadata_check(view: BlockDriver, fmt: str) -> MetaVerdict:
     """Run the format's consistency check on an opened view (qcow2 only)."""
     if fmt != "qcow2":
@@ -119,18 +143,25 @@ class Checker:
     """Sweeps crash states of one recorded run.
 
     ``base``: the host image bytes before the run.  ``fmt``: raw or qcow2.
-    ``guest_size``: the guest-visible length (for raw it is the file length).
+    ``memo``: reuse the check verdict and the opened driver for states whose
+    metadata is byte-identical (:mod:`.metakey`); ``incremental``: inside an
+    epoch, read back only what a state's pieces can have changed relative to
+    the epoch's boundary state when both share the metadata key.  Both are
+    pure optimisations; the tests run sweeps with them off and compare.
     """
 
     def __init__(self, base: bytes, log: HostLog, oracle: Oracle, fmt: str, seed: int = 0,
-                 incremental: bool = True):
+                 incremental: bool = True, memo: bool = True):
         self.base = base
         self.log = log
         self.oracle = oracle
         self.fmt = fmt
         self.seed = seed
         self.incremental = incremental
+        self.memo = memo
+        self.cache_limit = 256
         self.state_hook: Callable[[CrashState, Sequence[Piece], WorkingImage], None] | None = None
+        self.checks_run = 0
 
     # --- the sweep -------------------------------------------------------------------
     def run(self, states: Iterable[CrashState]) -> SweepResult:
@@ -138,23 +169,25 @@ class Checker:
         result = SweepResult()
         work = WorkingImage(self.base, self.log)
         tracker = self.oracle.expected_map()
+        cache: dict[bytes, _View] = {}
         boundary: _Boundary | None = None
         for st in states:
             if st.base != work.applied:
-                if st.base < work.applied:      # out of order: restart (replay of one state)
+                if st.base < work.applied:      # out of order: start again from the base image
                     work = WorkingImage(self.base, self.log)
-                    tracker = self.oracle.expected_map()
+                    cache.clear()
                 work.advance(st.base)
                 boundary = None
-            pieces = state_pieces(self.log, st, self.seed)
             if st.crash_pos < tracker.pos:
                 tracker = self.oracle.expected_map()
             newly = tracker.advance(st.crash_pos)
             if boundary is not None:
                 boundary.newly.extend(newly)
-            res = self._check(st, pieces, work, tracker, boundary)
-            if self.incremental and not pieces and res.meta.ok and res.full:
-                boundary = _Boundary.build(self, work, st)
+            pieces = state_pieces(self.log, st, self.seed)
+            res, entry = self._check(st, pieces, work, tracker, boundary, cache)
+            if (self.incremental and not pieces and res.full and res.meta.ok and entry is not None
+                    and entry.key is not None):
+                boundary = _Boundary(entry, [])
             if self.state_hook is not None:
                 self.state_hook(st, pieces, work)
             result.states.append(res)
@@ -166,42 +199,52 @@ class Checker:
 
     def check_one(self, st: CrashState) -> StateResult:
         """Check a single state from scratch (replay)."""
-        self.incremental = False
-        res = self.run([st])
-        return res.states[0]
+        return self.run([st]).states[0]
 
     # --- one state -----------------------------------------------------------------------
+    def _open(self, st: CrashState, node: BufferNode, key: bytes | None,
+              cache: dict[bytes, "_View"]) -> tuple["_View | None", list[Violation]]:
+        if key is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                return hit, ([Violation(st.id, "corruption", hit.problem, st.crash_pos)]
+                             if hit.problem else [])
+        try:
+            view = open_view(node, self.fmt)
+            # the check of a dirty lazy_refcounts image applies to its repaired copy;
+            # reads keep going to the live buffer (the repair changes refcounts only)
+            checked = _repaired_view(node.buf) if self.fmt == "qcow2" and _dirty(node.buf) else view
+        except (BlockError, ValueError) as e:
+            msg = f"the image does not open: {e}"
+            return None, [Violation(st.id, "corruption", msg, st.crash_pos)]
+        self.checks_run += 1
+        try:
+            meta = metadata_check(checked, self.fmt)
+        except (BlockError, ValueError) as e:
+            meta = MetaVerdict(False, 1, 0, f"check failed: {e}")
+        problem = "" if meta.ok else f"{meta.corruptions} corruption(s): {meta.message}"
+        entry = _View(key, view, meta, problem)
+        if key is not None:
+            if len(cache) >= self.cache_limit:
+                cache.pop(next(iter(cache)))
+            cache[key] = entry
+        return entry, ([Violation(st.id, "corruption", problem, st.crash_pos)] if problem else [])
+
     def _check(self, st: CrashState, pieces: Sequence[Piece], work: WorkingImage,
-               tracker: ExpectedTracker, boundary: "_Boundary | None") -> StateResult:
-        ranges: list[tuple[int, int]] | None = None
-        if boundary is not None and pieces:
-            ranges = boundary.changed_guest_ranges(self.log, pieces)
+               tracker: ExpectedTracker, boundary: "_Boundary | None",
+               cache: dict[bytes, "_View"]) -> tuple[StateResult, "_View | None"]:
         with work.overlay(pieces) as node:
-            if ranges is not None:
-                meta = boundary.meta  # type: ignore[union-attr]
-                view = boundary.view_for(node)
-                for w in boundary.newly:  # type: ignore[union-attr]
-                    ranges.append((w.offset, w.end))
-                viol, nbytes = self._verify(st, view, tracker, ranges)
-                return StateResult(st, meta, viol, nbytes, False)
-            violations: list[Violation] = []
-            try:
-                view = open_view(node, self.fmt)
-            except (BlockError, ValueError) as e:
-                msg = f"the image does not open: {e}"
-                return StateResult(st, MetaVerdict(False, 1, 0, msg),
-                                   [Violation(st.id, "corruption", msg, st.crash_pos)], 0, True)
-            try:
-                meta = metadata_check(view, self.fmt)
-            except (BlockError, ValueError) as e:
-                meta = MetaVerdict(False, 1, 0, f"check failed: {e}")
-            if not meta.ok:
-                violations.append(Violation(st.id, "corruption",
-                                            f"{meta.corruptions} corruption(s): {meta.message}",
-                                            st.crash_pos))
-            viol, nbytes = self._verify(st, view, tracker, None)
-            violations += viol
-            return StateResult(st, meta, violations, nbytes, True)
+            key = metadata_key(work.buf, self.fmt) if self.memo else None
+            entry, violations = self._open(st, node, key, cache)
+            if entry is None:
+                return StateResult(st, MetaVerdict(False, 1, 0, violations[0].message),
+                                   violations, 0, True), None
+            ranges: list[tuple[int, int]] | None = None
+            if boundary is not None and pieces and key is not None and key == boundary.entry.key:
+                ranges = boundary.entry.changed_guest_ranges(self.log, pieces)
+                ranges += [(w.offset, w.end) for w in boundary.newly]
+            viol, nbytes = self._verify(st, entry.view, tracker, ranges)
+            return StateResult(st, entry.meta, violations + viol, nbytes, ranges is None), entry
 
     def _verify(self, st: CrashState, view: BlockDriver, tracker: ExpectedTracker,
                 ranges: list[tuple[int, int]] | None) -> tuple[list[Violation], int]:
@@ -280,70 +323,46 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 @dataclass
-class _Boundary:
-    """What the incremental shortcut needs from an epoch's flush-boundary state."""
+class _View:
+    """An opened state (driver + check verdict), shared by states with the same key."""
+    key: bytes | None
+    view: BlockDriver
     meta: MetaVerdict
-    fmt: str
-    host_starts: list[int]            # mapping sorted by host offset
-    host_ends: list[int]
-    guest_of: list[int]
-    meta_starts: list[int]            # metadata clusters (qcow2), sorted
-    meta_ends: list[int]
-    host_len: int
-    newly: list[GuestWrite]
+    problem: str
+    _hs: list[int] | None = None
+    _he: list[int] = field(default_factory=list)
+    _gs: list[int] = field(default_factory=list)
 
-    @classmethod
-    def build(cls, chk: Checker, work: WorkingImage, st: CrashState) -> "_Boundary | None":
-        node = BufferNode(work.buf)
-        try:
-            view = open_view(node, chk.fmt)
-            size = view.length()
-            ext = view.block_status(0, size) if size else []
-        except (BlockError, ValueError):
-            return None
-        hs, he, gs = [], [], []
-        for e in sorted((e for e in ext if e.host_offset is not None and e.data),
-                        key=lambda e: e.host_offset):
-            hs.append(e.host_offset); he.append(e.host_offset + e.length); gs.append(e.offset)
-        ms: list[int] = []
-        me: list[int] = []
-        if chk.fmt == "qcow2":
-            regions = _qcow2_metadata_regions(view)
-            if regions is None:
-                return None
-            for a, b in regions:
-                ms.append(a); me.append(b)
-        return cls(MetaVerdict(True), chk.fmt, hs, he, gs, ms, me, len(work.buf), [])
-
-    def view_for(self, node: BufferNode) -> BlockDriver:
-        return open_view(node, self.fmt)
-
-    def changed_guest_ranges(self, log: HostLog, pieces: Sequence[Piece]) -> list[tuple[int, int]] | None:
-        """Guest ranges whose content the pieces may change, or None if a piece
-        touches metadata (then the full check must run)."""
+    def changed_guest_ranges(self, log: HostLog, pieces: Sequence[Piece]) -> list[tuple[int, int]]:
+        """Guest ranges mapped onto the host bytes the pieces write (same mapping as the
+        boundary: the metadata key is equal)."""
+        if self._hs is None:
+            size = self.view.length()
+            ext = self.view.block_status(0, size) if size else []
+            hs, he, gs = [], [], []
+            for e in sorted((e for e in ext if e.host_offset is not None and e.data),
+                            key=lambda e: e.host_offset):
+                hs.append(e.host_offset); he.append(e.host_offset + e.length); gs.append(e.offset)
+            self._hs, self._he, self._gs = hs, he, gs
+        hs, he, gs = self._hs, self._he, self._gs
         out: list[tuple[int, int]] = []
         ops = log.ops
         for i, a, b in pieces:
             ha = ops[i].offset + a
             hb = ops[i].offset + b
-            k = bisect_right(self.meta_ends, ha)
-            if k < len(self.meta_starts) and self.meta_starts[k] < hb:
-                return None
-            k = bisect_right(self.host_ends, ha)
-            while k < len(self.host_starts) and self.host_starts[k] < hb:
-                lo, hi = max(ha, self.host_starts[k]), min(hb, self.host_ends[k])
-                g = self.guest_of[k] + (lo - self.host_starts[k])
+            k = bisect_right(he, ha)
+            while k < len(hs) and hs[k] < hb:
+                lo, hi = max(ha, hs[k]), min(hb, he[k])
+                g = gs[k] + (lo - hs[k])
                 out.append((g, g + (hi - lo)))
                 k += 1
         return out
 
 
-def _qcow2_metadata_regions(view: BlockDriver) -> list[tuple[int, int]] | None:
-    """Sorted, merged host ranges holding qcow2 metadata in this state (from the
-    driver's overlap map, which lists every metadata cluster by kind)."""
-    ov = getattr(view, "overlap", None)
-    kinds = getattr(ov, "kinds", None)
-    if kinds is None:
-        return None
-    cb = ov.cluster_bits  # type: ignore[union-attr]
-    return _merge([(ci << cb, (ci + 1) << cb) for ci in kinds])
+@dataclass
+class _Boundary:
+    """The epoch's flush-boundary state, fully verified; ``newly``: claims since."""
+    entry: _View
+    newly: list[GuestWrite]
+
+

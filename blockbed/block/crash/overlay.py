@@ -37,10 +37,13 @@ class BufferNode(BlockDriver):
     driver_name = "crash-state"
     supports_fua = True
 
-    def __init__(self, buf: bytearray, size: int | None = None):
+    def __init__(self, buf: bytearray):
         self.buf = buf
-        self.size = len(buf) if size is None else size
         self.read_only = True
+
+    @property
+    def size(self) -> int:
+        return len(self.buf)
 
     def read(self, offset: int, buf: memoryview) -> None:
         n = len(buf)

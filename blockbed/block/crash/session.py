@@ -35,7 +35,7 @@ def create_image(fmt: str, size: int, options: dict | None = None) -> bytes:
     if fmt == "raw":
         node.truncate(size)
     elif fmt == "qcow2":
-        from ..qcow2.create import create_on_node
+        from ..qcow2.imagecreate import create_on_node
         create_on_node(node, size, dict(options or {}))
     else:
         raise ValueError(f"format {fmt}: crash recording supports raw or qcow2")
