@@ -8,7 +8,7 @@ from pathlib import Path
 
 from blockbed.block import registry
 from blockbed.block.driver import BlockDriver
-from blockbed.block.qcow2.create import create
+from blockbed.block.qcow2.imagecreate import create
 
 
 def run_workload(node: BlockDriver, model: bytearray, seed: int, nops: int,

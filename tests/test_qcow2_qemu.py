@@ -18,7 +18,7 @@ import pytest
 
 from blockbed.block import registry
 from qcow2_helpers import raw_contents, run_workload
-from blockbed.block.qcow2.create import create
+from blockbed.block.qcow2.imagecreate import create
 
 SIZE = 6 << 20
 COMPAT = ("0.10", "1.1")

@@ -114,7 +114,7 @@ def _parse_o(values: list[str] | None) -> dict:
 # --- create -----------------------------------------------------------------------------------
 def cmd_create(a: argparse.Namespace) -> int:
     from ..block import registry
-    from ..block.qcow2.create import parse_size
+    from ..block.qcow2.imagecreate import parse_size
     fmt = a.f or "raw"
     opts = _parse_o(a.o)
     if a.b:
@@ -507,7 +507,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def _sparse_size(s: str) -> int:
-    from ..block.qcow2.create import parse_size
+    from ..block.qcow2.imagecreate import parse_size
     v = parse_size(s) if not s.isdigit() else int(s) * 512 if False else parse_size(s)
     return v
 
@@ -578,7 +578,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 # --- resize ---------------------------------------------------------------------------------
 def cmd_resize(a: argparse.Namespace) -> int:
-    from ..block.qcow2.create import parse_size
+    from ..block.qcow2.imagecreate import parse_size
     node, fmt = open_img(a.filename, a.f, read_only=False)
     try:
         cur = node.length()

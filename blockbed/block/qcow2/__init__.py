@@ -38,5 +38,5 @@ def open(file_node: BlockDriver, *, read_only: bool = False, options: dict | Non
 
 def create(path: str, size: int, options: dict) -> None:
     """Create a qcow2 image file; ``options`` are qemu-img's ``-o`` keys."""
-    from .create import create as _create
+    from .imagecreate import create as _create
     _create(path, size, options or {})
