@@ -310,6 +310,11 @@ def test_stats_count_ops_bytes_and_latency():
     s = be.stats
     assert (s.write.ops, s.write.bytes, s.read.ops, s.read.bytes, s.flush.ops) == (5, 5120, 1, 2048, 1)
     assert sum(s.write.histogram) == 5 and s.write.total_ns > 0
+    d = s.as_dict()
+    assert d["write"]["ops"] == 5 and sum(d["write"]["histogram_us"].values()) == 5
+    assert d["flush"]["ops"] == 1 and d["flushes_dropped"] == 0
+    import json
+    json.dumps(d)
 
 
 def test_request_log_records_order_flags_wce_and_data():

@@ -220,6 +220,22 @@ class BlockStats:
     def kind(self, name: str) -> KindStats:
         return getattr(self, name)
 
+    KINDS = ("read", "write", "flush", "discard", "write_zeroes")
+
+    def as_dict(self) -> dict:
+        """Plain data for JSON output (``blockbed run --stats`` and the like)."""
+        out: dict = {}
+        for k in self.KINDS:
+            ks = self.kind(k)
+            out[k] = {"ops": ks.ops, "bytes": ks.bytes, "errors": ks.errors,
+                      "invalid": ks.invalid, "total_ns": ks.total_ns,
+                      "histogram_us": {("inf" if i == HISTOGRAM_BUCKETS - 1 else str(1 << i)): n
+                                       for i, n in enumerate(ks.histogram) if n}}
+        for k in ("flushes_dropped", "fua_dropped", "fua_emulated", "zero_writes_detected",
+                  "discards_ignored"):
+            out[k] = getattr(self, k)
+        return out
+
 
 # --- the backend -------------------------------------------------------------------
 
