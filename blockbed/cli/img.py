@@ -214,7 +214,8 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
             } for s in node.snapshots]
         info["dirty-flag"] = False
     else:
-        info["virtual-size"] = node.length()
+        # QEMU counts whole sectors: a raw file's size is rounded up to 512 bytes
+        info["virtual-size"] = -(-node.length() // 512) * 512
         info["filename"] = path
         info["format"] = fmt
         info["actual-size"] = _actual_size(path)
@@ -424,6 +425,11 @@ def cmd_map(a: argparse.Namespace) -> int:
     else:
         print(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File")
         for e in entries:
+            if e.data and e.offset is None:
+                sys.stdout.flush()
+                print("qemu-img: File contains external, encrypted or compressed clusters.",
+                      file=sys.stderr)
+                return 1
             if e.data and not e.zero and e.offset is not None:
                 print(f"{_cx(e.start):<16}{_cx(e.length):<16}{_cx(e.offset):<16}"
                       f"{e.filename or a.filename}")

@@ -138,6 +138,7 @@ class _Checker:
                 res.corruptions += 1
                 continue
             table = load_be_array("Q", self.read(l2off, self.cs))
+            nxt = 0          # QEMU counts fragmentation within one L2 table
             for l2i, le in enumerate(table):
                 t = cluster_type(le)
                 if t == ClusterType.COMPRESSED:

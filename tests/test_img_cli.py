@@ -1,0 +1,213 @@
+"""``blockbed img`` against ``qemu-img``: same bytes from create, same JSON from
+info/map/check, same verdicts and exit codes from check/compare."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from blockbed.cli import main as blockbed_main
+
+
+def bb(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = blockbed_main(["img", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def q(qemu_img: str, *argv: str, cwd=None) -> tuple[int, str, str]:
+    p = subprocess.run([qemu_img, *argv], capture_output=True, text=True, cwd=cwd)
+    return p.returncode, p.stdout, p.stderr
+
+
+CREATE_CASES = [
+    ["4G"],
+    ["-o", "compat=0.10", "1G"],
+    ["-o", "cluster_size=512,refcount_bits=1", "100M"],
+    ["-o", "cluster_size=2M,refcount_bits=64", "10T"],
+    ["-o", "compression_type=zstd,lazy_refcounts=on", "5G"],
+    ["0"],
+]
+
+
+@pytest.mark.parametrize("args", CREATE_CASES, ids=lambda a: " ".join(a))
+def test_create_is_byte_identical_to_qemu_img(qemu_img, tmp_path, capsys, args):
+    ours, theirs = tmp_path / "b.qcow2", tmp_path / "q.qcow2"
+    *opts, size = args
+    rc, out, err = bb(capsys, "create", "-f", "qcow2", *opts, str(ours), size)
+    assert rc == 0, err
+    assert q(qemu_img, "create", "-f", "qcow2", *opts, str(theirs), size)[0] == 0
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_create_with_backing_matches(qemu_img, tmp_path, capsys):
+    os.chdir(tmp_path)
+    q(qemu_img, "create", "-f", "qcow2", "base.qcow2", "3M")
+    rc, out, err = bb(capsys, "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "b.qcow2")
+    assert rc == 0, err
+    rc2, out2, _ = q(qemu_img, "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "q.qcow2")
+    assert out.replace("b.qcow2'", "X'") == out2.replace("q.qcow2'", "X'")
+    assert Path("b.qcow2").read_bytes() == Path("q.qcow2").read_bytes()
+
+
+@pytest.fixture
+def images(qemu_img, qemu_io, tmp_path):
+    """A few images written by qemu: v2, v3 with chain, zero clusters, compressed."""
+    os.chdir(tmp_path)
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run(qemu_img, "create", "-f", "qcow2", "base.qcow2", "1M")
+    run(qemu_io, "-c", "write -P 7 0 300k", "base.qcow2")
+    run(qemu_img, "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "2M")
+    run(qemu_io, "-c", "write -P 1 0 70k", "-c", "write -z 1M 64k", "-c", "write -P 2 1200k 4k",
+        "top.qcow2")
+    run(qemu_img, "create", "-f", "qcow2", "-o", "compat=0.10,cluster_size=4096", "v2.qcow2", "8M")
+    run(qemu_io, "-c", "write -P 3 4k 40k", "-c", "write -P 4 6M 1M", "v2.qcow2")
+    Path("src.raw").write_bytes(b"\1" * 65536 + bytes(65536) + os.urandom(65536) + b"\2" * 300032)
+    run(qemu_img, "convert", "-c", "-O", "qcow2", "src.raw", "comp.qcow2")
+    run(qemu_img, "create", "-f", "qcow2", "-o", "preallocation=metadata,cluster_size=4096",
+        "pre.qcow2", "2M")
+    run(qemu_io, "-c", "write -P 9 64k 64k", "pre.qcow2")
+    return ["base.qcow2", "top.qcow2", "v2.qcow2", "comp.qcow2", "pre.qcow2", "src.raw"]
+
+
+@pytest.mark.parametrize("cmd", [
+    ["info", "--output=json"], ["info", "--output=json", "--backing-chain"], ["info"],
+    ["map", "--output=json"], ["map"], ["check", "--output=json"], ["check"],
+])
+def test_output_equals_qemu_img(qemu_img, images, capsys, cmd):
+    for img in images:
+        if cmd[0] == "check" and img.endswith(".raw"):
+            continue
+        rc, out, err = bb(capsys, *cmd, img)
+        qrc, qout, qerr = q(qemu_img, *cmd, img)
+        assert (rc, out) == (qrc, qout), f"{cmd} {img}:\n{out}\n---- qemu-img:\n{qout}{qerr}"
+
+
+def _put(path: Path, off: int, fmt: str, value: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack(fmt, value))
+
+
+def _get(path: Path, off: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(off)
+        return struct.unpack(">Q", f.read(8))[0]
+
+
+@pytest.fixture
+def damaged(qemu_img, qemu_io, tmp_path):
+    """Images with a leak, a refcount too low, an OFLAG_COPIED mismatch, an L2 entry
+    pointing at the L1 table, and a refcount block past the end of the file."""
+    os.chdir(tmp_path)
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "base.qcow2", "4M"], check=True)
+    subprocess.run([qemu_io, "-c", "write -P 1 0 256k", "-c", "write -P 2 1M 64k", "base.qcow2"],
+                   check=True, capture_output=True)
+    base = Path("base.qcow2")
+    l2 = _get(base, 0x30000) & 0x00FFFFFFFFFFFE00
+    out = {}
+    for name, fn in {
+        "leak": lambda p: _put(p, l2 + 8, ">Q", 0),
+        "corrupt": lambda p: _put(p, 0x20000 + 5 * 2, ">H", 0),
+        "copied": lambda p: _put(p, l2, ">Q", _get(p, l2) & ~(1 << 63)),
+        "leak2": lambda p: _put(p, 0x20000 + 6 * 2, ">H", 2),
+        "overlap": lambda p: _put(p, l2 + 16, ">Q", 0x30000 | (1 << 63)),
+        "rbeof": lambda p: _put(p, 0x10000 + 8, ">Q", 0x10000000),
+    }.items():
+        p = Path(f"{name}.qcow2")
+        shutil.copy(base, p)
+        fn(p)
+        out[name] = p
+    return out
+
+
+@pytest.mark.parametrize("repair", [None, "leaks", "all"])
+@pytest.mark.parametrize("output", ["human", "json"])
+def test_check_and_repair_match_qemu_img(qemu_img, damaged, capsys, repair, output):
+    for name, path in damaged.items():
+        a, b = path.with_name("a-" + path.name), path.with_name("b-" + path.name)
+        shutil.copy(path, a)
+        shutil.copy(path, b)
+        args = (["-r", repair] if repair else []) + [f"--output={output}"]
+        rc, out, err = bb(capsys, "check", *args, str(b))
+        qrc, qout, qerr = q(qemu_img, "check", *args, str(a))
+        assert rc == qrc, f"{name}: {err}{out} vs {qerr}{qout}"
+        assert out.replace(str(b), "X") == qout.replace(str(a), "X"), name
+        assert err.splitlines() == [l for l in qerr.splitlines()], name
+        # after the repair both images check the same way and hold the same data
+        assert q(qemu_img, "check", str(a))[:2] == q(qemu_img, "check", str(b))[:2], name
+        assert q(qemu_img, "compare", str(a), str(b))[0] == 0, name
+
+
+def test_convert_raw_to_qcow2_sparse_with_progress(qemu_img, tmp_path, capsys):
+    src = tmp_path / "s.raw"
+    data = bytearray(6 << 20)
+    data[0:100000] = os.urandom(100000)
+    data[3 << 20:(3 << 20) + 4096] = b"\xee" * 4096
+    src.write_bytes(data)
+    dst = tmp_path / "d.qcow2"
+    rc, out, err = bb(capsys, "convert", "-p", "-f", "raw", "-O", "qcow2", "-o",
+                      "cluster_size=4096", str(src), str(dst))
+    assert rc == 0, err
+    assert "(100.00/100%)" in out
+    assert q(qemu_img, "compare", str(src), str(dst))[0] == 0
+    assert q(qemu_img, "check", str(dst))[0] == 0
+    # zero regions stay unallocated: 100000 bytes -> 25 clusters, plus one
+    info = q(qemu_img, "check", "--output=json", str(dst))[1]
+    assert '"allocated-clusters": 26' in info
+
+
+def test_convert_qcow2_chain_to_raw(qemu_img, images, capsys, tmp_path):
+    rc, out, err = bb(capsys, "convert", "-O", "raw", "top.qcow2", "flat.raw")
+    assert rc == 0, err
+    assert q(qemu_img, "compare", "top.qcow2", "flat.raw")[0] == 0
+
+
+def test_compare_verdicts_match(qemu_img, tmp_path, capsys):
+    os.chdir(tmp_path)
+    a = bytearray(os.urandom(1 << 20))
+    Path("a.raw").write_bytes(a)
+    b = bytearray(a)
+    b[300000] ^= 1
+    Path("b.raw").write_bytes(b)
+    Path("c.raw").write_bytes(a + bytes(65536))
+    Path("d.raw").write_bytes(a + b"\1" + bytes(65535))
+    q(qemu_img, "convert", "-O", "qcow2", "a.raw", "a.qcow2")
+    for x, y, extra in [("a.raw", "a.qcow2", []), ("a.raw", "b.raw", []), ("a.raw", "c.raw", []),
+                        ("a.raw", "d.raw", []), ("a.raw", "c.raw", ["-s"])]:
+        rc, out, _ = bb(capsys, "compare", *extra, x, y)
+        qrc, qout, _ = q(qemu_img, "compare", *extra, x, y)
+        assert (rc, out) == (qrc, qout), (x, y, extra)
+
+
+def test_resize_grow(qemu_img, tmp_path, capsys):
+    img = tmp_path / "r.qcow2"
+    q(qemu_img, "create", "-f", "qcow2", "-o", "cluster_size=512", str(img), "1M")
+    rc, out, err = bb(capsys, "resize", str(img), "+300M")
+    assert rc == 0 and out == "Image resized.\n", err
+    info = q(qemu_img, "info", "--output=json", str(img))[1]
+    assert f'"virtual-size": {(1 << 20) + (300 << 20)}' in info
+    assert q(qemu_img, "check", str(img))[0] == 0
+    rc, out, err = bb(capsys, "resize", str(img), "1M")
+    assert rc == 1 and "--shrink" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["create", "-f", "qcow2", "-o", "cluster_size=1000", "X", "1M"], "power of two"),
+    (["create", "-f", "qcow2", "-o", "compat=0.10,refcount_bits=8", "X", "1M"], "compatibility level"),
+    (["create", "-f", "qcow2", "-o", "bogus=1", "X", "1M"], "Invalid parameter"),
+    (["create", "-f", "qcow2", "X"], "size"),
+    (["info", "does-not-exist.qcow2"], "does-not-exist"),
+])
+def test_bad_arguments_give_one_line_errors(tmp_path, capsys, argv, needle):
+    os.chdir(tmp_path)
+    rc, out, err = bb(capsys, *argv)
+    assert rc != 0
+    assert needle in err
+    assert "Traceback" not in err
