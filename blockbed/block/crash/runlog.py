@@ -1,0 +1,185 @@
+"""Record a guest run for crash checking, save it, load it back (for ``--replay``).
+
+A run directory holds everything one sweep (or the replay of one state)
+needs, so a violation can be reproduced later without booting the guest::
+
+    run.json        format, drive spec, kernel, append, seed, guest exit
+    base.img        the host image before the run (the crash states' base)
+    host.log        the host write log (blockbed.block.logwrites format)
+    requests.json   the BlockBackend request log (no data) + host positions
+    requests.bin    the written data, referenced from requests.json
+    transcript.txt  the guest's serial output (its record of promises)
+
+The guest runs on a private copy of the image (``work.img``): crashtest
+never modifies the image it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..backend import RequestLogEntry
+from .guestrecord import GuestRecord, attach
+from .hostlog import HostLog
+from .oracle import Oracle
+from .timeline import CorrelatedRequestLog
+
+RUN_VERSION = 1
+_ENTRY_FIELDS = ("id", "kind", "offset", "length", "fua", "wce_at_submit", "submit_seq", "host_fua",
+                 "may_unmap", "dropped", "wce_at_complete", "complete_seq", "error", "result")
+
+
+class RunLogError(ValueError):
+    """A run directory is missing, incomplete or damaged."""
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    meta: dict
+    base: bytes
+    log: HostLog
+    entries: list[RequestLogEntry]
+    positions: list[int]
+    transcript: str
+    record: GuestRecord = field(default_factory=GuestRecord)
+
+    @property
+    def fmt(self) -> str:
+        return self.meta["format"]
+
+    def oracle(self) -> tuple[Oracle, object]:
+        """The oracle with the guest's promises attached (and the attach result)."""
+        o = Oracle.from_request_log(self.entries, self.positions, len(self.log))
+        return o, attach(o, self.record)
+
+
+def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.PathLike, *,
+                     seed: int = 0, timeout: float = 120.0, memory_mib: int = 256,
+                     echo=None) -> dict:
+    """Boot ``kernel`` with one drive, recording both logs; returns run.json's content.
+
+    Raises ValueError (one clear line) for a bad drive spec or kernel.
+    """
+    from ..drivespec import DriveSpecError, open_drive, parse_drive_spec
+    from ..logwrites import LogWritesDriver
+    from ...devices.attach import controller_module
+    from ...machine import Machine, MachineConfig
+    from ...machine.boot import BootError
+
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    try:
+        spec = parse_drive_spec(drive)
+    except DriveSpecError as e:
+        raise ValueError(str(e)) from None
+    if spec.log_writes:
+        raise ValueError("drive option 'log-writes': crashtest records the write log itself; "
+                         "remove it")
+    if not os.path.isfile(spec.file):
+        raise ValueError(f"drive file={spec.file}: No such file or directory")
+    fmt = spec.format
+    if fmt is None:
+        with open(spec.file, "rb") as f:
+            fmt = "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+    if fmt not in ("raw", "qcow2"):
+        raise ValueError(f"crashtest supports format raw or qcow2, not {fmt}")
+    shutil.copyfile(spec.file, wd / "base.img")
+    shutil.copyfile(spec.file, wd / "work.img")
+    original = spec.file
+    spec.file = str(wd / "work.img")
+    spec.format = fmt
+    spec.log_writes = str(wd / "host.log")
+    module = controller_module(spec.interface)
+
+    holder: dict[str, LogWritesDriver] = {}
+    rlog = CorrelatedRequestLog(lambda: holder["lw"].log.seq if "lw" in holder else 0)
+    try:
+        machine = Machine(MachineConfig(memory_mib=memory_mib, seed=seed, timeout_s=timeout,
+                                        echo_serial=echo))
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    try:
+        try:
+            backend = open_drive(spec, request_log=rlog, name="drive0")
+        except DriveSpecError as e:
+            raise ValueError(str(e)) from None
+        lw = backend.find_node(LogWritesDriver)
+        if lw is None:
+            raise ValueError("the block layer did not insert the log-writes filter")
+        holder["lw"] = lw  # type: ignore[assignment]
+        # everything before the guest starts (opening, a WCE override) is the base
+        backend.on_stop = lambda reason: machine.stop(reason.message())
+        machine.on_close.append(backend.close)
+        module.attach(machine, backend, spec)
+        try:
+            machine.load_kernel(kernel, append)
+        except BootError as e:
+            raise ValueError(f"{kernel}: {e}") from None
+        result = machine.run()
+    finally:
+        machine.close()
+    meta = {"version": RUN_VERSION, "format": fmt, "drive": drive, "image": original,
+            "kernel": str(kernel), "append": append, "seed": seed,
+            "exit": result.kind.value, "exit_status": result.exit_status,
+            "interface": spec.interface, "cache": str(spec.cache)}
+    _save_requests(wd, rlog)
+    (wd / "transcript.txt").write_text(result.transcript)
+    (wd / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
+    os.unlink(wd / "work.img")
+    return meta
+
+
+def _save_requests(wd: Path, rlog: CorrelatedRequestLog) -> None:
+    rows = []
+    with open(wd / "requests.bin", "wb") as blob:
+        pos = 0
+        for e in rlog.entries:
+            row = {k: getattr(e, k) for k in _ENTRY_FIELDS}
+            if e.data is not None:
+                blob.write(e.data)
+                row["data"] = [pos, len(e.data)]
+                pos += len(e.data)
+            rows.append(row)
+    (wd / "requests.json").write_text(json.dumps({"positions": rlog.positions, "entries": rows}))
+
+
+def load_run(path: str | os.PathLike) -> LoadedRun:
+    """Load a run directory (or its run.json); RunLogError on anything wrong."""
+    from ..logwrites import LogFormatError, read_log
+    p = Path(path)
+    if p.is_file() and p.name == "run.json":
+        p = p.parent
+    try:
+        meta = json.loads((p / "run.json").read_text())
+        if meta.get("version") != RUN_VERSION or meta.get("format") not in ("raw", "qcow2"):
+            raise RunLogError(f"{p}: unsupported run.json (version {meta.get('version')})")
+        base = (p / "base.img").read_bytes()
+        req = json.loads((p / "requests.json").read_text())
+        blob = (p / "requests.bin").read_bytes()
+        entries = []
+        for row in req["entries"]:
+            data = None
+            if "data" in row:
+                off, n = row["data"]
+                if off < 0 or off + n > len(blob):
+                    raise RunLogError(f"{p}: requests.bin is shorter than requests.json says")
+                data = blob[off:off + n]
+            entries.append(RequestLogEntry(**{k: row[k] for k in _ENTRY_FIELDS}, data=data))
+        positions = [int(x) for x in req["positions"]]
+        log = HostLog.from_logwrites(read_log(str(p / "host.log")))
+        transcript = (p / "transcript.txt").read_text()
+    except FileNotFoundError as e:
+        raise RunLogError(f"{p}: not a crashtest run directory ({e.filename} is missing)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, LogFormatError) as e:
+        if isinstance(e, RunLogError):
+            raise
+        raise RunLogError(f"{p}: damaged run directory: {e}") from None
+    if any(pos > len(log) for pos in positions):
+        raise RunLogError(f"{p}: request log refers past the end of host.log")
+    return LoadedRun(p, meta, base, log, entries, positions, transcript,
+                     GuestRecord.parse(transcript))
