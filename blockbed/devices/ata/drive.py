@@ -84,6 +84,7 @@ class Command:
     nbytes: int = 0          # bytes of data the command moves
     fua: bool = False
     tag: int = 0             # NCQ tag (FPDMA commands)
+    lba48: bool = False      # a 48-bit command: outputs use the HOB bytes
 
     @property
     def name(self) -> str:
@@ -200,7 +201,7 @@ class AtaDrive:
             if lba + n > self.sectors:
                 return self.idnf(lba)
             nbytes = 0 if proto is _P.NON_DATA else n * self.sector_size
-            return Command(op, proto, tf, lba, n, nbytes, fua)
+            return Command(op, proto, tf, lba, n, nbytes, fua, lba48=lba48)
         if op in (Cmd.READ_FPDMA_QUEUED, Cmd.WRITE_FPDMA_QUEUED):
             if not self.ncq_depth:
                 return self.abort()
@@ -215,6 +216,8 @@ class AtaDrive:
             return cmd
         if op == Cmd.IDENTIFY_DEVICE:
             return Command(op, _P.PIO_IN, tf, nbytes=512)
+        if op == Cmd.READ_NATIVE_MAX_ADDRESS_EXT:
+            return Command(op, _P.NON_DATA, tf, lba48=True)
         if op == Cmd.READ_LOG_EXT:
             # Only the NCQ Command Error log (page 10h), one page (SATA §13.7.4).
             if tf.lba & 0xFF != 0x10 or (tf.count & 0xFFFF) != 1 or (tf.lba >> 8) & 0xFFFF:
