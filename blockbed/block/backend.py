@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -106,12 +107,7 @@ class StopReason:
     def message(self) -> str:
         return (f"{self.backend}: {self.operation} at offset {self.offset} length {self.length} "
                 f"failed: {errno.errorcode.get(self.errno, self.errno)} "
-                f"({_strerror(self.errno)}); machine stopped by the error policy")
-
-
-def _strerror(err: int) -> str:
-    import os
-    return os.strerror(err)
+                f"({os.strerror(self.errno)}); machine stopped by the error policy")
 
 
 # --- request log -------------------------------------------------------------
