@@ -293,3 +293,11 @@ def test_file_driver_matches_a_byte_model(tmp_path, ops, direct):
                 assert out.tobytes() == expect
             assert f.length() == len(model)
     assert open(p, "rb").read() == bytes(model)
+
+
+def test_short_read_into_bytearrays_fills_the_callers_buffers(img):
+    with FileDriver(img) as f:
+        f.write(f.length() - 3, b"end")
+        a, b = bytearray(b"\xff" * 2), bytearray(b"\xff" * 6)
+        f.readv(f.length() - 3, [a, b])        # plain bytearrays, crossing EOF
+        assert bytes(a + b) == b"end" + bytes(5)

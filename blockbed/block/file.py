@@ -228,7 +228,7 @@ class FileDriver(BlockDriver):
                     return
             elif n == sum(len(b) for b in bufs):
                 return
-            rest = _advance(list(bufs), n)
+            rest = _advance(_as_views(bufs), n)
             while rest:
                 offset += n
                 n = os.preadv(self.fd, rest, offset)
