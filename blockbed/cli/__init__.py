@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: tuple[str, ...] = (
     "blockbed.cli.run",
     "blockbed.cli.demo",
+    "blockbed.cli.crashtest",
     "blockbed.cli.img",
     "blockbed.cli.logwrites",
 )

@@ -27,6 +27,7 @@ back to the full check; a test runs both ways and compares.
 from __future__ import annotations
 
 import errno
+import random
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -162,6 +163,9 @@ class Checker:
         self.cache_limit = 256
         self.state_hook: Callable[[CrashState, Sequence[Piece], WorkingImage], None] | None = None
         self.checks_run = 0
+        self.qemu_fraction = 0.0          # share of states also checked by qemu-img
+        self.qemu_checked = 0
+        self.qemu_agreed = 0
 
     # --- the sweep -------------------------------------------------------------------
     def run(self, states: Iterable[CrashState]) -> SweepResult:
@@ -171,6 +175,7 @@ class Checker:
         tracker = self.oracle.expected_map()
         cache: dict[bytes, _View] = {}
         boundary: _Boundary | None = None
+        qrng = random.Random(f"qemu/{self.seed}")
         for st in states:
             if st.base != work.applied:
                 if st.base < work.applied:      # out of order: start again from the base image
@@ -190,12 +195,28 @@ class Checker:
                 boundary = _Boundary(entry, [])
             if self.state_hook is not None:
                 self.state_hook(st, pieces, work)
+            if self.qemu_fraction > 0 and self.fmt == "qcow2" and qrng.random() < self.qemu_fraction:
+                res.violations += self._qemu_confirm(st, pieces, work, res)
             result.states.append(res)
             result.violations.extend(res.violations)
             result.bytes_verified += res.bytes_verified
             result.full_checks += res.full
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _qemu_confirm(self, st: CrashState, pieces: Sequence[Piece], work: WorkingImage,
+                      res: StateResult) -> list[Violation]:
+        """Check this state with the real qemu-img too; a differing verdict is a violation."""
+        from .qemucheck import check_bytes
+        image = work.materialize(pieces)
+        q = check_bytes(image, _dirty(bytearray(image[:80])))
+        self.qemu_checked += 1
+        if q.ok == res.meta.ok:
+            self.qemu_agreed += 1
+            return []
+        ours = "clean" if res.meta.ok else f"corrupt ({res.meta.message})"
+        return [Violation(st.id, "qemu-disagrees",
+                          f"our check says {ours}; {q.detail}", st.crash_pos)]
 
     def check_one(self, st: CrashState) -> StateResult:
         """Check a single state from scratch (replay)."""
