@@ -62,6 +62,8 @@ ID_BYTES = 20
 DWZ_FLAG_UNMAP = 1
 MAX_DWZ_SECTORS = 0x3FFFFF          # QEMU's BDRV_REQUEST_MAX_SECTORS default
 DEFAULT_QUEUE_SIZE = 256            # QEMU 7.2 queue-size default
+MERGE_MAX_IOV = 1024                # IOV_MAX
+MERGE_MAX_BYTES = 32 << 20
 
 _HDR = struct.Struct("<IIQ")
 _DWZ = struct.Struct("<QII")
@@ -141,8 +143,7 @@ def parse_request(chain: Chain, lim: Limits) -> BlkRequest:
         in_data = writable[:-1] + [last[:len(last) - 1]]
     else:
         in_data = writable[:-1]
-    if chain.bad is not None or any(b is None for b in in_data) \
-            or any(b is None for b in chain.readable):
+    if chain.bad is not None:       # set whenever a descriptor's buffer was unreachable
         return _fail(req, S_IOERR, f"buffer outside guest RAM ({chain.bad})")
     readable = chain.readable
     total_readable = sum(len(b) for b in readable)
@@ -248,7 +249,7 @@ class VirtioBlk(VirtioPCIDevice):
 
     def __init__(self, backend: BlockBackend, serial: str = "", num_queues: int = 1,
                  queue_size: int = DEFAULT_QUEUE_SIZE, name: str = "virtio-blk",
-                 reorder: bool = True):
+                 reorder: bool = True, merge: bool = True):
         if not 1 <= num_queues <= 64:
             raise ValueError(f"num-queues={num_queues}: must be 1..64")
         if queue_size < 4 or queue_size > 1024 or queue_size & (queue_size - 1):
@@ -260,6 +261,7 @@ class VirtioBlk(VirtioPCIDevice):
         self.backend = backend
         self.serial = serial.encode()
         self.reorder = reorder
+        self.merge = merge
         self.capacity = backend.length() // SECTOR
         self.geometry = guess_geometry(backend, self.capacity)
         self.original_wce = backend.write_cache_enabled
@@ -324,17 +326,69 @@ class VirtioBlk(VirtioPCIDevice):
         if self.stalled:
             return          # a stopped request is pending: later ones wait (resume())
         lim = self.limits()
-        done: list[tuple[int, int]] = []
+        batch: list[BlkRequest] = []
         try:
             while q.pending():
-                chain = q.pop()
-                req = parse_request(chain, lim)
-                if self._run(req):
-                    self.stalled.append((q, req))
-                    break
-                done.append((req.head, self._written(req)))
+                batch.append(parse_request(q.pop(), lim))
         finally:
-            self._complete(q, done)
+            self._process(q, batch)
+
+    def _process(self, q: SplitQueue, batch: list[BlkRequest]) -> None:
+        """Run a batch in ring order, merging runs of contiguous reads or writes
+        into one backend call (QEMU's request merging), then complete it."""
+        done: list[tuple[int, int]] = []
+        i, n = 0, len(batch)
+        while i < n:
+            j = self._merge_end(batch, i) if self.merge else i + 1
+            if j - i > 1 and self._run_merged(batch[i:j]):
+                done.extend((r.head, r.written) for r in batch[i:j])
+                i = j
+                continue
+            req = batch[i]
+            if self._run(req):
+                self.stalled.extend((q, r) for r in batch[i:])
+                break
+            done.append((req.head, self._written(req)))
+            i += 1
+        self._complete(q, done)
+
+    @staticmethod
+    def _merge_end(batch: list[BlkRequest], i: int) -> int:
+        first = batch[i]
+        if first.status is not None or first.type not in (T_IN, T_OUT) or not first.nbytes:
+            return i + 1
+        end_sector = first.sector + first.nbytes // SECTOR
+        iovs, total = len(first.data), first.nbytes
+        j = i + 1
+        while j < len(batch):
+            r = batch[j]
+            if r.status is not None or r.type != first.type or r.sector != end_sector \
+                    or not r.nbytes or iovs + len(r.data) > MERGE_MAX_IOV \
+                    or total + r.nbytes > MERGE_MAX_BYTES:
+                break
+            end_sector += r.nbytes // SECTOR
+            iovs += len(r.data)
+            total += r.nbytes
+            j += 1
+        return j
+
+    def _run_merged(self, reqs: list[BlkRequest]) -> bool:
+        """One readv/writev for contiguous requests; False (nothing completed)
+        if it failed, so that each request is retried alone for its own status."""
+        bufs = [b for r in reqs for b in r.data]
+        off = reqs[0].sector * SECTOR
+        b = self.backend
+        r = b.readv(off, bufs) if reqs[0].type == T_IN else b.writev(off, bufs)
+        if r != 0:
+            return False
+        self.requests += len(reqs)
+        for req in reqs:
+            req.status = S_OK
+            req.status_buf[0] = S_OK
+            if trace.enabled:
+                trace.emit("virtio_blk.req", dev=self.name, type=TYPE_NAMES[req.type],
+                           sector=req.sector, bytes=req.nbytes, status=S_OK, why="merged")
+        return True
 
     def _complete(self, q: SplitQueue, done: list[tuple[int, int]]) -> None:
         if not done:

@@ -84,7 +84,9 @@ class VirtioPCIDevice(PCIDevice):
         self.device_id = 0x1040 + self.virtio_device_id
         super().__init__()
         self.num_queues = num_queues
-        self.queues = [SplitQueue(i, queue_size, self.dma) for i in range(num_queues)]
+        # Rings and buffers are reached through the RAM bound check alone: bus
+        # mastering is checked once per notification (_notify_write), not per descriptor.
+        self.queues = [SplitQueue(i, queue_size, self._ram_view) for i in range(num_queues)]
         self.msix_vectors = num_queues + 1
         # Transport state
         self.status = 0
@@ -142,6 +144,9 @@ class VirtioPCIDevice(PCIDevice):
 
     def device_reset(self) -> None:
         pass
+
+    def _ram_view(self, addr: int, length: int) -> memoryview:
+        return self.machine.memory.view(addr, length)
 
     # --- capabilities ---------------------------------------------------------------
     def _add_virtio_cap(self, cfg_type: int, bar: int, offset: int, length: int,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ...machine.memory import DMAError
 
@@ -72,7 +73,7 @@ class SplitQueue:
     the queue.
     """
 
-    def __init__(self, index: int, max_size: int, dma):
+    def __init__(self, index: int, max_size: int, dma: Callable[[int, int], memoryview]):
         self.index = index
         self.max_size = max_size
         self.dma = dma
