@@ -113,6 +113,9 @@ class Machine:
         self.pci.intx_listeners.append(lambda dev, irq, level: self.ioapic.set_line(irq, level))
         self.pci.add(HostBridge(), slot=0)
         self.pci.add(IsaBridge(), slot=1)
+        # The PIIX3 IDE function 00:01.1 with its legacy channels, built in as on QEMU's pc.
+        from ..devices.ide import find_or_add as _add_piix_ide
+        _add_piix_ide(self)
         self.kernel: LoadedKernel | None = None
         self.exit_code: int | None = None
         self.stop_reason_text: str | None = None
