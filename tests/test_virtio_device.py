@@ -426,3 +426,45 @@ def test_attach_from_drive_spec(tmp_path):
         assert devs[0].name != devs[1].name
     finally:
         m.close()
+
+
+# --- request merging ------------------------------------------------------------------------
+
+def test_contiguous_requests_merge_into_one_backend_call(vb):
+    vb.start(size=64)
+    before = vb.backend.stats.write.ops
+    reqs = [vb.submit(T_OUT, 8 + 2 * i, pattern(1024, i), kick=False, segs=2) for i in range(6)]
+    vb.kick()
+    assert len(vb.used()) == 6
+    assert all(vb.status_at(st) == S_OK for _, st, _ in reqs)
+    assert vb.backend.stats.write.ops == before + 1
+    assert bytes(vb.backend.root.buf[8 * 512:20 * 512]) == b"".join(pattern(1024, i) for i in range(6))
+    reads = [vb.submit(T_IN, 8 + 2 * i, read_len=1024, kick=False) for i in range(6)]
+    before = vb.backend.stats.read.ops
+    vb.kick()
+    assert len(vb.used()) == 6 and vb.backend.stats.read.ops == before + 1
+    for i, (_, st, buf) in enumerate(reads):
+        assert vb.status_at(st) == S_OK and vb.qt.memread(buf, 1024) == pattern(1024, i)
+
+
+class _BadSector(MemoryDriver):
+    """EIO for any write touching sector 5."""
+
+    def writev(self, offset, bufs, fua=False):
+        n = sum(len(b) for b in bufs)
+        if offset <= 5 * 512 < offset + n:
+            raise OSError(errno.EIO, "bad sector")
+        return super().writev(offset, bufs, fua)
+
+
+def test_failed_merge_gives_each_request_its_own_status():
+    v = QVirtioBlk(backend=BlockBackend(_BadSector(bytearray(MiB))))
+    try:
+        v.start(size=32)
+        reqs = [v.submit(T_OUT, s, pattern(512, s), kick=False) for s in (4, 5, 6, 7)]
+        v.kick()
+        assert len(v.used()) == 4
+        assert [v.status_at(st) for _, st, _ in reqs] == [S_OK, S_IOERR, S_OK, S_OK]
+        assert bytes(v.backend.root.buf[6 * 512:7 * 512]) == pattern(512, 6)
+    finally:
+        v.close()
