@@ -195,7 +195,9 @@ def test_out_of_range_and_invalid_fields():
     assert sense_of(run(disk, cdb10(0x28, 0, 1, b1=0x20))) == INVALID_FIELD     # RDPROTECT
     assert sense_of(run(disk, [0x28, 0, 0])) == INVALID_FIELD                    # short CDB
     assert sense_of(run(disk, [0x60] + [0] * 15)) == INVALID_OPCODE             # reserved group 3
-    assert sense_of(run(disk, [0x04] + [0] * 5)) == INVALID_OPCODE              # FORMAT UNIT
+    assert sense_of(run(disk, [0x07] + [0] * 5)) == INVALID_OPCODE              # REASSIGN BLOCKS
+    assert run(disk, [0x04] + [0] * 5)[0] == Status.GOOD                        # FORMAT UNIT
+    assert sense_of(run(disk, [0x04, 0x10] + [0] * 4)) == INVALID_FIELD         # with FMTDATA
     assert sense_of(run(disk, b"")) == INVALID_OPCODE
     assert run(disk, cdb10(0x28, 0, 0)) == (Status.GOOD, b"", b"")              # zero blocks
 

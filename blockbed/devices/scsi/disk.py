@@ -399,6 +399,14 @@ class ScsiDisk:
             return
         req.good()
 
+    def _format_unit(self, req: ScsiRequest, cdb: bytes) -> None:
+        # FORMAT UNIT with default parameters (FMTDATA=0) has nothing to do on a
+        # virtual disk (QEMU answers GOOD too); a parameter list is not accepted.
+        if cdb[1] & 0x10:
+            req.check(INVALID_FIELD)
+            return
+        req.good()
+
     def _start_stop(self, req: ScsiRequest, cdb: bytes) -> None:
         # Power condition or START/LOEJ: a virtual disk is always spinning.
         self.stopped = not (cdb[4] & 0x01) and (cdb[4] >> 4) == 0
@@ -594,6 +602,7 @@ _HANDLERS: dict[int, Callable[[ScsiDisk, ScsiRequest, bytes], None]] = {
     Op.VERIFY_10: ScsiDisk._verify, Op.VERIFY_12: ScsiDisk._verify, Op.VERIFY_16: ScsiDisk._verify,
     Op.SYNCHRONIZE_CACHE_10: ScsiDisk._sync_cache, Op.SYNCHRONIZE_CACHE_16: ScsiDisk._sync_cache,
     Op.START_STOP_UNIT: ScsiDisk._start_stop,
+    Op.FORMAT_UNIT: ScsiDisk._format_unit,
     Op.WRITE_SAME_10: ScsiDisk._write_same, Op.WRITE_SAME_16: ScsiDisk._write_same,
     Op.UNMAP: ScsiDisk._unmap,
     Op.MODE_SENSE_6: ScsiDisk._mode_sense, Op.MODE_SENSE_10: ScsiDisk._mode_sense,
