@@ -301,3 +301,13 @@ def test_short_read_into_bytearrays_fills_the_callers_buffers(img):
         a, b = bytearray(b"\xff" * 2), bytearray(b"\xff" * 6)
         f.readv(f.length() - 3, [a, b])        # plain bytearrays, crossing EOF
         assert bytes(a + b) == b"end" + bytes(5)
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_zero_length_requests(img, direct):
+    with FileDriver(img, direct=direct) as f:
+        f.write(7, b"")
+        f.writev(4096, [memoryview(b"")])
+        f.read(7, memoryview(bytearray(0)))
+        f.readv(3, [])
+        assert f.length() == 4 * MiB

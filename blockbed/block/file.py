@@ -211,6 +211,8 @@ class FileDriver(BlockDriver):
         if offset < 0:
             check_request(self, offset, 0)
         if self.direct and not self._aligned(offset, bufs):
+            if not sum(len(b) for b in bufs):
+                return
             return self._bounce_read(offset, bufs)
         if trace.enabled:
             trace.emit("file.preadv", offset=offset, length=sum(len(b) for b in bufs),
@@ -269,9 +271,11 @@ class FileDriver(BlockDriver):
         if offset < 0:
             check_request(self, offset, 0)
         views = _as_views(bufs)
+        total = len(views[0]) if len(views) == 1 else sum(len(b) for b in views)
+        if not total:
+            return  # nothing to write (O_DIRECT could not even bounce zero bytes)
         if self.direct and not self._aligned(offset, views):
             return self._bounce_write(offset, views, fua)
-        total = len(views[0]) if len(views) == 1 else sum(len(b) for b in views)
         native_fua = fua and self.supports_fua
         if trace.enabled:
             trace.emit("file.pwritev", offset=offset, length=total, iovcnt=len(views),
