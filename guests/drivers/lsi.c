@@ -37,7 +37,8 @@
  * residual noted.  Disks are found per target (0..6) and per LUN (REPORT
  * LUNS, then INQUIRY each LUN); idx counts direct-access LUNs in that order.
  *
- * Arguments: lsi_verbose=1 prints each command's CDB and status.
+ * Arguments: lsi_verbose=1 prints each command's CDB and status; lsi_mmio=1
+ * reaches the registers through the memory BAR instead of the I/O BAR.
  */
 #include "guest.h"
 #include "lsi.h"
@@ -130,7 +131,8 @@ enum { L_START, L_LOOP, L_DIN, L_DOUT, L_STAT, L_MIN, L_DISC, L_DONE, L_SIGP, L_
 
 struct lsi_ctrl {
     struct pci_dev *pci;
-    uintptr_t mmio;
+    uintptr_t mmio;                 /* memory BAR, or 0: use the I/O BAR */
+    uint16_t io;
     uint32_t *script;
     uint32_t label[L_COUNT];
     struct lsi_table *tbl;
@@ -150,10 +152,16 @@ static struct lsi_disk disks[LSI_MAX_DISKS];
 static int ndisks = -1;
 static int verbose;
 
-static inline uint8_t rd8(struct lsi_ctrl *c, unsigned r) { return mmio_read8(c->mmio + r); }
-static inline void wr8(struct lsi_ctrl *c, unsigned r, uint8_t v) { mmio_write8(c->mmio + r, v); }
-static inline uint32_t rd32(struct lsi_ctrl *c, unsigned r) { return mmio_read32(c->mmio + r); }
-static inline void wr32(struct lsi_ctrl *c, unsigned r, uint32_t v) { mmio_write32(c->mmio + r, v); }
+/* The register file is in both the I/O BAR (0) and the memory BAR (1);
+ * port I/O is the default, lsi_mmio=1 picks the memory BAR. */
+static inline uint8_t rd8(struct lsi_ctrl *c, unsigned r)
+{ return c->mmio ? mmio_read8(c->mmio + r) : inb((uint16_t)(c->io + r)); }
+static inline void wr8(struct lsi_ctrl *c, unsigned r, uint8_t v)
+{ if (c->mmio) mmio_write8(c->mmio + r, v); else outb((uint16_t)(c->io + r), v); }
+static inline uint32_t rd32(struct lsi_ctrl *c, unsigned r)
+{ return c->mmio ? mmio_read32(c->mmio + r) : inl((uint16_t)(c->io + r)); }
+static inline void wr32(struct lsi_ctrl *c, unsigned r, uint32_t v)
+{ if (c->mmio) mmio_write32(c->mmio + r, v); else outl((uint16_t)(c->io + r), v); }
 
 /* Emit the program at `base`; labels are filled in (call twice: the first
  * pass learns forward labels). */
@@ -231,13 +239,16 @@ static int ctrl_init(int k)
     struct pci_dev *p = pci_find(0x1000, 0x0012, k);
     if (!p)
         return BLK_ENODEV;
-    if (p->bar[1].type != PCI_BAR_MEM32 || !p->bar[1].addr) {
-        printf("lsi%d: memory BAR 1 not assigned\n", k);
+    int use_mmio = (int)arg_u64("lsi_mmio", 0);
+    if (use_mmio ? (p->bar[1].type != PCI_BAR_MEM32 || !p->bar[1].addr)
+                 : (p->bar[0].type != PCI_BAR_IO || !p->bar[0].addr)) {
+        printf("lsi%d: %s BAR not assigned\n", k, use_mmio ? "memory" : "I/O");
         return BLK_EIO;
     }
     pci_enable(p, 1, 1, 1);
     c->pci = p;
-    c->mmio = (uintptr_t)p->bar[1].addr;
+    c->mmio = use_mmio ? (uintptr_t)p->bar[1].addr : 0;
+    c->io = (uint16_t)p->bar[0].addr;
     c->script = dma_alloc(512, 8);
     c->tbl = dma_alloc(sizeof(struct lsi_table), 8);
     c->msgout = dma_alloc(16, 8);
