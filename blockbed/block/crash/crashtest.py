@@ -109,8 +109,9 @@ def crashtest(drive: str, *, kernel: str | Path | None = None, append: str | Non
     there are violations, so that ``--replay`` can reproduce them.
     """
     from ..drivespec import DriveSpecError, parse_drive_spec
+    from .faults import split_faults
     try:
-        iface = parse_drive_spec(drive).interface
+        iface = parse_drive_spec(split_faults(drive)[0]).interface
     except DriveSpecError as e:
         raise ValueError(str(e)) from None
     kernel = Path(kernel) if kernel else DEFAULT_KERNEL

@@ -89,10 +89,11 @@ class Disagreement:
     write: GuestWrite
     guest_pos: int
     guest_reason: str
+    backend_pos: int | None = None     # when the backend's own rules made it durable
 
     def message(self) -> str:
-        back = (f"the backend made it durable only at host op {self.write.durable_pos}"
-                if self.write.durable_pos is not None else "the backend never made it durable")
+        back = (f"the backend made it durable only at host op {self.backend_pos}"
+                if self.backend_pos is not None else "the backend never made it durable")
         return (f"{self.write.describe()}: the guest was promised durability "
                 f"({self.guest_reason}) by host op {self.guest_pos}, but {back}")
 
@@ -169,7 +170,7 @@ class Oracle:
         the claim is added either way, so crash states check it.
         """
         if w.durable_pos is None or w.durable_pos > pos:
-            self.disagreements.append(Disagreement(w, pos, reason))
+            self.disagreements.append(Disagreement(w, pos, reason, w.durable_pos))
             w.promise(pos, "guest: " + reason)
 
     # --- queries ----------------------------------------------------------------------

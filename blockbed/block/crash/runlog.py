@@ -71,10 +71,13 @@ def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.Pat
     from ...machine import Machine, MachineConfig
     from ...machine.boot import BootError
 
+    from .faults import FaultyBackend, split_faults
+
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
+    block_drive, faults = split_faults(drive)
     try:
-        spec = parse_drive_spec(drive)
+        spec = parse_drive_spec(block_drive)
     except DriveSpecError as e:
         raise ValueError(str(e)) from None
     if spec.log_writes:
@@ -115,7 +118,7 @@ def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.Pat
         # everything before the guest starts (opening, a WCE override) is the base
         backend.on_stop = lambda reason: machine.stop(reason.message())
         machine.on_close.append(backend.close)
-        module.attach(machine, backend, spec)
+        module.attach(machine, FaultyBackend(backend, faults) if faults.any else backend, spec)
         try:
             machine.load_kernel(kernel, append)
         except BootError as e:
@@ -126,7 +129,7 @@ def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.Pat
     meta = {"version": RUN_VERSION, "format": fmt, "drive": drive, "image": original,
             "kernel": str(kernel), "append": append, "seed": seed,
             "exit": result.kind.value, "exit_status": result.exit_status,
-            "interface": spec.interface, "cache": str(spec.cache)}
+            "interface": spec.interface, "cache": str(spec.cache), "faults": faults.describe()}
     _save_requests(wd, rlog)
     (wd / "transcript.txt").write_text(result.transcript)
     (wd / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
