@@ -734,13 +734,15 @@ def attach(machine: "Machine", backend, spec: Any = None) -> AhciController:
     if port is None:
         raise ValueError(f"AHCI: all {hba.nports} ports have drives")
     ncq = _opt(spec, "ncq")
-    hba.attach_drive(port, backend, drive_config(spec, default_serial(machine)),
+    hbas = [d for _, d in sorted(machine.pci.functions.items()) if isinstance(d, AhciController)]
+    hba.attach_drive(port, backend, drive_config(spec, default_serial(5 + 2 * (6 * hbas.index(hba) + port))),
                      ncq=True if ncq is None else bool(ncq))
     return hba
 
 
-def default_serial(machine: "Machine") -> str:
-    """QEMU numbers ATA drive serials QM00001, QM00002 … in creation order."""
-    n = getattr(machine, "_ata_drive_count", 0) + 1
-    machine._ata_drive_count = n
+def default_serial(n: int) -> str:
+    """QEMU's default ATA serial "QM%05d": a counter over every ATA device slot created
+    on the pc machine: the PIIX IDE units first (1-4: bus*2+unit+1), then each AHCI
+    port, which counts two (5, 7, … for the first HBA's ports 0, 1, …).  Matching it keeps guest
+    transcripts identical."""
     return f"QM{n:05d}"

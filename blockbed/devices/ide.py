@@ -590,5 +590,6 @@ def attach(machine: "Machine", backend, spec: Any = None) -> PiixIde:
         if pos is None:
             raise ValueError("IDE: all four positions have drives")
         bus, unit = pos
-    ide.attach_drive(int(bus or 0), int(unit or 0), backend, drive_config(spec, default_serial(machine)))
+    bus, unit = int(bus or 0), int(unit or 0)
+    ide.attach_drive(bus, unit, backend, drive_config(spec, default_serial(1 + 2 * bus + unit)))
     return ide

@@ -265,10 +265,10 @@ static int identify(struct ahci_disk *a)
 
 static struct ahci_disk *A(struct blkdev *d) { return container_of(d, struct ahci_disk, blk); }
 
-static int rw(struct blkdev *d, uint64_t lba, uint32_t count, void *buf, int write, int fua)
+/* READ/WRITE DMA (EXT) or WRITE DMA FUA EXT over a scatter list, in slot 0. */
+static int rw_segs(struct ahci_disk *a, uint64_t lba, uint32_t count, const struct blk_seg *segs,
+                   unsigned nsegs, int write, int fua)
 {
-    struct ahci_disk *a = A(d);
-    struct blk_seg s = { buf, count * d->sector_size };
     uint8_t cmd;
     if (a->id.lba48)
         cmd = write ? (fua ? ATA_CMD_WRITE_DMA_FUA_EXT : ATA_CMD_WRITE_DMA_EXT)
@@ -277,8 +277,29 @@ static int rw(struct blkdev *d, uint64_t lba, uint32_t count, void *buf, int wri
         cmd = write ? ATA_CMD_WRITE_DMA : ATA_CMD_READ_DMA;
     if (!a->id.lba48)   /* 28-bit: LBA 27:24 in the device register, count 0 = 256 */
         return run_dev(a, cmd, lba & 0xFFFFFF, count & 0xFF, 0,
-                       ATA_DEV_LBA | ((lba >> 24) & 0xF), &s, 1, write);
-    return run_sync(a, cmd, lba, (uint16_t)count, 0, &s, 1, write);
+                       ATA_DEV_LBA | ((lba >> 24) & 0xF), segs, nsegs, write);
+    return run_sync(a, cmd, lba, (uint16_t)count, 0, segs, nsegs, write);
+}
+
+static int rw(struct blkdev *d, uint64_t lba, uint32_t count, void *buf, int write, int fua)
+{
+    struct blk_seg s = { buf, count * d->sector_size };
+    return rw_segs(A(d), lba, count, &s, 1, write, fua);
+}
+
+/* Without NCQ: one command at a time, but still with the whole scatter list. */
+static int ahci_submit_nq(struct blkdev *d, struct blk_req *q)
+{
+    int r = rw_segs(A(d), q->lba, q->count, q->segs, q->nsegs, q->op == BLK_OP_WRITE,
+                    !!(q->flags & BLK_REQ_FUA));
+    blk_complete(d, q, r);
+    return 0;
+}
+
+static int ahci_poll_nq(struct blkdev *d)
+{
+    (void)d;
+    return 0;
 }
 
 static int ahci_read(struct blkdev *d, uint64_t lba, uint32_t count, void *buf)
@@ -508,6 +529,8 @@ static int ahci_probe(int idx, struct blkdev **out)
         d->poll = ahci_poll;
     } else {
         d->queue_depth = 1;
+        d->submit = ahci_submit_nq;
+        d->poll = ahci_poll_nq;
     }
     *out = d;
     return 0;
