@@ -307,3 +307,68 @@ def test_scsi_bus_reset(rig):
     assert rig.rb(R.SIST0) & R.SIST0_RST
     rig.wb(R.SCNTL1, 0)
     assert rig.command(2, [0, 0, 0, 0, 0, 0])[0] == 2              # unit attention
+
+
+def test_reselection_interrupt_mode(rig):
+    """With SCID RRE and SIEN0 RSL, a target with data ready reselects while the
+    SCRIPTS are halted and raises RSL (instead of waiting in WAIT RESELECT)."""
+    from lsi_helpers import CDB, MSGOUT, STATUS, MSGIN
+    qt = rig.qt
+    rig.drivers[0].buf[0:512] = b"\x77" * 512
+    rig.wb(R.SCID, R.SCID_RRE | 7)
+    rig.wb(R.SIEN0, R.SIST0_RSL)
+    qt.memwrite(MSGOUT, b"\xc0")
+    qt.memwrite(CDB, cdb10(0x28, 0, 1))
+    code, _ = program([
+        lambda l: A.select(0, 0),
+        lambda l: A.move(Phase.MSG_OUT, 1, MSGOUT),
+        lambda l: A.move(Phase.COMMAND, 10, CDB),
+        lambda l: A.move(Phase.MSG_IN, 2, MSGIN),                 # SAVE DATA POINTER, DISCONNECT
+        lambda l: A.clear_bits(ack=True),
+        lambda l: A.wait_disconnect(),
+        lambda l: A.interrupt(0x10),                              # go idle
+    ])
+    qt.memwrite(SCRIPT, code)
+    rig.start(SCRIPT)
+    ist, dstat, s0, _ = rig.wait_interrupt()
+    assert dstat & R.DSTAT_SIR and rig.rl(R.DSPS) == 0x10
+    assert qt.memread(MSGIN, 2) == b"\x02\x04"
+    ist, dstat, s0, _ = rig.wait_interrupt()                      # the target comes back
+    assert s0 & R.SIST0_RSL and rig.rb(R.SSID) == 0x80
+    assert rig.rb(R.ISTAT0) & R.ISTAT0_CON
+    code, _ = program([
+        lambda l: A.move(Phase.MSG_IN, 1, MSGIN),                 # IDENTIFY
+        lambda l: A.clear_bits(ack=True),
+        lambda l: A.move(Phase.DATA_IN, 512, DATA),
+        lambda l: A.move(Phase.STATUS, 1, STATUS),
+        lambda l: A.move(Phase.MSG_IN, 1, MSGIN + 1),
+        lambda l: A.clear_bits(ack=True),
+        lambda l: A.wait_disconnect(),
+        lambda l: A.interrupt(0x11),
+    ])
+    qt.memwrite(SCRIPT, code)
+    rig.start(SCRIPT)
+    _, dstat, _, _ = rig.wait_interrupt()
+    assert rig.rl(R.DSPS) == 0x11 and qt.memread(MSGIN, 2) == b"\x80\x00"
+    assert qt.memread(DATA, 512) == b"\x77" * 512
+
+
+def test_attach_puts_drives_on_one_controller(tmp_path):
+    from blockbed.devices.attach import attach_drives
+    from blockbed.devices.lsi53c895a import LSI53C895A
+    from blockbed.machine.board import Machine, MachineConfig
+    imgs = []
+    for i in range(3):
+        p = tmp_path / f"d{i}.img"
+        p.write_bytes(bytes(1 << 20))
+        imgs.append(p)
+    m = Machine(MachineConfig(memory_mib=16))
+    attach_drives(m, [f"file={imgs[0]},format=raw,if=lsi",
+                      f"file={imgs[1]},format=raw,if=lsi,unit=4,serial=S1",
+                      f"file={imgs[2]},format=raw,if=lsi"])
+    chips = [d for d in m.pci.find(0x1000, 0x0012)]
+    assert len(chips) == 1 and isinstance(chips[0], LSI53C895A)
+    assert sorted(chips[0].targets) == [0, 1, 4]
+    assert chips[0].targets[4].ident.serial == "S1"
+    with pytest.raises(ValueError, match="already in use"):
+        attach_drives(m, [f"file={imgs[0]},format=raw,if=lsi,unit=4,force-share=on,read-only=on"])
