@@ -47,12 +47,12 @@ from blockbed.machine import Machine, MachineConfig  # noqa: E402
 IMAGE_MIB = 128
 WORKLOADS = [
     # (name, mode, bs, qd, total bytes)
-    ("seqread 64K qd1", "seqread", 65536, 1, 64 << 20),
-    ("seqread 64K qd32", "seqread", 65536, 32, 64 << 20),
-    ("seqwrite 64K qd1", "seqwrite", 65536, 1, 64 << 20),
-    ("seqwrite 64K qd32", "seqwrite", 65536, 32, 64 << 20),
-    ("randread 4K qd1", "randread", 4096, 1, 8 << 20),
-    ("randread 4K qd32", "randread", 4096, 32, 8 << 20),
+    ("seqread 64K qd1", "seqread", 65536, 1, 256 << 20),
+    ("seqread 64K qd32", "seqread", 65536, 32, 256 << 20),
+    ("seqwrite 64K qd1", "seqwrite", 65536, 1, 256 << 20),
+    ("seqwrite 64K qd32", "seqwrite", 65536, 32, 256 << 20),
+    ("randread 4K qd1", "randread", 4096, 1, 16 << 20),
+    ("randread 4K qd32", "randread", 4096, 32, 16 << 20),
 ]
 
 

@@ -134,41 +134,47 @@ def parse_request(chain: Chain, lim: Limits) -> BlkRequest:
     descriptor, or the last one empty or outside RAM).
     """
     writable = chain.writable
-    if not writable or writable[-1] is None or len(writable[-1]) == 0:
+    last = writable[-1] if writable else None
+    if last is None or len(last) == 0:
         raise QueueError(f"virtio-blk: chain {chain.head} has no writable status byte")
-    last = writable[-1]
-    req = BlkRequest(chain.head, -1, 0, last[len(last) - 1:])
-    # Data-side writable bytes: everything but the status byte.
-    if len(last) > 1:
-        in_data = writable[:-1] + [last[:len(last) - 1]]
-    else:
+    n_last = len(last)
+    # The status byte is the last writable byte; the writable data is all before it.
+    if n_last == 1:
+        req = BlkRequest(chain.head, -1, 0, last)
         in_data = writable[:-1]
+    else:
+        req = BlkRequest(chain.head, -1, 0, last[n_last - 1:])
+        in_data = writable[:-1]
+        in_data.append(last[:n_last - 1])
     if chain.bad is not None:       # set whenever a descriptor's buffer was unreachable
         return _fail(req, S_IOERR, f"buffer outside guest RAM ({chain.bad})")
     readable = chain.readable
-    total_readable = sum(len(b) for b in readable)
-    if total_readable < _HDR.size:
-        return _fail(req, S_IOERR, f"header is {total_readable} bytes, not 16")
-    hdr, out_data = _take(readable, _HDR.size) if readable else (b"", [])
-    rtype, _reserved, sector = _HDR.unpack(hdr)
+    if readable and len(readable[0]) == _HDR.size:     # the usual layout: header alone
+        hdr_view, out_data = readable[0], readable[1:]
+        out_n = sum(len(b) for b in out_data) if out_data else 0
+    else:
+        total_readable = sum(len(b) for b in readable)
+        if total_readable < _HDR.size:
+            return _fail(req, S_IOERR, f"header is {total_readable} bytes, not 16")
+        hdr_view, out_data = _take(readable, _HDR.size)
+        out_n = total_readable - _HDR.size
+    rtype, _reserved, sector = _HDR.unpack(hdr_view)
     req.type = rtype
     req.sector = sector
-    out_data = [b for b in out_data if len(b)]
-    in_data = [b for b in in_data if len(b)]
+    in_n = len(in_data[0]) if len(in_data) == 1 else sum(len(b) for b in in_data)
     features = lim.features
 
     if rtype == T_IN or rtype == T_OUT:
         if rtype == T_IN:
-            if out_data:
+            if out_n:
                 return _fail(req, S_IOERR, "IN request with device-readable data")
-            data = in_data
+            data, n = in_data, in_n
         else:
-            if in_data:
+            if in_n:
                 return _fail(req, S_IOERR, "OUT request with device-writable data")
             if lim.read_only:
                 return _fail(req, S_IOERR, "write to a read-only device")
-            data = out_data
-        n = len(data[0]) if len(data) == 1 else sum(len(b) for b in data)
+            data, n = out_data, out_n
         if n % SECTOR:
             return _fail(req, S_IOERR, f"length {n} is not a multiple of 512")
         if sector > lim.capacity or n // SECTOR > lim.capacity - sector:
@@ -183,10 +189,10 @@ def parse_request(chain: Chain, lim: Limits) -> BlkRequest:
         req.written = 1
         return req
     if rtype == T_GET_ID:
-        if out_data:
+        if out_n:
             return _fail(req, S_IOERR, "GET_ID with device-readable data")
         req.data = in_data
-        n = sum(len(b) for b in in_data)
+        n = in_n
         req.nbytes = n
         req.written = n + 1 if n <= ID_BYTES else ID_BYTES
         return req
@@ -195,9 +201,9 @@ def parse_request(chain: Chain, lim: Limits) -> BlkRequest:
             else (F_WRITE_ZEROES, lim.max_write_zeroes_seg)
         if not features >> bit & 1:
             return _fail(req, S_UNSUPP, f"{TYPE_NAMES[rtype]} not negotiated")
-        if in_data:
+        if in_n:
             return _fail(req, S_IOERR, f"{TYPE_NAMES[rtype]} with device-writable data")
-        n = sum(len(b) for b in out_data)
+        n = out_n
         if n == 0 or n % _DWZ.size:
             return _fail(req, S_IOERR, f"{TYPE_NAMES[rtype]} payload of {n} bytes")
         if n // _DWZ.size > max_seg:

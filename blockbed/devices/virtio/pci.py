@@ -317,6 +317,7 @@ class VirtioPCIDevice(PCIDevice):
             return
         try:
             if not q.ready:
+                q.ram = self.machine.memory.buf
                 q.start()
             self.device_queue_notified(q)
         except QueueError as e:
