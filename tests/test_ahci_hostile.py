@@ -227,3 +227,36 @@ def test_srst_through_control_fis(q):
     q.wait()
     assert q.pr(0, A.P_TFD) == 0x150 and q.pr(0, A.P_SIG) == 0x101 and q.pr(0, A.P_CI) == 0
     recover_and_check(q)
+
+
+def test_werror_stop_holds_the_command_until_resume():
+    """werror=stop: the failed write is neither completed nor failed; after resume it runs."""
+    import errno
+
+    from blockbed.block.backend import BlockBackend
+    from blockbed.block.driver import BlockError
+    from blockbed.block.memory import MemoryDriver
+
+    class Flaky(MemoryDriver):
+        broken = True
+
+        def write(self, offset, data, fua=False):
+            if self.broken:
+                raise BlockError(errno.EIO, "injected")
+            super().write(offset, data, fua)
+
+    drv = Flaky(1 << 20)
+    be = BlockBackend(drv, werror="stop")
+    stops = []
+    be.on_stop = stops.append
+    q = AhciQ(backends=[be])
+    q.port_start(0)
+    buf = q.alloc(SEC)
+    q.qt.memwrite(buf, b"\x99" * SEC)
+    q.build(0, 2, h2d(0x61, lba=6, features=1, count=2 << 3), [(buf, SEC)], write=True)
+    q.issue(0, 1 << 2, sact=1 << 2)
+    q.wait()
+    assert stops and q.pr(0, A.P_SACT) == 1 << 2 and not q.pr(0, A.P_IS) & A.IS_TFES
+    drv.broken = False
+    q.hba.resume()
+    assert q.pr(0, A.P_SACT) == 0 and q.disk()[6 * SEC:7 * SEC] == b"\x99" * SEC

@@ -197,3 +197,14 @@ def test_second_port_and_attach_wiring():
     q.qt.memwrite(buf, b"\x77" * SEC)
     assert q.run(1, h2d(0x35, lba=3, count=1), [(buf, SEC)], write=True) == 0x50
     assert q.disk(1)[3 * SEC:4 * SEC] == b"\x77" * SEC and q.disk(0) == bytes(1 << 20)
+
+
+def test_prd_interrupt_bit_sets_dps(q):
+    buf = q.alloc(2 * SEC)
+    q.build(0, 0, h2d(0x25, lba=0, count=2), [(buf, SEC), (buf + SEC, SEC)], interrupt_last=True)
+    q.issue(0, 1)
+    q.wait()
+    assert q.pr(0, A.P_IS) & A.IS_DPS
+    q.pw(0, A.P_IS, 0xFFFFFFFF)
+    q.run(0, h2d(0x25, lba=0, count=2), [(buf, 2 * SEC)])
+    assert not q.pr(0, A.P_IS) & A.IS_DPS

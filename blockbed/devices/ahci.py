@@ -121,6 +121,7 @@ class AhciPort:
         self.index = index
         self.drive: AtaDrive | None = None
         self.clb = self.clbu = self.fb = self.fbu = 0
+        self.dps = False
         self.reset_registers()
 
     # --- reset ---------------------------------------------------------------------
@@ -441,7 +442,11 @@ class AhciPort:
 
     # --- data movement ------------------------------------------------------------------------
     def prdt_views(self, ctba: int, prdtl: int, nbytes: int) -> list[memoryview]:
+        """Views of the PRDT's buffers covering ``nbytes`` (§4.2.3: DBA, DBC 0-based, at
+        most 4 MiB; only the entries the transfer needs are read).  Sets ``self.dps``
+        when a consumed entry has its I bit (interrupt on descriptor processed)."""
         views: list[memoryview] = []
+        self.dps = False
         if nbytes == 0:
             return views
         need = nbytes
@@ -449,6 +454,8 @@ class AhciPort:
         for dba, _rsv, dw3 in _PRD.iter_unpack(table):
             n = min((dw3 & 0x3FFFFF) + 1, need)
             views.append(self._dma(dba, n))
+            if dw3 & 0x80000000:
+                self.dps = True
             need -= n
             if need == 0:
                 return views
@@ -467,6 +474,8 @@ class AhciPort:
         out = self.drive.execute(cmd, views)
         if not out.stopped:
             struct.pack_into("<I", hdr, 4, 0 if out.failed else cmd.nbytes)   # PRDBC
+            if self.dps and not out.failed:
+                self.raise_is(IS_DPS)          # a PRD with the I bit was processed
         return out
 
     def complete(self, gen: int, slot: int, decoded: Command | Outputs, tf: TaskFile) -> None:
@@ -683,9 +692,15 @@ class AhciController(PCIDevice):
     def reset(self) -> None:
         self.hba_reset()
 
-    def retry_stopped(self) -> None:
+    def resume(self) -> None:
+        """The machine resumed after the ``stop`` error policy: clear each backend's
+        stopped state and run the commands that were held again (rerror/werror=stop)."""
         for p in self.ports:
-            p.retry_stopped()
+            if p.drive is not None and p.stopped:
+                p.drive.backend.resume()
+                p.retry_stopped()
+
+    retry_stopped = resume
 
 
 def _opt(spec: Any, *names: str) -> Any:

@@ -553,6 +553,14 @@ class PiixIde(PCIDevice):
         for ch in self.channels:
             ch.reset()
 
+    def resume(self) -> None:
+        """The machine resumed after the ``stop`` error policy: retry the held commands."""
+        for ch in self.channels:
+            for u in ch.units:
+                if u.drive is not None:
+                    u.drive.backend.resume()
+        self.retry_stopped()
+
     def retry_stopped(self) -> None:
         pending, self.stopped = self.stopped, []
         for ch, unit, cmd in pending:
