@@ -341,8 +341,8 @@ def test_report_luns_and_absent_lun():
 
 def test_start_stop_unit():
     disk, _, _ = make()
-    assert run(disk, [0x1B, 0, 0, 0, 0, 0])[0] == Status.GOOD and disk.stopped
-    assert run(disk, [0x1B, 1, 0, 0, 1, 0])[0] == Status.GOOD and not disk.stopped
+    assert run(disk, [0x1B, 0, 0, 0, 0, 0])[0] == Status.GOOD and disk.motor_stopped
+    assert run(disk, [0x1B, 1, 0, 0, 1, 0])[0] == Status.GOOD and not disk.motor_stopped
 
 
 def test_cancel():

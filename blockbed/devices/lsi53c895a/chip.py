@@ -36,6 +36,15 @@ MAX_TARGETS = 7            # IDs 0..6; 7 is the initiator (QEMU's LSI_MAX_DEVS)
 MAX_CDB = 16
 
 
+class Stall(Exception):
+    """The backend's stop policy parked a request: SCRIPTS pause (no interrupt) until
+    :meth:`LSI53C895A.resume`.  ``rewind``: re-execute the current instruction then."""
+
+    def __init__(self, rewind: bool):
+        super().__init__("stalled")
+        self.rewind = rewind
+
+
 @dataclass
 class Nexus:
     """One I_T_L_Q nexus: a command between this initiator and a target's LUN."""
@@ -112,6 +121,8 @@ class LSI53C895A(PCIDevice):
         self.carry = 0
         self.running = False
         self.waiting_reselect = False
+        self.stalled = False                  # parked by werror/rerror=stop
+        self._stalled_finish: Nexus | None = None
         self._executing = False
         self._irq_level = 0
         self.insns_executed = 0
@@ -171,6 +182,8 @@ class LSI53C895A(PCIDevice):
         self.carry = 0
         self.running = False
         self.waiting_reselect = False
+        self.stalled = False
+        self._stalled_finish = None
         self.bus = BusState()
         self._update_irq()
 
@@ -248,6 +261,8 @@ class LSI53C895A(PCIDevice):
     def stop_scripts(self) -> None:
         self.running = False
         self.waiting_reselect = False
+        self.stalled = False
+        self._stalled_finish = None
         self.r[R.ISTAT1] &= ~R.ISTAT1_SRUN
 
     # --- register file --------------------------------------------------------------------
@@ -488,7 +503,34 @@ class LSI53C895A(PCIDevice):
         nx = self.bus.current
         if nx is not None and not nx.req.done:
             nx.req.finish()
+            if nx.req.stopped:
+                self._stalled_finish = nx
+                raise Stall(rewind=False)
         self.set_phase(Phase.STATUS)
+
+    def resume(self) -> None:
+        """The machine resumed after a stop (werror/rerror=stop): retry what was parked
+        and let SCRIPTS continue (QEMU's request restart on resume)."""
+        for disk in self.targets.values():
+            disk.backend.resume()
+        if not self.stalled:
+            return
+        self.stalled = False
+        nx, self._stalled_finish = self._stalled_finish, None
+        if nx is not None:                       # the data phase was over: complete it
+            nx.req.retry()
+            if nx.req.stopped:
+                self.stalled, self._stalled_finish = True, nx
+                return
+            self.set_phase(Phase.STATUS)
+            if self.dbc:
+                self.scsi_interrupt(sist0=R.SIST0_MA)
+                return
+        elif self.bus.current is not None:       # a data piece: the block move runs again
+            self.bus.current.req.stopped = False
+        if trace.enabled:
+            trace.emit("lsi.resume", dsp=self.dsp)
+        self.run()
 
     # phase handlers, called by block moves ------------------------------------------------
     def phase_msg_out(self, data: bytes) -> None:
@@ -555,6 +597,8 @@ class LSI53C895A(PCIDevice):
         b = self.bus
         disk = self.targets[b.target]
         req = disk.request(cdb, b.lun)
+        if req.stopped:
+            raise Stall(rewind=True)             # the COMMAND block move runs again on resume
         nx = Nexus(b.target, b.lun, b.tag, req)
         b.current = nx
         if trace.enabled:

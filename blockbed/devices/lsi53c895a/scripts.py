@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from ... import trace
 from ...machine.memory import DMAError
 from . import regs as R
+from .chip import Stall
 from .regs import Phase
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
     """Run from DSP while ``chip.running``; at most ``budget`` instructions."""
     n = 0
     r = chip.r
-    while chip.running and not chip.waiting_reselect:
+    while chip.running and not chip.waiting_reselect and not chip.stalled:
         if n >= budget:
             if trace.enabled:
                 trace.emit("lsi.runaway", dsp=chip.dsp, budget=budget)
@@ -102,6 +103,13 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
             chip.dma_interrupt(R.DSTAT_BF)
             return
         except _Halt:
+            return
+        except Stall as st:
+            if st.rewind:
+                chip.dsp = dsp
+            chip.stalled = True
+            if trace.enabled:
+                trace.emit("lsi.stall", dsp=chip.dsp, rewind=st.rewind)
             return
         if chip.running and not chip.waiting_reselect and r[R.DCNTL] & R.DCNTL_SSM:
             chip.dma_interrupt(R.DSTAT_SSI)          # single step: halt after each instruction
@@ -189,6 +197,8 @@ def _data(chip: "LSI53C895A", addr: int, count: int, data_in: bool) -> None:
     if n > 0:
         view = chip.view(addr, n)             # DMAError -> bus fault; the nexus stays intact
         ok = req.read(nx.pos, view) if data_in else req.write(nx.pos, view)
+        if not ok and req.stopped:
+            raise Stall(rewind=True)          # nothing of this move happened: redo it on resume
         if ok:
             nx.pos += n
             chip.dbc = count - n

@@ -72,6 +72,8 @@ class ScsiRequest:
         self.status: int | None = None
         self.sense = b""
         self.cancelled = False
+        self.stopped = False                          # parked by werror/rerror=stop: retry()
+        self._retry: Callable[[], None] | None = None
         self._data: bytes | None = None              # prepared data-in
         self._param: bytearray | None = None         # buffered data-out (parameter lists)
         self._on_param: Callable[[bytes], None] | None = None
@@ -161,16 +163,31 @@ class ScsiRequest:
             return False
         return True
 
-    def finish(self) -> int:
-        """The data phase is over (all ``length`` bytes moved): complete; returns the status."""
+    def finish(self) -> int | None:
+        """The data phase is over (all ``length`` bytes moved): complete; returns the status,
+        or None when the backend's stop policy parked the request (``stopped``)."""
         if self.status is None:
             if self._on_param is not None:
                 assert self._param is not None
                 self._on_param(bytes(self._param))
+                if self.stopped:
+                    self._retry = self.finish
+                    return None
             if self.status is None:
                 self.good()
         self.disk._completed(self)
         return self.status  # type: ignore[return-value]
+
+    def retry(self) -> None:
+        """After the machine resumed: run again what the stop policy parked.
+
+        A parked data piece (``read``/``write`` returned False with ``stopped``
+        set) is retried by the HBA calling ``read``/``write`` again; this runs a
+        parked command-time operation (SYNCHRONIZE CACHE …) or parameter list."""
+        self.stopped = False
+        fn, self._retry = self._retry, None
+        if fn is not None:
+            fn()
 
     def cancel(self) -> None:
         """ABORT / CLEAR QUEUE / reset: the request ends with no further effect."""
@@ -181,9 +198,9 @@ class ScsiRequest:
 
     def _io_failed(self, r: int, sense: Sense) -> None:
         if r == STOPPED:
-            # The machine stopped under werror/rerror=stop; this HBA cannot park a
-            # request across a stop, so the command ends as an aborted I/O process.
-            self.check(IO_ERROR)
+            # werror/rerror=stop: the machine is pausing; the request stays pending
+            # (no status) and the transport retries it after resume.
+            self.stopped = True
         elif r == -_errno.ENOSPC:
             self.check(SPACE_ALLOC_FAILED)
         elif r == -_errno.EROFS:
@@ -201,7 +218,7 @@ class ScsiDisk:
         self.default_wce = backend.write_cache_enabled
         self.unit_attention: Sense | None = RESET_OCCURRED if power_on_ua else None
         self._current_sense: bytes | None = None
-        self.stopped = False
+        self.motor_stopped = False
         backend.resize_callbacks.append(self._resized)
 
     # --- state -----------------------------------------------------------------------
@@ -251,6 +268,8 @@ class ScsiDisk:
             req.check(INVALID_OPCODE)
             return req
         handler(self, req, cdb)
+        if req.stopped and req._retry is None:
+            req._retry = lambda: handler(self, req, cdb)
         return req
 
     def _wrong_lun(self, req: ScsiRequest, op: int) -> ScsiRequest:
@@ -409,7 +428,7 @@ class ScsiDisk:
 
     def _start_stop(self, req: ScsiRequest, cdb: bytes) -> None:
         # Power condition or START/LOEJ: a virtual disk is always spinning.
-        self.stopped = not (cdb[4] & 0x01) and (cdb[4] >> 4) == 0
+        self.motor_stopped = not (cdb[4] & 0x01) and (cdb[4] >> 4) == 0
         req.good()
 
     def _write_same(self, req: ScsiRequest, cdb: bytes) -> None:
