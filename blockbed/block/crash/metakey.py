@@ -48,7 +48,7 @@ def metadata_key(buf: bytearray, fmt: str) -> bytes | None:
     cs = 1 << cbits
     if l1_size * 8 > _MAX_TABLE or rt_clusters * cs > _MAX_TABLE:
         return None
-    h = hashlib.blake2b(digest_size=20)
+    h = hashlib.sha256()
     h.update(n.to_bytes(8, "little"))
     with memoryview(buf) as mv:
         h.update(mv[0:cs])
