@@ -99,7 +99,7 @@ def test_avail_idx_jumps_beyond_queue_size(vb):
 
 
 @pytest.mark.parametrize("case", ["not_negotiated", "with_next", "nested", "bad_len",
-                                  "zero_len", "outside_ram", "not_head"])
+                                  "zero_len", "outside_ram", "too_long"])
 def test_bad_indirect(case):
     v = QVirtioBlk(MiB)
     try:
@@ -112,6 +112,10 @@ def test_bad_indirect(case):
         v.write_desc(table, 1, st, 1, D_WRITE, 0)
         inner = v.alloc(32)
         v.write_desc(inner, 0, table, 32, D_INDIRECT, 0)
+        long_table = v.alloc(16 * 9)        # 9 entries, queue size 8, no loop
+        for k in range(8):
+            v.write_desc(long_table, k, hdr, 16, D_NEXT, k + 1)
+        v.write_desc(long_table, 8, st, 1, D_WRITE, 0)
         parts = {
             "not_negotiated": [(table, 32, D_INDIRECT, 0)],
             "with_next": [(table, 32, D_INDIRECT | D_NEXT, 1), (st, 1, D_WRITE, 0)],
@@ -119,7 +123,7 @@ def test_bad_indirect(case):
             "bad_len": [(table, 24, D_INDIRECT, 0)],
             "zero_len": [(table, 0, D_INDIRECT, 0)],
             "outside_ram": [(OUTSIDE, 32, D_INDIRECT, 0)],
-            "not_head": [(hdr, 16, D_NEXT, 1), (table, 32, D_INDIRECT, 0)],
+            "too_long": [(long_table, 16 * 9, D_INDIRECT, 0)],
         }[case]
         broken_chain(v, parts)
         assert needs_reset(v) and v.used() == []
@@ -127,6 +131,23 @@ def test_bad_indirect(case):
         assert_recovers(v)
     finally:
         v.close()
+
+
+def test_indirect_after_normal_descriptors_is_valid(vb):
+    # §2.7.5.3.2: "zero or more normal chained descriptors followed by a single
+    # descriptor with flags&VIRTQ_DESC_F_INDIRECT"; the table's WRITE flag is ignored.
+    hdr = vb.header(T_OUT, 2)
+    data = vb.alloc(512)
+    vb.qt.memwrite(data, b"\x77" * 512)
+    st = vb.alloc(1)
+    table = vb.alloc(32)
+    vb.write_desc(table, 0, data + 256, 256, D_NEXT, 1)
+    vb.write_desc(table, 1, st, 1, D_WRITE, 0)
+    broken_chain(vb, [(hdr, 16, D_NEXT, 1), (data, 256, D_NEXT, 2),
+                      (table, 32, D_INDIRECT | D_WRITE, 0)])
+    assert not needs_reset(vb) and len(vb.used()) == 1
+    assert vb.status_at(st) == S_OK
+    assert bytes(vb.backend.root.buf[1024:1536]) == b"\x77" * 512
 
 
 def test_readable_after_writable(vb):

@@ -695,7 +695,9 @@ static int virtio_blk_probe(int idx, struct blkdev **out)
             set_status(v, ST_FAILED);
             return r;
         }
-        if (!has(v, F_INDIRECT) && segs > (uint32_t)v->q[i].size - 2)
+        /* A chain, indirect table entries included, may not be longer
+         * than the queue (§2.7.5.3.1): header + segments + status. */
+        if (segs > (uint32_t)v->q[i].size - 2)
             segs = v->q[i].size - 2;
         per_q_slots += v->q[i].nslots;
     }

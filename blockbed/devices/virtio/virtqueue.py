@@ -10,11 +10,14 @@ DEVICE_NEEDS_RESET (§2.1.2); nothing escapes as a host exception:
 - ``avail.idx`` more than Queue Size ahead of the last consumed index
   (§2.7.13.3: the driver cannot have more than Queue Size buffers out);
 - a ring entry or a ``next`` field that is not below Queue Size;
-- a chain that loops or is longer than Queue Size (§2.7.5.2: "A driver MUST
-  NOT create a descriptor chain longer than the Queue Size");
+- a chain that loops or is longer than Queue Size, indirect table entries
+  included (§2.7.5.3.1: "A driver MUST NOT create a descriptor chain longer
+  than the Queue Size of the device");
 - an INDIRECT descriptor when VIRTIO_F_RING_INDIRECT_DESC was not
-  negotiated, combined with NEXT, not at the head of the chain, nested in a
-  table, or whose table length is zero or not a multiple of 16 (§2.7.5.3.1);
+  negotiated, combined with NEXT, nested in a table, or whose table length
+  is zero or not a multiple of 16 (§2.7.5.3.1).  Normal descriptors followed
+  by one INDIRECT descriptor are valid (§2.7.5.3.2: the device MUST handle
+  them);
 - a device-readable descriptor after a device-writable one (§2.7.4.2);
 - ring or table memory outside guest RAM.
 
@@ -145,9 +148,13 @@ class SplitQueue:
         return self._walk(head)
 
     def _walk(self, head: int) -> Chain:
+        """Collect one chain: zero or more ring descriptors, optionally ending in one
+        INDIRECT descriptor whose table continues the chain (§2.7.5.3.2).  The whole
+        chain, table entries included, may not be longer than Queue Size."""
         chain = Chain(head)
         table = self._desc
-        limit = self.size
+        size = self.size
+        limit = size                # valid `next` values in the current table
         i = head
         seen = 0
         in_indirect = False
@@ -157,17 +164,17 @@ class SplitQueue:
         readable, writable = chain.readable, chain.writable
         while True:
             seen += 1
-            if seen > limit:
+            if seen > size:
                 raise QueueError(f"queue {self.index}: descriptor chain from {head} loops or "
-                                 f"is longer than {limit}")
+                                 f"is longer than the queue size {size}")
             addr, length, flags, nxt = _DESC.unpack_from(table, 16 * i)
             if flags & DESC_F_INDIRECT:
                 if not self.indirect:
                     raise QueueError(f"queue {self.index}: INDIRECT descriptor without "
                                      "VIRTIO_F_RING_INDIRECT_DESC")
-                if in_indirect or flags & DESC_F_NEXT or seen != 1:
-                    raise QueueError(f"queue {self.index}: INDIRECT descriptor nested, chained "
-                                     "or not at the head of the chain")
+                if in_indirect or flags & DESC_F_NEXT:
+                    raise QueueError(f"queue {self.index}: INDIRECT descriptor nested in a table "
+                                     "or combined with NEXT")
                 if length == 0 or length % 16:
                     raise QueueError(f"queue {self.index}: indirect table length {length} is "
                                      "not a positive multiple of 16")
@@ -177,7 +184,7 @@ class SplitQueue:
                     raise QueueError(f"queue {self.index}: indirect table outside RAM ({e})") from None
                 in_indirect = True
                 limit = length // 16
-                seen = 0
+                seen -= 1           # the table descriptor itself carries no buffer
                 i = 0
                 continue
             if ram is not None:
