@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 
 from ... import trace
 from ...machine.memory import DMAError
-from ...machine.pci import BarKind, PCIDevice
+from ...machine.pci import CMD_BUS_MASTER, BarKind, PCIDevice
 from ..scsi import Direction, ScsiDisk, ScsiRequest
 from . import regs as R
 from .regs import Phase
 
+_U32 = struct.Struct("<I")
+_U32X2 = struct.Struct("<II")
 MAX_TARGETS = 7            # IDs 0..6; 7 is the initiator (QEMU's LSI_MAX_DEVS)
 MAX_CDB = 16
 
@@ -420,7 +422,17 @@ class LSI53C895A(PCIDevice):
         self.view(addr, len(data))[:] = data
 
     def read32(self, addr: int) -> int:
+        mem = self.machine.memory if self.machine is not None else None
+        if mem is not None and 0 <= addr and addr + 4 <= mem.size and self.command & CMD_BUS_MASTER:
+            return _U32.unpack_from(mem.buf, addr)[0]    # the common case: RAM, no copy
         return int.from_bytes(self.mem_read(addr, 4), "little")
+
+    def fetch(self, addr: int) -> tuple[int, int]:
+        """The two words of an instruction at ``addr`` (SCRIPTS fetch)."""
+        mem = self.machine.memory if self.machine is not None else None
+        if mem is not None and 0 <= addr and addr + 8 <= mem.size and self.command & CMD_BUS_MASTER:
+            return _U32X2.unpack_from(mem.buf, addr)
+        return _U32X2.unpack(self.mem_read(addr, 8))
 
     # --- the SCSI bus (target side) ---------------------------------------------------------
     def set_phase(self, phase: int) -> None:

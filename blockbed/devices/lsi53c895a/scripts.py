@@ -74,12 +74,16 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
         chip.insns_executed += 1
         dsp = chip.dsp
         try:
-            insn = chip.read32(dsp)
+            try:
+                insn, arg = chip.fetch(dsp)
+            except DMAError:
+                insn, arg = chip.read32(dsp), None     # the second word may be what faults
             if insn == 0:
                 # An "empty opcode": skip one word (QEMU's behaviour); counts against the budget.
                 chip.dsp = dsp + 4
                 continue
-            arg = chip.read32(dsp + 4)
+            if arg is None:
+                arg = chip.read32(dsp + 4)
             r[R.DCMD] = insn >> 24
             struct.pack_into("<I", r, R.DSPS, arg)
             chip.dsp = dsp + 8
