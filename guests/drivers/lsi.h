@@ -18,10 +18,13 @@
  * CONDITION), or a BLK_E* code when the command could not be run
  * (BLK_ENODEV: selection timeout; BLK_ETIMEDOUT; BLK_EIO: controller fault).
  * *residual (may be NULL) gets the bytes of `len` not transferred. */
+/* Weak, like the blkdev driver registry: a program using these still links
+ * when drivers/lsi.c is absent, and must check the pointer (NULL then). */
 int lsi_scsi_command(struct blkdev *d, const uint8_t *cdb, unsigned cdb_len, int dir,
-                     void *buf, uint32_t len, uint8_t *status, uint32_t *residual);
+                     void *buf, uint32_t len, uint8_t *status, uint32_t *residual)
+    __attribute__((weak));
 
 /* REQUEST SENSE into sense[18]; returns as lsi_scsi_command. */
-int lsi_request_sense(struct blkdev *d, uint8_t *sense);
+int lsi_request_sense(struct blkdev *d, uint8_t *sense) __attribute__((weak));
 
 #endif

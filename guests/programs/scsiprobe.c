@@ -93,6 +93,10 @@ static int vpd(uint8_t page)
 int kmain(uint32_t magic, uint32_t mbinfo)
 {
     (void)magic; (void)mbinfo;
+    if (!lsi_scsi_command || !lsi_request_sense) {
+        printf("scsiprobe: FAIL: built without drivers/lsi.c\n");
+        return 1;
+    }
     d = blkdev_open_args();
     if (!d) {
         printf("scsiprobe: FAIL: cannot open device\n");
