@@ -229,6 +229,7 @@ static void ctrl_reset(struct lsi_ctrl *c)
     wr8(c, SIEN0, 0);
     wr8(c, SIEN1, 0);
     wr8(c, STIME0, 0x0B);               /* selection timeout ~ 204.8 ms (real chips) */
+    wr32(c, DSA, (uint32_t)virt_to_phys(c->tbl));   /* one table for every command */
 }
 
 static int ctrl_init(int k)
@@ -279,7 +280,6 @@ static int ctrl_command(struct lsi_ctrl *c, int target, int lun, const uint8_t *
     t->status = (struct lsi_entry){ 1, (uint32_t)virt_to_phys(c->status) };
     t->msgin = (struct lsi_entry){ 1, (uint32_t)virt_to_phys(c->msgin) };
     barrier();
-    wr32(c, DSA, (uint32_t)virt_to_phys(t));
     wr32(c, DSP, c->label[L_START]);
     for (;;) {
         uint8_t ist = 0;
