@@ -78,7 +78,7 @@ class EventQueue:
             if ev.cancelled:
                 continue
             if trace.enabled:
-                trace.emit("event.run", name=ev.name, now=self.now)
+                trace.emit("event.run", callback=ev.name, now=self.now)
             ev.callback(*ev.args)
             n += 1
         self.executed += n
