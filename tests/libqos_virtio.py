@@ -222,6 +222,17 @@ class QVirtioBlk:
             r.last_used = (r.last_used + 1) & 0xFFFF
         return out
 
+    def wait_used(self, q: int = 0, n: int = 1, max_ticks: int = 200) -> list[tuple[int, int]]:
+        """Used entries, advancing virtual time until ``n`` arrived (interrupt-driven
+        queues complete from the event queue a few ticks after the doorbell)."""
+        out = self.used(q)
+        ticks = 0
+        while len(out) < n and ticks < max_ticks:
+            self.qt.clock_step(8)
+            ticks += 8
+            out += self.used(q)
+        return out
+
     # --- requests -------------------------------------------------------------------------------
     def header(self, rtype: int, sector: int = 0) -> int:
         a = self.alloc(16)
@@ -255,7 +266,7 @@ class QVirtioBlk:
     def do(self, rtype: int, sector: int = 0, data: bytes | None = None, read_len: int = 0, **kw):
         """Submit, kick, expect exactly one completion; returns (status, data read, used len)."""
         head, st, buf = self.submit(rtype, sector, data, read_len, **kw)
-        done = self.used(kw.get("q", 0))
+        done = self.wait_used(kw.get("q", 0))
         assert [h for h, _ in done] == [head], f"expected completion of {head}, got {done}"
         return self.status_at(st), self.qt.memread(buf, read_len) if read_len else b"", done[0][1]
 
@@ -267,7 +278,7 @@ class QVirtioBlk:
         st = self.alloc(1)
         self.put_chain([(hdr, 16, 0), (p, len(payload), 0), (st, 1, D_WRITE)])
         self.kick()
-        assert len(self.used()) == 1
+        assert len(self.wait_used()) == 1
         return self.status_at(st)
 
 

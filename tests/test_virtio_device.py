@@ -303,6 +303,31 @@ def test_msix_queue_vector_and_event_idx(vb):
     assert 0x55 not in qt.pending_vectors()
 
 
+def test_interrupt_driven_queue_completes_later_out_of_order(vb):
+    """A queue with an MSI-X vector completes from the event queue, with its interrupt."""
+    qt, d = vb.qt, vb.dev
+    vb.negotiate(DEFAULT_FEATURES & ~(1 << F_EVENT_IDX))
+    table = qt.bar_address(d, 1)
+    qt.writel(table, 0xFEE00000)
+    qt.writel(table + 8, 0x56)
+    qt.writel(table + 12, 0)
+    qt.pci_config_write(d, d.msix.off + 2, 0x8000, 2)
+    vb.setup_queue(0, 64, vector=0)
+    vb.cw8(STATUS, ACK | DRIVER | FEATURES_OK | DRIVER_OK)
+    heads = [vb.submit(T_OUT, i, pattern(512, i), kick=False)[0] for i in range(12)]
+    vb.kick()
+    assert vb.used() == [] and 0x56 not in qt.pending_vectors()
+    assert bytes(vb.backend.root.buf[:512]) == pattern(512, 0)   # executed at the doorbell
+    done = vb.wait_used(n=12)
+    assert sorted(h for h, _ in done) == sorted(heads) and [h for h, _ in done] != heads
+    assert 0x56 in qt.pending_vectors()
+    # a reset drops completions still scheduled
+    vb.submit(T_FLUSH)
+    vb.cw8(STATUS, 0)
+    qt.clock_step(100)
+    assert qt.readw(vb.rings[0].used + 2) == 12
+
+
 def test_intx_and_isr_read_clears(vb):
     vb.negotiate(DEFAULT_FEATURES & ~(1 << F_EVENT_IDX))
     vb.setup_queue(0, 16)

@@ -113,3 +113,17 @@ def test_disktest_detects_silent_corruption(tmp_path):
         backend.close()
     assert res.exit_code == 1
     assert "MISMATCH lba 100" in res.transcript and "disktest: FAIL" in res.transcript
+
+
+def test_disktest_interrupt_driven(tmp_path):
+    """virtio_irq=msix: the driver sleeps in hlt and is woken by MSI-X completions."""
+    img = _image(tmp_path / "i.img", 4 * MiB)
+    m = Machine(MachineConfig(memory_mib=128, seed=3, timeout_s=120))
+    try:
+        attach_drives(m, [f"file={img},format=raw,if=virtio"])
+        m.load_kernel(str(guest_elf("disktest")), "dev=virtio seed=6 ops=60 virtio_irq=msix")
+        res = m.run()
+    finally:
+        m.close()
+    assert res.exit_code == 0 and "disktest: PASS" in res.transcript, res.transcript
+    assert res.exits["interrupts"] > 50 and res.exits["hlt"] > 50

@@ -15,12 +15,17 @@ Two separate steps per request, in the style of Firecracker's block device:
 2. :meth:`VirtioBlk.execute` — the I/O, against the BlockBackend only, with
    guest memory views passed straight to ``readv``/``writev`` (no copies).
 
-Completion is synchronous with the notification: by the time the guest's
-doorbell write returns, every request made available so far has been
-executed and returned in the used ring — which is what lets a guest poll
-``used.idx`` in RAM with no exits.  Requests of one batch are returned in a
-seeded shuffled order (the machine's event RNG), so drivers that assume
-in-order completion break here as they would on real devices.  When the
+Requests are executed when the doorbell rings.  How they complete depends on
+the queue (``completion="auto"``): a queue without an MSI-X vector belongs to
+a polling driver, and its requests are returned in the used ring before the
+doorbell write returns — which lets the guest poll ``used.idx`` in RAM with
+no exits (virtual time advances only on exits, so a completion scheduled for
+later would never arrive).  A queue with an MSI-X vector gets each
+completion from the machine's event queue a seeded 2–40 ticks later, with
+its interrupt; the guest halts meanwhile and time jumps ahead.  Either way
+completions come in a seeded, shuffled order (the machine's event RNG), so
+drivers that assume in-order completion break here as they would on real
+devices.  ``completion="sync"|"async"`` forces one model.  When the
 backend's error policy stops the machine (``STOPPED``), the request stays
 pending and later ones wait behind it; :meth:`VirtioBlk.resume` retries.
 
@@ -43,7 +48,7 @@ from typing import Any
 
 from ... import trace
 from ...block.backend import STOPPED, BlockBackend
-from .pci import DRIVER_OK, VirtioPCIDevice
+from .pci import NO_VECTOR, VirtioPCIDevice
 from .virtqueue import Chain, QueueError, SplitQueue
 
 # Feature bits (§5.2.3)
@@ -63,6 +68,7 @@ DWZ_FLAG_UNMAP = 1
 MAX_DWZ_SECTORS = 0x3FFFFF          # QEMU's BDRV_REQUEST_MAX_SECTORS default
 DEFAULT_QUEUE_SIZE = 256            # QEMU 7.2 queue-size default
 MERGE_MAX_IOV = 1024                # IOV_MAX
+ASYNC_DELAY = (2, 40)               # ticks from execution to completion, interrupt-driven queues
 MERGE_MAX_BYTES = 32 << 20
 
 _HDR = struct.Struct("<IIQ")
@@ -255,7 +261,7 @@ class VirtioBlk(VirtioPCIDevice):
 
     def __init__(self, backend: BlockBackend, serial: str = "", num_queues: int = 1,
                  queue_size: int = DEFAULT_QUEUE_SIZE, name: str = "virtio-blk",
-                 reorder: bool = True, merge: bool = True):
+                 reorder: bool = True, merge: bool = True, completion: str = "auto"):
         if not 1 <= num_queues <= 64:
             raise ValueError(f"num-queues={num_queues}: must be 1..64")
         if queue_size < 4 or queue_size > 1024 or queue_size & (queue_size - 1):
@@ -268,6 +274,9 @@ class VirtioBlk(VirtioPCIDevice):
         self.serial = serial.encode()
         self.reorder = reorder
         self.merge = merge
+        if completion not in ("auto", "sync", "async"):
+            raise ValueError(f"completion={completion}: expected auto, sync or async")
+        self.completion = completion
         self.capacity = backend.length() // SECTOR
         self.geometry = guess_geometry(backend, self.capacity)
         self.original_wce = backend.write_cache_enabled
@@ -396,13 +405,32 @@ class VirtioBlk(VirtioPCIDevice):
                            sector=req.sector, bytes=req.nbytes, status=S_OK, why="merged")
         return True
 
+    def _completes_later(self, q: SplitQueue) -> bool:
+        """Whether completions go through the event queue (see the module docstring)."""
+        if self.completion != "auto":
+            return self.completion == "async"
+        return self.msix is not None and self.msix.enabled and q.msix_vector != NO_VECTOR
+
     def _complete(self, q: SplitQueue, done: list[tuple[int, int]]) -> None:
         if not done:
             return
-        if self.reorder and len(done) > 1 and self.machine is not None:
-            self.machine.events.rng.shuffle(done)
+        m = self.machine
+        if m is not None and self._completes_later(q):
+            ev = m.events
+            for entry in done:      # each its own seeded delay: order varies across batches
+                ev.schedule(ev.jitter(*ASYNC_DELAY), self._complete_later, q, q.epoch, entry,
+                            name="virtio_blk.complete")
+            return
+        if self.reorder and len(done) > 1 and m is not None:
+            m.events.rng.shuffle(done)
         for head, written in done:
             q.push(head, written)
+        self.queue_interrupt(q)
+
+    def _complete_later(self, q: SplitQueue, epoch: int, entry: tuple[int, int]) -> None:
+        if q.epoch != epoch or not q.ready:
+            return                  # the device or the queue was reset meanwhile
+        q.push(*entry)
         self.queue_interrupt(q)
 
     @staticmethod

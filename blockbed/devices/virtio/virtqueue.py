@@ -89,6 +89,8 @@ class SplitQueue:
 
     def reset(self) -> None:
         """Queue defaults (§4.1.4.3: after device or queue reset)."""
+        # Completions scheduled before a reset carry the old epoch and are dropped.
+        self.epoch = getattr(self, "epoch", 0) + 1
         self.size = self.max_size
         self.desc_addr = 0
         self.driver_addr = 0
