@@ -285,11 +285,11 @@ def test_memo_and_incremental_agree_with_the_full_check(case):
         kw["create_options"] = {"lazy_refcounts": "on"}
     else:
         kw["open_options"] = {"x-unsafe-l2-before-refcount": True}
-    cfg = WorkloadConfig(ops=120, seed=3, region_sectors=1024, lba_stride=8, p_discard=0.05)
+    cfg = WorkloadConfig(ops=80, seed=3, region_sectors=1024, lba_stride=8, p_discard=0.05)
     rec = Recording.in_memory("qcow2", 8 << 20, cache, **kw)
     run_workload(rec.backend, cfg)
     orc = rec.oracle()
-    states = enumerate_states(rec.log, 250, 4)
+    states = enumerate_states(rec.log, 150, 4)
     fast = Checker(rec.base, rec.log, orc, "qcow2", 4).run(states)
     slow = Checker(rec.base, rec.log, orc, "qcow2", 4, incremental=False, memo=False).run(states)
     verdict = lambda r: [(s.state.id, sorted((v.kind, v.message) for v in s.violations)) for s in r.states]
@@ -299,3 +299,17 @@ def test_memo_and_incremental_agree_with_the_full_check(case):
         assert slow.violating_states > 0
     else:
         assert slow.violating_states == 0
+
+
+def test_small_budget_still_gets_torn_subsets():
+    """Prefixes alone never lose a write no flush covered; subsets must get room."""
+    log = _log(*[W(i * 4096, 4096, i % 250 + 1) for i in range(300)])   # one epoch, no flush
+    st = enumerate_states(log, 100, seed=1)
+    assert len(st) == 100
+    assert sum(1 for s in st if s.subset is not None) >= 49
+
+
+def test_unsafe_raw_without_any_host_flush_is_caught_within_budget():
+    rec, res, orc = _run("raw", "unsafe", states=60)
+    assert rec.log.counts()["flush"] == 0
+    assert res.violating_states > 0

@@ -15,8 +15,10 @@ ops between two flushes) we enumerate:
   were durable at completion).  Their crash position is the end of the
   epoch, just before the closing flush completed.
 
-``--states N`` bounds the total; boundaries come first, then prefixes,
-then random subsets, each sampled evenly across the log.  A state's ID
+``--states N`` bounds the total; boundaries come first, then the rest is
+shared between prefixes and random subsets (subsets get at least half:
+prefixes alone never expose a write lost without any flush), each sampled
+evenly across the log.  A state's ID
 (``E.pI`` / ``E.rK``) determines it completely given the log and the seed,
 so one state can be replayed alone.
 """
@@ -81,7 +83,12 @@ def enumerate_states(log: HostLog, limit: int | None = None, seed: int = 0) -> l
     else:
         chosen = list(boundaries)
         room = limit - len(chosen)
-        chosen += _even_sample(prefixes, room)
+        # prefixes only ever add writes in order, so on their own they never
+        # expose a lost write that no flush covered (cache=unsafe on raw has
+        # no host flush at all): torn subsets get at least half of the room
+        want_subsets = room // 2 if subset_epochs else 0
+        take = min(len(prefixes), room - want_subsets)
+        chosen += _even_sample(prefixes, take)
         room = limit - len(chosen)
         if room > 0 and subset_epochs:
             per = [0] * len(subset_epochs)
@@ -103,6 +110,9 @@ def enumerate_states(log: HostLog, limit: int | None = None, seed: int = 0) -> l
                 end = ep.stop
                 chosen += [CrashState(f"{ep.number}.r{j}", ep.number, ep.start, end, subset=j)
                            for j in range(n)]
+        if room > 0 and take < len(prefixes):      # subsets ran out: more prefixes
+            have = {s.id for s in chosen}
+            chosen += _even_sample([s for s in prefixes if s.id not in have], room)
     chosen.sort(key=lambda s: (s.base, s.crash_pos, s.prefix is None, s.subset or 0, s.prefix or 0))
     return chosen
 
