@@ -143,7 +143,7 @@ def run_qemu(elf: Path, image: Path, append: str, nreq: int, nbytes: int) -> Res
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     ap.add_argument("--only", default=None, help="run only workloads whose name contains this")
     args = ap.parse_args()

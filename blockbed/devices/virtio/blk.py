@@ -423,8 +423,7 @@ class VirtioBlk(VirtioPCIDevice):
             return
         if self.reorder and len(done) > 1 and m is not None:
             m.events.rng.shuffle(done)
-        for head, written in done:
-            q.push(head, written)
+        q.push_many(done)
         self.queue_interrupt(q)
 
     def _complete_later(self, q: SplitQueue, epoch: int, entry: tuple[int, int]) -> None:

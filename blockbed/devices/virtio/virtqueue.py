@@ -180,10 +180,14 @@ class SplitQueue:
                 if length == 0 or length % 16:
                     raise QueueError(f"queue {self.index}: indirect table length {length} is "
                                      "not a positive multiple of 16")
-                try:
-                    table = dma(addr, length)
-                except DMAError as e:
-                    raise QueueError(f"queue {self.index}: indirect table outside RAM ({e})") from None
+                if ram is not None and addr + length <= ram_size:
+                    table = ram[addr:addr + length]
+                else:
+                    try:
+                        table = dma(addr, length)
+                    except DMAError as e:
+                        raise QueueError(f"queue {self.index}: indirect table outside RAM "
+                                         f"({e})") from None
                 in_indirect = True
                 limit = length // 16
                 seen -= 1           # the table descriptor itself carries no buffer
@@ -221,6 +225,16 @@ class SplitQueue:
         _USED_ELEM.pack_into(used, 4 + 8 * (self.used_idx % self.size), head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         _U16.pack_into(used, 2, self.used_idx)
+
+    def push_many(self, entries: list[tuple[int, int]]) -> None:
+        """:meth:`push` for a batch: all elements, then the index once."""
+        used, size, idx = self._used, self.size, self.used_idx
+        pack = _USED_ELEM.pack_into
+        for head, written in entries:
+            pack(used, 4 + 8 * (idx % size), head, written)
+            idx = (idx + 1) & 0xFFFF
+        self.used_idx = idx
+        _U16.pack_into(used, 2, idx)
 
     def should_notify(self) -> bool:
         """Whether the used-buffer notification is due (§2.7.7, §2.7.10).
