@@ -44,12 +44,13 @@ def _image(tmp_path, fmt, qemu_img):
     return img
 
 
-def _run(tmp_path, qemu_img, iface, cache, fmt, extra="", states=150, ops=100, seed=0):
+def _run(tmp_path, qemu_img, iface, cache, fmt, extra="", states=150, ops=100, seed=0,
+         append=None):
     if not _have(iface):
         pytest.skip(f"controller {iface} has not landed")
     img = _image(tmp_path, fmt, qemu_img)
     drive = f"file={img},format={fmt},if={iface},cache={cache}{extra}"
-    rep = crashtest(drive, states=states, ops=ops, seed=seed, keep=None)
+    rep = crashtest(drive, states=states, ops=ops, seed=seed, keep=None, append=append)
     return rep
 
 
@@ -107,6 +108,21 @@ def test_ahci_exercises_fua_and_flush(tmp_path, qemu_img, flushtest_elf):
         assert rep.meta["interface"] == "ahci"
         # FUA promises came from the guest and the backend agreed on each
         assert rep.guest_promises > 0
+
+
+@pytest.mark.parametrize("cache", CACHES)
+def test_virtio_without_flush_feature_is_writethrough(tmp_path, qemu_img, flushtest_elf, cache):
+    """virtio 1.2 5.2 rule 1: FLUSH offered, neither FLUSH nor CONFIG_WCE negotiated →
+    every completed write is stable.  The guest promises each write at completion
+    ("wce-off"); the device must have switched the backend to writethrough."""
+    rep = _run(tmp_path, qemu_img, "virtio", cache, "raw",
+               append="dev=virtio seed=5 ops=100 qd=4 virtio_nofeat=0xa00")
+    assert rep.guest_exit == 0 and rep.guest_promises >= 40
+    assert (rep.guest_config["flush"], rep.guest_config["wce"]) == ("0", "0")
+    if cache == "unsafe":
+        assert rep.sweep.violating_states > 0
+    else:
+        assert rep.violations == [], rep.violations[:3]
 
 
 FAULTS = [

@@ -26,6 +26,8 @@
  *   virtio_queues=N    request queues to use when the device offers MQ (default 1)
  *   virtio_indirect=0  do not negotiate indirect descriptors
  *   virtio_event_idx=0 do not negotiate EVENT_IDX
+ *   virtio_nofeat=MASK do not negotiate these feature bits (e.g. 0xa00: neither
+ *                      FLUSH nor CONFIG_WCE, virtio 1.2 5.2 durability rule 1)
  *   virtio_irq=msix    interrupt-driven completion instead of polling
  *   virtio_verbose=1   print the raw device configuration at probe
  */
@@ -636,6 +638,7 @@ static int virtio_blk_probe(int idx, struct blkdev **out)
         want &= ~(1ull << F_INDIRECT);
     if (!arg_u64("virtio_event_idx", 1))
         want &= ~(1ull << F_EVENT_IDX);
+    want &= ~arg_u64("virtio_nofeat", 0);
     v->features = v->offered & want;
     mmio_write32(v->common + CC_GFSELECT, 0);
     mmio_write32(v->common + CC_GF, (uint32_t)v->features);

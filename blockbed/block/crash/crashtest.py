@@ -41,6 +41,7 @@ class CrashReport:
     qemu_agreed: int = 0
     record_seconds: float = 0.0
     violations: list[Violation] = field(default_factory=list)
+    guest_config: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -96,7 +97,8 @@ def sweep_run(run: LoadedRun, states: int | None, seed: int, qemu_fraction: floa
     return CrashReport(run.path, run.meta, run.log.counts(), len(epochs), prefixes,
                        len(run.entries), oracle.durable_count(), len(run.record.promises),
                        run.record.complete, exit_status, sweep, chk.qemu_checked,
-                       chk.qemu_agreed, violations=violations)
+                       chk.qemu_agreed, violations=violations,
+                       guest_config=dict(run.record.config))
 
 
 def crashtest(drive: str, *, kernel: str | Path | None = None, append: str | None = None,
