@@ -300,6 +300,12 @@ def test_requests_before_driver_ok_are_not_consumed():
         v.close()
 
 
+def test_driver_cannot_set_needs_reset(vb):
+    vb.cw8(STATUS, vb.status | NEEDS_RESET)
+    assert not needs_reset(vb)
+    assert vb.do(T_FLUSH)[0] == S_OK
+
+
 def test_driver_ok_without_features_ok():
     v = QVirtioBlk(MiB)
     try:

@@ -224,7 +224,8 @@ class VirtioPCIDevice(PCIDevice):
         if value == 0:
             self.reset()
             return
-        new = value & 0xFF
+        # DEVICE_NEEDS_RESET is the device's to set and only a reset clears it.
+        new = (value & 0xFF & ~DEVICE_NEEDS_RESET) | (self.status & DEVICE_NEEDS_RESET)
         if new & FEATURES_OK and not self.status & FEATURES_OK:
             drv = self.driver_features
             if drv & ~self.offered_features or not drv >> F_VERSION_1 & 1:
@@ -237,8 +238,6 @@ class VirtioPCIDevice(PCIDevice):
                     q.indirect = self.has(F_RING_INDIRECT_DESC)
                     q.event_idx = self.has(F_RING_EVENT_IDX)
                 self.device_features_ok(drv)
-        if self.status & DEVICE_NEEDS_RESET:
-            new |= DEVICE_NEEDS_RESET   # only a reset clears it
         old = self.status
         self.status = new
         if trace.enabled:
