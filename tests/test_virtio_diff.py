@@ -90,3 +90,15 @@ def test_identify_multiqueue_writethrough_serial(tools, tmp_path):
     assert "write cache: writethrough" in lines
     assert any("num_queues=2" in ln for ln in lines)
     assert any("offered 0x10130007e54" in ln for ln in lines)   # + MQ
+
+
+@pytest.mark.qemu
+def test_read_only_drive(tools, tmp_path):
+    # identify on a read-only drive: RO offered and reported alike.  (disktest is not
+    # used here: QEMU completes a DISCARD on a read-only drive with OK when
+    # discard=ignore, we answer IOERR; see docs/virtio-blk.md, known differences.)
+    q, _ = differential(tmp_path, "identify", "dev=virtio virtio_verbose=1",
+                        drive_opts=",readonly=on", qemu_drive_opts=",readonly=on")
+    lines = q.lines()
+    assert any("offered 0x10130006e74" in ln for ln in lines)     # + RO (bit 5)
+    assert "virtio0: read-only" in lines
