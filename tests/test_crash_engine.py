@@ -313,3 +313,27 @@ def test_unsafe_raw_without_any_host_flush_is_caught_within_budget():
     rec, res, orc = _run("raw", "unsafe", states=60)
     assert rec.log.counts()["flush"] == 0
     assert res.violating_states > 0
+
+
+def test_garbage_in_the_host_log_never_aborts_the_sweep():
+    """Crash states are hostile input for the driver: the sweep reports, never raises."""
+    rec, res, orc = _run("qcow2", "writeback", states=80)
+    rnd = random.Random(9)
+    meta_ops = [i for i, op in enumerate(rec.log.ops)
+                if op.kind is OpKind.WRITE and op.offset < 0x50000]     # header/L1/refcounts/L2 area
+    assert meta_ops
+    for trial in range(6):
+        ops = list(rec.log.ops)
+        for i in rnd.sample(meta_ops, min(4, len(meta_ops))):
+            op = ops[i]
+            data = bytearray(op.data)
+            for _ in range(8):
+                data[rnd.randrange(len(data))] = rnd.randrange(256)
+            if trial % 2:
+                data[:72] = bytes(rnd.randrange(256) for _ in range(72)) if op.offset == 0 else data[:72]
+            ops[i] = HostOp(OpKind.WRITE, op.offset, op.length, bytes(data))
+        log = HostLog(ops)
+        out = Checker(rec.base, log, orc, "qcow2", trial).run(enumerate_states(log, 60, trial))
+        assert out.states_checked == 60
+        for v in out.violations:
+            assert "Traceback" not in v.message

@@ -26,21 +26,34 @@ back to the full check; a test runs both ways and compares.
 
 from __future__ import annotations
 
-import errno
 import random
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from struct import error as struct_error
 from typing import Callable, Iterable, Sequence
+
+from construct import ConstructError
 
 from ..driver import BlockDriver, BlockError
 from .hostlog import SECTOR, HostLog, OpKind
-from .oracle import ExpectedTracker, GuestWrite, Oracle
 from .metakey import metadata_key
+from .oracle import ExpectedTracker, GuestWrite, Oracle
 from .overlay import BufferNode, WorkingImage
 from .states import CrashState, Piece, state_pieces
 
 MAX_SECTOR_REPORTS = 4
+
+# A crash state is hostile input for the format driver: whatever it raises
+# while opening, checking or reading one is a finding about that state, never
+# a reason to abort the sweep (MemoryError and KeyboardInterrupt still stop it).
+_DRIVER_ERRORS = (OSError, ValueError, LookupError, ArithmeticError, TypeError, AssertionError,
+                  RecursionError, struct_error, ConstructError)
+
+
+def _errtext(e: BaseException) -> str:
+    """BlockErrors carry their own message; anything else is a driver bug worth naming."""
+    return str(e) if isinstance(e, BlockError) else f"the driver raised {type(e).__name__}: {e}"
 
 
 @dataclass
@@ -237,14 +250,14 @@ class Checker:
             # the check of a dirty lazy_refcounts image applies to its repaired copy;
             # reads keep going to the live buffer (the repair changes refcounts only)
             checked = _repaired_view(node.buf) if self.fmt == "qcow2" and _dirty(node.buf) else view
-        except (BlockError, ValueError) as e:
-            msg = f"the image does not open: {e}"
+        except _DRIVER_ERRORS as e:
+            msg = f"the image does not open: {_errtext(e)}"
             return None, [Violation(st.id, "corruption", msg, st.crash_pos)]
         self.checks_run += 1
         try:
             meta = metadata_check(checked, self.fmt)
-        except (BlockError, ValueError) as e:
-            meta = MetaVerdict(False, 1, 0, f"check failed: {e}")
+        except _DRIVER_ERRORS as e:
+            meta = MetaVerdict(False, 1, 0, f"check failed: {_errtext(e)}")
         problem = "" if meta.ok else f"{meta.corruptions} corruption(s): {meta.message}"
         entry = _View(key, view, meta, problem)
         if key is not None:
@@ -308,9 +321,9 @@ class Checker:
             mv = memoryview(scratch)[:n]
             try:
                 view.read(a, mv)
-            except (BlockError, ValueError) as e:
+            except _DRIVER_ERRORS as e:
                 out.append(Violation(st.id, "corruption",
-                                     f"reading guest bytes {a}..{b} failed: {e}", st.crash_pos))
+                                     f"reading guest bytes {a}..{b} failed: {_errtext(e)}", st.crash_pos))
                 mv.release()
                 continue
             nbytes += n
@@ -407,7 +420,7 @@ class _View:
             try:
                 size = self.view.length()
                 ext = self.view.block_status(0, size) if size else []
-            except (BlockError, ValueError):
+            except _DRIVER_ERRORS:
                 return None
             gs, ge, ho = [], [], []
             for e in ext:

@@ -49,7 +49,10 @@ def check_bytes(image: bytes, dirty: bool, tmpdir: str | None = None) -> QemuVer
         argv = [exe, "check", "-f", "qcow2", "--output=json"]
         if dirty:
             argv += ["-r", "all"]
-        proc = subprocess.run(argv + [path], capture_output=True, text=True, timeout=120)
+        try:
+            proc = subprocess.run(argv + [path], capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            return QemuVerdict(False, 1, 0, "qemu-img check timed out after 120 s")
     finally:
         os.unlink(path)
     if proc.returncode == 1 or not proc.stdout.strip().startswith("{"):
