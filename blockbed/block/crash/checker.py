@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Sequence
 from construct import ConstructError
 
 from ..driver import BlockDriver, BlockError
-from .hostlog import SECTOR, HostLog, OpKind
+from .hostlog import SECTOR, HostLog
 from .metakey import metadata_key
 from .oracle import ExpectedTracker, GuestWrite, Oracle
 from .overlay import BufferNode, WorkingImage

@@ -42,6 +42,7 @@ class CrashReport:
     record_seconds: float = 0.0
     violations: list[Violation] = field(default_factory=list)
     guest_config: dict[str, str] = field(default_factory=dict)
+    fua_requests: int = 0          # backend writes that arrived with FUA set
 
     @property
     def ok(self) -> bool:
@@ -60,7 +61,8 @@ class CrashReport:
             "guest_exit": self.guest_exit, "guest_record_complete": self.guest_complete,
             "host_ops": self.host_counts, "crash_points": {"flush_boundaries": self.epochs,
                                                           "prefixes": self.prefixes},
-            "requests": self.requests, "durable_writes": self.durable,
+            "requests": self.requests, "fua_requests": self.fua_requests,
+            "durable_writes": self.durable,
             "guest_promises": self.guest_promises,
             "states_checked": s.states_checked, "seconds": round(s.seconds, 3),
             "states_per_second": round(s.states_per_second, 1),
@@ -98,7 +100,8 @@ def sweep_run(run: LoadedRun, states: int | None, seed: int, qemu_fraction: floa
                        len(run.entries), oracle.durable_count(), len(run.record.promises),
                        run.record.complete, exit_status, sweep, chk.qemu_checked,
                        chk.qemu_agreed, violations=violations,
-                       guest_config=dict(run.record.config))
+                       guest_config=dict(run.record.config),
+                       fua_requests=sum(1 for e in run.entries if e.kind == "write" and e.fua))
 
 
 def crashtest(drive: str, *, kernel: str | Path | None = None, append: str | None = None,

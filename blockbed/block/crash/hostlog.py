@@ -19,7 +19,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from ..driver import BlockDriver, Buffer, Extent, check_request
+from ..driver import BlockDriver, Buffer, Extent
 
 SECTOR = 512
 
