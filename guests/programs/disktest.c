@@ -160,7 +160,12 @@ static unsigned scatter(struct op *o, uint8_t *buf, uint32_t len, uint64_t r)
 {
     unsigned max = d->max_segs < MAX_SEGS ? d->max_segs : MAX_SEGS;
     unsigned n = 1 + (unsigned)(r % max);
-    uint32_t align = d->dma_align > ss ? ss : d->dma_align;
+    uint32_t align = d->dma_align ? d->dma_align : 1;
+    if (align > ss || len % align) {        /* cannot split: one segment */
+        o->segs[0].buf = buf;
+        o->segs[0].len = len;
+        return 1;
+    }
     uint32_t units = len / align;
     if (n > units)
         n = units;
