@@ -20,9 +20,22 @@ class OverlapMap:
         self.on_violation = on_violation
 
     def add(self, offset: int, length: int, kind: str) -> None:
+        """Record metadata; a cluster claimed by two kinds becomes "a+b", which no
+        write matches, so any later write to it is refused."""
         cb = self.cluster_bits
+        kinds = self.kinds
         for ci in range(offset >> cb, (offset + length - 1 >> cb) + 1 if length else offset >> cb):
-            self.kinds[ci] = kind
+            old = kinds.get(ci)
+            kinds[ci] = kind if old is None or old == kind else f"{old}+{kind}"
+
+    def check_free(self, offset: int, length: int) -> None:
+        """Clusters about to be allocated must not hold metadata (refcounts are wrong)."""
+        cb = self.cluster_bits
+        for ci in range(offset >> cb, ((offset + length - 1) >> cb) + 1):
+            k = self.kinds.get(ci)
+            if k is not None:
+                self.on_violation(f"Preventing allocation of cluster {ci}: it holds {k} "
+                                  "but its refcount is 0")
 
     def remove(self, offset: int, length: int) -> None:
         cb = self.cluster_bits

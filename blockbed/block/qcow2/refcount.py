@@ -198,6 +198,7 @@ class RefcountManager:
             if (start + n) << self.cluster_bits > (1 << 56):
                 raise BlockError(errno.EFBIG, "qcow2: the image file would exceed the maximum "
                                               "host offset (2^56 bytes)")
+            self.drv.overlap.check_free(start << self.cluster_bits, n << self.cluster_bits)
             if self._ensure_blocks(start, n):
                 continue          # metadata was allocated; the free run may have moved
             self.update(start, n, +1)
@@ -230,6 +231,7 @@ class RefcountManager:
             if self.table[ti]:
                 return
         off = b << self.cluster_bits
+        self.drv.overlap.check_free(off, self.cs)
         blk = self.codec.new()
         if bti == ti:
             self.codec.set(blk, b & self.rb_mask, 1)      # self-describing block
