@@ -10,14 +10,13 @@ resize, several queues, EVENT_IDX suppression, the stop error policy.
 from __future__ import annotations
 
 import errno
-import struct
 
 import pytest
 
 from blockbed.block.backend import BlockBackend
 from blockbed.block.memory import MemoryDriver
 from libqos_virtio import (ACK, DEFAULT_FEATURES, DRIVER, DRIVER_OK, F_CONFIG_WCE, F_EVENT_IDX,
-                           F_FLUSH, F_INDIRECT, F_MQ, F_RING_RESET, F_RO, F_VERSION_1,
+                           F_FLUSH, F_MQ, F_RING_RESET, F_RO, F_VERSION_1,
                            F_WRITE_ZEROES, FEATURES_OK, CFGGEN, GF, GFSELECT, MSIX_CFG, NO_VECTOR,
                            NUMQ, Q_ENABLE, Q_MSIX, Q_NOFF, Q_RESET, Q_SELECT, Q_SIZE, QEMU_72_FEATURES,
                            S_IOERR, S_OK, S_UNSUPP, STATUS, T_DISCARD, T_FLUSH, T_GET_ID, T_IN,

@@ -9,7 +9,6 @@ caught).  After a reset the device must work again.
 
 from __future__ import annotations
 
-import struct
 
 import pytest
 from hypothesis import given, settings
