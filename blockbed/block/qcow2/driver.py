@@ -74,8 +74,10 @@ class Qcow2Driver(BlockDriver):
                  options: dict | None = None,
                  opener: Callable[..., BlockDriver] | None = None,
                  filename: str | None = None):
-        self.file = file
         opts = dict(options or {})
+        if opts.get("cache.no-flush"):
+            file = _NoFlush(file)        # cache=unsafe: flushes never reach the host
+        self.file = file
         self.options = opts
         self.read_only = bool(read_only or file.read_only)
         self.filename = filename or opts.get("filename") or _node_path(file)
@@ -824,6 +826,22 @@ class Qcow2Driver(BlockDriver):
         kind = self.overlap.kind_at(offset)
         if kind in ("l2", "refblock"):
             self.overlap.remove(offset, self.cluster_size)
+
+
+class _NoFlush:
+    """Delegates to a node but drops flushes (QEMU's BDRV_O_NO_FLUSH, cache=unsafe)."""
+
+    def __init__(self, node: BlockDriver):
+        self._node = node
+
+    def flush(self) -> None:
+        pass
+
+    def children(self):
+        return (self._node,)
+
+    def __getattr__(self, name):
+        return getattr(self._node, name)
 
 
 def _node_path(node: BlockDriver) -> str | None:
