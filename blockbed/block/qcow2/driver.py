@@ -210,6 +210,23 @@ class Qcow2Driver(BlockDriver):
             trace.emit("qcow2.repair_dirty", leaks_fixed=res.leaks_fixed,
                        corruptions_fixed=res.corruptions_fixed)
 
+    def rewrite_header(self) -> None:
+        """Write the whole header cluster from :attr:`header` (extensions the driver does not
+        know are written back unchanged, as the spec requires of a writer)."""
+        from .header import serialize_header
+        self._check_writable()
+        raw = serialize_header(self.header)
+        self.flush()
+        self.overlap.check(0, len(raw), "header")
+        self.file.write(0, raw)
+        self.file.flush()
+
+    def change_backing_file(self, name: str | None, fmt: str | None) -> None:
+        """Point the header at another backing file (qemu-img rebase -u)."""
+        self.header.backing_file = name or None
+        self.header.backing_format = fmt if name else None
+        self.rewrite_header()
+
     def _write_features(self) -> None:
         if self.header.version < 3:
             return
