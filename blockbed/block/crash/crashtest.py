@@ -43,6 +43,7 @@ class CrashReport:
     violations: list[Violation] = field(default_factory=list)
     guest_config: dict[str, str] = field(default_factory=dict)
     fua_requests: int = 0          # backend writes that arrived with FUA set
+    backend_errors: int = 0        # requests the block layer failed
 
     @property
     def ok(self) -> bool:
@@ -101,7 +102,8 @@ def sweep_run(run: LoadedRun, states: int | None, seed: int, qemu_fraction: floa
                        run.record.complete, exit_status, sweep, chk.qemu_checked,
                        chk.qemu_agreed, violations=violations,
                        guest_config=dict(run.record.config),
-                       fua_requests=sum(1 for e in run.entries if e.kind == "write" and e.fua))
+                       fua_requests=sum(1 for e in run.entries if e.kind == "write" and e.fua),
+                       backend_errors=sum(1 for e in run.entries if e.error or e.result))
 
 
 def crashtest(drive: str, *, kernel: str | Path | None = None, append: str | None = None,
