@@ -63,7 +63,7 @@ def test_unsafe_fails_and_the_replay_command_reproduces_one_state(tmp_path, qemu
 
 def test_json_report(tmp_path, qemu_img, elf):
     img = _img(tmp_path, qemu_img)
-    r = blockbed("crashtest", "--drive", f"file={img},format=raw,if=ahci,cache=writeback",
+    r = blockbed("crashtest", "--drive", f"file={img},format=raw,if=ide,cache=writeback",
                  "--states", "100", "--json", "--seed", "3")
     assert r.returncode == 0, r.stderr
     js = json.loads(r.stdout)
