@@ -135,3 +135,27 @@ def test_flushtest_record_is_the_same_under_qemu(tmp_path, qemu_img, qemu_system
     assert any(l.startswith("FT verify ok") for l in keep(q.transcript))
     # both runs left the same disk
     run_tool(qemu_img, "compare", "-f", "raw", "-F", "raw", str(a), str(b))
+
+
+def test_damaged_run_directory_is_a_clear_error(tmp_path, qemu_img, elf):
+    img = _img(tmp_path, qemu_img)
+    keep = tmp_path / "run"
+    r = blockbed("crashtest", "--drive", f"file={img},format=raw,if=virtio", "--states", "20",
+                 "--keep", str(keep), "--append", "dev=virtio ops=30")
+    assert r.returncode == 0, r.stdout + r.stderr
+    damage = [
+        ("requests.json", lambda p: p.write_text("{not json")),
+        ("requests.bin", lambda p: p.write_bytes(p.read_bytes()[:10])),
+        ("host.log", lambda p: p.write_bytes(b"garbage" * 10)),
+        ("run.json", lambda p: p.write_text('{"version": 99}')),
+        ("base.img", lambda p: p.unlink()),
+    ]
+    for name, hurt in damage:
+        path = keep / name
+        saved = path.read_bytes()
+        hurt(path)
+        rr = blockbed("crashtest", "--replay", str(keep), "--state", "0.p0")
+        assert rr.returncode == 2, (name, rr.stdout, rr.stderr)
+        assert "Traceback" not in rr.stderr and str(keep) in rr.stderr
+        path.write_bytes(saved)
+    assert blockbed("crashtest", "--replay", str(keep), "--state", "0.p0").returncode == 0
