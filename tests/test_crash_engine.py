@@ -337,3 +337,48 @@ def test_garbage_in_the_host_log_never_aborts_the_sweep():
         assert out.states_checked == 60
         for v in out.violations:
             assert "Traceback" not in v.message
+
+
+def test_superseding_rules():
+    """A durable write may be replaced only by a write (or discard) submitted after it
+    and before the crash."""
+    s = Seq()
+    w1 = s.submit("write", 0, 512); w1.data = b"\x01" * 512; s.complete(w1)
+    f = s.submit("flush"); s.complete(f)
+    w2 = s.submit("write", 0, 512); w2.data = b"\x02" * 512; s.complete(w2)
+    d = s.submit("discard", 0, 512); s.complete(d)
+    dd = s.submit("discard", 0, 512, dropped=True); s.complete(dd)
+    o = s.oracle()
+    W1 = o.write_by_req(w1.id)
+    assert o.accepts(0, b"\x01" * 512, W1, crash_pos=f.complete_seq)
+    assert o.accepts(0, b"\x02" * 512, W1, crash_pos=w2.submit_seq)       # submitted before the crash
+    assert not o.accepts(0, b"\x02" * 512, W1, crash_pos=w2.submit_seq - 1)
+    assert o.accepts(0, bytes(512), W1, crash_pos=d.submit_seq)            # discarded after it
+    assert not o.accepts(0, bytes(512), W1, crash_pos=d.submit_seq - 1)
+    assert not o.accepts(0, b"\x03" * 512, W1, crash_pos=s.seq)            # foreign data never
+
+
+def test_logwrites_file_path_correlates_with_the_request_log(tmp_path):
+    """The persistent logwrites filter and CorrelatedRequestLog line up position for position."""
+    from blockbed.block.backend import BlockBackend
+    from blockbed.block.crash.timeline import CorrelatedRequestLog
+    from blockbed.block.logwrites import LogWritesDriver, read_log
+    from blockbed.block.registry import get_format, open_image
+
+    for cache, expect_loss in (("writeback", False), ("unsafe", True)):
+        img = tmp_path / f"{cache}.qcow2"
+        get_format("qcow2").create(str(img), 4 << 20, {})
+        base = img.read_bytes()
+        root = open_image(str(img), "qcow2", options={"log-writes": str(tmp_path / f"{cache}.log")})
+        lw = root.file if isinstance(getattr(root, "file", None), LogWritesDriver) else None
+        assert lw is not None
+        rlog = CorrelatedRequestLog(lambda: lw.log.seq)
+        be = BlockBackend(root, cache, request_log=rlog)
+        wl = run_workload(be, WorkloadConfig(ops=120, seed=4))
+        be.close()
+        log = HostLog.from_logwrites(read_log(str(tmp_path / f"{cache}.log")))
+        orc = Oracle.from_request_log(rlog.entries, rlog.positions, len(log))
+        attach(orc, GuestRecord.parse(wl.transcript))
+        assert not orc.disagreements
+        res = Checker(base, log, orc, "qcow2", 1).run(enumerate_states(log, 200, 1))
+        assert (res.violating_states > 0) == expect_loss, res.violations[:2]
