@@ -196,3 +196,28 @@ def test_refcount_table_and_l1_growth(qemu_img, tmp_path):
     ref.write_bytes(model)
     cmp = subprocess.run([qemu_img, "compare", str(img), str(ref)], capture_output=True, text=True)
     assert cmp.returncode == 0, cmp.stdout
+
+
+def test_writes_on_image_with_internal_snapshot(qemu_img, qemu_io, tmp_path):
+    """Clusters shared with a snapshot (no OFLAG_COPIED) are copied on write, L2 tables
+    too; the snapshot still holds the old data afterwards."""
+    img = tmp_path / "s.qcow2"
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(img),
+                    "8M"], check=True)
+    subprocess.run([qemu_io, "-c", "write -P 1 0 8M", str(img)], check=True, capture_output=True)
+    subprocess.run([qemu_img, "snapshot", "-c", "s1", str(img)], check=True)
+    node = registry.open_image(str(img), "qcow2")
+    model = bytearray(b"\x01" * (8 << 20))
+    try:
+        run_workload(node, model, seed=21, nops=80)
+    finally:
+        node.close()
+    chk = subprocess.run([qemu_img, "check", str(img)], capture_output=True, text=True)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    ref = tmp_path / "ref.raw"
+    ref.write_bytes(model)
+    assert subprocess.run([qemu_img, "compare", str(img), str(ref)]).returncode == 0
+    subprocess.run([qemu_img, "snapshot", "-a", "s1", str(img)], check=True)
+    ref.write_bytes(b"\x01" * (8 << 20))
+    assert subprocess.run([qemu_img, "compare", str(img), str(ref)]).returncode == 0
+    assert subprocess.run([qemu_img, "check", str(img)], capture_output=True).returncode == 0

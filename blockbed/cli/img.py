@@ -269,10 +269,17 @@ def _human_info(info: dict) -> str:
         if "backing-filename-format" in info:
             lines.append(f"backing file format: {info['backing-filename-format']}")
     if info.get("snapshots"):
+        import time as _time
         lines.append("Snapshot list:")
-        lines.append(f"{'ID':<4}{'TAG':<20}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>16}")
+        lines.append(f"{'ID':<10}{'TAG':<17}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>13}{'ICOUNT':>11}")
         for s in info["snapshots"]:
-            lines.append(f"{s['id']:<4}{s['name']:<20}{size_to_str(s['vm-state-size']):>8}")
+            date = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(s["date-sec"]))
+            secs = s["vm-clock-sec"]
+            clock = (f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}."
+                     f"{s['vm-clock-nsec'] // 1_000_000:03d}")
+            icount = str(s["icount"]) if "icount" in s else ""
+            lines.append(f"{s['id']:<9} {s['name']:<16} {size_to_str(s['vm-state-size']):>8}"
+                         f"{date:>20}{clock:>13}{icount:>11}")
     fs = info.get("format-specific")
     if fs:
         lines.append("Format specific information:")
