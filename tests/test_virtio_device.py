@@ -492,3 +492,35 @@ def test_failed_merge_gives_each_request_its_own_status():
         assert bytes(v.backend.root.buf[6 * 512:7 * 512]) == pattern(512, 6)
     finally:
         v.close()
+
+
+class _Recording(MemoryDriver):
+    def __init__(self, data):
+        super().__init__(data)
+        self.calls = []
+
+    def write_zeroes(self, offset, length, may_unmap=False):
+        self.calls.append(("write_zeroes", offset, length, may_unmap))
+        return super().write_zeroes(offset, length, may_unmap)
+
+    def discard(self, offset, length):
+        self.calls.append(("discard", offset, length))
+        return super().discard(offset, length)
+
+
+@pytest.mark.parametrize("mode", ["unmap", "ignore"])
+def test_unmap_flag_reaches_the_backend(mode):
+    root = _Recording(bytearray(MiB))
+    v = QVirtioBlk(backend=BlockBackend(root, discard=mode))
+    try:
+        v.start()
+        assert v.dwz(T_WRITE_ZEROES, 4, 2, flags=1) == S_OK
+        assert v.dwz(T_WRITE_ZEROES, 8, 2, flags=0) == S_OK
+        assert v.dwz(T_DISCARD, 16, 4) == S_OK
+        unmap = mode == "unmap"
+        expected = [("write_zeroes", 2048, 1024, unmap), ("write_zeroes", 4096, 1024, False)]
+        if unmap:
+            expected.append(("discard", 8192, 2048))
+        assert root.calls == expected
+    finally:
+        v.close()

@@ -102,3 +102,12 @@ def test_read_only_drive(tools, tmp_path):
     lines = q.lines()
     assert any("offered 0x10130006e74" in ln for ln in lines)     # + RO (bit 5)
     assert "virtio0: read-only" in lines
+
+
+@pytest.mark.qemu
+def test_disktest_discard_unmap(tools, tmp_path):
+    # discard=unmap: discards and unmapping write-zeroes punch holes in the raw file on
+    # both emulators; the guest-visible content must still agree byte for byte.
+    q, _ = differential(tmp_path, "disktest", "dev=virtio seed=21 ops=100",
+                        drive_opts=",discard=unmap", qemu_drive_opts=",discard=unmap")
+    assert "disktest: PASS" in q.lines()
