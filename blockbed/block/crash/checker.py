@@ -205,8 +205,9 @@ class Checker:
                 boundary.newly.extend(newly)
             pieces = state_pieces(self.log, st, self.seed)
             res, entry = self._check(st, pieces, work, tracker, boundary, cache)
-            if (self.incremental and not pieces and res.full and res.meta.ok and entry is not None
-                    and entry.key is not None):
+            # only a clean boundary can vouch for the ranges later states skip
+            if (self.incremental and not pieces and res.full and not res.violations
+                    and entry is not None and entry.key is not None):
                 boundary = _Boundary(entry, [])
             if self.state_hook is not None:
                 self.state_hook(st, pieces, work)
