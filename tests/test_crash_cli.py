@@ -159,3 +159,15 @@ def test_damaged_run_directory_is_a_clear_error(tmp_path, qemu_img, elf):
         assert "Traceback" not in rr.stderr and str(keep) in rr.stderr
         path.write_bytes(saved)
     assert blockbed("crashtest", "--replay", str(keep), "--state", "0.p0").returncode == 0
+
+
+@pytest.mark.parametrize("cache,rc", [("none", 0), ("unsafe", 1)])
+def test_any_guest_workload(tmp_path, qemu_img, cache, rc):
+    """Without flushtest's record the backend's rules alone define durability."""
+    disktest = guest_elf("disktest")
+    img = _img(tmp_path, qemu_img, "qcow2")
+    r = blockbed("crashtest", "--drive", f"file={img},format=qcow2,if=virtio,cache={cache}",
+                 "--kernel", str(disktest), "--append", "dev=virtio seed=3 ops=60 span=2048 qd=4",
+                 "--states", "150")
+    assert r.returncode == rc, r.stdout + r.stderr
+    assert "no promise record" in r.stdout

@@ -68,9 +68,13 @@ def main(args: argparse.Namespace) -> int:
         return 0 if rep.ok else 1
     s = rep.sweep
     hc = rep.host_counts
+    if not rep.guest_config and not rep.guest_promises:
+        record = "no promise record (the backend's rules alone define durability)"
+    else:
+        record = f"{rep.guest_promises} promises recorded" + \
+            ("" if rep.guest_complete else " (record incomplete: no summary line)")
     print(f"guest: {rep.meta.get('kernel')} exited {rep.guest_exit} ({rep.meta.get('exit')}); "
-          f"{rep.guest_promises} promises recorded"
-          f"{'' if rep.guest_complete else ' (record incomplete: no summary line)'}")
+          f"{record}")
     print(f"host log: {hc['write']} writes, {hc['discard']} discards, {hc['flush']} flushes; "
           f"request log: {rep.requests} requests, {rep.durable} durable writes")
     print(f"crash points: {rep.epochs} flush boundaries, {rep.prefixes} in-order prefixes, "
