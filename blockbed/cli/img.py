@@ -491,8 +491,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from ..block import registry
     out_fmt = a.O or "raw"
     opts = _parse_o(a.o)
-    if a.c:
-        return _fail("compressed output (-c) is not supported")
+    if a.c and out_fmt != "qcow2":
+        return _fail(f"Compression not supported for this file format ({out_fmt})")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
     src, _ = open_img(a.src, a.f, force_share=a.U)
     try:
@@ -520,7 +520,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
                         continue
                     view = mv[:e.length]
                     src.read(e.start, view)
-                    if sparse and fresh:
+                    if a.c:
+                        _write_compressed(dst, e.start, buf, e.length)
+                    elif sparse and fresh:
                         for s, ln, z in _zero_runs(buf, e.length, sparse):
                             if not z:
                                 dst.write(e.start + s, view[s:s + ln])
@@ -540,6 +542,23 @@ def cmd_convert(a: argparse.Namespace) -> int:
         _progress(100.0)
         sys.stdout.write("\n")
     return 0
+
+
+def _write_compressed(dst: BlockDriver, start: int, buf: bytearray, n: int) -> None:
+    """Compress cluster by cluster; all-zero clusters stay unallocated (qemu-img -c)."""
+    cs = dst.cluster_size
+    mv = memoryview(buf)
+    pos = 0
+    while pos < n:
+        g = start + pos
+        cend = min(n, (g // cs + 1) * cs - start)
+        piece = mv[pos:cend]
+        if piece != _ZERO_CHUNK[:len(piece)]:
+            if g % cs == 0 and (len(piece) == cs or g + len(piece) == dst.length()):
+                dst.write_compressed(g, piece)
+            else:
+                dst.write(g, piece)
+        pos = cend
 
 
 def _sparse_size(s: str) -> int:

@@ -477,6 +477,42 @@ class Qcow2Driver(BlockDriver):
                 table, off = self._alloc_and_write(l1i, c, k - c, rs, piece)
             c = k
 
+    def write_compressed(self, offset: int, data: Buffer) -> None:
+        """Write one whole cluster compressed (qemu-img convert -c; QEMU
+        qcow2_co_pwritev_compressed).  The last cluster of the image may be short
+        (it is padded with zeros).  Data that does not shrink is written normally."""
+        from .compress import compress
+        cs = self.cluster_size
+        n = len(data)
+        check_request(self, offset, n)
+        self._check_writable()
+        if offset % cs or n > cs or (n < cs and offset + n != self.header.size):
+            raise BlockError(errno.EINVAL, "qcow2: compressed writes must cover exactly one "
+                                           "cluster (or the image's last, partial cluster)")
+        full = bytes(data) if n == cs else bytes(data) + bytes(cs - n)
+        comp = compress(full, self.header.compression_type)
+        l1i = offset >> (self.cluster_bits + self.l2_bits)
+        idx = (offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)
+        mp = self.mapping
+        old = mp.cache.get(mp.l2_offset(l1i))[idx] if mp.l2_offset(l1i) else 0
+        if len(comp) >= cs - 1 or cluster_type(old) not in (ClusterType.UNALLOCATED,
+                                                             ClusterType.ZERO_PLAIN):
+            self.write(offset, data)
+            return
+        table, l2off = self._l2_for_write(l1i)
+        coff = self.refcounts.alloc_bytes(len(comp))
+        self.overlap.check(coff, len(comp), None)
+        self.file.debug_event("write_compressed")
+        self.file.write(coff, comp)
+        nb = ((coff + len(comp) - 1) >> 9) - (coff >> 9)
+        if l2off not in mp.cache.tables:
+            table = mp.cache.get(l2off)
+        table[idx] = OFLAG_COMPRESSED | (nb << mp.csize_shift) | coff
+        if not self.lazy_refcounts and not self.unsafe_order:
+            mp.cache.set_dependency(self.refcounts.cache)
+        self.file.debug_event("l2_update_compressed")
+        mp.cache.mark_dirty(l2off)
+
     def _l2_for_write(self, l1i: int) -> tuple[array, int]:
         """An L2 table we may modify (OFLAG_COPIED), allocating or copying one (l2_allocate)."""
         mp = self.mapping

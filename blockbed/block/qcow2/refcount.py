@@ -117,6 +117,7 @@ class RefcountManager:
         self.free_cluster_index = 0
         self.max_allocated = 0            # highest cluster given out in this session
         self.pending_discards: list[tuple[int, int]] = []
+        self.free_byte_offset = 0          # where the next compressed cluster may go
 
     # --- table ------------------------------------------------------------
     def load_table(self) -> None:
@@ -204,6 +205,26 @@ class RefcountManager:
             self.update(start, n, +1)
             self.free_cluster_index = start + n
             return start << self.cluster_bits
+
+    def alloc_bytes(self, size: int) -> int:
+        """Room for ``size`` bytes of compressed data (QEMU qcow2_alloc_bytes).
+
+        Compressed clusters are packed one after another; each host cluster's
+        refcount counts the compressed clusters that touch it.
+        """
+        self.file.debug_event("cluster_alloc_bytes")
+        cs = self.cs
+        off = self.free_byte_offset
+        if off and (self.get(off >> self.cluster_bits) in (0, self.codec.max)
+                    or cs - (off & (cs - 1)) < size):
+            off = 0
+        if off:
+            self.update(off >> self.cluster_bits, 1, +1)
+        else:
+            off = self.alloc(-(-size // cs))
+        end = off + size
+        self.free_byte_offset = end if end & (cs - 1) else 0
+        return off
 
     def _ensure_blocks(self, start: int, n: int) -> bool:
         """Make sure refcount blocks cover [start, start+n); True if any had to be made."""
@@ -353,6 +374,8 @@ class RefcountManager:
             if v == 0:
                 if ci < self.free_cluster_index:
                     self.free_cluster_index = ci
+                if self.free_byte_offset and self.free_byte_offset >> self.cluster_bits == ci:
+                    self.free_byte_offset = 0
             elif ci > self.max_allocated:
                 self.max_allocated = ci
 
