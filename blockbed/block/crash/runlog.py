@@ -29,6 +29,7 @@ from .oracle import Oracle
 from .timeline import CorrelatedRequestLog
 
 RUN_VERSION = 1
+MAX_IMAGE_FILE = 2 << 30       # the base image and every crash state live in memory
 _ENTRY_FIELDS = ("id", "kind", "offset", "length", "fua", "wce_at_submit", "submit_seq", "host_fua",
                  "may_unmap", "dropped", "wce_at_complete", "complete_seq", "error", "result")
 
@@ -85,6 +86,11 @@ def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.Pat
                          "remove it")
     if not os.path.isfile(spec.file):
         raise ValueError(f"drive file={spec.file}: No such file or directory")
+    size = os.path.getsize(spec.file)
+    if size > MAX_IMAGE_FILE:
+        raise ValueError(f"drive file={spec.file}: {size >> 20} MiB; crashtest keeps the host "
+                         f"image in memory and accepts files up to {MAX_IMAGE_FILE >> 20} MiB "
+                         "(a fresh qcow2 file is tiny whatever its virtual size)")
     fmt = spec.format
     if fmt is None:
         with open(spec.file, "rb") as f:
