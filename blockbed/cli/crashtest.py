@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0],
                        epilog="exit status: 0 no violations, 1 violations, 2 bad arguments")
     p.add_argument("--drive", metavar="SPEC", help="file=PATH,format=raw|qcow2,if=…,cache=… "
-                   "(the image itself is not modified: the guest runs on a copy)")
+                   "(the image itself is not modified: the guest runs on a copy); test-only "
+                   "x-ignore-flush=on / x-ignore-fua=on make the device lie about promises")
     p.add_argument("--kernel", metavar="ELF", help="guest (default guests/build/flushtest.elf)")
     p.add_argument("--append", metavar="STR", help="guest command line "
                    "(default: dev=<if> seed=<S+1> ops=200 qd=4)")
