@@ -121,10 +121,16 @@ def test_host_survives_every_hostile_guest(asm_build):
     assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    import os
+    from conftest import REPO
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "blockbed", *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
 def test_cli_reports_a_fault_without_traceback(asm_build):
-    proc = subprocess.run([sys.executable, "-m", "blockbed", "run", "--kernel",
-                           str(asm_build / "invalid_opcode.elf"), "--memory", "32"],
-                          capture_output=True, text=True, timeout=60)
+    proc = _cli("run", "--kernel", str(asm_build / "invalid_opcode.elf"), "--memory", "32")
     assert proc.returncode == 121
     assert "Traceback" not in proc.stderr
     assert "guest fault: CPU exception #UD" in proc.stderr
@@ -135,8 +141,7 @@ def test_cli_reports_a_fault_without_traceback(asm_build):
 def test_cli_rejects_a_file_that_is_not_a_kernel(tmp_path):
     bogus = tmp_path / "bogus.elf"
     bogus.write_bytes(b"\x7fELF" + bytes(100))
-    proc = subprocess.run([sys.executable, "-m", "blockbed", "run", "--kernel", str(bogus)],
-                          capture_output=True, text=True, timeout=60)
+    proc = _cli("run", "--kernel", str(bogus))
     assert proc.returncode == 2
     assert "no multiboot header" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -1,0 +1,57 @@
+"""``blockbed run`` end to end with drives: the documented exit statuses.
+
+A write error with ``werror=stop`` pauses the machine: the run ends with
+status 120 and one line naming the drive, the operation and the errno; with
+``werror=report`` the guest sees the error itself (and disktest fails).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO, guest_elf
+
+
+def blockbed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "blockbed", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def failing_drive(tmp_path, policy: str) -> str:
+    img = tmp_path / "disk.raw"
+    img.write_bytes(bytes(4 << 20))
+    conf = tmp_path / "blkdebug.conf"
+    conf.write_text('[inject-error]\nevent = "write"\nerrno = "5"\n')
+    return f"file=blkdebug:{conf}:{img},format=raw,if=virtio,werror={policy}"
+
+
+def test_werror_stop_ends_the_run_with_status_120(tmp_path):
+    p = blockbed("run", "--kernel", str(guest_elf("disktest")), "--append", "dev=virtio seed=1 ops=20",
+                 "--drive", failing_drive(tmp_path, "stop"))
+    assert p.returncode == 120, p.stderr
+    assert "machine stopped" in p.stderr and "write" in p.stderr and "EIO" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_werror_report_lets_the_guest_see_the_error(tmp_path):
+    p = blockbed("run", "--kernel", str(guest_elf("disktest")), "--append", "dev=virtio seed=1 ops=20",
+                 "--drive", failing_drive(tmp_path, "report"))
+    assert p.returncode not in (0, 120), p.stdout + p.stderr
+    assert "FAIL" in p.stdout
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_drive_spec_is_one_clear_line(tmp_path):
+    p = blockbed("run", "--kernel", str(guest_elf("hello")), "--drive", f"file={tmp_path}/x,if=scsi")
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("blockbed run:") and "'if'" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_guest_exit_value_is_the_process_status():
+    p = blockbed("run", "--kernel", str(guest_elf("hello")))
+    assert p.returncode == 0 and "hello: done" in p.stdout
+    assert "blockbed: guest-exit; exits: pio" in p.stderr
