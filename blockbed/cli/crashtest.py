@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         lost = sum(1 for v in rep.violations if v.kind == "disagreement")
         print(f"guest vs block layer: {rep.guest_promises} promises, "
               + ("all backed by the backend's own rules" if not lost
-                 else f"{lost} the block layer never made (a device lost them)"))
+                 else f"{lost} of them never reached the block layer (the device lost them)"))
     print(f"crash points: {rep.epochs} flush boundaries, {rep.prefixes} in-order prefixes, "
           f"plus seeded torn subsets")
     print(f"states checked: {s.states_checked} in {s.seconds:.2f} s "
