@@ -195,6 +195,9 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
             data["compat"] = "1.1"
             data["compression-type"] = "zstd" if h.compression_type == 1 else "zlib"
             data["lazy-refcounts"] = bool(h.compatible_features & 1)
+            if node.bitmaps:
+                data["bitmaps"] = [{"flags": b["flags"], "name": b["name"],
+                                    "granularity": b["granularity"]} for b in node.bitmaps]
             data["refcount-bits"] = h.refcount_bits
             data["corrupt"] = bool(h.incompatible_features & 2)
             data["extended-l2"] = False
@@ -212,7 +215,7 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
                 "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
                 **({"icount": s.icount} if s.icount not in (None, 2 ** 64 - 1) else {}),
             } for s in node.snapshots]
-        info["dirty-flag"] = False
+        info["dirty-flag"] = bool(h.incompatible_features & 1)
     else:
         # QEMU counts whole sectors: a raw file's size is rounded up to 512 bytes
         info["virtual-size"] = -(-node.length() // 512) * 512
@@ -283,10 +286,32 @@ def _human_info(info: dict) -> str:
     fs = info.get("format-specific")
     if fs:
         lines.append("Format specific information:")
-        for k, v in fs["data"].items():
-            vs = ("true" if v else "false") if isinstance(v, bool) else str(v)
-            lines.append(f"    {k.replace('-', ' ')}: {vs}")
+        _dump_qobject(fs["data"], 1, lines)
     return "\n".join(lines)
+
+
+def _scalar(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _dump_qobject(obj: Any, indent: int, lines: list[str]) -> None:
+    """QEMU's dump_qdict/dump_qlist (block/qapi.c): nested, QDict hash order."""
+    pad = " " * (indent * 4)
+    if isinstance(obj, dict):
+        for k, v in _qdict_order(obj):
+            key = k.replace("-", " ")
+            if isinstance(v, (dict, list)):
+                lines.append(f"{pad}{key}:")
+                _dump_qobject(v, indent + 1, lines)
+            else:
+                lines.append(f"{pad}{key}: {_scalar(v)}")
+    else:
+        for i, v in enumerate(obj):
+            if isinstance(v, (dict, list)):
+                lines.append(f"{pad}[{i}]:")
+                _dump_qobject(v, indent + 1, lines)
+            else:
+                lines.append(f"{pad}[{i}]: {_scalar(v)}")
 
 
 # --- check ----------------------------------------------------------------------------------

@@ -88,6 +88,7 @@ class Qcow2Driver(BlockDriver):
         self.pass_discard = bool(opts.get("pass-discard-request", True))
         self.repair_message: str | None = None
         self._set_dirty = False
+        self._bitmaps_in_use = False
         flen = file.length()
         first = bytearray(min(flen, 512))
         file.read(0, memoryview(first))
@@ -124,6 +125,7 @@ class Qcow2Driver(BlockDriver):
         if h.nb_snapshots:
             self.snapshots, snap_bytes = read_snapshots(file, h.snapshots_offset, h.nb_snapshots,
                                                         cs, flen)
+        self.bitmaps = self._read_bitmap_directory()
         self._build_overlap_map(snap_bytes)
         self.lazy_refcounts = bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS)
         self._open_backing(opts, opener)
@@ -157,6 +159,34 @@ class Qcow2Driver(BlockDriver):
         if h.bitmaps and h.bitmaps["bitmap_directory_size"]:
             ov.add(h.bitmaps["bitmap_directory_offset"], h.bitmaps["bitmap_directory_size"],
                    "bitmap_directory")
+
+    def _read_bitmap_directory(self) -> list[dict]:
+        """Names, flags and granularity of persistent bitmaps (spec "Bitmaps extension").
+
+        Only listed when the autoclear bit says the extension is consistent."""
+        from .header import BitmapDirEntry
+        h = self.header
+        if not h.bitmaps or not h.autoclear_features & AUTOCLEAR_BITMAPS:
+            return []
+        off, size = h.bitmaps["bitmap_directory_offset"], h.bitmaps["bitmap_directory_size"]
+        if not size or size > (64 << 20) or off % self.cluster_size \
+                or off + size > self.file.length():
+            raise ImageFormatError("qcow2: invalid bitmap directory")
+        raw = bytearray(size)
+        self.file.read(off, memoryview(raw))
+        out = []
+        pos = 0
+        for _ in range(h.bitmaps["nb_bitmaps"]):
+            if pos + 24 > size:
+                raise ImageFormatError("qcow2: bitmap directory is truncated")
+            e = BitmapDirEntry.parse(raw[pos:pos + 24])
+            name_at = pos + 24 + e.extra_data_size
+            name = bytes(raw[name_at:name_at + e.name_size]).decode("utf-8", "replace")
+            flags = [f for bit, f in ((0, "in-use"), (1, "auto")) if e.flags >> bit & 1]
+            out.append({"name": name, "granularity": 1 << e.granularity_bits, "flags": flags,
+                        "table_offset": e.bitmap_table_offset, "table_size": e.bitmap_table_size})
+            pos = (name_at + e.name_size + 7) & ~7
+        return out
 
     def _open_backing(self, opts: dict, opener) -> None:
         h = self.header
@@ -267,6 +297,29 @@ class Qcow2Driver(BlockDriver):
             self.header.incompatible_features |= INCOMPAT_DIRTY
             self._write_features()
             self._set_dirty = True
+        if self.bitmaps and not self._bitmaps_in_use:
+            self._mark_bitmaps_in_use()
+
+    def _mark_bitmaps_in_use(self) -> None:
+        """blockbed does not track dirty bitmaps: before the first write, flag every
+        persistent bitmap IN_USE (as QEMU does while it has them open), so no one
+        trusts a bitmap that missed our writes."""
+        off = self.header.bitmaps["bitmap_directory_offset"]
+        raw = bytearray(self.header.bitmaps["bitmap_directory_size"])
+        self.file.read(off, memoryview(raw))
+        pos = 0
+        for b in self.bitmaps:
+            flags = int.from_bytes(raw[pos + 12:pos + 16], "big") | 1
+            raw[pos + 12:pos + 16] = flags.to_bytes(4, "big")
+            extra = int.from_bytes(raw[pos + 20:pos + 24], "big")
+            nsize = int.from_bytes(raw[pos + 18:pos + 20], "big")
+            pos = (pos + 24 + extra + nsize + 7) & ~7
+            if "in-use" not in b["flags"]:
+                b["flags"].insert(0, "in-use")
+        self.overlap.check(off, len(raw), "bitmap_directory")
+        self.file.write(off, raw)
+        self.file.flush()
+        self._bitmaps_in_use = True
 
     # --- size -------------------------------------------------------------------
     def length(self) -> int:
