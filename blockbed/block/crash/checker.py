@@ -160,10 +160,10 @@ class Checker:
     ``memo``: reuse the check verdict, the opened driver and its guest→host
     mapping for states whose metadata is byte-identical (:mod:`.metakey`),
     and compare durable data against host bytes through that mapping;
-    ``incremental``: inside an
-    epoch, read back only what a state's pieces can have changed relative to
-    the epoch's boundary state when both share the metadata key.  Both are
-    pure optimisations; the tests run sweeps with them off and compare.
+    ``incremental``: inside an epoch, read back only what a state's pieces
+    can have changed relative to the epoch's (clean) boundary state when both
+    share the metadata key.  Both are pure optimisations; the tests run
+    sweeps with them off and compare.
     """
 
     def __init__(self, base: bytes, log: HostLog, oracle: Oracle, fmt: str, seed: int = 0,
