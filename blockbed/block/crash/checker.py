@@ -13,15 +13,17 @@ For each :class:`~.states.CrashState`, in log order:
    read back as that write, or as a later write submitted before the crash
    (slow path, per sector).
 
-Incremental checking (``incremental=True``, the default): a state inside
-an epoch differs from the epoch's flush-boundary state only by the pieces it
-adds.  When none of them touches a qcow2 metadata cluster of the boundary
-state (the driver's overlap map: header, L1, L2, refcount table and blocks,
-snapshot tables), the mapping is unchanged, so the boundary state's check
-verdict stands and only guest ranges mapped onto the pieces (plus writes
-that became durable since the boundary) need reading.  Any doubt (a piece on
-metadata, a dirty boundary verdict, a raw image's identity map aside) falls
-back to the full check; a test runs both ways and compares.
+Speed without shortcuts in the verdict (each switchable; a test compares
+both ways state by state):
+
+- *memo*: states whose qcow2 metadata is byte-identical (:mod:`.metakey`)
+  share one opened driver, one check verdict and one guest→host mapping;
+  durable runs are compared against host bytes through that mapping, and
+  anything that does not match is read through the driver;
+- *incremental*: inside an epoch, a state with the same metadata key as the
+  epoch's clean flush-boundary state differs from it only by the pieces it
+  adds, so only the guest ranges mapped onto those pieces (plus writes that
+  became durable since the boundary) are read back.
 """
 
 from __future__ import annotations
