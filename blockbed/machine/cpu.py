@@ -79,6 +79,10 @@ class StopReason(Enum):
     FAULT = "fault"
 
 
+_RUNNING = StopReason.NONE
+REPLAY_STEPS = 64   # instructions from a block start to a replayed MMIO access, at most
+
+
 @dataclass
 class GuestFault:
     """Why and where a guest stopped making sense."""
@@ -128,6 +132,9 @@ class CPU:
         self.fault: GuestFault | None = None
         self._exception: int | None = None
         self.instructions_lower_bound = 0
+        # MMIO replay guard (see wrap_mmio): unicorn re-executes an MMIO instruction
+        # whose callback asked it to stop, so that access must not happen twice.
+        self._replay: tuple | None = None
         machine.memory.map_into(self.uc)
         self._install_io_hooks()
 
@@ -173,24 +180,55 @@ class CPU:
         self.uc.hook_add(UC_HOOK_INTR, on_intr)
 
     def wrap_mmio(self, handler: RegionHandler) -> tuple:
-        """Unicorn callbacks for one MMIO chunk: count, tick, call the handler."""
+        """Unicorn callbacks for one MMIO chunk: count, tick, call the handler.
+
+        Replay guard: when a stop is pending during an MMIO callback (``emu_stop``
+        from an interrupt kick or a machine stop, raised by a device event, by the
+        access itself, or earlier in a port-I/O hook, where unicorn defers it),
+        unicorn stops at that access with RIP at the *start* of the instruction
+        although the access was performed, and runs the instruction again on
+        resume.  The callback then records the access; the next slice first executes
+        that one instruction alone (:meth:`run_slice`), and its access is answered
+        from the record (the read's value again; the write dropped) instead of
+        reaching the device a second time.
+        """
         events = self.machine.events
         exits = self.exits
         read = handler.read
         write = handler.write
+        cpu = self
 
         def rd(uc, offset, size, ud):
+            rp = cpu._replay
+            if rp is not None:
+                cpu._replay = None
+                if rp[0] is handler and not rp[1] and rp[2] == offset and rp[3] == size:
+                    if trace.enabled:
+                        trace.emit("cpu.mmio_replay", write=False, offset=offset, size=size)
+                    return rp[5]
+                if trace.enabled:
+                    trace.emit("cpu.mmio_replay_mismatch", write=False, offset=offset, size=size)
             exits.mmio += 1
             events.now += 1
             if events._heap and events._heap[0].due <= events.now:
                 events.run_due()
+            v = read(offset, size)
             if trace.enabled:
-                v = read(offset, size)
                 trace.emit("mmio.read", handler=type(handler).__name__, offset=offset, size=size, value=v)
-                return v
-            return read(offset, size)
+            if cpu.stop_reason is not _RUNNING:
+                cpu._replay = (handler, False, offset, size, None, v)
+            return v
 
         def wr(uc, offset, size, value, ud):
+            rp = cpu._replay
+            if rp is not None:
+                cpu._replay = None
+                if rp[0] is handler and rp[1] and rp[2] == offset and rp[3] == size and rp[4] == value:
+                    if trace.enabled:
+                        trace.emit("cpu.mmio_replay", write=True, offset=offset, size=size)
+                    return
+                if trace.enabled:
+                    trace.emit("cpu.mmio_replay_mismatch", write=True, offset=offset, size=size)
             exits.mmio += 1
             events.now += 1
             if events._heap and events._heap[0].due <= events.now:
@@ -198,6 +236,8 @@ class CPU:
             if trace.enabled:
                 trace.emit("mmio.write", handler=type(handler).__name__, offset=offset, size=size, value=value)
             write(offset, size, value)
+            if cpu.stop_reason is not _RUNNING:
+                cpu._replay = (handler, True, offset, size, value, None)
 
         return rd, wr
 
@@ -259,8 +299,8 @@ class CPU:
     def try_deliver_interrupt(self) -> bool:
         """Deliver the highest pending vector if the guest can take it now."""
         apic = self.machine.apic
-        if not apic.irr:
-            return False
+        if not apic.irr or self._replay is not None:
+            return False    # an MMIO instruction must finish (its replay) first
         if not self.long_mode():
             return False  # guests take interrupts only once in long mode
         regs = self.regs64()
@@ -370,6 +410,25 @@ class CPU:
             self._fail(f"RIP {begin:#x} is above 4 GiB; this machine runs guests below 4 GiB")
             return
         self.exits.slices += 1
+        if self._replay is not None:
+            # Unicorn resumes at the interrupted MMIO instruction, or at the start of
+            # its translation block: step one instruction at a time until the
+            # recorded access comes round again (answered from the record), then let
+            # the loop deliver interrupts.  A different access ends the wait too.
+            for _ in range(REPLAY_STEPS):
+                try:
+                    self.uc.emu_start(begin, END_ADDRESS, 0, 1)
+                except UcError as err:
+                    self._replay = None
+                    if self.stop_reason is not StopReason.EXIT:
+                        self._fail(self._classify_uc_error(err))
+                    return
+                self.instructions_lower_bound += 1
+                if self._replay is None or self.stop_reason is StopReason.EXIT:
+                    break
+                begin = self.rip()
+            self._replay = None
+            return
         try:
             self.uc.emu_start(begin, END_ADDRESS, slice_us, count)
         except UcError as err:
