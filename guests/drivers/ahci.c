@@ -23,7 +23,9 @@
  * does not set it: it aborts WRITE DMA FUA EXT), NCQ word 76 bit 8, TRIM
  * word 169 bit 0.  Arguments: ahci_ncq=0 turns NCQ off, ahci_fua=0 turns
  * FUA off, ahci_verbose=1 prints the HBA and port registers at probe.
- * Polling only: every wait is bounded by a count of register reads. */
+ * Polling by default: every wait is bounded by a count of register reads.
+ * ahci_irq=msi or ahci_irq=intx waits for interrupts instead (hlt), with
+ * PxIE enabling completions and errors and GHC.IE set. */
 #include "guest.h"
 #include "ata.h"
 
@@ -100,15 +102,51 @@ struct ahci_disk {
     uint16_t *idbuf;
     uint64_t *dsm;
     int ncq, fua;
+    int irq;                    /* interrupt mode: wait with hlt, PxIS gathered by the handler */
+    volatile uint32_t irq_is;   /* PxIS bits the handler took since last looked at */
     uint32_t active;            /* NCQ tags in flight */
     struct blk_req *reqs[AHCI_SLOTS];
 };
 
 static struct ahci_disk disks[MAX_DISKS];
 static int ndisks = -1;
+static int irq_mode;            /* 0 poll, 1 MSI, 2 INTx */
 
 static inline uint32_t rd(const struct ahci_disk *a, uint32_t r) { return mmio_read32(a->abar + r); }
 static inline void wr(const struct ahci_disk *a, uint32_t r, uint32_t v) { mmio_write32(a->abar + r, v); }
+
+/* ---- interrupts (ahci_irq=msi|intx; default: poll) ------------------------
+ * One vector for all HBAs.  The handler moves each port's PxIS into
+ * irq_is (writing the bits back clears them, §3.3.5), then clears the HBA's
+ * IS, so a level INTx line drops before the EOI.  Waiters check their
+ * condition with interrupts off and sleep with "sti; hlt", so an interrupt
+ * cannot slip in between. */
+#define AHCI_VECTOR 0x48
+#define IRQ_WAITS   100000
+
+static void ahci_irq_handler(unsigned vector)
+{
+    (void)vector;
+    for (int i = 0; i < ndisks; i++) {
+        struct ahci_disk *a = &disks[i];
+        uint32_t is = rd(a, PX(a->port, PX_IS));
+        if (is) {
+            wr(a, PX(a->port, PX_IS), is);
+            a->irq_is |= is;
+        }
+    }
+    for (int i = 0; i < ndisks; i++)
+        wr(&disks[i], HBA_IS, 0xFFFFFFFFu);
+}
+
+/* Sleep until an interrupt arrives for this port (or one already did). */
+static void irq_sleep(struct ahci_disk *a)
+{
+    irq_disable();
+    if (!a->irq_is)
+        wait_for_interrupt();
+    irq_disable();
+}
 
 /* ---- port bring-up and recovery ------------------------------------------ */
 
@@ -221,22 +259,42 @@ static int run_dev(struct ahci_disk *a, uint8_t cmd, uint64_t lba, uint16_t coun
 {
     int p = a->port;
     /* Non-queued commands must not overlap NCQ ones: drain first. */
-    if (a->active && !SPIN_UNTIL(ahci_poll_disk(a) < 0 || !a->active, SPINS))
-        return BLK_ETIMEDOUT;
+    for (uint64_t n = 0; a->active; n++) {
+        if (n >= SPINS || ahci_poll_disk(a) < 0)
+            return BLK_ETIMEDOUT;
+    }
     int r = build(a, 0, segs, nsegs, write);
     if (r)
         return r;
     fis_h2d(a->tables[0].cfis, cmd, lba, count, features, device);
     mb();
-    wr(a, PX(p, PX_CI), 1);
     uint32_t is = 0;
-    if (!SPIN_UNTIL(!(rd(a, PX(p, PX_CI)) & 1) || ((is = rd(a, PX(p, PX_IS))) & IS_FATAL),
-                    SPINS)) {
-        printf("%s: command 0x%02x timed out\n", a->blk.name, cmd);
-        port_recover(a);
-        return BLK_ETIMEDOUT;
+    if (a->irq) {
+        a->irq_is = 0;
+        wr(a, PX(p, PX_CI), 1);
+        int n = 0;
+        while ((rd(a, PX(p, PX_CI)) & 1) && !(a->irq_is & IS_FATAL) && n++ < IRQ_WAITS) {
+            irq_sleep(a);
+            if (a->irq_is & ~IS_FATAL)
+                a->irq_is &= IS_FATAL;      /* a completion interrupt: look again */
+        }
+        is = a->irq_is | rd(a, PX(p, PX_IS));
+        a->irq_is = 0;
+        if (n >= IRQ_WAITS) {
+            printf("%s: command 0x%02x: no interrupt\n", a->blk.name, cmd);
+            port_recover(a);
+            return BLK_ETIMEDOUT;
+        }
+    } else {
+        wr(a, PX(p, PX_CI), 1);
+        if (!SPIN_UNTIL(!(rd(a, PX(p, PX_CI)) & 1) || ((is = rd(a, PX(p, PX_IS))) & IS_FATAL),
+                        SPINS)) {
+            printf("%s: command 0x%02x timed out\n", a->blk.name, cmd);
+            port_recover(a);
+            return BLK_ETIMEDOUT;
+        }
+        is = rd(a, PX(p, PX_IS));
     }
-    is = rd(a, PX(p, PX_IS));
     uint32_t tfd = rd(a, PX(p, PX_TFD));
     if ((is & IS_FATAL) || (tfd & ATA_SR_ERR)) {
         port_recover(a);
@@ -388,7 +446,17 @@ static int ahci_submit(struct blkdev *d, struct blk_req *q)
 static int ahci_poll_disk(struct ahci_disk *a)
 {
     int p = a->port, done = 0;
-    uint32_t is = rd(a, PX(p, PX_IS));
+    if (a->irq && a->active) {
+        /* Sleep unless something already happened; the SDB FIS interrupt wakes us.
+         * (Never with nothing in flight: no interrupt would come.) */
+        irq_disable();
+        uint32_t pending = a->active & ~(rd(a, PX(p, PX_SACT)) | rd(a, PX(p, PX_CI)));
+        if (!pending && !a->irq_is)
+            wait_for_interrupt();
+        irq_disable();
+    }
+    uint32_t is = rd(a, PX(p, PX_IS)) | a->irq_is;
+    a->irq_is &= IS_FATAL & ~is;
     if (is & IS_FATAL) {
         /* An NCQ error aborts every outstanding command (SATA §13.6.?). */
         uint32_t failed = a->active;
@@ -439,6 +507,10 @@ static void scan(void)
 {
     ndisks = 0;
     int verbose = (int)arg_u64("ahci_verbose", 0);
+    const char *im = arg_str("ahci_irq", "poll");
+    irq_mode = !strcmp(im, "msi") ? 1 : !strcmp(im, "intx") ? 2 : 0;
+    if (irq_mode)
+        irq_install(AHCI_VECTOR, ahci_irq_handler);
     for (int h = 0; h < MAX_HBAS; h++) {
         struct pci_dev *pd = pci_find_class(0x01, 0x06, 0x01, h);
         if (!pd)
@@ -454,6 +526,14 @@ static void scan(void)
             continue;
         }
         mmio_write32(abar + HBA_GHC, GHC_AE);
+        if (irq_mode == 1 && pci_msi_enable(pd, AHCI_VECTOR) < 0) {
+            printf("ahci%d: no MSI capability; using INTx\n", h);
+            irq_mode = 2;
+        }
+        if (irq_mode == 2) {
+            pci_cfg_write16(pd, PCI_COMMAND, pci_cfg_read16(pd, PCI_COMMAND) & ~PCI_CMD_INTX_DISABLE);
+            ioapic_route(pd->irq_line, AHCI_VECTOR, 1);
+        }
         uint32_t cap = mmio_read32(abar + HBA_CAP), pi = mmio_read32(abar + HBA_PI);
         if (verbose)
             printf("ahci%d: cap 0x%08x pi 0x%08x vs 0x%08x\n", h, cap,
@@ -486,8 +566,14 @@ static void scan(void)
             if (port_start(a))
                 continue;
             a->ncq = !!(cap & CAP_SNCQ);
+            if (irq_mode) {
+                a->irq = 1;
+                wr(a, PX(p, PX_IE), 0x7DC0007Fu & ~(1u << 22));   /* all but PRCE */
+            }
             ndisks++;
         }
+        if (irq_mode)
+            mmio_write32(abar + HBA_GHC, GHC_AE | (1u << 1));    /* GHC.IE */
     }
 }
 
