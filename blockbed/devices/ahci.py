@@ -48,8 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import trace
 from ..machine.memory import DMAError
-from ..machine.pci import BarKind, PCIDevice, SubRegions
+from ..machine.pci import BarKind, PCIDevice
 from .ata import AtaDrive, Command, DriveConfig, Outputs, Protocol, TaskFile
+from .ata.config import default_serial, drive_config, spec_option
 from .ata.regs import (ER_ABRT, SIGNATURE_ATA, ST_BSY, ST_DRDY, ST_DRQ, ST_DSC, ST_ERR)
 
 if TYPE_CHECKING:
@@ -703,61 +704,23 @@ class AhciController(PCIDevice):
     retry_stopped = resume
 
 
-def _opt(spec: Any, *names: str) -> Any:
-    for n in names:
-        v = getattr(spec, n, None)
-        if v is None and isinstance(spec, dict):
-            v = spec.get(n)
-        if v is None:
-            opts = getattr(spec, "options", None) or getattr(spec, "device_options", None)
-            if isinstance(opts, dict):
-                v = opts.get(n)
-        if v is not None:
-            return v
-    return None
-
-
-def drive_config(spec: Any, default_serial: str) -> DriveConfig:
-    cfg = DriveConfig(serial=default_serial)
-    for key in ("model", "serial"):
-        v = _opt(spec, key)
-        if v is not None:
-            setattr(cfg, key, str(v))
-    v = _opt(spec, "firmware", "ver")
-    if v is not None:
-        cfg.firmware = str(v)
-    for key, attr in (("logical_block_size", "logical_sector_size"),
-                      ("physical_block_size", "physical_sector_size")):
-        v = _opt(spec, key)
-        if v is not None:
-            setattr(cfg, attr, int(v))
-    return cfg
-
-
 def attach(machine: "Machine", backend, spec: Any = None) -> AhciController:
     """Attach a drive to the machine's AHCI controller (created on first use).
 
-    The port comes from the spec's ``port``/``unit``/``bus`` option, else the first
-    free one; serial defaults to QEMU's "QM%05d" numbering so transcripts agree.
+    The port comes from the spec's ``bus`` option (QEMU's ``bus=ahci.N``), else the
+    first free one; ``ncq=off`` hides NCQ; the serial defaults to QEMU's "QM%05d"
+    numbering so transcripts agree.
     """
     hba = next((d for d in machine.pci.functions.values() if isinstance(d, AhciController)), None)
     if hba is None:
         hba = AhciController()
         machine.add_pci(hba)
-    port = _opt(spec, "port", "bus")
+    port = spec_option(spec, "port", "bus")
     port = hba.free_port() if port is None else int(port)
     if port is None:
         raise ValueError(f"AHCI: all {hba.nports} ports have drives")
-    ncq = _opt(spec, "ncq")
+    ncq = spec_option(spec, "ncq")
     hbas = [d for _, d in sorted(machine.pci.functions.items()) if isinstance(d, AhciController)]
-    hba.attach_drive(port, backend, drive_config(spec, default_serial(5 + 2 * (6 * hbas.index(hba) + port))),
-                     ncq=True if ncq is None else bool(ncq))
+    serial = default_serial(5 + 2 * (NUM_PORTS * hbas.index(hba) + port))
+    hba.attach_drive(port, backend, drive_config(spec, serial), ncq=True if ncq is None else bool(ncq))
     return hba
-
-
-def default_serial(n: int) -> str:
-    """QEMU's default ATA serial "QM%05d": a counter over every ATA device slot created
-    on the pc machine: the PIIX IDE units first (1-4: bus*2+unit+1), then each AHCI
-    port, which counts two (5, 7, … for the first HBA's ports 0, 1, …).  Matching it keeps guest
-    transcripts identical."""
-    return f"QM{n:05d}"

@@ -31,16 +31,17 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import trace
 from unicorn.x86_const import UC_X86_REG_ECX as _RCX
 from unicorn.x86_const import UC_X86_REG_EDI as _RDI
 from unicorn.x86_const import UC_X86_REG_EIP as _RIP
 
+from .. import trace
+
 from ..machine.memory import DMAError
 from ..machine.pci import BarKind, PCIDevice
-from .ahci import _opt, default_serial, drive_config
 from .ata import AtaDrive, Command, DriveConfig, Outputs, Protocol, TaskFile
-from .ata.regs import (DEV_DEV, DEV_LBA, ER_ABRT, ST_BSY, ST_DRDY, ST_DRQ, ST_DSC, ST_ERR)
+from .ata.config import default_serial, drive_config, spec_option
+from .ata.regs import DEV_DEV, ER_ABRT, ST_BSY, ST_DRDY, ST_DRQ, ST_DSC, ST_ERR
 
 if TYPE_CHECKING:
     from ..machine.board import Machine
@@ -592,7 +593,7 @@ def attach(machine: "Machine", backend, spec: Any = None) -> PiixIde:
     1 secondary), ``unit`` = 0 master / 1 slave; else the first free position, in
     QEMU's if=ide order (primary master, primary slave, secondary master, …)."""
     ide = find_or_add(machine)
-    bus, unit = _opt(spec, "bus"), _opt(spec, "unit")
+    bus, unit = spec_option(spec, "bus"), spec_option(spec, "unit")
     if bus is None and unit is None:
         pos = ide.free_slot()
         if pos is None:
