@@ -251,3 +251,57 @@ def test_compressed_writes_pass_qemu_check(qemu_img, tmp_path, ctype, cluster):
     assert chk.returncode == 0, chk.stdout + chk.stderr
     src.write_bytes(data)
     assert subprocess.run([qemu_img, "compare", str(src), str(img)]).returncode == 0
+
+
+@pytest.mark.parametrize("cluster,size", [(512, (32 << 20) // 8 * 64 * 512),       # L1 limit
+                                          (65536, 1 << 50), (2 << 20, (1 << 56) - (2 << 20))])
+def test_huge_sparse_virtual_sizes(qemu_img, tmp_path, cluster, size):
+    """Virtual sizes up to QEMU's limits: write the last and first sectors, read back."""
+    img = tmp_path / "h.qcow2"
+    size = size // 512 * 512
+    try:
+        create(str(img), size, {"cluster_size": str(cluster)})
+    except OSError as e:
+        pytest.fail(f"create failed: {e}")
+    node = registry.open_image(str(img), "qcow2")
+    try:
+        node.write(size - 512, b"\xfe" * 512)
+        node.write(0, b"\x01" * 512)
+        buf = bytearray(512)
+        node.read(size - 512, memoryview(buf))
+        assert buf == b"\xfe" * 512
+    finally:
+        node.close()
+    assert img.stat().st_blocks * 512 < (64 << 20)            # sparse
+    chk = subprocess.run([qemu_img, "check", str(img)], capture_output=True, text=True)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    info = subprocess.run([qemu_img, "info", "--output=json", str(img)], capture_output=True,
+                          text=True).stdout
+    assert f'"virtual-size": {size}' in info
+
+
+def test_size_beyond_limits_is_refused(tmp_path):
+    with pytest.raises(OSError, match="too large|L1"):
+        create(str(tmp_path / "x.qcow2"), 1 << 60, {"cluster_size": "512"})
+
+
+@pytest.mark.parametrize("size,limit", [(1 << 30, 5.0),
+                                        pytest.param(4 << 30, 5.0, marks=pytest.mark.slow)])
+def test_metadata_preallocation_is_bulk(qemu_img, tmp_path, size, limit):
+    """preallocation=metadata with 512-byte clusters is computed and written in bulk
+    (qemu-img needs minutes for 4 GiB)."""
+    import time
+    img = tmp_path / "p.qcow2"
+    t = time.monotonic()
+    create(str(img), size, {"cluster_size": "512", "preallocation": "metadata"})
+    assert time.monotonic() - t < limit
+    chk = subprocess.run([qemu_img, "check", "--output=json", str(img)], capture_output=True,
+                         text=True)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    assert f'"allocated-clusters": {size // 512}' in chk.stdout
+    node = registry.open_image(str(img), "qcow2")
+    try:
+        node.write(size // 2, b"\x42" * 4096)                    # in place: no allocation
+        assert node.header.refcount_table_offset == 512
+    finally:
+        node.close()
