@@ -48,3 +48,15 @@ def test_flushtest_write_cache_off_makes_writes_durable(tmp_path):
     assert int(re.search(r"toggles=(\d+)", r.transcript).group(1)) > 0
     assert any(e.kind == "write" and not e.wce_at_submit and e.host_fua for e in log)
     assert not any(e.kind == "write" and e.fua for e in log)
+
+
+@pytest.mark.parametrize("dev", ["ahci", "ide"])
+def test_4k_logical_sectors(tmp_path, dev):
+    """logical_block_size=4096 (IDENTIFY words 106, 117-118): the drivers read the
+    sector size from IDENTIFY and disktest passes.  Not differential: QEMU 7.2's
+    ide-hd refuses a logical block size other than 512."""
+    r, log = run_guest(tmp_path, "disktest", f"dev={dev} seed=2 ops=40 qd=4 span=256", dev,
+                       ",logical_block_size=4096,physical_block_size=4096")
+    assert r.exit_code == 0, r.transcript
+    assert "sectors of 4096" in r.transcript.splitlines()[0]
+    assert all(e.offset % 4096 == 0 and e.length % 4096 == 0 for e in log if e.kind in ("read", "write"))
