@@ -294,3 +294,28 @@ def test_trim_over_bmdma(q):
 def test_fpdma_aborts_on_pata(q):
     q.tf(0x60, count=0, features=1, lba48=True)
     assert q.wait() == 0x51 and q.qt.inb(P + 1) == 0x04
+
+
+def test_hostile_register_traffic(q):
+    """Data port traffic without DRQ, commands while BSY, a PRD table without EOT over
+    zeroed memory, and a bus-master start with no command: nothing breaks, the
+    channel still works."""
+    assert q.qt.inw(P) == 0                         # no DRQ: the data port reads 0
+    q.qt.outw(P, 0xBEEF)                            # and drops writes
+    q.tf(0x20, lba=0, count=1)                      # PIO read -> BSY for a moment
+    q.qt.outb(P + 7, 0xE7)                          # a command while BSY is ignored
+    q.pio_in(256)
+    assert q.wait() == 0x50
+    zeros = q.alloc(8 * 8192, 8)                    # 8192 entries: 0 bytes at address 0
+    q.qt.outl(q.bm + 4, zeros)                      # = 64 KiB each, no EOT anywhere
+    q.qt.outb(q.bm, 8)
+    q.tf(0xC8, lba=0, count=8)
+    q.qt.outb(q.bm, 9)
+    assert q.wait() == 0x50                         # the first entry covers the transfer
+    q.qt.outb(q.bm, 0)
+    q.qt.outb(q.bm, 1)                              # start with nothing to do
+    q.qt.run_until_idle()
+    q.qt.outb(q.bm, 0)
+    q.tf(0xE7)
+    assert q.wait() == 0x50
+    assert not [e for e in q.backends[(0, 0)].request_log.entries if e.kind == "write"]
