@@ -490,8 +490,12 @@ def _zero_runs(buf: bytearray, n: int, gran: int) -> list[tuple[int, int, bool]]
     full = n // gran
     firsts = buf[0:full * gran:gran]
     lasts = buf[gran - 1:full * gran:gran]
-    zs = [i * gran for i, (x, y) in enumerate(zip(firsts, lasts))
-          if not (x | y) and mv[i * gran:(i + 1) * gran] == zero]
+    zs = []
+    i = firsts.find(0)
+    while i >= 0:
+        if not lasts[i] and mv[i * gran:(i + 1) * gran] == zero:
+            zs.append(i * gran)
+        i = firsts.find(0, i + 1)
     runs: list[tuple[int, int, bool]] = []
     cur = 0
     for g in zs:
@@ -525,8 +529,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         if not a.n:
             registry.create_image(a.dst, out_fmt, size, opts)
         unsafe = (a.t or "unsafe") == "unsafe"     # qemu-img convert's default cache mode
-        dst, _ = open_img(a.dst, out_fmt, read_only=False,
-                          extra={"cache.no-flush": True} if unsafe else None)
+        dst = _open_output(a.dst, out_fmt, unsafe)
         try:
             fresh = not a.n
             buf = bytearray(CHUNK)
@@ -543,6 +546,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
                         if not fresh:
                             dst.write_zeroes(e.start, e.length)
                         continue
+                    if unsafe:          # writes may still be in flight: fresh buffer
+                        buf = bytearray(CHUNK)
+                        mv = memoryview(buf)
                     view = mv[:e.length]
                     src.read(e.start, view)
                     if a.c:
@@ -584,6 +590,98 @@ def _write_compressed(dst: BlockDriver, start: int, buf: bytearray, n: int) -> N
             else:
                 dst.write(g, piece)
         pos = cend
+
+
+class _AsyncWrites(BlockDriver):
+    """Under the output format during ``convert`` with cache=unsafe: large data
+    writes run on a small thread pool (``pwritev`` releases the GIL), so the
+    kernel copies overlap with reading and scanning the next chunk.  Everything
+    else (reads, metadata writes after a drain, flush, close) stays ordered."""
+
+    driver_name = "async-writes"
+
+    def __init__(self, node: BlockDriver, workers: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+        self.node = node
+        self.path = getattr(node, "path", None)
+        self.read_only = node.read_only
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="convert-write")
+        self._pending: list = []
+        self._len = node.length()
+
+    def _drain(self) -> None:
+        pend, self._pending = self._pending, []
+        for f in pend:
+            f.result()
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        self._drain()
+        self.node.read(offset, buf)
+
+    def write(self, offset: int, data, fua: bool = False) -> None:
+        self.writev(offset, [data], fua)
+
+    def writev(self, offset: int, bufs, fua: bool = False) -> None:
+        n = sum(len(b) for b in bufs)
+        self._len = max(self._len, offset + n)
+        if n < (256 << 10) or fua:
+            self.node.writev(offset, bufs, fua)
+            return
+        self._pending.append(self._pool.submit(self.node.writev, offset, list(bufs)))
+        if len(self._pending) > 16:
+            self._pending.pop(0).result()
+
+    def flush(self) -> None:
+        self._drain()
+        self.node.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        self._drain()
+        self.node.discard(offset, length)
+
+    def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
+        self._drain()
+        self.node.write_zeroes(offset, length, may_unmap)
+        self._len = max(self._len, offset + length)
+
+    def block_status(self, offset: int, length: int):
+        self._drain()
+        return self.node.block_status(offset, length)
+
+    def length(self) -> int:
+        return self._len
+
+    def truncate(self, length: int) -> None:
+        self._drain()
+        self.node.truncate(length)
+        self._len = self.node.length()
+
+    def children(self):
+        return (self.node,)
+
+    def close(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=True)
+            self.node.close()
+
+
+def _open_output(path: str, fmt: str, unsafe: bool) -> BlockDriver:
+    """The convert target: with cache=unsafe, qcow2 over async writes over the file."""
+    if not unsafe or fmt != "qcow2":
+        node, _ = open_img(path, fmt, read_only=False,
+                           extra={"cache.no-flush": True} if unsafe else None)
+        return node
+    from ..block.file import FileDriver
+    from ..block.qcow2 import open as qcow2_open
+    proto = _AsyncWrites(FileDriver(path))
+    try:
+        return qcow2_open(proto, read_only=False, options={"cache.no-flush": True,
+                                                            "filename": path})
+    except BaseException:
+        proto.close()
+        raise
 
 
 def _sparse_size(s: str) -> int:
