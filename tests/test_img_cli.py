@@ -73,7 +73,23 @@ def images(qemu_img, qemu_io, tmp_path):
     run(qemu_img, "create", "-f", "qcow2", "-o", "preallocation=metadata,cluster_size=4096",
         "pre.qcow2", "2M")
     run(qemu_io, "-c", "write -P 9 64k 64k", "pre.qcow2")
-    return ["base.qcow2", "top.qcow2", "v2.qcow2", "comp.qcow2", "pre.qcow2", "src.raw"]
+    # a 3-deep chain over a raw base, zero-allocated clusters, every preallocation mode
+    run(qemu_img, "create", "-f", "raw", "b.raw", "4M")
+    run(qemu_io, "-f", "raw", "-c", "write -P 1 0 1M", "-c", "write -P 2 3M 512k", "b.raw")
+    run(qemu_img, "create", "-f", "qcow2", "-b", "b.raw", "-F", "raw", "m.qcow2", "6M")
+    run(qemu_io, "-c", "write -P 3 512k 1M", "-c", "write -z 3M 64k", "m.qcow2")
+    run(qemu_img, "create", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "m.qcow2", "-F",
+        "qcow2", "t.qcow2", "8M")
+    run(qemu_io, "-c", "write -P 4 0 8k", "-c", "write -z -u 512k 64k", "-c", "discard 1M 64k",
+        "t.qcow2")
+    extra = ["b.raw", "m.qcow2", "t.qcow2"]
+    for mode in ("falloc", "full"):
+        run(qemu_img, "create", "-f", "qcow2", "-o", f"preallocation={mode},cluster_size=4096",
+            f"p{mode}.qcow2", "2M")
+        run(qemu_io, "-c", "write -P 5 64k 64k", "-c", "write -z 128k 8k", "-c",
+            "write -z -u 256k 8k", f"p{mode}.qcow2")
+        extra.append(f"p{mode}.qcow2")
+    return ["base.qcow2", "top.qcow2", "v2.qcow2", "comp.qcow2", "pre.qcow2", "src.raw", *extra]
 
 
 @pytest.mark.parametrize("cmd", [
