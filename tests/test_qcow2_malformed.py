@@ -146,6 +146,7 @@ METADATA_DAMAGE = {
     "refblock-past-eof": lambda p: _put(p, _get(p, 48), ">Q", 1 << 45),
     "refblock-is-reftable": lambda p: _put(p, _get(p, 48), ">Q", _get(p, 48)),
     "refblock-is-header": lambda p: _put(p, _get(p, 48), ">Q", 0),
+    "l2-entry-far-past-eof": lambda p: _put(p, _l2(p), ">Q", (1 << 55) | (1 << 63)),
     "compressed-garbage": lambda p: _put(p, _l2(p), ">Q", (1 << 62) | (3 << 54) | 0x50000),
 }
 
@@ -202,3 +203,25 @@ def test_cli_never_tracebacks_on_the_corpus(tmp_path, capsys):
             assert "Traceback" not in err
             if cmd[0] == "info" and name not in ("bad-magic", "version-1"):
                 assert rc != 0, (name, cmd)     # probed as raw otherwise, as qemu-img does
+
+
+def test_check_memory_is_bounded_for_references_far_past_eof(tmp_path):
+    from blockbed.block.qcow2.check import check_image
+    img = tmp_path / "far.qcow2"
+    create(str(img), 8 << 20, {"cluster_size": "512"})
+    node = registry.open_image(str(img), "qcow2")
+    node.write(0, b"\x11" * 4096)
+    node.close()
+    l2 = _l2(img)
+    for i in range(8):
+        _put(img, l2 + 8 * i, ">Q", ((1 << 55) - (i + 1) * 512) | (1 << 63))
+    node = registry.open_image(str(img), "qcow2", read_only=True)
+    tracemalloc.start()
+    try:
+        res = check_image(node)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        node.close()
+    assert res.corruptions >= 8
+    assert peak < 64 << 20
