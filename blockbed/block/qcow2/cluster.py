@@ -57,7 +57,7 @@ class Mapping:
         self.cs = 1 << self.cb
         self.l2_bits = self.cb - 3
         self.l2_size = 1 << self.l2_bits
-        self.l1: list[int] = []
+        self.l1: array = array("Q")       # native-endian copy of the on-disk table
         self.cache = MetadataCache(self.file, "l2", self.cs, l2_cache_entries,
                                    lambda b: load_be_array("Q", b), dump_be_array,
                                    "l2_update", "l2_load",
@@ -71,11 +71,11 @@ class Mapping:
         h = self.drv.header
         n = h.l1_size
         if not n:
-            self.l1 = []
+            self.l1 = array("Q")
             return
         buf = bytearray(n * 8)
         self.file.read(h.l1_table_offset, memoryview(buf))
-        self.l1 = list(struct.unpack(f">{n}Q", buf))
+        self.l1 = load_be_array("Q", buf)
 
     def l2_offset(self, l1_index: int) -> int:
         """The L2 table offset for an L1 index (0 = none); checks alignment."""
@@ -131,8 +131,9 @@ class Mapping:
         new_off = drv.refcounts.alloc(nbytes // self.cs)
         drv.refcounts.cache.flush()
         drv.overlap.add(new_off, nbytes, "l1")
-        table = self.l1 + [0] * (new_size - old_size)
-        raw = struct.pack(f">{new_size}Q", *table) + bytes(nbytes - new_size * 8)
+        table = array("Q", self.l1)
+        table.extend(array("Q", bytes(8 * (new_size - old_size))))
+        raw = dump_be_array(table) + bytes(nbytes - new_size * 8)
         self.file.debug_event("l1_grow_write_table")
         drv.overlap.check(new_off, nbytes, "l1")
         self.file.write(new_off, raw)

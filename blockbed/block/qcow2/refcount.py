@@ -109,7 +109,7 @@ class RefcountManager:
         self.codec = RefcountCodec(drv.header.refcount_order, self.cs)
         self.rb_bits = (self.codec.entries).bit_length() - 1
         self.rb_mask = self.codec.entries - 1
-        self.table: list[int] = []
+        self.table: array = array("Q")
         self.cache = MetadataCache(self.file, "refcount", self.cs, cache_entries,
                                    self.codec.load, self.codec.dump,
                                    "refblock_update", "refblock_load",
@@ -126,7 +126,7 @@ class RefcountManager:
         buf = bytearray(n)
         self.file.debug_event("reftable_load")
         self.file.read(h.refcount_table_offset, memoryview(buf))
-        self.table = list(struct.unpack(f">{n // 8}Q", buf))
+        self.table = load_be_array("Q", buf)
         for i, e in enumerate(self.table):
             if e & ~REFT_OFFSET_MASK:
                 raise CorruptImageError(f"Refblock offset {e:#x} of refcount table entry {i} "
@@ -309,7 +309,8 @@ class RefcountManager:
             raise BlockError(errno.EFBIG, "qcow2: refcount table would exceed QEMU's limit of 8 MiB")
         table_off = start << self.cluster_bits
         area = range(start, start + tc + nb)
-        new_table = self.table + [0] * (tc * self.cs // 8 - old_n)
+        new_table = array("Q", self.table)
+        new_table.extend(array("Q", bytes(8 * (tc * self.cs // 8 - old_n))))
         # refcount blocks for the uncovered ranges, right after the table
         new_blocks: dict[int, object] = {}
         nxt = start + tc
@@ -331,7 +332,7 @@ class RefcountManager:
             self.file.write(new_table[ti], self.codec.dump(blk))
         self.file.debug_event("refblock_alloc_write_table")
         drv.overlap.check(table_off, tc * self.cs, "reftable")
-        self.file.write(table_off, struct.pack(f">{len(new_table)}Q", *new_table))
+        self.file.write(table_off, dump_be_array(new_table))
         self.cache.flush()
         # switch the header to the new table
         self.file.debug_event("refblock_alloc_switch_table")
