@@ -864,6 +864,11 @@ class Qcow2Driver(BlockDriver):
     def flush(self) -> None:
         if self.read_only or self._closed:
             return
+        if self.corrupt and not self.check_mode:
+            # metadata of a corrupt image is never written again (QEMU stops the driver);
+            # data already written still reaches the disk
+            self.file.flush()
+            return
         mp, rc = self.mapping, self.refcounts
         self.file.debug_event("flush_to_os")
         if self.unsafe_order:
