@@ -86,6 +86,7 @@ def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share:
     opts = dict(extra or {})
     if fmt == "qcow2" and no_backing:
         opts["backing"] = None
+        opts["data-file"] = None          # info/check never touch guest data
     if fmt != "qcow2":
         opts = {}
     node = registry.open_image(path, fmt, read_only=read_only,
@@ -161,6 +162,9 @@ def _format_line(fmt: str, size: int, opts: dict) -> str:
         parts.append(f"backing_file={opts['backing_file']}")
     if opts.get("backing_fmt"):
         parts.append(f"backing_fmt={opts['backing_fmt']}")
+    if opts.get("data_file"):
+        parts.append(f"data_file={opts['data_file']}")
+        parts.append(f"data_file_raw={opts.get('data_file_raw', 'off')}")
     if "compat" in opts:
         parts.append(f"compat={opts['compat']}")
     parts.append(f"lazy_refcounts={opts.get('lazy_refcounts', 'off')}")
@@ -199,6 +203,9 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
                 data["bitmaps"] = [{"flags": b["flags"], "name": b["name"],
                                     "granularity": b["granularity"]} for b in node.bitmaps]
             data["refcount-bits"] = h.refcount_bits
+            if node.has_data_file:
+                data["data-file"] = h.data_file
+                data["data-file-raw"] = node.data_file_raw
             data["corrupt"] = bool(h.incompatible_features & 2)
             data["extended-l2"] = False
         info["format-specific"] = {"type": "qcow2", "data": data}

@@ -144,8 +144,9 @@ class _Checker:
                 continue
             table = load_be_array("Q", self.read(l2off, self.cs))
             nxt = 0          # QEMU counts fragmentation within one L2 table
+            ctype = self.drv._ctype
             for l2i, le in enumerate(table):
-                t = cluster_type(le)
+                t = ctype(le)
                 if t == ClusterType.COMPRESSED:
                     if le & OFLAG_COPIED:
                         self.msg(f"ERROR: coffset={le & self.drv.mapping.coffset_mask:x}: "
@@ -169,6 +170,8 @@ class _Checker:
                                  "L2 entry corrupted.")
                         res.corruptions += 1
                         continue
+                    if self.drv.has_data_file:
+                        continue       # data-file clusters are not refcounted
                     self.inc_range(off, self.cs)
 
     def walk_everything(self) -> None:
@@ -435,7 +438,8 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: 
         changed = False
         for i, le in enumerate(table):
             t = cluster_type(le)
-            if t not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) or le & 0x1FE:
+            if t not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) or le & 0x1FE \
+                    or drv.has_data_file:
                 continue
             r = rc(le & L2E_OFFSET_MASK)
             if (r == 1) != bool(le & OFLAG_COPIED):

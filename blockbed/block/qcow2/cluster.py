@@ -47,6 +47,15 @@ def cluster_type(entry: int) -> ClusterType:
     return ClusterType.UNALLOCATED
 
 
+def cluster_type_data_file(entry: int) -> ClusterType:
+    """With an external data file, offset 0 is a real cluster: OFLAG_COPIED tells an
+    allocated cluster at offset 0 from an unallocated entry (every data-file cluster
+    has refcount 1, so COPIED is always set on allocated ones)."""
+    if entry & (OFLAG_COMPRESSED | OFLAG_ZERO) or entry & L2E_OFFSET_MASK:
+        return cluster_type(entry)
+    return ClusterType.NORMAL if entry & OFLAG_COPIED else ClusterType.UNALLOCATED
+
+
 class Mapping:
     """The active L1 table and the L2 cache of one image."""
 

@@ -26,10 +26,11 @@ from ... import trace
 from ..driver import (BlockDriver, BlockError, Buffer, CorruptImageError, Extent,
                       ImageFormatError, ReadOnlyError, check_request)
 from .cluster import (L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO,
-                      ClusterType, Mapping, cluster_type)
+                      ClusterType, Mapping, cluster_type, cluster_type_data_file)
 from .compress import decompress
-from .header import (AUTOCLEAR_BITMAPS, COMPAT_LAZY_REFCOUNTS, EXT_BITMAPS, INCOMPAT_CORRUPT,
-                     INCOMPAT_DIRTY, MAX_CLUSTER_BITS, Header, parse_header)
+from .header import (AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS,
+                     EXT_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
+                     MAX_CLUSTER_BITS, Header, parse_header)
 from .overlap import OverlapMap
 from .refcount import RefcountManager
 from .snapshot import Snapshot, read_snapshots
@@ -108,8 +109,10 @@ class Qcow2Driver(BlockDriver):
         self.check_mode = bool(opts.get("x-check", False))   # qemu-img check: allow repair
         if self.corrupt and not self.read_only and not self.check_mode:
             raise ImageFormatError("qcow2: Image is corrupt; cannot be opened read/write")
-        if h.data_file is not None:
-            raise ImageFormatError("qcow2: images with an external data file are not supported")
+        self.data_node: BlockDriver | None = None
+        self.has_data_file = bool(h.incompatible_features & INCOMPAT_DATA_FILE)
+        self.data_file_raw = bool(h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW)
+        self._ctype = cluster_type_data_file if self.has_data_file else cluster_type
         self.overlap = OverlapMap(h.cluster_bits, self._overlap_violation)
         # cache sizes (QEMU: l2-cache-size defaults to what covers the disk, up to 32 MiB)
         cs = self.cluster_size
@@ -129,6 +132,8 @@ class Qcow2Driver(BlockDriver):
         self._build_overlap_map(snap_bytes)
         self.lazy_refcounts = bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS)
         self._open_backing(opts, opener)
+        if self.has_data_file:
+            self._open_data_file(opts, opener)
         if h.incompatible_features & INCOMPAT_DIRTY and not self.read_only and not self.check_mode:
             self._repair_dirty()
         if not self.read_only and h.version >= 3 and h.autoclear_features & ~AUTOCLEAR_BITMAPS:
@@ -218,6 +223,29 @@ class Qcow2Driver(BlockDriver):
         finally:
             if me:
                 _opening.remove(me)
+
+    def _open_data_file(self, opts: dict, opener) -> None:
+        """The external data file (spec "External data file name"): a raw node that holds
+        every guest data cluster at its guest offset."""
+        if "data-file" in opts:
+            self.data_node = opts["data-file"] or _MissingDataFile(self.header.data_file)
+            return
+        if opener is None:
+            raise ImageFormatError("qcow2: the image keeps its data in an external data file "
+                                   f"({self.header.data_file}) but no opener was given")
+        # QEMU opens the name as written (relative names are relative to the current
+        # directory, not to the image's directory as backing files are)
+        path = self.header.data_file
+        try:
+            self.data_node = opener(path, format="raw", read_only=self.read_only)
+        except OSError as e:
+            raise ImageFormatError(f"Could not open data file '{path}': "
+                                   f"{getattr(e, 'strerror', None) or e}") from None
+
+    def relative_path(self, name: str) -> str:
+        if os.path.isabs(name) or not self.filename:
+            return name
+        return os.path.join(os.path.dirname(self.filename), name)
 
     def backing_path(self) -> str:
         """The backing file name resolved against this image's directory (as QEMU does)."""
@@ -364,16 +392,17 @@ class Qcow2Driver(BlockDriver):
 
     def _read_host(self, host: int, dst: memoryview) -> None:
         self.file.debug_event("read_aio")
+        node = self.data_node or self.file
         try:
-            self.file.read(host, dst)
+            node.read(host, dst)
         except BlockError as e:
             if e.errno != errno.EINVAL:
                 raise
             # data clusters past the end of the file read as zeros (as QEMU's file driver)
-            flen = self.file.length()
+            flen = node.length()
             avail = max(0, min(len(dst), flen - host))
             if avail:
-                self.file.read(host, dst[:avail])
+                node.read(host, dst[:avail])
             _zero_fill(dst[avail:])
 
     def _read_backing(self, pos: int, dst: memoryview) -> None:
@@ -427,7 +456,7 @@ class Qcow2Driver(BlockDriver):
         table = self.mapping.cache.get(off)
         idx = (pos >> cb) & (l2_size - 1)
         e = table[idx]
-        t = cluster_type(e)
+        t = self._ctype(e)
         if t == ClusterType.NORMAL and e & 0x1FE:
             self.signal_corruption(f"Cluster allocation offset {e & L2E_OFFSET_MASK | (e & 0x1FE):#x} "
                                    f"unaligned (L2 offset: {off:#x}, L2 index: {idx:#x})")
@@ -439,7 +468,7 @@ class Qcow2Driver(BlockDriver):
         while run_end < lim:
             idx += 1
             e2 = table[idx]
-            t2 = cluster_type(e2)
+            t2 = self._ctype(e2)
             if t2 != t:
                 break
             if t == ClusterType.NORMAL:
@@ -468,7 +497,8 @@ class Qcow2Driver(BlockDriver):
                 e1 = mp.l1[l1i]
                 if e1 & OFLAG_COPIED and e1 & 0x1FF == 0:
                     e = mp.cache.get(e1 & L2E_OFFSET_MASK)[(offset >> cb) & ((1 << self.l2_bits) - 1)]
-                    if e & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED:
+                    if e & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED \
+                            and not self.has_data_file:
                         host = (e & L2E_OFFSET_MASK) + (offset & cmask)
                         self.overlap.check(host, n, None)
                         self.file.debug_event("write_aio")
@@ -499,7 +529,8 @@ class Qcow2Driver(BlockDriver):
         while c <= last_c:
             e = table[c & l2_mask] if table is not None else 0
             inplace = (e & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED
-                       and e & L2E_OFFSET_MASK and off and mp.l1[l1i] & OFLAG_COPIED)
+                       and (e & L2E_OFFSET_MASK or self.has_data_file)
+                       and off and mp.l1[l1i] & OFLAG_COPIED)
             # extend the run of clusters of the same kind (contiguous host for in-place)
             k = c + 1
             if inplace:
@@ -515,7 +546,8 @@ class Qcow2Driver(BlockDriver):
                 while k <= last_c:
                     e2 = table[k & l2_mask] if table is not None else 0
                     if (e2 & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED
-                            and e2 & L2E_OFFSET_MASK and mp.l1[l1i] & OFLAG_COPIED):
+                            and (e2 & L2E_OFFSET_MASK or self.has_data_file)
+                            and mp.l1[l1i] & OFLAG_COPIED):
                         break
                     k += 1
             rs = max(pos, c << cb)
@@ -523,9 +555,12 @@ class Qcow2Driver(BlockDriver):
             piece = mv[rs - pos:re_ - pos]
             if inplace:
                 host = (e & L2E_OFFSET_MASK) + (rs & (cs - 1))
-                self.overlap.check(host, len(piece), None)
                 self.file.debug_event("write_aio")
-                self.file.write(host, piece)
+                if self.data_node is not None:
+                    self.data_node.write(host, piece)
+                else:
+                    self.overlap.check(host, len(piece), None)
+                    self.file.write(host, piece)
             else:
                 table, off = self._alloc_and_write(l1i, c, k - c, rs, piece)
             c = k
@@ -548,7 +583,7 @@ class Qcow2Driver(BlockDriver):
         idx = (offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)
         mp = self.mapping
         old = mp.cache.get(mp.l2_offset(l1i))[idx] if mp.l2_offset(l1i) else 0
-        if len(comp) >= cs - 1 or cluster_type(old) not in (ClusterType.UNALLOCATED,
+        if self.has_data_file or len(comp) >= cs - 1 or cluster_type(old) not in (ClusterType.UNALLOCATED,
                                                              ClusterType.ZERO_PLAIN):
             self.write(offset, data)
             return
@@ -602,7 +637,8 @@ class Qcow2Driver(BlockDriver):
         l2_mask = (1 << self.l2_bits) - 1
         table, l2off = self._l2_for_write(l1i)
         old_entries = [table[(c0 + i) & l2_mask] for i in range(n)]
-        host = self.refcounts.alloc(n)
+        # with an external data file a guest cluster lives at its own offset, unrefcounted
+        host = (c0 << cb) if self.has_data_file else self.refcounts.alloc(n)
         self.file.debug_event("cluster_alloc_space")
         start = c0 << cb
         endg = (c0 + n) << cb
@@ -618,9 +654,12 @@ class Qcow2Driver(BlockDriver):
             tail = bytearray(tail_len)
             self._read_cluster_part(rs + len(piece), old_entries[-1], memoryview(tail))
             bufs.append(tail)
-        self.overlap.check(host, n * cs, None)
         self.file.debug_event("write_aio")
-        self.file.writev(host, bufs)
+        if self.data_node is not None:
+            self.data_node.writev(host, bufs)
+        else:
+            self.overlap.check(host, n * cs, None)
+            self.file.writev(host, bufs)
         if head_len or tail_len:
             # COW data must be durable before the L2 entry that exposes it
             self.mapping.cache.depends_on_flush()
@@ -641,8 +680,10 @@ class Qcow2Driver(BlockDriver):
         """Drop the references old L2 entries held (after the entries were replaced)."""
         freed = False
         for e in entries:
-            t = cluster_type(e)
+            t = self._ctype(e)
             if t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+                if self.has_data_file:
+                    continue          # data-file clusters are not refcounted
                 if not freed:
                     self.refcounts.cache.set_dependency(self.mapping.cache)
                     freed = True
@@ -658,7 +699,7 @@ class Qcow2Driver(BlockDriver):
 
     def _read_cluster_part(self, pos: int, entry: int, dst: memoryview) -> None:
         """Guest content at ``pos`` (within one cluster) as described by ``entry``."""
-        t = cluster_type(entry)
+        t = self._ctype(entry)
         cs = self.cluster_size
         if t == ClusterType.NORMAL:
             self._read_host((entry & L2E_OFFSET_MASK) + (pos & (cs - 1)), dst)
@@ -677,7 +718,7 @@ class Qcow2Driver(BlockDriver):
         if length == 0:
             return
         cs = self.cluster_size
-        if self.header.version < 3:
+        if self.header.version < 3 or self.has_data_file:
             self._write_zero_data(offset, length)
             return
         a = -(-offset // cs) * cs
@@ -719,6 +760,8 @@ class Qcow2Driver(BlockDriver):
             return               # partial clusters: a discard is only a hint
         if self.header.version < 3 and self.backing is not None:
             return               # v2 cannot express "zero" and must not expose backing data
+        if self.has_data_file:
+            return               # the data file keeps its clusters (a discard is a hint)
         self._update_entries(a, min(b, -(-self.header.size // cs) * cs), "discard")
 
     def _update_entries(self, start: int, end: int, mode: str) -> None:
@@ -740,7 +783,7 @@ class Qcow2Driver(BlockDriver):
                            else chunk_end >> cb):
                 i = c & l2_mask
                 e = table[i]
-                t = cluster_type(e)
+                t = self._ctype(e)
                 if mode == "discard":
                     if self.header.version >= 3 and (self.backing is not None or
                                                      t != ClusterType.UNALLOCATED):
@@ -781,7 +824,8 @@ class Qcow2Driver(BlockDriver):
             run, kind, host = self._extent(pos, end)
             if kind == ClusterType.UNALLOCATED and pos < blen < pos + run:
                 run = blen - pos
-            if kind == ClusterType.NORMAL and self._metadata_preallocated():
+            if kind == ClusterType.NORMAL and not self.has_data_file and \
+                    self._metadata_preallocated():
                 for ext in self._recurse_status(pos, run, host):
                     if out and _mergeable(out[-1], ext):
                         p = out[-1]
@@ -793,7 +837,7 @@ class Qcow2Driver(BlockDriver):
                 continue
             if kind == ClusterType.NORMAL:
                 ext = Extent(pos, run, data=True, zero=False, allocated=True,
-                             host_offset=host, host_node=self.file)
+                             host_offset=host, host_node=self.data_node or self.file)
             elif kind == ClusterType.COMPRESSED:
                 ext = Extent(pos, run, data=True, zero=False, allocated=True)
             elif kind == ClusterType.UNALLOCATED:
@@ -804,7 +848,7 @@ class Qcow2Driver(BlockDriver):
                     e = self._entry(pos)
                     h = (e & L2E_OFFSET_MASK) + (pos & (self.cluster_size - 1))
                 ext = Extent(pos, run, data=False, zero=True, allocated=True, host_offset=h,
-                             host_node=self.file if h is not None else None)
+                             host_node=(self.data_node or self.file) if h is not None else None)
             if out and _mergeable(out[-1], ext):
                 p = out[-1]
                 out[-1] = Extent(p.offset, p.length + ext.length, p.data, p.zero, p.allocated,
@@ -870,6 +914,8 @@ class Qcow2Driver(BlockDriver):
             self.file.flush()
             return
         mp, rc = self.mapping, self.refcounts
+        if self.data_node is not None:
+            self.data_node.flush()          # data before the L2 entries that expose it
         self.file.debug_event("flush_to_os")
         if self.unsafe_order:
             mp.cache.depends = None
@@ -914,11 +960,15 @@ class Qcow2Driver(BlockDriver):
         finally:
             self._closed = True
             self.file.close()
+            if self.data_node is not None:
+                self.data_node.close()
             if self.backing is not None:
                 self.backing.close()
 
     def children(self):
         kids = [self.file]
+        if self.data_node is not None:
+            kids.append(self.data_node)
         if self.backing is not None:
             kids.append(self.backing)
         return kids
@@ -937,6 +987,27 @@ class Qcow2Driver(BlockDriver):
         kind = self.overlap.kind_at(offset)
         if kind in ("l2", "refblock"):
             self.overlap.remove(offset, self.cluster_size)
+
+
+class _MissingDataFile(BlockDriver):
+    """Stands in for an external data file that was deliberately not opened (info,
+    check): metadata work goes on, any data access fails clearly."""
+
+    driver_name = "missing-data-file"
+
+    def __init__(self, name: str | None):
+        self.name = name
+
+    def _fail(self, *args, **kw):
+        raise BlockError(errno.ENOENT, f"qcow2: the external data file '{self.name}' is not open")
+
+    read = write = _fail
+
+    def flush(self) -> None:
+        pass
+
+    def length(self) -> int:
+        return 0
 
 
 class _NoFlush:

@@ -27,7 +27,7 @@ INCOMPAT_CORRUPT = 1 << 1
 INCOMPAT_DATA_FILE = 1 << 2
 INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
-INCOMPAT_SUPPORTED = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION
+INCOMPAT_SUPPORTED = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION | INCOMPAT_DATA_FILE
 COMPAT_LAZY_REFCOUNTS = 1 << 0
 AUTOCLEAR_BITMAPS = 1 << 0
 AUTOCLEAR_DATA_FILE_RAW = 1 << 1
@@ -275,6 +275,12 @@ def _validate(hdr: Header, file_length: int | None) -> None:
             if bad >> bit & 1:
                 names.append(hdr.feature_names.get((0, bit), f"Unknown incompatible feature: {1 << bit:x}"))
         raise ImageFormatError("Unsupported qcow2 feature(s): " + ", ".join(names))
+    if hdr.incompatible_features & INCOMPAT_DATA_FILE and hdr.data_file is None:
+        raise ImageFormatError("qcow2: the image uses an external data file but its header "
+                               "does not name one (external data file extension missing)")
+    if hdr.autoclear_features & AUTOCLEAR_DATA_FILE_RAW and \
+            not hdr.incompatible_features & INCOMPAT_DATA_FILE:
+        hdr.autoclear_features &= ~AUTOCLEAR_DATA_FILE_RAW     # meaningless without a data file
     if hdr.incompatible_features & INCOMPAT_COMPRESSION:
         if hdr.compression_type not in (COMPRESSION_ZLIB, COMPRESSION_ZSTD):
             raise ImageFormatError(f"Unknown compression type {hdr.compression_type}")

@@ -26,8 +26,9 @@ from typing import Iterator
 
 from ..driver import BlockDriver, BlockError
 from .cluster import OFLAG_COPIED
-from .header import (COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, COMPRESSION_ZSTD,
-                     INCOMPAT_COMPRESSION, MAX_L1_BYTES, Header, serialize_header)
+from .header import (AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB,
+                     COMPRESSION_ZSTD, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE, MAX_L1_BYTES,
+                     Header, serialize_header)
 from .refcount import RefcountCodec
 
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")
@@ -43,6 +44,8 @@ class CreateOptions:
     backing_file: str | None = None
     backing_fmt: str | None = None
     compression_type: int = COMPRESSION_ZLIB
+    data_file: str | None = None
+    data_file_raw: bool = False
 
 
 def _bool(v, name: str) -> bool:
@@ -133,6 +136,15 @@ def parse_options(options: dict) -> CreateOptions:
         raise BlockError(errno.ENOTSUP, "extended_l2=on is not supported by blockbed")
     if opts.pop("encrypt.format", None) or _bool(opts.pop("encryption", False), "encryption"):
         raise BlockError(errno.ENOTSUP, "encrypted qcow2 images are not supported by blockbed")
+    o.data_file = opts.pop("data_file", None) or None
+    o.data_file_raw = _bool(opts.pop("data_file_raw", False), "data_file_raw")
+    if o.data_file and o.version == 2:
+        raise BlockError(errno.EINVAL, "External data files are only supported with "
+                                       "compatibility level 1.1 and above")
+    if o.data_file_raw and not o.data_file:
+        raise BlockError(errno.EINVAL, "data_file_raw can only be enabled if data_file is set")
+    if o.data_file and o.compression_type != COMPRESSION_ZLIB:
+        pass
     opts.pop("size", None)
     if opts:
         raise BlockError(errno.EINVAL, f"Invalid parameter '{next(iter(opts))}'")
@@ -164,13 +176,14 @@ def plan(size: int, o: CreateOptions) -> Layout:
         raise BlockError(errno.EFBIG, "Could not resize image: The image size is too large "
                                       f"for the cluster size {cs} (L1 table would exceed 32 MiB)")
     l1_clusters = -(-(l1_size * 8) // cs)
-    prealloc = o.preallocation != "off"
+    prealloc = o.preallocation != "off" or o.data_file_raw
     nb_data = -(-size // cs) if prealloc else 0
     nb_l2 = -(-nb_data // l2_entries) if prealloc else 0
+    external = bool(o.data_file)
     codec = RefcountCodec(o.refcount_bits.bit_length() - 1, cs)
     t, r = 1, 1
     while True:
-        n = 1 + t + r + l1_clusters + nb_l2 + nb_data
+        n = 1 + t + r + l1_clusters + nb_l2 + (0 if external else nb_data)
         nr = -(-n // codec.entries)
         nt = -(-(nr * 8) // cs)
         if (nt, nr) == (t, r):
@@ -183,7 +196,7 @@ def plan(size: int, o: CreateOptions) -> Layout:
     refblocks_off = reftable_off + t * cs
     l1_off = refblocks_off + r * cs
     l2_off = l1_off + l1_clusters * cs
-    data_off = l2_off + nb_l2 * cs
+    data_off = 0 if external else l2_off + nb_l2 * cs
     h = Header(version=o.version, cluster_bits=cb, size=size, l1_size=l1_size,
                l1_table_offset=l1_off if l1_size else 0, refcount_table_offset=reftable_off,
                refcount_table_clusters=t, refcount_order=o.refcount_bits.bit_length() - 1,
@@ -194,8 +207,14 @@ def plan(size: int, o: CreateOptions) -> Layout:
         h.compatible_features |= COMPAT_LAZY_REFCOUNTS
     if o.compression_type != COMPRESSION_ZLIB:
         h.incompatible_features |= INCOMPAT_COMPRESSION
+    if external:
+        h.data_file = o.data_file
+        h.incompatible_features |= INCOMPAT_DATA_FILE
+        if o.data_file_raw:
+            h.autoclear_features |= AUTOCLEAR_DATA_FILE_RAW
+    total = 1 + t + r + l1_clusters + nb_l2 + (0 if external else nb_data)
     return Layout(h, reftable_off, t, refblocks_off, r, l1_off, l1_size,
-                  l2_off if nb_l2 else 0, nb_l2, data_off, nb_data, 1 + t + r + l1_clusters + nb_l2 + nb_data)
+                  l2_off if nb_l2 else 0, nb_l2, data_off, nb_data, total)
 
 
 def _be_q(values: array) -> bytes:
@@ -269,6 +288,24 @@ def create_on_node(node: BlockDriver, size: int, options: dict) -> Layout:
     return lay
 
 
+def _create_data_file(image_path: str, o: CreateOptions, size: int) -> None:
+    """The external data file (raw, ``size`` bytes).  As in QEMU the name is used as
+    written: a relative name is relative to the current directory."""
+    path = o.data_file
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)
+        if o.preallocation == "falloc" and size:
+            os.posix_fallocate(fd, 0, size)
+        elif o.preallocation == "full":
+            zeros = bytes(8 << 20)
+            for pos in range(0, size, len(zeros)):
+                os.pwrite(fd, zeros[:min(len(zeros), size - pos)], pos)
+    finally:
+        os.close(fd)
+
+
 def create(path: str, size: int, options: dict) -> None:
     """Create ``path`` as a qcow2 image of ``size`` bytes (``-o`` options as a dict)."""
     o = parse_options(options)
@@ -290,7 +327,9 @@ def create(path: str, size: int, options: dict) -> None:
         os.ftruncate(fd, 0)
         for off, data in metadata_writes(lay, o):
             os.pwrite(fd, data, off)
-        if lay.nb_data:
+        if o.data_file:
+            _create_data_file(path, o, size)
+        if lay.nb_data and not o.data_file:
             end = lay.data_off + lay.nb_data * lay.header.cluster_size
             if o.preallocation == "falloc":
                 os.posix_fallocate(fd, lay.data_off, end - lay.data_off)
