@@ -333,3 +333,34 @@ def test_guest_sizes_bars_while_running_and_decoding_survives():
     assert dev.bars[0].mapped_at == bar0
     qt.writel(bar0 + 0x40, 5)
     assert qt.readl(bar0 + 0x40) == 5
+
+
+class Counter:
+    def __init__(self):
+        self.writes = 0
+        self.last = None
+        self.repeats = 0
+
+    def read(self, offset, size):
+        return 0
+
+    def write(self, offset, size, value):
+        self.writes += 1
+        if value == self.last:
+            self.repeats += 1
+        self.last = value
+
+
+def test_long_io_loops_see_every_access_exactly_once(asm_build):
+    """A run that outlasts any internal time slice: no MMIO or port write may be
+    performed twice (unicorn re-executes an I/O instruction when a stop it was
+    not told about by the machine lands inside the callback)."""
+    m = Machine(MachineConfig(memory_mib=32, timeout_s=120))
+    mmio, pio = Counter(), Counter()
+    m.mmio.add("counter", 0xE0000000, 0x1000, mmio)
+    m.pio.add("counter", 0x510, 4, pio)
+    m.load_kernel(str(asm_build / "mmio_count.elf"))
+    r = m.run()
+    assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, r.reason
+    assert (mmio.writes, mmio.repeats) == (3_000_000, 0)
+    assert pio.writes == 3_000_000

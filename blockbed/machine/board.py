@@ -201,13 +201,19 @@ class Machine:
             if now >= deadline:
                 kind, reason = ExitKind.TIMEOUT, f"wall-clock timeout after {timeout:g} s"
                 break
-            slice_us = max(1000, min(cpu.SLICE_US, int((deadline - now) * 1e6)))
+            # One slice lasts until the deadline: unicorn's timeout (like any stop
+            # request it does not hear from us) can land inside an MMIO or port
+            # callback, and unicorn then runs that instruction again on resume —
+            # a device would see the access twice.  So the timeout only ever ends
+            # the run; slices end early only through our own stop requests (exit,
+            # interrupt kick), which the CPU's replay guard covers.
+            slice_us = max(1000, int((deadline - now) * 1e6))
             if budget is not None:
                 remaining = budget - cpu.instructions_lower_bound
                 if remaining <= 0:
                     kind, reason = ExitKind.BUDGET, f"instruction budget of {budget} used up"
                     break
-                cpu.run_slice(slice_us, count=min(remaining, 50_000_000))
+                cpu.run_slice(slice_us, count=remaining)
             else:
                 cpu.run_slice(slice_us)
         wall = time.monotonic() - start

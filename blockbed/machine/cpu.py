@@ -121,7 +121,6 @@ class ExitCounts:
 class CPU:
     """One x86-64 CPU on unicorn, bound to a :class:`Machine`."""
 
-    SLICE_US = 200_000  # emu_start time slice: how often the wall-clock limits are checked
 
     def __init__(self, machine: "Machine"):
         self.machine = machine
