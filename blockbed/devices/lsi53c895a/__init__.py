@@ -1,8 +1,10 @@
 """LSI53C895A SCSI controller (1000:0012) with its SCRIPTS processor.
 
 - :mod:`.regs`: register map and bits
-- :mod:`.chip`: the PCI device, register file, interrupts, and the SCSI bus
+- :mod:`.chip`: the PCI device, register file, interrupts, DMA
+- :mod:`.bus`: the SCSI bus from the target side (phases, messages, disconnect/reselect)
 - :mod:`.scripts`: the SCRIPTS processor
+- :mod:`.asm`: a SCRIPTS assembler for tests
 
 :func:`attach` is what ``--drive …,if=lsi`` calls: every such drive becomes
 a SCSI disk on one controller, at target ``unit=`` (else the first free ID).

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from ... import trace
 from ...machine.memory import DMAError
 from . import regs as R
-from .chip import Stall
+from .bus import Stall
 from .regs import Phase
 
 if TYPE_CHECKING:
