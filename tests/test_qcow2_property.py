@@ -28,10 +28,11 @@ op = st.one_of(
     st.tuples(st.just("resize"), st.integers(0, 4), st.just(0), st.just(0)),
     st.tuples(st.just("flush"), st.just(0), st.just(0), st.just(0)),
     st.tuples(st.just("reopen"), st.just(0), st.just(0), st.just(0)),
+    st.tuples(st.just("compressed"), st.integers(0, SIZE - 1), st.just(0), st.integers(0, 255)),
 )
 
 
-def _run(cluster: int, compat: str, with_backing: bool, ops) -> None:
+def _run(cluster: int, compat: str, with_backing: bool, ops, tiny_cache: bool = False) -> None:
     mem = MemoryDriver()
     create_on_node(mem, SIZE, {"cluster_size": str(cluster), "compat": compat,
                                "refcount_bits": "16" if compat == "0.10" else "8"})
@@ -41,6 +42,8 @@ def _run(cluster: int, compat: str, with_backing: bool, ops) -> None:
         backing = MemoryDriver(bytes(range(256)) * (SIZE // 256 // 2))   # shorter than the image
         model[:len(backing.buf)] = backing.buf
     opts = {"backing": backing} if backing is not None else {}
+    if tiny_cache:     # constant eviction: dirty tables are written back through dependencies
+        opts.update({"l2-cache-size": 2 * cluster, "refcount-cache-size": 2 * cluster})
     drv = Qcow2Driver(mem, options=opts)
     for kind, off, ln, arg in ops:
         size = len(model)
@@ -71,6 +74,12 @@ def _run(cluster: int, compat: str, with_backing: bool, ops) -> None:
             model.extend(bytes(grow))
         elif kind == "flush":
             drv.flush()
+        elif kind == "compressed":
+            c = off // cs * cs
+            n = min(cs, size - c)
+            data = (bytes([arg]) * 37 + b"compressible") * (n // 49 + 1)
+            drv.write_compressed(c, data[:n])
+            model[c:c + n] = data[:n]
         elif kind == "reopen":
             drv.close()
             drv = Qcow2Driver(mem, options=opts)
@@ -98,6 +107,12 @@ def test_512_byte_clusters(ops, backing):
 @given(st.lists(op, max_size=25), st.booleans())
 def test_64k_clusters(ops, backing):
     _run(65536, "1.1", backing, ops)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, max_size=30), st.booleans(), st.sampled_from([512, 4096]))
+def test_tiny_metadata_caches(ops, backing, cluster):
+    _run(cluster, "1.1", backing, ops, tiny_cache=True)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

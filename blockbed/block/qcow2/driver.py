@@ -589,6 +589,7 @@ class Qcow2Driver(BlockDriver):
             return
         table, l2off = self._l2_for_write(l1i)
         coff = self.refcounts.alloc_bytes(len(comp))
+        self._last_compressed = None      # the same descriptor may now mean other data
         self.overlap.check(coff, len(comp), None)
         self.file.debug_event("write_compressed")
         self.file.write(coff, comp)
@@ -689,6 +690,7 @@ class Qcow2Driver(BlockDriver):
                     freed = True
                 self.refcounts.free(e & L2E_OFFSET_MASK, 1)
             elif t == ClusterType.COMPRESSED:
+                self._last_compressed = None
                 if not freed:
                     self.refcounts.cache.set_dependency(self.mapping.cache)
                     freed = True
