@@ -738,12 +738,23 @@ class Qcow2Driver(BlockDriver):
             self._write_zero_data(b, offset + length - b)
 
     def _write_zero_data(self, offset: int, length: int) -> None:
-        pos = offset
-        while pos < offset + length:
-            k = min(offset + length - pos, len(_ZEROS))
-            # skip clusters that already read as zeros without a backing file
-            self.write(pos, _ZEROS[:k])
-            pos += k
+        """Zeros written as data (v2 has no zero flag), skipping ranges that already
+        read as zeros: zero clusters, and unallocated ones no backing file covers."""
+        pos, end = offset, offset + length
+        blen = self.backing.length() if self.backing is not None else 0
+        while pos < end:
+            run, kind, _ = self._extent(pos, end)
+            if kind in (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC) or \
+                    (kind == ClusterType.UNALLOCATED and pos >= blen):
+                pos += run
+                continue
+            if kind == ClusterType.UNALLOCATED and pos + run > blen:
+                run = blen - pos
+            stop = pos + run
+            while pos < stop:
+                k = min(stop - pos, len(_ZEROS))
+                self.write(pos, _ZEROS[:k])
+                pos += k
 
     def _zero_clusters(self, start: int, end: int, unmap: bool) -> None:
         """Set the v3 zero flag on whole clusters (QEMU zero_in_l2_slice)."""
