@@ -6,9 +6,9 @@ emulators against copies of one raw image:
 
 - virtio-blk: 64 KiB sequential read and write, queue depth 1 and 32;
   4 KiB random read, queue depth 1 and 32;
-- AHCI without NCQ (DMA) and with NCQ, IDE bus-master DMA and IDE PIO:
-  64 KiB sequential reads, and 4 KiB random reads to show exits per 4 KiB
-  request.
+- AHCI without NCQ (DMA) and with NCQ, IDE bus-master DMA, IDE PIO and the
+  LSI 53C895A (queue depth 1, its driver's depth): 64 KiB sequential reads,
+  and 4 KiB random reads to show exits per 4 KiB request.
 
 Timing is taken on the host from the serial output: the guest prints
 ``bench: begin`` right before its first request and ``bench: end`` after its
@@ -72,6 +72,7 @@ QEMU_DEVICE = {
     "virtio": ["-device", "virtio-blk-pci,drive=d0,disable-legacy=on"],
     "ahci": ["-device", "ahci,id=a", "-device", "ide-hd,drive=d0,bus=a.0"],
     "ide": ["-device", "ide-hd,drive=d0,bus=ide.0"],
+    "lsi": ["-device", "lsi53c895a,id=s", "-device", "scsi-hd,drive=d0,bus=s.0"],
 }
 
 WORKLOADS = [
@@ -89,6 +90,9 @@ WORKLOADS = [
     Workload("ide-bmdma randread 4K qd1", "randread", 4096, 1, 8 << 20, "ide"),
     Workload("ide-pio seqread 64K qd1", "seqread", 65536, 1, 2 << 20, "ide", "ide_dma=0"),
     Workload("ide-pio randread 4K qd1", "randread", 4096, 1, 1 << 20, "ide", "ide_dma=0"),
+    Workload("lsi seqread 64K qd1", "seqread", 65536, 1, 64 << 20, "lsi"),
+    Workload("lsi seqwrite 64K qd1", "seqwrite", 65536, 1, 64 << 20, "lsi"),
+    Workload("lsi randread 4K qd1", "randread", 4096, 1, 8 << 20, "lsi"),
 ]
 
 

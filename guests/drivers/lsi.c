@@ -37,8 +37,8 @@
  * residual noted.  Disks are found per target (0..6) and per LUN (REPORT
  * LUNS, then INQUIRY each LUN); idx counts direct-access LUNs in that order.
  *
- * Arguments: lsi_verbose=1 prints each command's CDB and status; lsi_mmio=1
- * reaches the registers through the memory BAR instead of the I/O BAR.
+ * Arguments: lsi_verbose=1 prints each command's CDB and status; lsi_mmio=0
+ * reaches the registers through the I/O BAR instead of the memory BAR.
  */
 #include "guest.h"
 #include "lsi.h"
@@ -153,7 +153,7 @@ static int ndisks = -1;
 static int verbose;
 
 /* The register file is in both the I/O BAR (0) and the memory BAR (1);
- * port I/O is the default, lsi_mmio=1 picks the memory BAR. */
+ * the memory BAR is the default, lsi_mmio=0 picks port I/O. */
 static inline uint8_t rd8(struct lsi_ctrl *c, unsigned r)
 { return c->mmio ? mmio_read8(c->mmio + r) : inb((uint16_t)(c->io + r)); }
 static inline void wr8(struct lsi_ctrl *c, unsigned r, uint8_t v)
@@ -240,7 +240,7 @@ static int ctrl_init(int k)
     struct pci_dev *p = pci_find(0x1000, 0x0012, k);
     if (!p)
         return BLK_ENODEV;
-    int use_mmio = (int)arg_u64("lsi_mmio", 0);
+    int use_mmio = (int)arg_u64("lsi_mmio", 1);
     if (use_mmio ? (p->bar[1].type != PCI_BAR_MEM32 || !p->bar[1].addr)
                  : (p->bar[0].type != PCI_BAR_IO || !p->bar[0].addr)) {
         printf("lsi%d: %s BAR not assigned\n", k, use_mmio ? "memory" : "I/O");
