@@ -76,3 +76,19 @@ def run_blockbed(elf: Path | str, append: str = "", drives: list[str] | None = N
     rc = proc.returncode
     status = rc if rc < 120 else None
     return GuestRun(status, proc.stdout, proc.stderr, rc)
+
+
+def assert_same_run(qemu: GuestRun, ours: GuestRun) -> None:
+    """Same exit status and the same transcript, line for line."""
+    assert ours.status == qemu.status, \
+        f"exit status: qemu {qemu.status}, blockbed {ours.status}\n{ours.stderr}"
+    assert ours.lines() == qemu.lines(), (
+        "transcripts differ\n--- qemu\n" + qemu.transcript + "\n--- blockbed\n" + ours.transcript
+        + "\n" + ours.stderr)
+
+
+def assert_same_disk(qemu_image: Path | str, our_image: Path | str, fmt: str = "raw") -> None:
+    """``qemu-img compare`` finds the two images' guest-visible contents identical."""
+    proc = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", fmt, str(qemu_image), str(our_image)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

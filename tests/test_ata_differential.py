@@ -25,7 +25,7 @@ import shutil
 import pytest
 
 from conftest import guest_elf, need_tool, run_tool
-from harness import run_blockbed, run_qemu
+from harness import run_blockbed, run_qemu, assert_same_disk, assert_same_run
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +54,8 @@ def differential(tmp_path, program: str, append: str, dev: str, fmt: str = "raw"
         extra = ["-drive", f"file={a},if=ide,format={fmt}"]
     q = run_qemu(elf, append, extra=extra)
     bb = run_blockbed(elf, append, drives=[f"file={b},format={fmt},if={dev}{drive_opts}"])
-    assert bb.status == q.status, f"exit status: qemu {q.status}, blockbed {bb.status}\n{bb.stderr}"
-    assert bb.lines() == q.lines(), (
-        "transcripts differ\n--- qemu\n" + q.transcript + "\n--- blockbed\n" + bb.transcript
-        + "\n" + bb.stderr)
-    cmp = run_tool("qemu-img", "compare", "-f", fmt, "-F", fmt, str(a), str(b), check=False)
-    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert_same_run(q, bb)
+    assert_same_disk(a, b, fmt)
     return q, bb
 
 

@@ -20,7 +20,7 @@ import shutil
 import pytest
 
 from conftest import guest_elf, need_tool, run_tool
-from harness import run_blockbed, run_qemu
+from harness import run_blockbed, run_qemu, assert_same_disk, assert_same_run
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +57,10 @@ def run_both(tmp_path, program, append, fmt="raw", disks=((0, ""),), drive_opts=
 
 def same_disks(pairs, fmt="raw"):
     for a, b in pairs:
-        cmp = run_tool("qemu-img", "compare", "-f", fmt, "-F", fmt, str(a), str(b), check=False)
-        assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+        assert_same_disk(a, b, fmt)
 
 
-def same_transcripts(q, bb):
-    assert bb.status == q.status, f"exit status: qemu {q.status}, blockbed {bb.status}\n{bb.stderr}"
-    assert bb.lines() == q.lines(), (
-        "transcripts differ\n--- qemu\n" + q.transcript + "\n--- blockbed\n" + bb.transcript
-        + "\n" + bb.stderr)
+same_transcripts = assert_same_run
 
 
 @pytest.mark.qemu

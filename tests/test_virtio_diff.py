@@ -17,7 +17,7 @@ import shutil
 import pytest
 
 from conftest import guest_elf, need_tool, run_tool
-from harness import run_blockbed, run_qemu
+from harness import run_blockbed, run_qemu, assert_same_disk, assert_same_run
 
 MiB = 1 << 20
 
@@ -46,12 +46,8 @@ def differential(tmp_path, program: str, append: str, fmt: str = "raw", qemu_dev
         "-drive", f"file={a},if=none,id=d0,format={fmt}{qemu_drive_opts}",
         "-device", f"virtio-blk-pci,drive=d0,disable-legacy=on{qemu_dev}"])
     bb = run_blockbed(elf, append, drives=[f"file={b},format={fmt},if=virtio{drive_opts}"])
-    assert bb.status == q.status, f"exit status: qemu {q.status}, blockbed {bb.status}\n{bb.stderr}"
-    assert bb.lines() == q.lines(), (
-        "transcripts differ\n--- qemu\n" + q.transcript + "\n--- blockbed\n" + bb.transcript
-        + "\n" + bb.stderr)
-    cmp = run_tool("qemu-img", "compare", "-f", fmt, "-F", fmt, str(a), str(b), check=False)
-    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert_same_run(q, bb)
+    assert_same_disk(a, b, fmt)
     return q, bb
 
 
