@@ -59,7 +59,8 @@ def _apply(img: bytearray, entry: tuple, tear: int | None = None) -> None:
         img[off:off + ln] = bytes(min(ln, max(0, len(img) - off)))
 
 
-def _workload(drv: Qcow2Driver, seed: int, marks: list, rec: RecordingMemory):
+def _workload(drv: Qcow2Driver, seed: int, marks: list, rec: RecordingMemory,
+              sizes=(512, 4096, 5000, 65536)):
     """Writes with guest flushes; returns the model after each guest flush."""
     rnd = random.Random(seed)
     size = drv.length()
@@ -68,7 +69,7 @@ def _workload(drv: Qcow2Driver, seed: int, marks: list, rec: RecordingMemory):
     for i in range(60):
         r = rnd.random()
         off = rnd.randrange(0, size - 70000)
-        ln = rnd.choice([512, 4096, 5000, 65536])
+        ln = rnd.choice(sizes)
         cs = drv.cluster_size
         if r < 0.85:
             # the range this op may change (discards act on whole clusters)
@@ -92,7 +93,8 @@ def _workload(drv: Qcow2Driver, seed: int, marks: list, rec: RecordingMemory):
     return snapshots
 
 
-def _crash_states(initial: bytes, log: list, rnd: random.Random, per_window: int):
+def _crash_states(initial: bytes, log: list, rnd: random.Random, per_window: int,
+                  max_prefixes: int = 10**9, window_fraction: float = 1.0):
     """Yield (state bytes, index of the last complete host flush)."""
     flush_idx = [i for i, e in enumerate(log) if e[0] == "f"]
     base = bytearray(initial)
@@ -100,8 +102,16 @@ def _crash_states(initial: bytes, log: list, rnd: random.Random, per_window: int
     for fi in flush_idx + [len(log)]:
         window = [e for e in log[prev:fi] if e[0] != "f"]
         states = []
-        for k in range(len(window) + 1):                 # every prefix
-            states.append(window[:k])
+        header_write = any(e[0] == "w" and e[1] < 512 for e in window)   # table switches
+        if rnd.random() >= window_fraction and not header_write:
+            for e in log[prev:fi]:
+                _apply(base, e)
+            prev = fi + 1 if fi < len(log) else fi
+            continue
+        step = max(1, len(window) // max_prefixes)
+        for k in range(len(window) + 1):                 # every prefix (or every step-th)
+            if k % step == 0 or k == len(window) or rnd.random() < 0.05:
+                states.append(window[:k])
         for _ in range(per_window):                      # random subsets with tearing
             states.append([e for e in window if rnd.random() < 0.5])
         for chosen in states:
@@ -117,9 +127,11 @@ def _crash_states(initial: bytes, log: list, rnd: random.Random, per_window: int
         prev = fi + 1 if fi < len(log) else fi
 
 
-def _record(cluster: int, unsafe: bool, seed: int, lazy: bool = False, tiny: bool = False):
+def _record(cluster: int, unsafe: bool, seed: int, lazy: bool = False, tiny: bool = False,
+            refbits: int = 16):
     mem = MemoryDriver()
-    create_on_node(mem, 4 << 20, {"cluster_size": str(cluster),
+    create_on_node(mem, (8 if refbits == 64 else 4) << 20,
+                   {"cluster_size": str(cluster), "refcount_bits": str(refbits),
                                   "lazy_refcounts": "on" if lazy else "off"})
     initial = bytes(mem.buf)
     rec = RecordingMemory(initial)
@@ -128,17 +140,20 @@ def _record(cluster: int, unsafe: bool, seed: int, lazy: bool = False, tiny: boo
         opts.update({"l2-cache-size": 2 * cluster, "refcount-cache-size": 2 * cluster})
     drv = Qcow2Driver(rec, options=opts)
     marks: list = []
-    snaps = _workload(drv, seed, marks, rec)
+    sizes = (65536,) if refbits == 64 else (512, 4096, 5000, 65536)
+    snaps = _workload(drv, seed, marks, rec, sizes)
     drv.close()
     return initial, rec, snaps, marks
 
 
-def _verdicts(initial, rec, snaps, marks, seed):
+def _verdicts(initial, rec, snaps, marks, seed, max_prefixes=10**9, window_fraction=1.0):
     rnd = random.Random(seed)
     corrupt = 0
     lost = 0
     states = 0
-    for state, durable_upto in _crash_states(initial, rec.log, rnd, per_window=3):
+    for state, durable_upto in _crash_states(initial, rec.log, rnd, per_window=3,
+                                             max_prefixes=max_prefixes,
+                                             window_fraction=window_fraction):
         states += 1
         mem = MemoryDriver(state)
         try:
@@ -166,10 +181,16 @@ def _verdicts(initial, rec, snaps, marks, seed):
     return states, corrupt, lost
 
 
-@pytest.mark.parametrize("cluster,tiny", [(512, False), (65536, False), (512, True)])
-def test_every_crash_state_checks_clean(cluster, tiny):
-    initial, rec, snaps, marks = _record(cluster, unsafe=False, seed=cluster, tiny=tiny)
-    states, corrupt, lost = _verdicts(initial, rec, snaps, marks, seed=1)
+@pytest.mark.parametrize("cluster,tiny,refbits", [(512, False, 16), (65536, False, 16),
+                                                  (512, True, 16), (512, False, 64)])
+def test_every_crash_state_checks_clean(cluster, tiny, refbits):
+    """(512, 64-bit refcounts): the refcount table must grow on the way."""
+    initial, rec, snaps, marks = _record(cluster, unsafe=False, seed=cluster, tiny=tiny,
+                                         refbits=refbits)
+    if refbits == 64:
+        assert any(e[0] == "w" and e[1] == 48 for e in rec.log)     # header table switch
+    states, corrupt, lost = _verdicts(initial, rec, snaps, marks, seed=1,
+                                      window_fraction=0.25 if refbits == 64 else 1.0)
     assert states > 100
     assert corrupt == 0
     assert lost == 0
