@@ -29,7 +29,7 @@ from .cluster import (L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZER
                       ClusterType, Mapping, cluster_type, cluster_type_data_file)
 from .compress import decompress
 from .header import (AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS,
-                     EXT_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
+                     INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
                      MAX_CLUSTER_BITS, Header, parse_header)
 from .overlap import OverlapMap
 from .refcount import RefcountManager

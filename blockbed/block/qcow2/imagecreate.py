@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import sys
 from array import array
 from dataclasses import dataclass
