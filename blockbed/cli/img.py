@@ -490,8 +490,9 @@ def _zero_runs(buf: bytearray, n: int, gran: int) -> list[tuple[int, int, bool]]
     zero = _ZERO_GRANULES.get(gran)
     if zero is None:
         zero = _ZERO_GRANULES[gran] = bytes(gran)
-    mv = memoryview(buf)
-    if mv[:n] == _ZERO_CHUNK[:n]:
+    # bytes-like == bytes is a memcmp; memoryview == memoryview compares element-wise
+    if (buf == _ZERO_CHUNK) if n == len(buf) == len(_ZERO_CHUNK) else \
+            (buf[:n] == _ZERO_CHUNK[:n]):
         return [(0, n, True)]
     # candidates: granules whose first and last bytes are zero (strided slices are C speed)
     full = n // gran
@@ -500,7 +501,7 @@ def _zero_runs(buf: bytearray, n: int, gran: int) -> list[tuple[int, int, bool]]
     zs = []
     i = firsts.find(0)
     while i >= 0:
-        if not lasts[i] and mv[i * gran:(i + 1) * gran] == zero:
+        if not lasts[i] and buf[i * gran:(i + 1) * gran] == zero:
             zs.append(i * gran)
         i = firsts.find(0, i + 1)
     runs: list[tuple[int, int, bool]] = []
@@ -536,40 +537,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
         if not a.n:
             registry.create_image(a.dst, out_fmt, size, opts)
         unsafe = (a.t or "unsafe") == "unsafe"     # qemu-img convert's default cache mode
-        dst = _open_output(a.dst, out_fmt, unsafe)
+        dst, writer = _open_output(a.dst, out_fmt, unsafe)
         try:
-            fresh = not a.n
-            buf = bytearray(CHUNK)
-            mv = memoryview(buf)
-            done = 0
-            if a.p:
-                _progress(0.0)
-            pos = 0
-            while pos < size:
-                n = min(CHUNK, size - pos)
-                status = chain_status(src, pos, n)
-                for e in status:
-                    if e.zero and not e.data:
-                        if not fresh:
-                            dst.write_zeroes(e.start, e.length)
-                        continue
-                    if unsafe:          # writes may still be in flight: fresh buffer
-                        buf = bytearray(CHUNK)
-                        mv = memoryview(buf)
-                    view = mv[:e.length]
-                    src.read(e.start, view)
-                    if a.c:
-                        _write_compressed(dst, e.start, buf, e.length)
-                    elif sparse and fresh:
-                        for s, ln, z in _zero_runs(buf, e.length, sparse):
-                            if not z:
-                                dst.write(e.start + s, view[s:s + ln])
-                    else:
-                        dst.write(e.start, view)
-                pos += n
-                done += n
-                if a.p:
-                    _progress(done * 100 / size)
+            _copy(a, src, dst, writer, size, sparse, fresh=not a.n)
             if not unsafe:
                 dst.flush()
         finally:
@@ -580,6 +550,50 @@ def cmd_convert(a: argparse.Namespace) -> int:
         _progress(100.0)
         sys.stdout.write("\n")
     return 0
+
+
+def _copy(a: argparse.Namespace, src: BlockDriver, dst: BlockDriver,
+          writer: "_AsyncWrites | None", size: int, sparse: int, fresh: bool) -> None:
+    """The convert loop: block status of the source in large windows, data in 2 MiB
+    chunks through a ring of buffers (a buffer is reused only once the writes that
+    still point into it have completed)."""
+    ring = [bytearray(CHUNK) for _ in range(8 if writer else 1)]
+    ring_seq = [0] * len(ring)
+    slot = 0
+    if a.p:
+        _progress(0.0)
+    window = 256 << 20
+    pos = 0
+    while pos < size:
+        wend = min(size, pos + window)
+        for e in chain_status(src, pos, wend - pos):
+            if e.zero and not e.data:
+                if not fresh:
+                    dst.write_zeroes(e.start, e.length)
+                continue
+            off, end = e.start, e.start + e.length
+            while off < end:
+                n = min(CHUNK, end - off)
+                buf = ring[slot]
+                if writer is not None:
+                    writer.wait_upto(ring_seq[slot])
+                view = memoryview(buf)[:n]
+                src.read(off, view)
+                if a.c:
+                    _write_compressed(dst, off, buf, n)
+                elif sparse and fresh:
+                    for s_, ln, z in _zero_runs(buf, n, sparse):
+                        if not z:
+                            dst.write(off + s_, view[s_:s_ + ln])
+                else:
+                    dst.write(off, view)
+                if writer is not None:
+                    ring_seq[slot] = writer.seq
+                slot = (slot + 1) % len(ring)
+                off += n
+        pos = wend
+        if a.p:
+            _progress(pos * 100 / size)
 
 
 def _write_compressed(dst: BlockDriver, start: int, buf: bytearray, n: int) -> None:
@@ -613,13 +627,19 @@ class _AsyncWrites(BlockDriver):
         self.path = getattr(node, "path", None)
         self.read_only = node.read_only
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="convert-write")
-        self._pending: list = []
+        self._pending: list = []          # (seq, future), oldest first
         self._len = node.length()
+        self.seq = 0
 
     def _drain(self) -> None:
         pend, self._pending = self._pending, []
-        for f in pend:
+        for _, f in pend:
             f.result()
+
+    def wait_upto(self, seq: int) -> None:
+        """Wait for every write submitted up to ``seq``."""
+        while self._pending and self._pending[0][0] <= seq:
+            self._pending.pop(0)[1].result()
 
     def read(self, offset: int, buf: memoryview) -> None:
         self._drain()
@@ -634,9 +654,10 @@ class _AsyncWrites(BlockDriver):
         if n < (256 << 10) or fua:
             self.node.writev(offset, bufs, fua)
             return
-        self._pending.append(self._pool.submit(self.node.writev, offset, list(bufs)))
+        self.seq += 1
+        self._pending.append((self.seq, self._pool.submit(self.node.writev, offset, list(bufs))))
         if len(self._pending) > 16:
-            self._pending.pop(0).result()
+            self._pending.pop(0)[1].result()
 
     def flush(self) -> None:
         self._drain()
@@ -674,18 +695,18 @@ class _AsyncWrites(BlockDriver):
             self.node.close()
 
 
-def _open_output(path: str, fmt: str, unsafe: bool) -> BlockDriver:
+def _open_output(path: str, fmt: str, unsafe: bool) -> "tuple[BlockDriver, _AsyncWrites | None]":
     """The convert target: with cache=unsafe, qcow2 over async writes over the file."""
     if not unsafe or fmt != "qcow2":
         node, _ = open_img(path, fmt, read_only=False,
                            extra={"cache.no-flush": True} if unsafe else None)
-        return node
+        return node, None
     from ..block.file import FileDriver
     from ..block.qcow2 import open as qcow2_open
     proto = _AsyncWrites(FileDriver(path))
     try:
         return qcow2_open(proto, read_only=False, options={"cache.no-flush": True,
-                                                            "filename": path})
+                                                            "filename": path}), proto
     except BaseException:
         proto.close()
         raise
