@@ -181,3 +181,20 @@ def test_shorter_backing_reads_zeros_past_its_end():
     drv.read(0, memoryview(buf))
     assert buf[:700] == b"\x55" * 700 and buf[700:710] == b"\x01" * 10
     assert buf[710:1000] == b"\x55" * 290
+
+
+def test_trace_events_tell_the_allocation_story():
+    from blockbed import trace
+    backing = MemoryDriver(b"\x55" * (1 << 20))
+    mem = MemoryDriver()
+    create_on_node(mem, 1 << 20, {"cluster_size": "4096"})
+    drv = Qcow2Driver(mem, options={"backing": backing})
+    with trace.Recorder(prefixes=("qcow2.",)) as rec:
+        drv.write(5000, b"\x01" * 100)            # COW head and tail from the backing file
+        drv.flush()
+    names = rec.names()
+    assert names[:3] == ["qcow2.write", "qcow2.l2_alloc", "qcow2.alloc"]
+    alloc = rec.events[2].fields
+    assert (alloc["guest_offset"], alloc["clusters"]) == (4096, 1)
+    assert (alloc["cow_head"], alloc["cow_tail"]) == (904, 4096 - 1004)
+    assert names[-1] == "qcow2.flush"

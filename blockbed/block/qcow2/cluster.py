@@ -14,6 +14,7 @@ from array import array
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from ... import trace
 from ..driver import BlockError
 from .cache import MetadataCache, dump_be_array, load_be_array
 from .header import MAX_L1_BYTES
@@ -136,6 +137,8 @@ class Mapping:
                                               "limit of 32 MiB")
             new_size = MAX_L1_BYTES // 8
         nbytes = -(-(new_size * 8) // self.cs) * self.cs
+        if trace.enabled:
+            trace.emit("qcow2.l1_grow", old_size=old_size, new_size=new_size)
         self.file.debug_event("l1_grow_alloc_table")
         new_off = drv.refcounts.alloc(nbytes // self.cs)
         drv.refcounts.cache.flush()

@@ -358,6 +358,8 @@ class Qcow2Driver(BlockDriver):
         n = len(buf)
         if offset < 0 or offset + n > self.header.size:
             check_request(self, offset, n)
+        if trace.enabled:
+            trace.emit("qcow2.read", offset=offset, length=n)
         if not isinstance(buf, memoryview):
             buf = memoryview(buf)
         if buf.format != "B" or buf.ndim != 1:
@@ -484,6 +486,8 @@ class Qcow2Driver(BlockDriver):
         if offset < 0 or offset + n > self.header.size:
             check_request(self, offset, n)
         self._check_writable()
+        if trace.enabled:
+            trace.emit("qcow2.write", offset=offset, length=n, fua=fua)
         mv = data if isinstance(data, memoryview) else memoryview(data)
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
@@ -613,6 +617,8 @@ class Qcow2Driver(BlockDriver):
             return mp.cache.get(old), old
         self.file.debug_event("l2_alloc")
         new_off = self.refcounts.alloc(1)
+        if trace.enabled:
+            trace.emit("qcow2.l2_alloc", l1_index=l1i, host_offset=new_off, copy_of=old)
         self.overlap.add(new_off, self.cluster_size, "l2")
         if old:
             self.file.debug_event("l2_alloc_cow_read")
@@ -645,6 +651,9 @@ class Qcow2Driver(BlockDriver):
         endg = (c0 + n) << cb
         head_len = rs - start
         tail_len = endg - (rs + len(piece))
+        if trace.enabled:
+            trace.emit("qcow2.alloc", guest_offset=start, host_offset=host, clusters=n,
+                       cow_head=head_len, cow_tail=tail_len)
         bufs: list[Buffer] = []
         if head_len:
             head = bytearray(head_len)
@@ -927,6 +936,9 @@ class Qcow2Driver(BlockDriver):
             self.file.flush()
             return
         mp, rc = self.mapping, self.refcounts
+        if trace.enabled:
+            trace.emit("qcow2.flush", dirty_l2=len(mp.cache.dirty),
+                       dirty_refblocks=len(rc.cache.dirty))
         if self.data_node is not None:
             self.data_node.flush()          # data before the L2 entries that expose it
         self.file.debug_event("flush_to_os")

@@ -19,6 +19,7 @@ import struct
 from array import array
 from typing import TYPE_CHECKING, Callable
 
+from ... import trace
 from ..driver import BlockError, CorruptImageError
 from .cache import MetadataCache, dump_be_array, load_be_array
 
@@ -253,6 +254,9 @@ class RefcountManager:
                 return
         off = b << self.cluster_bits
         self.drv.overlap.check_free(off, self.cs)
+        if trace.enabled:
+            trace.emit("qcow2.refblock_alloc", table_index=ti, host_offset=off,
+                       self_describing=bti == ti)
         blk = self.codec.new()
         if bti == ti:
             self.codec.set(blk, b & self.rb_mask, 1)      # self-describing block
@@ -309,6 +313,9 @@ class RefcountManager:
             raise BlockError(errno.EFBIG, "qcow2: refcount table would exceed QEMU's limit of 8 MiB")
         table_off = start << self.cluster_bits
         area = range(start, start + tc + nb)
+        if trace.enabled:
+            trace.emit("qcow2.reftable_grow", old_entries=old_n, new_clusters=tc,
+                       new_blocks=nb, host_offset=table_off)
         new_table = array("Q", self.table)
         new_table.extend(array("Q", bytes(8 * (tc * self.cs // 8 - old_n))))
         # refcount blocks for the uncovered ranges, right after the table
