@@ -355,3 +355,46 @@ def test_external_data_file(qemu_img, qemu_io, tmp_path, capsys, monkeypatch, ra
     assert chk.returncode == 0, chk.stdout + chk.stderr
     (b / "ref.raw").write_bytes(model)
     assert subprocess.run([qemu_img, "compare", str(b / "i.qcow2"), str(b / "ref.raw")]).returncode == 0
+
+
+def test_internal_snapshot_lifecycle(qemu_img, qemu_io, tmp_path, capsys):
+    """blockbed img snapshot -c/-l/-a/-d against qemu: qemu applies our snapshots, we
+    apply theirs, every step checks clean, and the data of each snapshot comes back."""
+    from blockbed.cli import main
+    img = str(tmp_path / "s.qcow2")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", img, "8M"],
+                   check=True)
+    io = lambda *c: subprocess.run([qemu_io, *sum((["-c", x] for x in c), []), img], check=True,
+                                   capture_output=True, text=True).stdout
+
+    def clean():
+        chk = subprocess.run([qemu_img, "check", img], capture_output=True, text=True)
+        assert chk.returncode == 0, chk.stdout + chk.stderr
+
+    io("write -P 1 0 8M")
+    assert main(["img", "snapshot", "-c", "one", img]) == 0          # ours
+    clean()
+    io("write -P 2 1M 2M")
+    subprocess.run([qemu_img, "snapshot", "-c", "two", img], check=True)   # theirs
+    node = registry.open_image(img, "qcow2")
+    node.write(0, b"\3" * 70000)
+    node.close()
+    clean()
+    capsys.readouterr()
+    assert main(["img", "snapshot", "-l", img]) == 0
+    ours = capsys.readouterr().out
+    theirs = subprocess.run([qemu_img, "snapshot", "-l", img], capture_output=True, text=True).stdout
+    assert ours == theirs
+    subprocess.run([qemu_img, "snapshot", "-a", "one", img], check=True)   # theirs applies ours
+    assert "Pattern verification failed" not in io("read -P 1 0 8M")
+    assert main(["img", "snapshot", "-a", "two", img]) == 0          # we apply theirs
+    clean()
+    out = io("read -P 1 0 1M", "read -P 2 1M 2M", "read -P 1 3M 5M")
+    assert "Pattern verification failed" not in out
+    assert main(["img", "snapshot", "-d", "one", img]) == 0
+    clean()
+    assert main(["img", "snapshot", "-d", "two", img]) == 0
+    clean()
+    assert subprocess.run([qemu_img, "snapshot", "-l", img], capture_output=True,
+                          text=True).stdout == ""
+    assert main(["img", "snapshot", "-a", "nope", img]) == 1

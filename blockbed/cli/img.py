@@ -782,6 +782,41 @@ def cmd_compare(a: argparse.Namespace) -> int:
         n2.close()
 
 
+# --- snapshot -------------------------------------------------------------------------------
+def cmd_snapshot(a: argparse.Namespace) -> int:
+    from ..block.qcow2 import snapshot as snap
+    fmt = a.f or _probe_format(a.filename)
+    if fmt != "qcow2":
+        return _fail(f"Format '{fmt}' does not support internal snapshots")
+    listing = not (a.c or a.a or a.d)
+    node, _ = open_img(a.filename, "qcow2", read_only=listing, force_share=a.U and listing,
+                       no_backing=True)
+    try:
+        if listing:
+            info = image_info(node, "qcow2", a.filename)
+            if info.get("snapshots"):
+                text = _human_info(info)
+                start = text.index("Snapshot list:")
+                end = text.find("\nFormat specific information:")
+                print(text[start:end if end >= 0 else None])
+            return 0
+        try:
+            if a.c:
+                snap.create_snapshot(node, a.c)
+            elif a.a:
+                snap.apply_snapshot(node, a.a)
+            else:
+                snap.delete_snapshot(node, a.d)
+        except BlockError as e:
+            verb = "create" if a.c else "apply" if a.a else "delete"
+            print(f"qemu-img: Could not {verb} snapshot '{a.c or a.a or a.d}': {e}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        node.close()
+
+
 # --- resize ---------------------------------------------------------------------------------
 def cmd_resize(a: argparse.Namespace) -> int:
     from ..block.qcow2.imagecreate import parse_size
@@ -808,7 +843,7 @@ def cmd_resize(a: argparse.Namespace) -> int:
 # --- wiring -----------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
-                                   "map, convert, compare, resize)")
+                                   "map, convert, compare, resize, snapshot)")
     s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
 
     c = s.add_parser("create", help="create an image")
@@ -872,6 +907,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("img1")
     q.add_argument("img2")
     q.set_defaults(func=_guard(cmd_compare, 2))
+
+    n = s.add_parser("snapshot", help="list, create, apply or delete internal snapshots")
+    g = n.add_mutually_exclusive_group()
+    g.add_argument("-l", action="store_true")
+    g.add_argument("-c", metavar="SNAPSHOT")
+    g.add_argument("-a", metavar="SNAPSHOT")
+    g.add_argument("-d", metavar="SNAPSHOT")
+    n.add_argument("-f")
+    n.add_argument("-q", action="store_true")
+    n.add_argument("-U", "--force-share", dest="U", action="store_true")
+    n.add_argument("filename")
+    n.set_defaults(func=_guard(cmd_snapshot))
 
     r = s.add_parser("resize", help="resize an image")
     r.add_argument("-f")

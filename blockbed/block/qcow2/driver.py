@@ -125,9 +125,11 @@ class Qcow2Driver(BlockDriver):
         self.mapping.load_l1()
         self.snapshots: list[Snapshot] = []
         snap_bytes = 0
+        self.snapshot_table_bytes = 0
         if h.nb_snapshots:
             self.snapshots, snap_bytes = read_snapshots(file, h.snapshots_offset, h.nb_snapshots,
                                                         cs, flen)
+            self.snapshot_table_bytes = snap_bytes
         self.bitmaps = self._read_bitmap_directory()
         self._build_overlap_map(snap_bytes)
         self.lazy_refcounts = bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS)

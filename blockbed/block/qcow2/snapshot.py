@@ -85,3 +85,228 @@ def read_snapshots(file: BlockDriver, offset: int, count: int, cluster_size: int
         out.append(Snapshot(h.l1_table_offset, h.l1_size, id_str, name, h.date_sec, h.date_nsec,
                             h.vm_clock_nsec, h.vm_state_size, disk_size, icount))
     return out, pos - offset
+
+
+# --- writing the table and changing snapshots (QEMU block/qcow2-snapshot.c) ---------------
+
+def encode_snapshots(snaps: list[Snapshot]) -> bytes:
+    """The snapshot table as QEMU 7.2 writes it (24 bytes of extra data per entry)."""
+    out = bytearray()
+    for s in snaps:
+        idb, nameb = s.id_str.encode(), s.name.encode()
+        extra = (s.vm_state_size.to_bytes(8, "big")
+                 + (s.disk_size or 0).to_bytes(8, "big")
+                 + ((s.icount if s.icount is not None else 0) & (2**64 - 1)).to_bytes(8, "big"))
+        out += SnapshotEntryHeader.build(dict(
+            l1_table_offset=s.l1_table_offset, l1_size=s.l1_size, id_str_size=len(idb),
+            name_size=len(nameb), date_sec=s.date_sec, date_nsec=s.date_nsec,
+            vm_clock_nsec=s.vm_clock_nsec, vm_state_size=min(s.vm_state_size, 2**32 - 1),
+            extra_data_size=len(extra)))
+        out += extra + idb + nameb
+        out += bytes(-len(out) % 8)
+    return bytes(out)
+
+
+def _tree_refcounts(drv, l1: "list[int] | object", delta: int) -> None:
+    """Add ``delta`` to the refcount of every L2 table and data cluster under ``l1``
+    (QEMU qcow2_update_snapshot_refcount without the flag update)."""
+    from .cluster import L1E_OFFSET_MASK, L2E_OFFSET_MASK, ClusterType
+    rc, cb = drv.refcounts, drv.cluster_bits
+    for e in l1:
+        l2off = e & L1E_OFFSET_MASK
+        if not l2off:
+            continue
+        if delta:
+            rc.update(l2off >> cb, 1, delta)
+        table = drv.mapping.cache.get(l2off)
+        for le in table:
+            t = drv._ctype(le)
+            if t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) and not drv.has_data_file:
+                if delta:
+                    rc.update((le & L2E_OFFSET_MASK) >> cb, 1, delta)
+            elif t == ClusterType.COMPRESSED and delta:
+                coff, csize = drv.mapping.compressed_range(le)
+                first, last = coff >> cb, (coff + csize - 1) >> cb
+                rc.update(first, last - first + 1, delta)
+
+
+def _fix_copied_flags(drv) -> bool:
+    """OFLAG_COPIED on the active tree set exactly where the refcount is 1."""
+    from .cluster import L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, ClusterType
+    mp, rc, cb = drv.mapping, drv.refcounts, drv.cluster_bits
+    l1_changed = False
+    for i, e in enumerate(mp.l1):
+        l2off = e & L1E_OFFSET_MASK
+        if not l2off:
+            continue
+        want = rc.get(l2off >> cb) == 1
+        if bool(e & OFLAG_COPIED) != want:
+            mp.l1[i] = (e | OFLAG_COPIED) if want else (e & ~OFLAG_COPIED)
+            l1_changed = True
+        table = mp.cache.get(l2off)
+        dirty = False
+        for j, le in enumerate(table):
+            t = drv._ctype(le)
+            if t not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) or drv.has_data_file:
+                continue
+            w = rc.get((le & L2E_OFFSET_MASK) >> cb) == 1
+            if bool(le & OFLAG_COPIED) != w:
+                table[j] = (le | OFLAG_COPIED) if w else (le & ~OFLAG_COPIED)
+                dirty = True
+        if dirty:
+            mp.cache.mark_dirty(l2off)
+    return l1_changed
+
+
+def _write_l1_whole(drv) -> None:
+    from .cache import dump_be_array
+    mp = drv.mapping
+    raw = dump_be_array(mp.l1)
+    drv.overlap.check(drv.header.l1_table_offset, len(raw), "l1")
+    drv.file.debug_event("l1_update")
+    drv.file.write(drv.header.l1_table_offset, raw)
+    drv.file.flush()
+
+
+def _write_table(drv, snaps: list[Snapshot]) -> None:
+    """Write a new snapshot table, switch the header to it, free the old one."""
+    import struct
+    h, cs = drv.header, drv.cluster_size
+    raw = encode_snapshots(snaps)
+    new_off = 0
+    if raw:
+        n = -(-len(raw) // cs)
+        new_off = drv.refcounts.alloc(n)
+        drv.refcounts.cache.flush()
+        drv.overlap.add(new_off, len(raw), "snapshot_table")
+        drv.file.write(new_off, raw)
+        drv.file.flush()
+    old_off, old_len = h.snapshots_offset, drv.snapshot_table_bytes
+    drv.file.write(60, struct.pack(">IQ", len(snaps), new_off))
+    drv.file.flush()
+    h.nb_snapshots, h.snapshots_offset = len(snaps), new_off
+    drv.snapshots = snaps
+    drv.snapshot_table_bytes = len(raw)
+    if old_len:
+        drv.overlap.remove(old_off, old_len)
+        drv.refcounts.free(old_off, -(-old_len // cs))
+
+
+def create_snapshot(drv, name: str) -> Snapshot:
+    """Internal snapshot of the active image (qemu-img snapshot -c)."""
+    import time
+    from .cache import dump_be_array
+    drv._check_writable()
+    drv.flush()
+    cs = drv.cluster_size
+    mp = drv.mapping
+    ids = [int(s.id_str) for s in drv.snapshots if s.id_str.isdigit()]
+    new_id = str(max(ids, default=0) + 1)
+    # 1. refcounts +1 for everything the snapshot will reference (leaks if we crash)
+    _tree_refcounts(drv, mp.l1, +1)
+    drv.refcounts.cache.flush()
+    # 2. the active tree is shared now: clear OFLAG_COPIED where refcounts became 2
+    _fix_copied_flags(drv)
+    drv.mapping.cache.flush()
+    _write_l1_whole(drv)
+    # 3. the snapshot's own L1 copy
+    l1_bytes = len(mp.l1) * 8
+    l1_off = 0
+    if l1_bytes:
+        l1_off = drv.refcounts.alloc(-(-l1_bytes // cs))
+        drv.refcounts.cache.flush()
+        drv.overlap.add(l1_off, l1_bytes, "inactive_l1")
+        drv.file.write(l1_off, dump_be_array(mp.l1))
+        drv.file.flush()
+    now = time.time_ns()
+    snap = Snapshot(l1_off, len(mp.l1), new_id, name, now // 1_000_000_000,
+                    now % 1_000_000_000, 0, 0, drv.header.size, 0)
+    # 4. the table, then the header switch (the snapshot exists from here on)
+    _write_table(drv, drv.snapshots + [snap])
+    drv.overlap.kinds.clear()
+    drv._build_overlap_map(drv.snapshot_table_bytes)
+    drv.flush()
+    return snap
+
+
+def find_snapshot(drv, ident: str) -> Snapshot:
+    for s in drv.snapshots:
+        if s.id_str == ident:
+            return s
+    for s in drv.snapshots:
+        if s.name == ident:
+            return s
+    raise ImageFormatError(f"Can't find the snapshot '{ident}'")
+
+
+def _read_l1(drv, snap: Snapshot) -> "object":
+    from array import array
+    from .cache import load_be_array
+    if not snap.l1_size:
+        return array("Q")
+    raw = bytearray(snap.l1_size * 8)
+    drv.file.read(snap.l1_table_offset, memoryview(raw))
+    return load_be_array("Q", raw)
+
+
+def apply_snapshot(drv, ident: str) -> None:
+    """Revert the active image to a snapshot (qemu-img snapshot -a)."""
+    from array import array
+    snap = find_snapshot(drv, ident)
+    drv._check_writable()
+    drv.flush()
+    mp = drv.mapping
+    sl1 = _read_l1(drv, snap)
+    if len(sl1) > len(mp.l1):
+        mp.grow_l1(len(sl1), exact=True)
+    old_l1 = array("Q", mp.l1)
+    _tree_refcounts(drv, sl1, +1)
+    drv.refcounts.cache.flush()
+    new = array("Q", sl1)
+    new.extend(array("Q", bytes(8 * (len(mp.l1) - len(sl1)))))
+    mp.l1 = new
+    _write_l1_whole(drv)
+    # the old tree is unreachable now (L1 switched durably): drop its references, make
+    # them durable, then set OFLAG_COPIED where refcounts fell to 1
+    _tree_refcounts(drv, old_l1, -1)
+    drv.refcounts.cache.flush()
+    _after_refcount_drop(drv)
+    if snap.disk_size and snap.disk_size != drv.header.size:
+        import struct
+        drv.file.write(24, struct.pack(">Q", snap.disk_size))
+        drv.file.flush()
+        drv.header.size = snap.disk_size
+    drv.flush()
+
+
+def _after_refcount_drop(drv) -> None:
+    """Forget freed L2 tables, fix OFLAG_COPIED on the active tree, rebuild the
+    metadata map (tables moved between "active" and "inactive")."""
+    mp = drv.mapping
+    for off in list(mp.cache.tables):
+        if drv.refcounts.get(off >> drv.cluster_bits) == 0:
+            mp.cache.forget(off)
+    if _fix_copied_flags(drv):
+        pass
+    mp.cache.flush()
+    _write_l1_whole(drv)
+    drv.overlap.kinds.clear()
+    drv._build_overlap_map(drv.snapshot_table_bytes)
+
+
+def delete_snapshot(drv, ident: str) -> None:
+    """Delete a snapshot (qemu-img snapshot -d)."""
+    snap = find_snapshot(drv, ident)
+    drv._check_writable()
+    drv.flush()
+    rest = [s for s in drv.snapshots if s is not snap]
+    # the table without it first: from then on nothing references its tree
+    _write_table(drv, rest)
+    sl1 = _read_l1(drv, snap)
+    _tree_refcounts(drv, sl1, -1)
+    if snap.l1_size:
+        nbytes = snap.l1_size * 8
+        drv.refcounts.free(snap.l1_table_offset, -(-nbytes // drv.cluster_size), discard=False)
+    drv.refcounts.cache.flush()
+    _after_refcount_drop(drv)
+    drv.flush()
