@@ -208,3 +208,69 @@ def test_debug_events_precede_metadata_writes():
     for name in ("cluster_alloc", "l2_alloc", "l2_update", "l1_update", "refblock_update",
                  "write_aio", "flush_to_disk"):
         assert name in rec.events, name
+
+
+def test_snapshot_operations_are_crash_safe():
+    """Crash anywhere during snapshot create/apply/delete: never a corruption."""
+    from blockbed.block.qcow2 import snapshot as snap
+    mem = MemoryDriver()
+    create_on_node(mem, 2 << 20, {"cluster_size": "4096"})
+    initial = bytes(mem.buf)
+    rec = RecordingMemory(initial)
+    drv = Qcow2Driver(rec)
+    rnd = random.Random(8)
+    for step in range(6):
+        for _ in range(5):
+            off = rnd.randrange(0, (2 << 20) - 70000)
+            drv.write(off, bytes([step + 1]) * rnd.choice([512, 4096, 65536]))
+        if step == 1:
+            snap.create_snapshot(drv, "a")
+        elif step == 3:
+            snap.create_snapshot(drv, "b")
+            snap.apply_snapshot(drv, "a")
+        elif step == 4:
+            snap.delete_snapshot(drv, "a")
+        drv.flush()
+    drv.close()
+    rnd2 = random.Random(2)
+    states = corrupt = harmless = 0
+    for state, _ in _crash_states(initial, rec.log, rnd2, per_window=2):
+        states += 1
+        res = check_image(Qcow2Driver(MemoryDriver(state), read_only=True))
+        bad = [m for m in res.messages if m.startswith("ERROR") and not _harmless(m)]
+        harmless += any(_harmless(m) for m in res.messages)
+        corrupt += bool(bad or res.check_errors)
+    assert states > 50
+    assert corrupt == 0
+    assert harmless > 0        # the window exists, and is of the safe kind
+
+
+def _harmless(msg: str) -> bool:
+    """OFLAG_COPIED clear on a cluster whose refcount is 1: qemu-img check calls it an
+    error, but it only causes an extra copy-on-write.  Changing a snapshot cannot avoid
+    every such window (flags and refcounts live in different clusters); blockbed
+    chooses the order that leaves only this kind."""
+    if not msg.startswith("ERROR OFLAG_COPIED") or not msg.endswith("refcount=1"):
+        return False
+    entry = int(msg.split("_entry=")[1].split()[0], 16)
+    return not entry & (1 << 63)
+
+
+def test_free_then_allocate_keeps_refcounts_ahead_of_l2():
+    """Regression: a discard (refcounts depend on L2) followed by an allocating write
+    (L2 depends on refcounts) must not write the new L2 entry before its refcount."""
+    mem = MemoryDriver()
+    create_on_node(mem, 1 << 20, {"cluster_size": "4096"})
+    initial = bytes(mem.buf)
+    rec = RecordingMemory(initial)
+    drv = Qcow2Driver(rec)
+    drv.write(0, b"\1" * 16384)
+    drv.flush()
+    for i in range(4):
+        drv.discard(i * 8192, 4096)
+        drv.write(200_000 + i * 40_000, b"\2" * 12288)
+    drv.flush()
+    drv.close()
+    for state, _ in _crash_states(initial, rec.log, random.Random(1), per_window=4):
+        res = check_image(Qcow2Driver(MemoryDriver(state), read_only=True))
+        assert res.corruptions == 0, res.messages[:3]

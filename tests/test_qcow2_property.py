@@ -29,6 +29,8 @@ op = st.one_of(
     st.tuples(st.just("flush"), st.just(0), st.just(0), st.just(0)),
     st.tuples(st.just("reopen"), st.just(0), st.just(0), st.just(0)),
     st.tuples(st.just("compressed"), st.integers(0, SIZE - 1), st.just(0), st.integers(0, 255)),
+    st.tuples(st.sampled_from(["snap-create", "snap-apply", "snap-delete"]), st.integers(0, 2),
+              st.just(0), st.just(0)),
 )
 
 
@@ -45,7 +47,21 @@ def _run(cluster: int, compat: str, with_backing: bool, ops, tiny_cache: bool = 
     if tiny_cache:     # constant eviction: dirty tables are written back through dependencies
         opts.update({"l2-cache-size": 2 * cluster, "refcount-cache-size": 2 * cluster})
     drv = Qcow2Driver(mem, options=opts)
+    snaps: dict[str, bytearray] = {}
+    from blockbed.block.qcow2 import snapshot as snapmod
     for kind, off, ln, arg in ops:
+        if kind.startswith("snap-"):
+            name = f"s{off}"
+            if kind == "snap-create" and name not in snaps:
+                snapmod.create_snapshot(drv, name)
+                snaps[name] = bytearray(model)
+            elif kind == "snap-apply" and name in snaps:
+                snapmod.apply_snapshot(drv, name)
+                model = bytearray(snaps[name])
+            elif kind == "snap-delete" and name in snaps:
+                snapmod.delete_snapshot(drv, name)
+                del snaps[name]
+            continue
         size = len(model)
         off = off % size
         ln = min(ln, size - off)
@@ -69,6 +85,8 @@ def _run(cluster: int, compat: str, with_backing: bool, ops, tiny_cache: bool = 
             drv.read(off, memoryview(buf))
             assert buf == model[off:off + ln]
         elif kind == "resize":
+            if snaps:
+                continue            # QEMU refuses to resize images with snapshots too
             grow = off * 512 * 7
             drv.truncate(size + grow)
             model.extend(bytes(grow))

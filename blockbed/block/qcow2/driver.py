@@ -600,11 +600,11 @@ class Qcow2Driver(BlockDriver):
         self.file.debug_event("write_compressed")
         self.file.write(coff, comp)
         nb = ((coff + len(comp) - 1) >> 9) - (coff >> 9)
+        if not self.lazy_refcounts and not self.unsafe_order:
+            mp.cache.set_dependency(self.refcounts.cache)
         if l2off not in mp.cache.tables:
             table = mp.cache.get(l2off)
         table[idx] = OFLAG_COMPRESSED | (nb << mp.csize_shift) | coff
-        if not self.lazy_refcounts and not self.unsafe_order:
-            mp.cache.set_dependency(self.refcounts.cache)
         self.file.debug_event("l2_update_compressed")
         mp.cache.mark_dirty(l2off)
 
@@ -622,14 +622,14 @@ class Qcow2Driver(BlockDriver):
         if trace.enabled:
             trace.emit("qcow2.l2_alloc", l1_index=l1i, host_offset=new_off, copy_of=old)
         self.overlap.add(new_off, self.cluster_size, "l2")
+        if not self.lazy_refcounts and not self.unsafe_order:
+            mp.cache.set_dependency(self.refcounts.cache)
         if old:
             self.file.debug_event("l2_alloc_cow_read")
             table = array("Q", mp.cache.get(old))
         else:
             table = array("Q", bytes(self.cluster_size))
         mp.cache.put_new(new_off, table)
-        if not self.lazy_refcounts and not self.unsafe_order:
-            mp.cache.set_dependency(self.refcounts.cache)
         self.file.debug_event("l2_alloc_write")
         mp.cache.flush()
         mp.l1[l1i] = new_off | OFLAG_COPIED
@@ -677,12 +677,14 @@ class Qcow2Driver(BlockDriver):
             self.mapping.cache.depends_on_flush()
         # the table may have been evicted while we read COW data: reinstall it
         mp = self.mapping
+        # the dependency first: setting it may write L2 tables out (to break a cycle),
+        # which must not carry the new entries yet (QEMU sets it before the update too)
+        if not self.lazy_refcounts and not self.unsafe_order:
+            mp.cache.set_dependency(self.refcounts.cache)
         if l2off not in mp.cache.tables:
             table = mp.cache.get(l2off)
         for i in range(n):
             table[(c0 + i) & l2_mask] = (host + (i << cb)) | OFLAG_COPIED
-        if not self.lazy_refcounts and not self.unsafe_order:
-            mp.cache.set_dependency(self.refcounts.cache)
         self.file.debug_event("l2_update")
         mp.cache.mark_dirty(l2off)
         self._release_entries(old_entries)

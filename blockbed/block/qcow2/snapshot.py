@@ -2,8 +2,11 @@
 
 blockbed reads the table so that ``check`` counts the references of snapshot
 L1/L2 tables, ``info`` lists snapshots, and writes copy-on-write clusters the
-snapshots share (clusters without OFLAG_COPIED).  Creating or applying
-internal snapshots is not implemented.
+snapshots share (clusters without OFLAG_COPIED).  :func:`create_snapshot`,
+:func:`apply_snapshot` and :func:`delete_snapshot` change snapshots in a
+crash-safe order: refcounts go up (durably) before anything new references
+them and come down only after the old references are unreachable, so a crash
+leaves at most leaks.  VM state is not saved (vm_state_size 0).
 """
 
 from __future__ import annotations
@@ -158,6 +161,25 @@ def _fix_copied_flags(drv) -> bool:
     return l1_changed
 
 
+def _clear_copied_flags(drv) -> None:
+    from .cluster import L1E_OFFSET_MASK, OFLAG_COPIED, ClusterType
+    mp = drv.mapping
+    for i, e in enumerate(mp.l1):
+        l2off = e & L1E_OFFSET_MASK
+        if not l2off:
+            continue
+        mp.l1[i] = e & ~OFLAG_COPIED
+        table = mp.cache.get(l2off)
+        dirty = False
+        for j, le in enumerate(table):
+            if le & OFLAG_COPIED and drv._ctype(le) in (ClusterType.NORMAL,
+                                                         ClusterType.ZERO_ALLOC):
+                table[j] = le & ~OFLAG_COPIED
+                dirty = True
+        if dirty:
+            mp.cache.mark_dirty(l2off)
+
+
 def _write_l1_whole(drv) -> None:
     from .cache import dump_be_array
     mp = drv.mapping
@@ -202,13 +224,16 @@ def create_snapshot(drv, name: str) -> Snapshot:
     mp = drv.mapping
     ids = [int(s.id_str) for s in drv.snapshots if s.id_str.isdigit()]
     new_id = str(max(ids, default=0) + 1)
-    # 1. refcounts +1 for everything the snapshot will reference (leaks if we crash)
-    _tree_refcounts(drv, mp.l1, +1)
-    drv.refcounts.cache.flush()
-    # 2. the active tree is shared now: clear OFLAG_COPIED where refcounts became 2
-    _fix_copied_flags(drv)
+    # 1. the active tree is about to be shared: clear OFLAG_COPIED first.  A crash
+    #    after this leaves COPIED clear on clusters with refcount 1, which only costs
+    #    an unneeded copy-on-write (the reverse order could let a write land in place
+    #    on a cluster the snapshot shares).
+    _clear_copied_flags(drv)
     drv.mapping.cache.flush()
     _write_l1_whole(drv)
+    # 2. refcounts +1 for everything the snapshot will reference (leaks if we crash)
+    _tree_refcounts(drv, mp.l1, +1)
+    drv.refcounts.cache.flush()
     # 3. the snapshot's own L1 copy
     l1_bytes = len(mp.l1) * 8
     l1_off = 0
