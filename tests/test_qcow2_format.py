@@ -198,3 +198,10 @@ def test_trace_events_tell_the_allocation_story():
     assert (alloc["guest_offset"], alloc["clusters"]) == (4096, 1)
     assert (alloc["cow_head"], alloc["cow_tail"]) == (904, 4096 - 1004)
     assert names[-1] == "qcow2.flush"
+
+
+def test_unknown_open_option_is_refused():
+    mem = MemoryDriver()
+    create_on_node(mem, 1 << 20, {})
+    with pytest.raises(BlockError, match="unknown option 'l2-cache-sise'"):
+        Qcow2Driver(mem, options={"l2-cache-sise": 65536})

@@ -41,6 +41,11 @@ DEFAULT_L2_CACHE_MAX = 32 << 20      # QEMU DEFAULT_L2_CACHE_MAX_SIZE
 _ZEROS = memoryview(bytes(1 << 21))
 MAX_BACKING_DEPTH = 64
 
+_OPTIONS = frozenset({
+    "l2-cache-size", "refcount-cache-size", "backing", "data-file", "pass-discard-request",
+    "x-unsafe-l2-before-refcount", "filename", "x-check", "cache.no-flush",
+})
+
 # realpaths of images being opened right now, to refuse backing loops
 _opening: list[str] = []
 
@@ -76,6 +81,10 @@ class Qcow2Driver(BlockDriver):
                  opener: Callable[..., BlockDriver] | None = None,
                  filename: str | None = None):
         opts = dict(options or {})
+        unknown = sorted(set(opts) - _OPTIONS)
+        if unknown:
+            raise BlockError(errno.EINVAL, f"qcow2: unknown option '{unknown[0]}'; allowed: "
+                                           f"{', '.join(sorted(_OPTIONS))}")
         if opts.get("cache.no-flush"):
             file = _NoFlush(file)        # cache=unsafe: flushes never reach the host
         self.file = file
