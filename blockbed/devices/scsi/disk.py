@@ -353,27 +353,19 @@ class ScsiDisk:
         return True
 
     def _read(self, req: ScsiRequest, cdb: bytes) -> None:
-        rw = rw_fields(cdb)
-        if rw.protect:
-            req.check(INVALID_FIELD)
-            return
-        if not self._check_range(req, rw):
-            return
-        if rw.count == 0:
-            req.good()
-            return
-        req._rw = rw
-        req._medium = "read"
-        req.direction = Direction.IN
-        req.length = rw.count * BLOCK_SIZE
+        self._start_transfer(req, cdb, "read", Direction.IN)
 
     def _write(self, req: ScsiRequest, cdb: bytes) -> None:
+        if self.backend.read_only and not rw_fields(cdb).protect:
+            req.check(WRITE_PROTECTED)
+            return
+        self._start_transfer(req, cdb, "write", Direction.OUT)
+
+    def _start_transfer(self, req: ScsiRequest, cdb: bytes, medium: str, direction: Direction) -> None:
+        """READ/WRITE (6/10/12/16): validate the CDB, then set up the data phase."""
         rw = rw_fields(cdb)
         if rw.protect:
             req.check(INVALID_FIELD)
-            return
-        if self.backend.read_only:
-            req.check(WRITE_PROTECTED)
             return
         if not self._check_range(req, rw):
             return
@@ -381,8 +373,8 @@ class ScsiDisk:
             req.good()
             return
         req._rw = rw
-        req._medium = "write"
-        req.direction = Direction.OUT
+        req._medium = medium
+        req.direction = direction
         req.length = rw.count * BLOCK_SIZE
 
     def _verify(self, req: ScsiRequest, cdb: bytes) -> None:
