@@ -635,6 +635,9 @@ class _AsyncWrites(BlockDriver):
         pend, self._pending = self._pending, []
         for _, f in pend:
             f.result()
+        if pend and hasattr(self.node, "refresh_length"):
+            # concurrent writes may have raced on the file node's cached size
+            self.node.refresh_length()
 
     def wait_upto(self, seq: int) -> None:
         """Wait for every write submitted up to ``seq``."""
