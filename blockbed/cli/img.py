@@ -614,14 +614,16 @@ def _write_compressed(dst: BlockDriver, start: int, buf: bytearray, n: int) -> N
 
 
 class _AsyncWrites(BlockDriver):
-    """Under the output format during ``convert`` with cache=unsafe: large data
-    writes run on a small thread pool (``pwritev`` releases the GIL), so the
-    kernel copies overlap with reading and scanning the next chunk.  Everything
-    else (reads, metadata writes after a drain, flush, close) stays ordered."""
+    """Under the output format during ``convert`` with cache=unsafe: writes run on
+    one worker thread (``pwritev`` releases the GIL), so the kernel copies overlap
+    with reading and scanning the next chunk.  Writes stay in submission order;
+    reads, flush and close wait for them.  Callers must not modify a buffer after
+    passing it (the qcow2 driver writes fresh bytes; convert's data buffers are
+    tracked with :meth:`wait_upto`)."""
 
     driver_name = "async-writes"
 
-    def __init__(self, node: BlockDriver, workers: int = 2):
+    def __init__(self, node: BlockDriver, workers: int = 1):
         from concurrent.futures import ThreadPoolExecutor
         self.node = node
         self.path = getattr(node, "path", None)
@@ -652,14 +654,17 @@ class _AsyncWrites(BlockDriver):
         self.writev(offset, [data], fua)
 
     def writev(self, offset: int, bufs, fua: bool = False) -> None:
+        # every write goes through the one worker, so writes to overlapping ranges keep
+        # their order (a cluster's COW write and a later in-place write to it)
         n = sum(len(b) for b in bufs)
         self._len = max(self._len, offset + n)
-        if n < (256 << 10) or fua:
+        if fua:
+            self._drain()
             self.node.writev(offset, bufs, fua)
             return
         self.seq += 1
         self._pending.append((self.seq, self._pool.submit(self.node.writev, offset, list(bufs))))
-        if len(self._pending) > 16:
+        if len(self._pending) > 64:
             self._pending.pop(0)[1].result()
 
     def flush(self) -> None:
