@@ -205,3 +205,46 @@ def test_unknown_open_option_is_refused():
     create_on_node(mem, 1 << 20, {})
     with pytest.raises(BlockError, match="unknown option 'l2-cache-sise'"):
         Qcow2Driver(mem, options={"l2-cache-sise": 65536})
+
+
+def test_write_paths_by_l2_entry():
+    """In-place overwrite, free-space reuse, zero flags with and without unmap, v2 zeros."""
+    from blockbed import trace
+    from blockbed.block.qcow2.cluster import L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO
+    mem = MemoryDriver()
+    create_on_node(mem, 4 << 20, {"cluster_size": "4096"})
+    drv = Qcow2Driver(mem)
+    drv.write(0, b"\1" * 8192)
+    e0 = drv.l2_entry(0)
+    assert e0 & OFLAG_COPIED and e0 & L2E_OFFSET_MASK
+    with trace.Recorder(prefixes=("qcow2.alloc",)) as rec:
+        drv.write(100, b"\2" * 50)                            # OFLAG_COPIED: in place
+    assert rec.events == [] and drv.l2_entry(0) == e0
+    host1 = drv.l2_entry(4096) & L2E_OFFSET_MASK
+    drv.discard(4096, 4096)                                   # v3: zero flag, cluster freed
+    assert drv.l2_entry(4096) == OFLAG_ZERO
+    assert drv.refcounts.get(host1 >> 12) == 0
+    drv.write(1 << 20, b"\3" * 4096)                          # the freed cluster is reused
+    assert drv.l2_entry(1 << 20) & L2E_OFFSET_MASK == host1
+    drv.write_zeroes(1 << 20, 4096, may_unmap=False)          # zero flag, allocation kept
+    assert drv.l2_entry(1 << 20) == host1 | OFLAG_COPIED | OFLAG_ZERO
+    drv.write_zeroes(0, 4096, may_unmap=True)                 # zero flag, cluster freed
+    assert drv.l2_entry(0) == OFLAG_ZERO
+    assert drv.refcounts.get((e0 & L2E_OFFSET_MASK) >> 12) == 0
+    buf = bytearray(4096)
+    drv.read(1 << 20, memoryview(buf))
+    assert buf == bytes(4096)
+    drv.close()
+
+    v2 = MemoryDriver()
+    create_on_node(v2, 4 << 20, {"cluster_size": "4096", "compat": "0.10"})
+    d2 = Qcow2Driver(v2)
+    d2.write(0, b"\1" * 4096)
+    d2.write_zeroes(0, 4096, may_unmap=True)                  # v2: zeros written as data
+    e = d2.l2_entry(0)
+    assert not e & OFLAG_ZERO and e & L2E_OFFSET_MASK
+    d2.write_zeroes(1 << 20, 8192)                            # already zero: nothing allocated
+    assert d2.l2_entry(1 << 20) == 0
+    d2.read(0, memoryview(buf))
+    assert buf == bytes(4096)
+    d2.close()
