@@ -125,6 +125,7 @@ def _exercise(img: Path) -> str:
             return f"read: {e}"
         try:
             node.write(0, b"\x33" * 70_000)
+            node.write(1 << 20, b"\x55" * 512)              # a one-cluster allocation
             node.write(2 << 20, b"\x44" * 300_000)
             node.flush()
         except BlockError as e:
@@ -146,6 +147,10 @@ METADATA_DAMAGE = {
     "refblock-past-eof": lambda p: _put(p, _get(p, 48), ">Q", 1 << 45),
     "refblock-is-reftable": lambda p: _put(p, _get(p, 48), ">Q", _get(p, 48)),
     "refblock-is-header": lambda p: _put(p, _get(p, 48), ">Q", 0),
+    # refcount loop: the refcount block says its own cluster is free
+    "refblock-own-refcount-zero": lambda p: _put(p, _get(p, _get(p, 48)) + 2 * 2, ">H", 0),
+    # the L1 table and the refcount table share a cluster
+    "l1-on-reftable": lambda p: (_put(p, 40, ">Q", _get(p, 48))),
     "l2-entry-far-past-eof": lambda p: _put(p, _l2(p), ">Q", (1 << 55) | (1 << 63)),
     "compressed-garbage": lambda p: _put(p, _l2(p), ">Q", (1 << 62) | (3 << 54) | 0x50000),
 }
@@ -159,7 +164,8 @@ def test_damaged_metadata_is_handled(tmp_path, name):
     t0 = time.monotonic()
     err = _exercise(img)
     assert time.monotonic() - t0 < 10
-    if name in ("l2-entry-on-l1", "l2-entry-unaligned", "l1-entry-unaligned"):
+    if name in ("l2-entry-on-l1", "l2-entry-unaligned", "l1-entry-unaligned",
+                "refblock-own-refcount-zero", "l1-on-reftable"):
         assert "corrupt" in err.lower(), err
         # the corrupt bit is now set: a read-write open is refused with a clear message
         if Path(img).read_bytes()[79] & 2:
