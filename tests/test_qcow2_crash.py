@@ -71,6 +71,8 @@ def _workload(drv: Qcow2Driver, seed: int, marks: list, rec: RecordingMemory,
         off = rnd.randrange(0, size - 70000)
         ln = rnd.choice(sizes)
         cs = drv.cluster_size
+        if 0.7 <= r < 0.85 and rnd.random() < 0.5:
+            off, ln = off // cs * cs, max(ln, cs) // cs * cs          # whole clusters
         if r < 0.85:
             # the range this op may change (discards act on whole clusters)
             lo, hi = (off, off + ln) if r < 0.7 else (off // cs * cs, -(-(off + ln) // cs) * cs)
