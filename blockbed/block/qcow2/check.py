@@ -300,11 +300,14 @@ def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bo
     n = max(ck.nb, ck.refs.n)
     refs_list.extend([0] * (n - len(refs_list)))
     stored.extend([0] * (n - len(stored)))
+    # QEMU: the highest cluster with a stored refcount or a reference
     highest = -1
     for base in range(((n - 1) // 4096) * 4096 if n else 0, -1, -4096):
         chunk = refs_list[base:base + 4096]
-        if any(chunk):
-            highest = base + max(j for j, v in enumerate(chunk) if v)
+        schunk = stored[base:min(base + 4096, ck.nb)] if base < ck.nb else []
+        schunk = schunk + [0] * (len(chunk) - len(schunk))
+        if any(chunk) or any(schunk):
+            highest = base + max(j for j in range(len(chunk)) if chunk[j] or schunk[j])
             break
     rebuild = False
     rc = drv.refcounts
