@@ -6,7 +6,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all venv guests demo test test-all bench crash-long fuzz clean
+.PHONY: all venv guests demo test test-all bench crash-long clean
 
 all: test
 
@@ -32,6 +32,10 @@ test: $(STAMP) guests
 # Everything, including the slow sweeps.
 test-all: $(STAMP) guests
 	$(VPY) -m pytest -q tests
+
+# The large crash-consistency sweep (about 25 minutes on two cores).
+crash-long: $(STAMP) guests
+	$(VPY) -m pytest -q -m slow tests/test_crash_long.py
 
 bench: $(STAMP) guests
 	@for b in benchmarks/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
