@@ -3,6 +3,9 @@
 1. ``hello`` boots and lists the PCI functions it finds.
 2. ``disktest`` runs on virtio-blk over a qcow2 image once per QEMU cache
    mode, with a table of what reached the host (:mod:`.demo_virtio`).
+3. The crash-consistency conformance table: flushtest on every controller
+   under every cache mode, power cut at every moment that matters, each
+   durable write checked (:func:`blockbed.block.crash.demo.conformance_table`).
 
 Exit status 0 when every part passed.
 """
@@ -46,4 +49,9 @@ def main(args: argparse.Namespace) -> int:
     print()
     from .demo_virtio import run_virtio_table
     status = status or run_virtio_table(guest_dir(args.guests))
+    print()
+    from ..block.crash.demo import conformance_table
+    rows = conformance_table()
+    if any(r.result in ("FAIL", "ERROR") for r in rows):
+        status = status or 1
     return status
