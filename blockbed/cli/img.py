@@ -55,16 +55,17 @@ def qemu_json(obj: Any, indent: int = 0) -> str:
 
 
 def size_to_str(n: int) -> str:
-    """QEMU's size_to_str: three significant digits and a binary unit."""
-    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-    i = 0
-    v = float(n)
-    while v >= 1024 * 0.95 and i < len(units) - 1 and n >= 1024 ** (i + 1) * 0.95:
-        v /= 1024
-        i += 1
-    if i == 0:
-        return f"{n} B"
-    return f"{v:0.3g} {units[i]}"
+    """QEMU's size_to_str (util/cutils.c): switch unit once the value reaches 1000."""
+    import math
+    suffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+    _, e = math.frexp(n / (1000.0 / 1024.0))
+    i = max(0, min((e - 1) // 10, len(suffixes) - 1))
+    return f"{_g3(n / (1 << (i * 10)))} {suffixes[i]}B"
+
+
+def _g3(v: float) -> str:
+    """C's %0.3g."""
+    return f"{v:0.3g}"
 
 
 # --- opening ------------------------------------------------------------------------------

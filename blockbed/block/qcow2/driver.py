@@ -911,7 +911,8 @@ class Qcow2Driver(BlockDriver):
             if real is not None:
                 threshold = max(real * 10 // 9, real + 2)
                 stored, _ = _Checker(self, CheckResult()).stored()
-                result = sum(1 for v in stored if v) > threshold
+                end = -(-self.file.length() // self.cluster_size)
+                result = sum(1 for v in stored[:end] if v) >= threshold
         self._prealloc_detected = result
         return result
 
