@@ -67,9 +67,7 @@ def _guest_lines(rep) -> str:
 @pytest.mark.parametrize("iface", CONTROLLERS)
 def test_matrix(tmp_path, qemu_img, flushtest_elf, iface, cache, fmt):
     rep = _run(tmp_path, qemu_img, iface, cache, fmt)
-    known = _known_guest_issue(iface, rep)
-    if not known:
-        assert rep.guest_exit == 0 and rep.guest_complete, _guest_lines(rep)
+    assert rep.guest_exit == 0 and rep.guest_complete, _guest_lines(rep)
     assert rep.guest_promises >= 40 and rep.durable >= 40, "the sweep must hold real promises"
     assert rep.sweep.states_checked >= 100 and rep.sweep.bytes_verified > 0
     found = [v for v in rep.violations if v.kind != "guest"]
@@ -79,31 +77,6 @@ def test_matrix(tmp_path, qemu_img, flushtest_elf, iface, cache, fmt):
         assert kinds == {"durability"}, "the device passed every promise down; the loss is the backend's"
     else:
         assert found == [], found[:3]
-    if known:
-        pytest.xfail(known)
-
-
-def _known_guest_issue(iface: str, rep) -> str | None:
-    """A failure of the guest's own I/O that is a known bug outside the crash engine.
-
-    - LSI: the guest driver's synchronous path does not handle a reselection
-      interrupt (DSPS 0xE3) the device model sometimes raises on a read.
-    - AHCI with NCQ: now and then, right after a non-NCQ command (SET
-      FEATURES), a whole queue of NCQ writes fails with EIO in the guest
-      although the block layer never saw those requests fail (intermittent,
-      load dependent).
-    The crash sweep is still checked in full by the caller; only the guest's
-    exit status is excused, and only for exactly these symptoms.
-    """
-    if rep.guest_exit == 0:
-        return None
-    text = _guest_lines(rep)
-    if iface.startswith("lsi") and "controller error" in text and "DSPS 0xe3" in text:
-        return "known: LSI guest driver does not handle reselection (DSPS 0xe3) on reads"
-    if (iface.startswith("ahci") and rep.backend_errors == 0 and "FT error id=" in text
-            and "FT verify ok" in text):
-        return "known: AHCI NCQ writes fail in the guest without a block-layer error (intermittent)"
-    return None
 
 
 def test_ahci_exercises_fua_and_flush(tmp_path, qemu_img, flushtest_elf):
