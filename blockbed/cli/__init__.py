@@ -21,7 +21,10 @@ SUBCOMMANDS: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blockbed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="blockbed",
+        description="blockbed: a test bed for the virtual storage stack — boot test guests against "
+                    "emulated disk controllers, check durability, inspect images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(sub)
