@@ -7,7 +7,10 @@
     m.load_kernel("guests/build/hello.elf", "a=1")
     result = m.run()                        # RunResult: kind, exit code, transcript, stats
 
-The loop runs unicorn in time slices.  Between slices it delivers pending
+The loop runs unicorn in slices that end only when the machine asks (the
+guest's exit, an interrupt to deliver, HLT) or at the run's deadline — never
+on an internal timer, because a stop landing inside an I/O callback makes
+unicorn execute that instruction twice.  Between slices it delivers pending
 interrupts, and while the guest halts it moves virtual time to the next
 device event.  It ends on the guest's debug-exit write, a guest fault, a halt
 nothing can wake, the block layer's ``stop`` error policy, the wall-clock
