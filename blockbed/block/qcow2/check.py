@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .cache import load_be_array
-from .cluster import (L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED, ClusterType,
-                      cluster_type)
+from .cluster import (L1E_OFFSET_MASK, L1E_RESERVED, L2E_OFFSET_MASK, L2E_STD_RESERVED,
+                      OFLAG_COPIED, OFLAG_ZERO, ClusterType, cluster_type)
 from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, BitmapDirEntry
 from .refcount import REFT_OFFSET_MASK, RefcountCodec
 
@@ -96,24 +96,38 @@ class _Checker:
         self.rb_bits = self.codec.entries.bit_length() - 1
         self.fix_errors = False
         self.broken: set[int] = set()
+        self.rebuild = False          # QEMU check_refblocks' *rebuild
 
     def msg(self, s: str) -> None:
         self.res.messages.append(s)
 
     def inc_range(self, off: int, length: int) -> None:
+        """QEMU qcow2_inc_refcounts_imrt: one reference to every cluster of the range.
+
+        A range reaching a whole cluster or more past the end of the file is a
+        corruption and is not counted; a count at the refcount width's maximum
+        is an overflow."""
         if length <= 0:
             return
-        first, last = off >> self.cb, (off + length - 1) >> self.cb
-        if last - first > (1 << 24):
-            self.msg(f"ERROR: table at {off:#x} of {length} bytes is far too large")
+        if off + length - self.flen >= self.cs:
+            self.msg("ERROR: counting reference for region exceeding the end of the file by "
+                     f"one cluster or more: offset {off:#x} size {length:#x}")
             self.res.corruptions += 1
             return
-        for ci in range(first, last + 1):
-            self.refs.inc(ci)
-        if last > self.max_ref:
-            self.max_ref = last
+        refs, rmax = self.refs, self.codec.max
+        for ci in range(off >> self.cb, ((off + length - 1) >> self.cb) + 1):
+            if ci < refs.n and refs.a[ci] >= rmax:
+                self.msg(f"ERROR: overflow cluster offset={ci << self.cb:#x}")
+                self.msg("Use qemu-img amend to increase the refcount entry width or "
+                         "qemu-img convert to create a clean copy if the image cannot be "
+                         "opened for writing")
+                self.res.corruptions += 1
+                continue
+            refs.inc(ci)
+            if ci > self.max_ref:
+                self.max_ref = ci
 
-    def read(self, off: int, length: int) -> bytes | None:
+    def read(self, off: int, length: int) -> bytes:
         if off + length > self.flen:
             avail = max(0, self.flen - off)
             buf = bytearray(length)
@@ -124,102 +138,133 @@ class _Checker:
         self.file.read(off, memoryview(buf))
         return bytes(buf)
 
-    # --- walkers -------------------------------------------------------------------
-    def walk_l1(self, l1: list[int], active: bool) -> None:
-        res = self.res
-        nxt = 0
-        for l1i, e in enumerate(l1):
-            l2off = e & L1E_OFFSET_MASK
-            if not l2off:
+    # --- walkers (QEMU calculate_refcounts, check_refcounts_l1/l2) ---------------------
+    def walk_l1(self, l1, active: bool) -> None:
+        res, cs = self.res, self.cs
+        mp = self.drv.mapping
+        ctype = self.drv._ctype
+        data_file = self.drv.has_data_file
+        for e in l1:
+            if not e:
                 continue
-            if e & 0x1FF:
+            if e & L1E_RESERVED:
+                self.msg(f"ERROR found L1 entry with reserved bits set: {e:x}")
+                res.corruptions += 1
+            l2off = e & L1E_OFFSET_MASK
+            self.inc_range(l2off, cs)
+            if l2off & (cs - 1):
                 self.msg(f"ERROR l2_offset={l2off:x}: Table is not cluster aligned; "
                          "L1 entry corrupted")
                 res.corruptions += 1
-                continue
-            self.inc_range(l2off, self.cs)
-            if l2off >= self.flen:
-                self.msg(f"ERROR l2_offset={l2off:x}: L2 table is outside the image file")
-                res.corruptions += 1
-                continue
-            table = load_be_array("Q", self.read(l2off, self.cs))
+            table = load_be_array("Q", self.read(l2off, cs))
             nxt = 0          # QEMU counts fragmentation within one L2 table
-            ctype = self.drv._ctype
-            for l2i, le in enumerate(table):
+            for i, le in enumerate(table):
                 t = ctype(le)
+                if t != ClusterType.COMPRESSED and le & L2E_STD_RESERVED:
+                    self.msg(f"ERROR found l2 entry with reserved bits set: {le:x}")
+                    res.corruptions += 1
                 if t == ClusterType.COMPRESSED:
                     if le & OFLAG_COPIED:
-                        self.msg(f"ERROR: coffset={le & self.drv.mapping.coffset_mask:x}: "
-                                 "Compressed cluster has copied flag set")
+                        self.msg(f"ERROR: coffset={le & mp.coffset_mask:#x}: copied flag must "
+                                 "never be set for compressed clusters")
+                        le &= ~OFLAG_COPIED
                         res.corruptions += 1
-                    coff, csize = self.drv.mapping.compressed_range(le)
+                    if data_file:
+                        self.msg(f"ERROR compressed cluster {i} with data file, "
+                                 f"entry={le:#x}")
+                        res.corruptions += 1
+                        continue
+                    coff, csize = mp.compressed_range(le)
+                    self.inc_range(coff, csize)
                     if active:
                         res.allocated_clusters += 1
                         res.compressed_clusters += 1
                         res.fragmented_clusters += 1
-                    self.inc_range(coff & ~511, csize + (coff & 511))
                 elif t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
                     off = le & L2E_OFFSET_MASK
+                    if off & (cs - 1):
+                        res.corruptions += 1
+                        if le & OFLAG_ZERO:
+                            self.msg(f"ERROR offset={off:x}: Preallocated cluster is not "
+                                     "properly aligned; L2 entry corrupted.")
+                        else:
+                            self.msg(f"ERROR offset={off:x}: Data cluster is not properly "
+                                     "aligned; L2 entry corrupted.")
                     if active:
                         res.allocated_clusters += 1
                         if nxt and off != nxt:
                             res.fragmented_clusters += 1
-                        nxt = off + self.cs
-                    if le & 0x1FE:
-                        self.msg(f"ERROR offset={off:x}: Cluster is not properly aligned; "
-                                 "L2 entry corrupted.")
-                        res.corruptions += 1
-                        continue
-                    if self.drv.has_data_file:
-                        continue       # data-file clusters are not refcounted
-                    self.inc_range(off, self.cs)
+                        nxt = off + cs
+                    if not data_file:
+                        self.inc_range(off, cs)
 
     def walk_everything(self) -> None:
-        drv, h = self.drv, self.drv.header
-        self.inc_range(0, self.cs)                                  # header
-        self.walk_l1(drv.mapping.l1, active=True)
+        drv, h, cs = self.drv, self.drv.header, self.cs
+        self.inc_range(0, cs)                                       # header
         if h.l1_size:
-            self.inc_range(h.l1_table_offset, h.l1_size * 8)
-        # snapshots
+            self.inc_range(h.l1_table_offset, h.l1_size * 8)        # active L1
+        self.walk_l1(drv.mapping.l1, active=True)
         if h.nb_snapshots:
             from .snapshot import read_snapshots
             snaps, nbytes = read_snapshots(self.file, h.snapshots_offset, h.nb_snapshots,
-                                           self.cs, self.flen)
+                                           cs, self.flen)
+            if drv.has_data_file:
+                self.msg(f"ERROR {len(snaps)} snapshots in image with data file")
+                self.res.corruptions += 1
+            for sn in snaps:
+                if sn.l1_size:
+                    self.inc_range(sn.l1_table_offset, sn.l1_size * 8)
+                    raw = self.read(sn.l1_table_offset, sn.l1_size * 8)
+                    self.walk_l1(list(struct.unpack(f">{sn.l1_size}Q", raw)), active=False)
             self.inc_range(h.snapshots_offset, nbytes)
-            for s in snaps:
-                if s.l1_size:
-                    self.inc_range(s.l1_table_offset, s.l1_size * 8)
-                    raw = self.read(s.l1_table_offset, s.l1_size * 8)
-                    self.walk_l1(list(struct.unpack(f">{s.l1_size}Q", raw)), active=False)
-        # refcount table and blocks
-        self.inc_range(h.refcount_table_offset, h.refcount_table_clusters * self.cs)
-        for ti, off in enumerate(drv.refcounts.table):
-            if not off:
+        self.inc_range(h.refcount_table_offset, h.refcount_table_clusters * cs)
+        if h.crypto:
+            self.inc_range(h.crypto["offset"], h.crypto["length"])
+        if h.bitmaps and h.autoclear_features & AUTOCLEAR_BITMAPS:
+            self.walk_bitmaps(h.bitmaps)
+        self.check_refblocks()
+
+    def check_refblocks(self) -> None:
+        """QEMU check_refblocks: every refcount block aligned, inside the file, used once."""
+        cs = self.cs
+        for ti, e in enumerate(self.drv.refcounts.table):
+            off = e & REFT_OFFSET_MASK
+            ci = off >> self.cb
+            if e & ~REFT_OFFSET_MASK:
+                self.msg(f"ERROR refcount table entry {ti} has reserved bits set")
+                self.res.corruptions += 1
+                self.broken.add(ti)
+                self.rebuild = True
                 continue
-            if off & ~REFT_OFFSET_MASK or off % self.cs:
+            if off & (cs - 1):
                 self.msg(f"ERROR refcount block {ti} is not cluster aligned; refcount table "
                          "entry corrupted")
                 self.res.corruptions += 1
                 self.broken.add(ti)
+                self.rebuild = True
                 continue
-            if off >= self.flen:
+            if ci >= max(self.nb, self.refs.n if self.refs.n <= self.nb + 1 else self.nb):
                 if self.fix_errors:
                     # QEMU grows the file so the block exists (it then reads as zeros and
                     # the refcount structure is rebuilt)
                     self.msg(f"Repairing refcount block {ti} is outside image")
-                    self.file.truncate(off + self.cs)
+                    self.file.truncate(off + cs)
                     self.flen = self.file.length()
-                    self.nb = -(-self.flen // self.cs)
+                    self.nb = -(-self.flen // cs)
                     self.res.corruptions_fixed += 1
                 else:
                     self.msg(f"ERROR refcount block {ti} is outside image")
                     self.res.corruptions += 1
                     self.broken.add(ti)
                     continue
-            self.inc_range(off, self.cs)
-        # bitmaps
-        if h.bitmaps and h.autoclear_features & AUTOCLEAR_BITMAPS:
-            self.walk_bitmaps(h.bitmaps)
+            if off:
+                self.inc_range(off, cs)
+                n = self.refs.a[ci] if ci < self.refs.n else 0
+                if n != 1:
+                    self.msg(f"ERROR refcount block {ti} refcount={n}")
+                    self.res.corruptions += 1
+                    self.broken.add(ti)
+                    self.rebuild = True
 
     def walk_bitmaps(self, ext: dict) -> None:
         doff, dsize = ext["bitmap_directory_offset"], ext["bitmap_directory_size"]
@@ -370,10 +415,9 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
         return res
     fix_leaks = repair in ("leaks", "all")
     fix_errors = repair == "all"
-    broken = ck.broken
     pre = (res.corruptions, res.leaks)
     rebuild, stored, highest = _compare(drv, res, ck, False, False)
-    rebuild = rebuild or (bool(broken) and fix_errors)
+    rebuild = rebuild or ck.rebuild
     if rebuild and fix_errors:
         old = (res.corruptions, res.leaks)
         res.messages.append("Rebuilding refcount structure")
@@ -400,7 +444,10 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
             res.corruptions, res.leaks = pre
             _, stored, highest = _compare(drv, res, ck, fix_leaks, fix_errors)
     res.image_end_offset = (highest + 1) * drv.cluster_size if highest >= 0 else 0
-    _check_copied(drv, res, stored, bool(repair))
+    # QEMU check_oflag_copied: -r all always repairs; -r leaks only when nothing else is wrong
+    copied_fix = fix_errors or (fix_leaks and not (res.check_errors or res.corruptions
+                                                   or res.leaks))
+    _check_copied(drv, res, stored, copied_fix)
     if fix_errors and drv.corrupt and not res.corruptions:
         drv.header.incompatible_features &= ~INCOMPAT_CORRUPT
         drv._write_features()
