@@ -20,7 +20,7 @@ from blockbed.block.crash.states import enumerate_states
 from blockbed.block.crash.workload import WorkloadConfig, run_workload
 
 from conftest import guest_elf, run_tool
-from test_crash_matrix import CACHES, CONTROLLERS, FORMATS, _have, _known_guest_issue
+from test_crash_matrix import CACHES, CONTROLLERS, FORMATS, _have
 
 logging.getLogger("blockbed.qcow2").setLevel(logging.CRITICAL)
 pytestmark = pytest.mark.slow
@@ -40,9 +40,7 @@ def test_long_matrix(tmp_path, qemu_img, iface, cache, fmt, qd):
     rep = crashtest(f"file={img},format={fmt},if={iface},cache={cache}", states=4000,
                     append=f"dev={dev} seed=7 ops=800 qd={qd} region=8192 maxsec=32",
                     qemu_fraction=0.01 if fmt == "qcow2" else 0.0, keep=None)
-    known = _known_guest_issue(iface, rep)
-    if not known:
-        assert rep.guest_exit == 0, rep.violations[:3]
+    assert rep.guest_exit == 0, rep.violations[:3]
     found = [v for v in rep.violations if v.kind != "guest"]
     if cache == "unsafe":
         assert rep.sweep.violating_states > 0
