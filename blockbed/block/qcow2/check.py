@@ -18,6 +18,7 @@ to it in one write after everything else is durable.
 
 from __future__ import annotations
 
+import os
 import struct
 from array import array
 from dataclasses import dataclass, field
@@ -185,8 +186,19 @@ class _Checker:
                     if off & (cs - 1):
                         res.corruptions += 1
                         if le & OFLAG_ZERO:
-                            self.msg(f"ERROR offset={off:x}: Preallocated cluster is not "
+                            word = "Repairing" if self.fix_errors else "ERROR"
+                            self.msg(f"{word} offset={off:x}: Preallocated cluster is not "
                                      "properly aligned; L2 entry corrupted.")
+                            if self.fix_errors:
+                                # QEMU turns it into a plain zero cluster, written at once
+                                import struct as _s
+                                self.drv.overlap.check(l2off + 8 * i, 8, "l2")
+                                self.file.write(l2off + 8 * i, _s.pack(">Q", OFLAG_ZERO))
+                                self.file.flush()
+                                self.drv.mapping.cache.forget(l2off)
+                                res.corruptions -= 1
+                                res.corruptions_fixed += 1
+                                continue
                         else:
                             self.msg(f"ERROR offset={off:x}: Data cluster is not properly "
                                      "aligned; L2 entry corrupted.")
@@ -248,7 +260,16 @@ class _Checker:
                     # QEMU grows the file so the block exists (it then reads as zeros and
                     # the refcount structure is rebuilt)
                     self.msg(f"Repairing refcount block {ti} is outside image")
-                    self.file.truncate(off + cs)
+                    try:
+                        self.file.truncate(off + cs)
+                    except OSError as e:
+                        why = os.strerror(e.errno) if e.errno else str(e)
+                        self.msg(f"qemu-img: Could not resize file: {why}")
+                        self.msg(f"ERROR could not resize image: {why}")
+                        self.res.corruptions += 1
+                        self.broken.add(ti)
+                        self.rebuild = True
+                        continue
                     self.flen = self.file.length()
                     self.nb = -(-self.flen // cs)
                     self.res.corruptions_fixed += 1
@@ -518,44 +539,62 @@ def _rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
     per = codec.entries
     rbb = per.bit_length() - 1
     vals = list(target)
-    first_free = [1]
 
-    def alloc(n: int) -> int:
+    def alloc(n: int, first_free: list[int]) -> int:
+        """QEMU alloc_clusters_imrt: first run of ``n`` free clusters from the hint; the
+        hint moves to the first gap seen."""
         i = first_free[0]
-        while True:
-            while i < len(vals) and vals[i]:
-                i += 1
-            j = i
-            while j < i + n and (j >= len(vals) or not vals[j]):
-                j += 1
-            if j == i + n:
-                break
-            i = j
-        if i + n > len(vals):
-            vals.extend([0] * (i + n - len(vals)))
-        for k in range(i, i + n):
+        run = 0
+        first_gap = True
+        while run < n:
+            if i >= len(vals) or not vals[i]:
+                run += 1
+                if first_gap:
+                    first_free[0] = i
+                    first_gap = False
+            else:
+                run = 0
+            i += 1
+        start = i - n
+        if i > len(vals):
+            vals.extend([0] * (i - len(vals)))
+        for k in range(start, i):
             vals[k] = 1
-        if n == 1:
-            first_free[0] = i + 1
-        return i
+        return start
 
     blocks_at: dict[int, int] = {}
     table_at, table_clusters = -1, 0
+
+    def write_refblocks(first: int, end: int) -> None:
+        """Allocate the refcount block of every used range in [first, end), scanning in
+        cluster order; a block never goes into a range whose block is already placed."""
+        first_free = [0]          # the scan's own hint, as in QEMU
+        ci = first
+        while ci < min(end, len(vals)):
+            if not vals[ci]:
+                ci += 1
+                continue
+            ti = ci >> rbb
+            if ti not in blocks_at:
+                if first_free[0] < ti << rbb:
+                    first_free[0] = ti << rbb
+                blocks_at[ti] = alloc(1, first_free)
+            ci = (ti + 1) << rbb
+
+    write_refblocks(0, len(vals))
+    table_hint = [0]
     while True:
-        used = {i >> rbb for i in range(len(vals)) if vals[i]}
-        missing = sorted(used - blocks_at.keys())
-        for ti in missing:
-            blocks_at[ti] = alloc(1)
         need = -(-((max(blocks_at) + 1) * 8) // cs)
-        if table_at < 0 or need > table_clusters:
-            if table_at >= 0:
-                for k in range(table_at, table_at + table_clusters):
-                    vals[k] = 0
-            table_clusters = need
-            table_at = alloc(need)
-            continue
-        if not missing:
+        if table_at >= 0 and need <= table_clusters:
             break
+        if table_at >= 0:
+            for k in range(table_at, table_at + table_clusters):
+                vals[k] = 0
+        table_clusters = need
+        table_at = alloc(need, table_hint)
+        write_refblocks(table_at, table_at + need)
+        # blocks placed just now may sit in ranges without a block of their own
+        write_refblocks(0, len(vals))
     t = table_clusters
     start = table_at
     table = [0] * (t * cs // 8)
