@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .cache import load_be_array
 from .cluster import (L1E_OFFSET_MASK, L1E_RESERVED, L2E_OFFSET_MASK, L2E_STD_RESERVED,
                       OFLAG_COPIED, OFLAG_ZERO, ClusterType, cluster_type)
-from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, BitmapDirEntry
+from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, BitmapDirEntry
 from .refcount import REFT_OFFSET_MASK, RefcountCodec
 
 if TYPE_CHECKING:
@@ -469,10 +469,15 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     copied_fix = fix_errors or (fix_leaks and not (res.check_errors or res.corruptions
                                                    or res.leaks))
     _check_copied(drv, res, stored, copied_fix)
-    if fix_errors and drv.corrupt and not res.corruptions:
-        drv.header.incompatible_features &= ~INCOMPAT_CORRUPT
-        drv._write_features()
-        drv.corrupt = False
+    # QEMU qcow2_co_check_locked: a repair that leaves no corruption marks the image
+    # clean (dirty bit) and consistent (corrupt bit)
+    if repair and not res.corruptions and not res.check_errors and not drv.read_only:
+        h = drv.header
+        bits = h.incompatible_features & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY)
+        if bits:
+            h.incompatible_features &= ~bits
+            drv._write_features()
+            drv.corrupt = False
     return res
 
 
