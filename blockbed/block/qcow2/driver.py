@@ -681,8 +681,12 @@ class Qcow2Driver(BlockDriver):
         else:
             self.overlap.check(host, n * cs, None)
             self.file.writev(host, bufs)
-        if head_len or tail_len:
-            # COW data must be durable before the L2 entry that exposes it
+        if head_len or tail_len or self.lazy_refcounts:
+            # COW data must be durable before the L2 entry that exposes it.  With
+            # lazy refcounts no refcount flush precedes the L2 write-back either,
+            # so the new cluster's data (possibly extending the file) must be made
+            # durable first, or a crash can leave L2 pointing past the end of file
+            # (found by the crash engine's lazy_refcounts sweep).
             self.mapping.cache.depends_on_flush()
         # the table may have been evicted while we read COW data: reinstall it
         mp = self.mapping
