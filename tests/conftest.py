@@ -45,6 +45,13 @@ def qemu_system() -> str:
     return need_tool("qemu-system-x86_64")
 
 
+@pytest.fixture(scope="session")
+def tools() -> None:
+    """Everything a differential guest test needs: QEMU, qemu-img and qemu-io."""
+    for name in ("qemu-system-x86_64", "qemu-img", "qemu-io"):
+        need_tool(name)
+
+
 def guest_elf(name: str) -> Path:
     """Path of a built guest; builds the guests if it is missing."""
     elf = GUEST_BUILD / f"{name}.elf"

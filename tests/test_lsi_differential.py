@@ -23,13 +23,6 @@ from conftest import guest_elf, need_tool, run_tool
 from harness import run_blockbed, run_qemu, assert_same_disk, assert_same_run
 
 
-@pytest.fixture(scope="module")
-def tools():
-    need_tool("qemu-system-x86_64")
-    need_tool("qemu-img")
-    need_tool("qemu-io")
-
-
 def make_image(path, fmt="raw", size="16M"):
     run_tool("qemu-img", "create", "-q", "-f", fmt, str(path), size)
     run_tool("qemu-io", "-f", fmt, "-c", "write -P 0xab 1M 2M", "-c", "write -P 0x3c 9M 64k",

@@ -22,13 +22,6 @@ from harness import run_blockbed, run_qemu, assert_same_disk, assert_same_run
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def tools():
-    need_tool("qemu-system-x86_64")
-    need_tool("qemu-img")
-    need_tool("qemu-io")
-
-
 def make_image(path, fmt: str = "raw") -> None:
     run_tool("qemu-img", "create", "-q", "-f", fmt, str(path), "16M")
     # Some content that disktest's fill pass must overwrite.
