@@ -24,7 +24,7 @@ import shutil
 
 import pytest
 
-from conftest import guest_elf, need_tool, run_tool
+from conftest import guest_elf, run_tool
 from harness import run_blockbed, run_qemu, assert_same_disk, assert_same_run
 
 

@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-from conftest import guest_elf, need_tool, run_tool
+from conftest import guest_elf, run_tool
 from harness import run_blockbed, run_qemu, assert_same_disk, assert_same_run
 
 MiB = 1 << 20
