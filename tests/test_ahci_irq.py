@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_ata_differential import differential, tools  # noqa: F401  (fixture)
+from test_ata_differential import differential
 
 
 @pytest.mark.qemu
