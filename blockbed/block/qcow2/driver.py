@@ -16,7 +16,6 @@ any moment therefore leaves an image that checks clean except for leaks.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import struct
 from array import array
@@ -35,7 +34,13 @@ from .overlap import OverlapMap
 from .refcount import RefcountManager
 from .snapshot import Snapshot, read_snapshots
 
-log = logging.getLogger("blockbed.qcow2")
+
+def _log():
+    """The driver's logger; ``logging`` is imported only when there is something to say
+    (it costs start-up time of every ``blockbed img`` command otherwise)."""
+    import logging
+    return logging.getLogger("blockbed.qcow2")
+
 
 DEFAULT_L2_CACHE_MAX = 32 << 20      # QEMU DEFAULT_L2_CACHE_MAX_SIZE
 _ZEROS = memoryview(bytes(1 << 21))
@@ -274,7 +279,7 @@ class Qcow2Driver(BlockDriver):
                                "lazy_refcounts); refcounts were repaired: "
                                f"{res.leaks_fixed} leaks and {res.corruptions_fixed} "
                                "corruptions fixed")
-        log.warning("%s", self.repair_message)
+        _log().warning("%s", self.repair_message)
         if trace.enabled:
             trace.emit("qcow2.repair_dirty", leaks_fixed=res.leaks_fixed,
                        corruptions_fixed=res.corruptions_fixed)
@@ -314,7 +319,7 @@ class Qcow2Driver(BlockDriver):
         first = not self.corrupt
         self.corrupt = True
         if first:
-            log.error("qcow2: Marking image as corrupt: %s; further corruption events "
+            _log().error("qcow2: Marking image as corrupt: %s; further corruption events "
                       "will be suppressed", msg)
             if trace.enabled:
                 trace.emit("qcow2.corrupt", message=msg)
