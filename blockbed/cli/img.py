@@ -200,9 +200,8 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
             data["compat"] = "1.1"
             data["compression-type"] = "zstd" if h.compression_type == 1 else "zlib"
             data["lazy-refcounts"] = bool(h.compatible_features & 1)
-            if node.bitmaps:
-                data["bitmaps"] = [{"flags": b["flags"], "name": b["name"],
-                                    "granularity": b["granularity"]} for b in node.bitmaps]
+            if node.bitmaps.info():
+                data["bitmaps"] = node.bitmaps.info()
             data["refcount-bits"] = h.refcount_bits
             if node.has_data_file:
                 data["data-file"] = h.data_file
@@ -852,7 +851,7 @@ def cmd_resize(a: argparse.Namespace) -> int:
 # --- wiring -----------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
-                                   "map, convert, compare, resize, snapshot)")
+                                   "map, convert, compare, resize, snapshot, bitmap)")
     s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
 
     c = s.add_parser("create", help="create an image")
@@ -936,6 +935,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("filename")
     r.add_argument("size")
     r.set_defaults(func=_guard(cmd_resize))
+
+    from .img_bitmap import register as register_bitmap
+    register_bitmap(s, _guard)
 
 
 def _guard(fn, code: int = 1):
