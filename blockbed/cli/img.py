@@ -1,6 +1,6 @@
 """``blockbed img``: qemu-img's syntax and output over blockbed's block layer.
 
-Subcommands: create, info, check, map, convert, compare, resize.  JSON output
+Subcommands: create, info, check, map, convert, compare, resize, snapshot, bitmap.  JSON output
 matches ``qemu-img … --output=json`` of QEMU 7.2 field for field; key order
 follows QEMU's QDict hash order so even the text is the same.
 """

@@ -142,7 +142,7 @@ def parse_directory(raw: bytes, nb_bitmaps: int) -> list[DirEntry]:
             raise ImageFormatError("Bitmap directory is truncated (it ends inside a name)")
         name = bytes(raw[name_at:name_at + e.name_size]).decode("utf-8", "replace")
         if e.extra_data_size:
-            raise ImageFormatError(f"Bitmap '{name}': bitmap extra data is not supported")
+            raise ImageFormatError("Bitmap extra data is not supported")
         out.append(DirEntry(name, e.granularity_bits, e.flags, e.bitmap_table_offset,
                             e.bitmap_table_size, e.type))
         pos = (name_at + e.name_size + 7) & ~7
