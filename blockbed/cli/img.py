@@ -1,6 +1,6 @@
 """``blockbed img``: qemu-img's syntax and output over blockbed's block layer.
 
-Subcommands: create, info, check, map, convert, compare, resize.  JSON output
+Subcommands: create, info, check, map, convert, compare, resize, snapshot, bitmap.  JSON output
 matches ``qemu-img … --output=json`` of QEMU 7.2 field for field; key order
 follows QEMU's QDict hash order so even the text is the same.
 """
@@ -201,9 +201,8 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
             data["compat"] = "1.1"
             data["compression-type"] = "zstd" if h.compression_type == 1 else "zlib"
             data["lazy-refcounts"] = bool(h.compatible_features & 1)
-            if node.bitmaps:
-                data["bitmaps"] = [{"flags": b["flags"], "name": b["name"],
-                                    "granularity": b["granularity"]} for b in node.bitmaps]
+            if node.bitmaps.info():
+                data["bitmaps"] = node.bitmaps.info()
             data["refcount-bits"] = h.refcount_bits
             if node.has_data_file:
                 data["data-file"] = h.data_file
@@ -898,7 +897,7 @@ def cmd_resize(a: argparse.Namespace) -> int:
 # --- wiring -----------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
-                                   "map, convert, compare, resize, snapshot)")
+                                   "map, convert, compare, resize, snapshot, bitmap)")
     s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
 
     c = s.add_parser("create", help="create an image")
@@ -982,6 +981,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("filename")
     r.add_argument("size")
     r.set_defaults(func=_guard(cmd_resize))
+
+    from .img_bitmap import register as register_bitmap
+    register_bitmap(s, _guard)
 
 
 def _guard(fn, code: int = 1):
