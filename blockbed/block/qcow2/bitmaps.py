@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import logging
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -39,7 +38,11 @@ from .header import AUTOCLEAR_BITMAPS, BitmapDirEntry
 if TYPE_CHECKING:
     from .driver import Qcow2Driver
 
-log = logging.getLogger("blockbed.qcow2")
+
+def _log():
+    import logging      # on first warning only (start-up time of every img command)
+    return logging.getLogger("blockbed.qcow2")
+
 
 # --- spec constants ("Bitmap directory", "Bitmap table") and QEMU's limits
 BME_FLAG_IN_USE = 1 << 0
@@ -287,7 +290,7 @@ class BitmapStore:
         self._writable = True
         if h.bitmaps and not h.autoclear_features & AUTOCLEAR_BITMAPS:
             # a program without bitmap support wrote the image: the extension is stale
-            log.warning("qcow2: a program lacking bitmap support modified this file, so all "
+            _log().warning("qcow2: a program lacking bitmap support modified this file, so all "
                         "bitmaps are now considered inconsistent; some clusters may be leaked, "
                         "run 'qemu-img check -r' on the image file to fix")
             h.bitmaps = None
