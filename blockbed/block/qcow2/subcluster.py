@@ -138,8 +138,9 @@ class ExtL2Driver(Qcow2Driver):
         table[2 * idx + 1] = 0
 
     def _invalid(self, l2off: int, idx: int) -> None:
+        # C's %#x, as QEMU prints it: "0" for zero
         self.signal_corruption(f"Invalid cluster entry found (L2 offset: {l2off:#x}, "
-                               f"L2 index: {idx:#x})")
+                               f"L2 index: {idx:#x})".replace("0x0)", "0)"))
 
     def _classify(self, e: int, bm: int, sc: int, l2off: int, idx: int
                   ) -> tuple[SubclusterType, int]:
@@ -384,6 +385,21 @@ class ExtL2Driver(Qcow2Driver):
             bufs.append(tail)
         return bufs
 
+    def _write_with_cow(self, host: int, start: int, rs: int, piece: memoryview,
+                        stop: int) -> None:
+        """Write guest range [start, stop) at ``host``: ``piece`` at ``rs`` and the old
+        content around it.  When both copy-on-write edges read as zeros the host range is
+        zeroed on the file instead and only the data written (QEMU handle_alloc_space)."""
+        re_ = rs + len(piece)
+        if (start < rs or stop > re_) and self.data_node is None and \
+                self._reads_zero(start, rs) and self._reads_zero(re_, stop):
+            self.overlap.check(host, stop - start, None)
+            self.file.debug_event("cluster_alloc_space")
+            self.file.write_zeroes(host, stop - start)
+            self._write_host(host + rs - start, [piece])
+            return
+        self._write_host(host, self._cow_buffers(start, rs, piece, stop))
+
     def _write_host(self, host: int, bufs: list[Buffer]) -> None:
         self.file.debug_event("write_aio")
         if self.data_node is not None:
@@ -435,11 +451,10 @@ class ExtL2Driver(Qcow2Driver):
             self._write_host(host0 + rs - (c0 << cb), [piece])
             return
         start, stop = self._cow_edges(c0, c1 - c0, rs, re_, keep_old=True)
-        bufs = self._cow_buffers(start, rs, piece, stop)
         if trace.enabled:
             trace.emit("qcow2.subcluster_write", guest_offset=start, length=stop - start,
                        cow_head=rs - start, cow_tail=stop - re_)
-        self._write_host(host0 + start - (c0 << cb), bufs)
+        self._write_with_cow(host0 + start - (c0 << cb), start, rs, piece, stop)
         # the data must be durable before the bitmap that exposes it
         mp.cache.depends_on_flush()
         if l2off not in mp.cache.tables:
@@ -457,14 +472,13 @@ class ExtL2Driver(Qcow2Driver):
         mask = (1 << self.l2_bits) - 1
         re_ = rs + len(piece)
         start, stop = self._cow_edges(c0, n, rs, re_, keep_old=False)
-        bufs = self._cow_buffers(start, rs, piece, stop)
         table, l2off = self._l2_for_write(l1i)
         old_entries = [table[2 * ((c0 + i) & mask)] for i in range(n)]
         self.file.debug_event("cluster_alloc_space")
         if trace.enabled:
             trace.emit("qcow2.alloc", guest_offset=c0 << cb, host_offset=host, clusters=n,
                        cow_head=rs - start, cow_tail=stop - re_)
-        self._write_host(host + start - (c0 << cb), bufs)
+        self._write_with_cow(host + start - (c0 << cb), start, rs, piece, stop)
         mp = self.mapping
         if start < rs or stop > re_ or self.lazy_refcounts:
             mp.cache.depends_on_flush()
