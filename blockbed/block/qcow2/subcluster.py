@@ -371,18 +371,18 @@ class ExtL2Driver(Qcow2Driver):
     def _cow_buffers(self, start: int, rs: int, piece: memoryview, stop: int) -> list[Buffer]:
         """Old guest content before and after ``piece`` (read before any metadata changes)."""
         bufs: list[Buffer] = []
-        if rs > start:
-            head = bytearray(rs - start)
-            self.file.debug_event("cow_read")
-            self.read(start, memoryview(head))
-            bufs.append(head)
-        bufs.append(piece)
         tail_at = rs + len(piece)
-        if stop > tail_at:
-            tail = bytearray(stop - tail_at)
-            self.file.debug_event("cow_read")
-            self.read(tail_at, memoryview(tail))
-            bufs.append(tail)
+        for a, b in ((start, rs), (tail_at, stop)):
+            if b > a:
+                buf = bytearray(b - a)
+                self.file.debug_event("cow_read")
+                # a subcluster may reach past the end of the disk: that part stays zero
+                inside = min(b, self.header.size) - a
+                if inside > 0:
+                    self.read(a, memoryview(buf)[:inside])
+                bufs.append(buf)
+            if a == start:
+                bufs.append(piece)
         return bufs
 
     def _write_with_cow(self, host: int, start: int, rs: int, piece: memoryview,
@@ -544,6 +544,7 @@ class ExtL2Driver(Qcow2Driver):
     def _reads_zero(self, start: int, stop: int) -> bool:
         """Whether [start, stop) reads as zeros according to block status down the chain
         (QEMU's is_zero in qcow2.c)."""
+        stop = min(stop, self.header.size)        # QEMU is_zero clamps to the disk
         return start >= stop or _chain_zero(self, start, stop - start)
 
     def _zeroize(self, start: int, stop: int, may_unmap: bool) -> bool:
