@@ -27,7 +27,7 @@ from enum import IntEnum
 from typing import Callable
 
 from ... import trace
-from ..driver import BlockDriver, Buffer, Extent, check_request
+from ..driver import BlockDriver, BlockError, Buffer, Extent, check_request
 from .cluster import (L2E_OFFSET_MASK, OFLAG_COPIED, ClusterType, cluster_type_extl2,
                       cluster_type_extl2_data_file)
 from .driver import Qcow2Driver, _mergeable, _zero_fill
@@ -559,6 +559,9 @@ class ExtL2Driver(Qcow2Driver):
         for s, _ in partial:
             if self._ctype(self._entry(s)) == ClusterType.COMPRESSED:
                 return False      # a compressed cluster cannot be zeroed in part
+        if self.data_file_raw:
+            # the raw data file must read as the guest does (QEMU qcow2_subcluster_zeroize)
+            self.data_node.write_zeroes(start, min(stop, size) - start)
         if first_full > start:
             self._zero_subclusters(start, first_full)
         pos = first_full
@@ -625,7 +628,7 @@ class ExtL2Driver(Qcow2Driver):
         b = end // cs * cs
         if end == self.header.size:
             b = -(-end // cs) * cs
-        if a >= b or self.has_data_file:
+        if a >= b:
             return
         span = 1 << (cb + self.l2_bits)
         mask = (1 << self.l2_bits) - 1
@@ -656,7 +659,20 @@ class ExtL2Driver(Qcow2Driver):
                 self.mapping.cache.mark_dirty(l2off)
             if released:
                 self._release_entries(released)
+                self._discard_data_file(released)
             pos = chunk
+
+    def _discard_data_file(self, entries: list[int]) -> None:
+        """Data-file clusters are not refcounted: the discard goes straight to the data
+        file (QEMU qcow2_free_any_cluster with a data file)."""
+        if self.data_node is None or not self.pass_discard:
+            return
+        for e in entries:
+            if self._ctype(e) == ClusterType.NORMAL:
+                try:
+                    self.data_node.discard(e & L2E_OFFSET_MASK, 1 << self.cluster_bits)
+                except BlockError:
+                    pass                    # a discard is a hint
 
 
 def _chain_zero(node: BlockDriver, offset: int, length: int) -> bool:
