@@ -168,14 +168,19 @@ def test_random_workload_passes_qemu_check(qemu_img, qemu_io, tmp_path):
     assert q(qemu_img, "compare", "-F", "raw", str(img), str(ref)).returncode == 0
 
 
-def _l2_entry(path: Path, index: int) -> tuple[int, int]:
-    """(descriptor, bitmap) of extended L2 entry ``index`` of the first L2 table."""
+def _l2_entry_at(path: Path, index: int) -> int:
+    """File offset of extended L2 entry ``index`` of the first L2 table."""
     with open(path, "rb") as f:
         f.seek(40)
         l1 = struct.unpack(">Q", f.read(8))[0]
         f.seek(l1)
-        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00FFFFFFFFFFFE00
-        f.seek(l2 + 16 * index)
+        return (struct.unpack(">Q", f.read(8))[0] & 0x00FFFFFFFFFFFE00) + 16 * index
+
+
+def _l2_entry(path: Path, index: int) -> tuple[int, int]:
+    """(descriptor, bitmap) of extended L2 entry ``index`` of the first L2 table."""
+    with open(path, "rb") as f:
+        f.seek(_l2_entry_at(path, index))
         return struct.unpack(">QQ", f.read(16))
 
 
@@ -239,12 +244,9 @@ def _bad(qemu_img, qemu_io, d: Path, name: str) -> Path:
         shutil.copy(src, img)
     index, bitmap = {"both-bits": (0, 1 << 32 | 0b11), "unallocated": (3, 0x10),
                      "compressed": (1, 0x5)}[name]
+    at = _l2_entry_at(img, index) + 8
     with open(img, "r+b") as f:
-        f.seek(40)
-        l1 = struct.unpack(">Q", f.read(8))[0]
-        f.seek(l1)
-        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00FFFFFFFFFFFE00
-        f.seek(l2 + 16 * index + 8)
+        f.seek(at)
         f.write(struct.pack(">Q", bitmap))
     return img
 

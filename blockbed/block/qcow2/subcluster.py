@@ -595,26 +595,38 @@ class ExtL2Driver(Qcow2Driver):
         cb = self.cluster_bits
         l1i, _ = self._locate(start)
         table, l2off = self._l2_for_write(l1i)
+        self._all_zero(table, l2off, start >> cb, -(-stop >> cb),
+                       lambda t: t == ClusterType.COMPRESSED or
+                       (may_unmap and t == ClusterType.NORMAL))
+
+    def _all_zero(self, table: array, l2off: int, c0: int, c1: int,
+                  unmap: Callable[[ClusterType], bool | None]) -> None:
+        """Give guest clusters c0..c1-1 (one L2 table) an all-zero bitmap; ``unmap(type)``
+        says whether the host cluster is dropped too (None: leave the entry alone).
+        Entries change first, then the old clusters are released (QEMU order)."""
         mask = (1 << self.l2_bits) - 1
         released: list[int] = []
         changed = False
-        for c in range(start >> cb, -(-stop >> cb)):
+        for c in range(c0, c1):
             j = 2 * (c & mask)
             e = table[j]
             t = self._ctype(e)
-            unmap = t == ClusterType.COMPRESSED or (may_unmap and t == ClusterType.NORMAL)
-            new = 0 if unmap else e
+            drop = unmap(t)
+            if drop is None:
+                continue
+            new = 0 if drop else e
             if (new, ALL_ZERO) == (e, table[j + 1]):
                 continue
             table[j], table[j + 1] = new, ALL_ZERO
             changed = True
-            if unmap:
+            if drop and t != ClusterType.UNALLOCATED:
                 released.append(e)
         if changed:
             self.file.debug_event("l2_update")
             self.mapping.cache.mark_dirty(l2off)
         if released:
             self._release_entries(released)
+            self._discard_data_file(released)
 
     def discard(self, offset: int, length: int) -> None:
         """Whole clusters only, as QEMU: discarded clusters read as zeros (all-zero bitmap,
@@ -631,7 +643,6 @@ class ExtL2Driver(Qcow2Driver):
         if a >= b:
             return
         span = 1 << (cb + self.l2_bits)
-        mask = (1 << self.l2_bits) - 1
         pos = a
         while pos < b:
             chunk = min(b, (pos // span + 1) * span)
@@ -640,26 +651,10 @@ class ExtL2Driver(Qcow2Driver):
                 pos = chunk
                 continue
             table, l2off = self._l2_for_write(l1i)
-            released: list[int] = []
-            changed = False
-            for c in range(pos >> cb, chunk >> cb):
-                j = 2 * (c & mask)
-                e, bm = table[j], table[j + 1]
-                t = self._ctype(e)
-                if self.backing is None and t == ClusterType.UNALLOCATED:
-                    continue
-                if (e, bm) == (0, ALL_ZERO):
-                    continue
-                table[j], table[j + 1] = 0, ALL_ZERO
-                changed = True
-                if t != ClusterType.UNALLOCATED:
-                    released.append(e)
-            if changed:
-                self.file.debug_event("l2_update")
-                self.mapping.cache.mark_dirty(l2off)
-            if released:
-                self._release_entries(released)
-                self._discard_data_file(released)
+            # no backing file: unallocated clusters already read as zeros
+            self._all_zero(table, l2off, pos >> cb, chunk >> cb,
+                           lambda t: None if self.backing is None and
+                           t == ClusterType.UNALLOCATED else True)
             pos = chunk
 
     def _discard_data_file(self, entries: list[int]) -> None:
