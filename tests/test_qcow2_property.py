@@ -1,8 +1,9 @@
 """Property tests: random operation sequences against a byte-array model.
 
 Each sequence runs on an in-memory image (cluster sizes 512 B and 64 KiB,
-v2 and v3, with and without a backing node) and interleaves write,
-write_zeroes, discard, read, resize (grow), flush and reopen.  After the
+v2 and v3, with and without a backing node; 16 and 64 KiB with extended L2
+entries) and interleaves write, write_zeroes, discard, read, resize (grow),
+flush and reopen.  After the
 sequence the image must read as the model and check with no corruption and
 no leak.
 """
