@@ -393,3 +393,24 @@ def test_external_data_file(qemu_img, qemu_io, tmp_path, monkeypatch, raw):
     assert q(qemu_img, "check", "b.qcow2").returncode == 0
     if raw == "on":
         assert Path("q.raw").read_bytes() == Path("b.raw").read_bytes()
+
+
+def test_persistent_dirty_bitmaps_track_subcluster_writes(qemu_img, qemu_io, tmp_path):
+    """The extended-L2 driver's own write paths still mark enabled persistent bitmaps
+    (same dirty granules as a qemu-io session doing the same)."""
+    imgs = [tmp_path / "q.qcow2", tmp_path / "b.qcow2"]
+    ops = [("write", 4096, 1024, 1), ("zero", 3 << 20, 6144, 0), ("discard", 1 << 20, 1 << 16, 0),
+           ("write", (2 << 20) - 512, 70 << 10, 2)]
+    for p in imgs:
+        _create(qemu_img, p)
+        assert q(qemu_img, "bitmap", "--add", "-g", "65536", str(p), "b0").returncode == 0
+    subprocess.run([qemu_io, *_qemu_io_args(ops), str(imgs[0])], check=True, capture_output=True)
+    _apply(imgs[1], ops)
+    dirty = []
+    for p in imgs:
+        node = registry.open_image(str(p), "qcow2", read_only=True)
+        try:
+            dirty.append(list(node.bitmaps.bits(node.bitmaps.lookup("b0")).extents()))
+        finally:
+            node.close()
+    assert dirty[0] == dirty[1] and len(dirty[1]) >= 3

@@ -256,6 +256,7 @@ class ExtL2Driver(Qcow2Driver):
         n = len(data)
         check_request(self, offset, n)
         self._check_writable()
+        self.bitmaps.record(offset, n)          # persistent dirty bitmaps, as the base
         if trace.enabled:
             trace.emit("qcow2.write", offset=offset, length=n, fua=fua)
         mv = data if isinstance(data, memoryview) else memoryview(data)
@@ -500,6 +501,7 @@ class ExtL2Driver(Qcow2Driver):
         zeros, otherwise they (and anything compressed in the way) are written as data."""
         check_request(self, offset, length)
         self._check_writable()
+        self.bitmaps.record(offset, length)
         if not length:
             return
         scs = 1 << self.sc_bits
@@ -633,6 +635,7 @@ class ExtL2Driver(Qcow2Driver):
         no host cluster) when there is a backing file or they were allocated."""
         check_request(self, offset, length)
         self._check_writable()
+        self.bitmaps.record(offset, length)     # even where the discard is only a hint
         cb = self.cluster_bits
         cs = 1 << cb
         end = offset + length
