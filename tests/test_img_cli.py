@@ -32,6 +32,7 @@ CREATE_CASES = [
     ["-o", "cluster_size=512,refcount_bits=1", "100M"],
     ["-o", "cluster_size=2M,refcount_bits=64", "10T"],
     ["-o", "compression_type=zstd,lazy_refcounts=on", "5G"],
+    ["-o", "extended_l2=on,cluster_size=16k", "3G"],
     ["0"],
 ]
 

@@ -80,7 +80,9 @@ CORRUPTIONS = {
     "snapshots-past-eof": (lambda p: (_put(p, 60, ">I", 3), _put(p, 64, ">Q", 1 << 40)), "past the end"),
     "unknown-incompat": (lambda p: _put(p, 72, ">Q", 1 << 7), "Unknown incompatible feature: 80"),
     "unknown-incompat-named": (_with_feature_name, "quantum entanglement"),
-    "extl2": (lambda p: _put(p, 72, ">Q", 1 << 4), "extended L2 entries"),
+    # extended L2 entries need subclusters of at least 512 bytes (cluster_size >= 16K)
+    "extl2-subcluster-too-small": (lambda p: (_put(p, 72, ">Q", 1 << 4), _put(p, 20, ">I", 13)),
+                                   "Unsupported subcluster size: 256"),
     "data-file": (lambda p: _put(p, 72, ">Q", 1 << 2), "external data file"),
     "refcount-order-7": (lambda p: _put(p, 96, ">I", 7), "Reference count entry width"),
     "header-length-short": (lambda p: _put(p, 100, ">I", 50), "header"),

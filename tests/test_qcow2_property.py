@@ -1,8 +1,9 @@
 """Property tests: random operation sequences against a byte-array model.
 
 Each sequence runs on an in-memory image (cluster sizes 512 B and 64 KiB,
-v2 and v3, with and without a backing node) and interleaves write,
-write_zeroes, discard, read, resize (grow), flush and reopen.  After the
+v2 and v3, with and without a backing node; 16 and 64 KiB with extended L2
+entries) and interleaves write, write_zeroes, discard, read, resize (grow),
+flush and reopen.  After the
 sequence the image must read as the model and check with no corruption and
 no leak.
 """
@@ -34,10 +35,12 @@ op = st.one_of(
 )
 
 
-def _run(cluster: int, compat: str, with_backing: bool, ops, tiny_cache: bool = False) -> None:
+def _run(cluster: int, compat: str, with_backing: bool, ops, tiny_cache: bool = False,
+         extended_l2: bool = False) -> None:
     mem = MemoryDriver()
     create_on_node(mem, SIZE, {"cluster_size": str(cluster), "compat": compat,
-                               "refcount_bits": "16" if compat == "0.10" else "8"})
+                               "refcount_bits": "16" if compat == "0.10" else "8",
+                               "extended_l2": "on" if extended_l2 else "off"})
     backing = None
     model = bytearray(SIZE)
     if with_backing:
@@ -137,3 +140,10 @@ def test_tiny_metadata_caches(ops, backing, cluster):
 @given(st.lists(op, max_size=20), st.booleans(), st.sampled_from([512, 65536]))
 def test_v2_images(ops, backing, cluster):
     _run(cluster, "0.10", backing, ops)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, max_size=25), st.booleans(), st.sampled_from([16384, 65536]), st.booleans())
+def test_extended_l2(ops, backing, cluster, tiny_cache):
+    """Subcluster allocation: 128-bit L2 entries, 32 subclusters per cluster."""
+    _run(cluster, "1.1", backing, ops, tiny_cache=tiny_cache, extended_l2=True)

@@ -48,6 +48,9 @@ SAMPLE = [
     ("0.10", 65536, 16, False, "full"),
     ("1.1", 2 << 20, 1, True, "off"),
     ("0.10", 512, 16, False, "metadata"),
+    # extended L2 entries (an optional sixth field): backing + preallocation is allowed there
+    ("1.1", 65536, 16, True, "metadata", True),
+    ("1.1", 16384, 64, False, "off", True),
 ]
 
 
@@ -66,10 +69,10 @@ def _make_chain(qemu_img: str, qemu_io: str, d: Path, cluster: int) -> Path:
 
 
 def _blockbed_writes(qemu_img, qemu_io, tmp_path, compat, cluster, refbits, backing, prealloc,
-                     seed=1, nops=120):
+                     extl2=False, seed=1, nops=120):
     img = tmp_path / "t.qcow2"
     opts = {"compat": compat, "cluster_size": str(cluster), "refcount_bits": str(refbits),
-            "preallocation": prealloc}
+            "preallocation": prealloc, "extended_l2": "on" if extl2 else "off"}
     model = bytearray(SIZE)
     if backing:
         mid = _make_chain(qemu_img, qemu_io, tmp_path, cluster)
@@ -91,10 +94,12 @@ def _blockbed_writes(qemu_img, qemu_io, tmp_path, compat, cluster, refbits, back
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
 
 
-def _qemu_writes(qemu_img, qemu_io, tmp_path, compat, cluster, refbits, backing, prealloc, seed=2):
+def _qemu_writes(qemu_img, qemu_io, tmp_path, compat, cluster, refbits, backing, prealloc,
+                 extl2=False, seed=2):
     img = tmp_path / "q.qcow2"
     args = [qemu_img, "create", "-q", "-f", "qcow2", "-o",
-            f"compat={compat},cluster_size={cluster},refcount_bits={refbits},preallocation={prealloc}"]
+            f"compat={compat},cluster_size={cluster},refcount_bits={refbits},preallocation={prealloc},"
+            f"extended_l2={'on' if extl2 else 'off'}"]
     if backing:
         _make_chain(qemu_img, qemu_io, tmp_path, cluster)
         args += ["-b", "mid.qcow2", "-F", "qcow2"]

@@ -208,7 +208,7 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
                 data["data-file"] = h.data_file
                 data["data-file-raw"] = node.data_file_raw
             data["corrupt"] = bool(h.incompatible_features & 2)
-            data["extended-l2"] = False
+            data["extended-l2"] = h.extended_l2
         info["format-specific"] = {"type": "qcow2", "data": data}
         if h.backing_file:
             info["backing-filename"] = h.backing_file

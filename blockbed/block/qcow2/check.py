@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .cache import load_be_array
 from .cluster import (L1E_OFFSET_MASK, L1E_RESERVED, L2E_OFFSET_MASK, L2E_STD_RESERVED,
-                      OFLAG_COPIED, OFLAG_ZERO, ClusterType, cluster_type)
+                      OFLAG_COPIED, OFLAG_ZERO, ClusterType)
 from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, BitmapDirEntry
 from .refcount import REFT_OFFSET_MASK, RefcountCodec
 
@@ -158,9 +158,20 @@ class _Checker:
                          "L1 entry corrupted")
                 res.corruptions += 1
             table = load_be_array("Q", self.read(l2off, cs))
+            bitmaps = table[1::2] if mp.stride == 2 else None
+            if bitmaps is not None:
+                table = table[::2]
             nxt = 0          # QEMU counts fragmentation within one L2 table
             for i, le in enumerate(table):
                 t = ctype(le)
+                if bitmaps is not None:
+                    from .subcluster import check_bitmap
+                    problem, skip = check_bitmap(t, le, bitmaps[i], i)
+                    if problem:
+                        self.msg(problem)
+                        res.corruptions += 1
+                    if skip:
+                        continue
                 if t != ClusterType.COMPRESSED and le & L2E_STD_RESERVED:
                     self.msg(f"ERROR found l2 entry with reserved bits set: {le:x}")
                     res.corruptions += 1
@@ -512,8 +523,8 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: 
         drv.file.read(l2off, memoryview(raw))
         table = load_be_array("Q", raw)
         changed = False
-        for i, le in enumerate(table):
-            t = cluster_type(le)
+        for i, le in mp.entry_slots(table):
+            t = drv._ctype(le)
             if t not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) or le & 0x1FE \
                     or drv.has_data_file:
                 continue

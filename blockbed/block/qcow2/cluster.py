@@ -49,6 +49,22 @@ def cluster_type(entry: int) -> ClusterType:
     return ClusterType.UNALLOCATED
 
 
+def cluster_type_extl2(entry: int) -> ClusterType:
+    """With extended L2 entries bit 0 is reserved (zero status lives in the bitmap), so a
+    cluster is only compressed, allocated or not (spec "Extended L2 Entries")."""
+    if entry & OFLAG_COMPRESSED:
+        return ClusterType.COMPRESSED
+    return ClusterType.NORMAL if entry & L2E_OFFSET_MASK else ClusterType.UNALLOCATED
+
+
+def cluster_type_extl2_data_file(entry: int) -> ClusterType:
+    """Extended L2 entries with an external data file (offset 0 + COPIED is allocated)."""
+    t = cluster_type_extl2(entry)
+    if t == ClusterType.UNALLOCATED and entry & OFLAG_COPIED:
+        return ClusterType.NORMAL
+    return t
+
+
 def cluster_type_data_file(entry: int) -> ClusterType:
     """With an external data file, offset 0 is a real cluster: OFLAG_COPIED tells an
     allocated cluster at offset 0 from an unallocated entry (every data-file cluster
@@ -66,7 +82,9 @@ class Mapping:
         self.file = drv.file
         self.cb = drv.cluster_bits
         self.cs = 1 << self.cb
-        self.l2_bits = self.cb - 3
+        # extended L2 entries are 128 bits: the descriptor, then the subcluster bitmap
+        self.stride = 2 if drv.header.extended_l2 else 1
+        self.l2_bits = self.cb - 3 - (self.stride - 1)
         self.l2_size = 1 << self.l2_bits
         self.l1: array = array("Q")       # native-endian copy of the on-disk table
         self.cache = MetadataCache(self.file, "l2", self.cs, l2_cache_entries,
@@ -98,6 +116,13 @@ class Mapping:
             self.drv.signal_corruption(f"L2 table offset {e & ~OFLAG_COPIED:#x} unaligned "
                                        f"(L1 index: {l1_index:#x})")
         return off
+
+    def entry_slots(self, table: array):
+        """(slot, descriptor) for every entry of an L2 table; ``slot`` indexes ``table``
+        (with extended L2 entries the bitmap is at ``slot + 1``)."""
+        if self.stride == 1:
+            return enumerate(table)
+        return zip(range(0, len(table), 2), table[::2])
 
     def l2_table(self, off: int) -> array:
         return self.cache.get(off)

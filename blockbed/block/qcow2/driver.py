@@ -118,7 +118,7 @@ class Qcow2Driver(BlockDriver):
         h = self.header
         self.cluster_bits = h.cluster_bits
         self.cluster_size = h.cluster_size
-        self.l2_bits = h.cluster_bits - 3
+        self.l2_bits = h.cluster_bits - 3 - h.extended_l2
         self.corrupt = bool(h.incompatible_features & INCOMPAT_CORRUPT)
         self.check_mode = bool(opts.get("x-check", False))   # qemu-img check: allow repair
         if self.corrupt and not self.read_only and not self.check_mode:
@@ -127,10 +127,15 @@ class Qcow2Driver(BlockDriver):
         self.has_data_file = bool(h.incompatible_features & INCOMPAT_DATA_FILE)
         self.data_file_raw = bool(h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW)
         self._ctype = cluster_type_data_file if self.has_data_file else cluster_type
+        if h.extended_l2:
+            # subcluster-aware I/O lives in its own module (spec "Extended L2 Entries")
+            from .subcluster import ExtL2Driver, extl2_ctype
+            self.__class__ = ExtL2Driver
+            self._ctype = extl2_ctype(self.has_data_file)
         self.overlap = OverlapMap(h.cluster_bits, self._overlap_violation)
         # cache sizes (QEMU: l2-cache-size defaults to what covers the disk, up to 32 MiB)
         cs = self.cluster_size
-        need = max(1, -(-h.size // (cs * (cs // 8)))) * cs
+        need = max(1, -(-h.size // (cs << self.l2_bits))) * cs
         l2_bytes = _parse_size(opts.get("l2-cache-size", min(need, DEFAULT_L2_CACHE_MAX)))
         rc_bytes = _parse_size(opts.get("refcount-cache-size", max(4 * cs, l2_bytes // 4)))
         self.refcounts = RefcountManager(self, max(4, rc_bytes // cs))
@@ -556,7 +561,7 @@ class Qcow2Driver(BlockDriver):
         l1i = offset >> (self.cluster_bits + self.l2_bits)
         idx = (offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)
         mp = self.mapping
-        old = mp.cache.get(mp.l2_offset(l1i))[idx] if mp.l2_offset(l1i) else 0
+        old = self._entry(offset)
         if self.has_data_file or len(comp) >= cs - 1 or cluster_type(old) not in (ClusterType.UNALLOCATED,
                                                              ClusterType.ZERO_PLAIN):
             self.write(offset, data)
@@ -572,9 +577,13 @@ class Qcow2Driver(BlockDriver):
             mp.cache.set_dependency(self.refcounts.cache)
         if l2off not in mp.cache.tables:
             table = mp.cache.get(l2off)
-        table[idx] = OFLAG_COMPRESSED | (nb << mp.csize_shift) | coff
+        self._set_entry(table, idx, OFLAG_COMPRESSED | (nb << mp.csize_shift) | coff)
         self.file.debug_event("l2_update_compressed")
         mp.cache.mark_dirty(l2off)
+
+    def _set_entry(self, table: array, idx: int, entry: int) -> None:
+        """Store L2 entry ``idx`` (the extended-L2 driver also clears its bitmap)."""
+        table[idx] = entry
 
     def _l2_for_write(self, l1i: int) -> tuple[array, int]:
         """An L2 table we may modify (OFLAG_COPIED), allocating or copying one (l2_allocate)."""

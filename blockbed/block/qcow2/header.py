@@ -27,7 +27,8 @@ INCOMPAT_CORRUPT = 1 << 1
 INCOMPAT_DATA_FILE = 1 << 2
 INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
-INCOMPAT_SUPPORTED = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION | INCOMPAT_DATA_FILE
+INCOMPAT_SUPPORTED = (INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION | INCOMPAT_DATA_FILE
+                      | INCOMPAT_EXTL2)
 COMPAT_LAZY_REFCOUNTS = 1 << 0
 AUTOCLEAR_BITMAPS = 1 << 0
 AUTOCLEAR_DATA_FILE_RAW = 1 << 1
@@ -156,6 +157,11 @@ class Header:
     @property
     def refcount_bits(self) -> int:
         return 1 << self.refcount_order
+
+    @property
+    def extended_l2(self) -> bool:
+        """Incompatible bit 4: 128-bit L2 entries with subcluster bitmaps."""
+        return bool(self.incompatible_features & INCOMPAT_EXTL2)
 
     def feature_name(self, kind: int, bit: int) -> str:
         return self.feature_names.get((kind, bit), f"Unknown incompatible feature: {1 << bit:x}"
@@ -304,7 +310,10 @@ def _validate(hdr: Header, file_length: int | None) -> None:
         raise ImageFormatError("Active L1 table too large")
     if hdr.nb_snapshots > MAX_SNAPSHOTS:
         raise ImageFormatError("Too many snapshots")
-    l2_bits = hdr.cluster_bits - 3
+    l2_bits = hdr.cluster_bits - 3 - hdr.extended_l2
+    if hdr.extended_l2 and cs // 32 < 512:
+        # 32 subclusters per cluster, each at least a sector (QEMU qcow2_do_open)
+        raise ImageFormatError(f"Unsupported subcluster size: {cs // 32}")
     needed = -(-hdr.size // (1 << (hdr.cluster_bits + l2_bits))) if hdr.size else 0
     if hdr.size > (1 << 63) - 1 or needed > hdr.l1_size:
         raise ImageFormatError("L1 table is too small" if hdr.size <= (1 << 63) - 1

@@ -26,7 +26,8 @@ from typing import Iterator
 from ..driver import BlockDriver, BlockError
 from .cluster import OFLAG_COPIED
 from .header import (AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB,
-                     COMPRESSION_ZSTD, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE, MAX_L1_BYTES,
+                     COMPRESSION_ZSTD, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2,
+                     MAX_L1_BYTES,
                      Header, serialize_header)
 from .refcount import RefcountCodec
 
@@ -45,6 +46,12 @@ class CreateOptions:
     compression_type: int = COMPRESSION_ZLIB
     data_file: str | None = None
     data_file_raw: bool = False
+    extended_l2: bool = False
+
+    @property
+    def l2_entries(self) -> int:
+        """Entries per L2 table: 8-byte entries, or 16-byte extended ones."""
+        return self.cluster_size // (16 if self.extended_l2 else 8)
 
 
 def _bool(v, name: str) -> bool:
@@ -118,7 +125,16 @@ def parse_options(options: dict) -> CreateOptions:
                                        f"'{o.preallocation}'")
     o.backing_file = opts.pop("backing_file", None) or None
     o.backing_fmt = opts.pop("backing_fmt", None) or None
-    if o.backing_file and o.preallocation != "off":
+    o.extended_l2 = _bool(opts.pop("extended_l2", False), "extended_l2")
+    if o.extended_l2:
+        if o.version < 3:
+            raise BlockError(errno.EINVAL, "Extended L2 entries are only supported with "
+                                           "compatibility level 1.1 and above (use version=v3 "
+                                           "or greater)")
+        if cs < 16384:
+            raise BlockError(errno.EINVAL, "Extended L2 entries are only supported with "
+                                           "cluster sizes of at least 16384 bytes")
+    if o.backing_file and o.preallocation != "off" and not o.extended_l2:
         raise BlockError(errno.EINVAL, "Backing file and preallocation can only be used at "
                                        "the same time if extended_l2 is on")
     ct = str(opts.pop("compression_type", "zlib"))
@@ -131,8 +147,6 @@ def parse_options(options: dict) -> CreateOptions:
     if o.compression_type != COMPRESSION_ZLIB and o.version == 2:
         raise BlockError(errno.EINVAL, "Non-zlib compression type is only supported with "
                                        "compatibility level 1.1 and above (use compat=1.1 or greater)")
-    if _bool(opts.pop("extended_l2", False), "extended_l2"):
-        raise BlockError(errno.ENOTSUP, "extended_l2=on is not supported by blockbed")
     if opts.pop("encrypt.format", None) or _bool(opts.pop("encryption", False), "encryption"):
         raise BlockError(errno.ENOTSUP, "encrypted qcow2 images are not supported by blockbed")
     o.data_file = opts.pop("data_file", None) or None
@@ -169,7 +183,7 @@ class Layout:
 def plan(size: int, o: CreateOptions) -> Layout:
     cs = o.cluster_size
     cb = cs.bit_length() - 1
-    l2_entries = cs // 8
+    l2_entries = o.l2_entries
     l1_size = -(-size // (cs * l2_entries)) if size else 0
     if l1_size * 8 > MAX_L1_BYTES:
         raise BlockError(errno.EFBIG, "Could not resize image: The image size is too large "
@@ -206,6 +220,8 @@ def plan(size: int, o: CreateOptions) -> Layout:
         h.compatible_features |= COMPAT_LAZY_REFCOUNTS
     if o.compression_type != COMPRESSION_ZLIB:
         h.incompatible_features |= INCOMPAT_COMPRESSION
+    if o.extended_l2:
+        h.incompatible_features |= INCOMPAT_EXTL2
     if external:
         h.data_file = o.data_file
         h.incompatible_features |= INCOMPAT_DATA_FILE
@@ -258,13 +274,19 @@ def metadata_writes(lay: Layout, o: CreateOptions) -> Iterator[tuple[int, bytes]
     # L2 tables, 8 MiB at a time
     if lay.nb_l2:
         per_write = max(1, (8 << 20) // cs)
-        l2_entries = cs // 8
+        l2_entries = o.l2_entries
         for first in range(0, lay.nb_l2, per_write):
             ntab = min(per_write, lay.nb_l2 - first)
             c0 = first * l2_entries
             c1 = min(lay.nb_data, (first + ntab) * l2_entries)
             start = (lay.data_off + c0 * cs) | OFLAG_COPIED
             vals = array("Q", range(start, start + (c1 - c0) * cs, cs))
+            if o.extended_l2:
+                # preallocated clusters keep an all-zero bitmap: every subcluster stays
+                # unallocated (QEMU preallocate_co links with m->prealloc)
+                wide = array("Q", bytes(16 * len(vals)))
+                wide[::2] = vals
+                vals = wide
             raw = _be_q(vals)
             yield lay.l2_off + first * cs, raw + bytes(ntab * cs - len(raw))
 

@@ -209,6 +209,24 @@ class RefcountManager:
             self.free_cluster_index = start + n
             return start << self.cluster_bits
 
+    def alloc_at(self, offset: int, n: int) -> int:
+        """Allocate as many of the ``n`` clusters at ``offset`` as are free in a row and
+        return how many (QEMU qcow2_alloc_clusters_at, used to extend a write's host
+        range contiguously).  The free-cluster hint does not move."""
+        start = offset >> self.cluster_bits
+        while True:
+            k = 0
+            while k < n and self.get(start + k) == 0:
+                k += 1
+            if not k:
+                return 0
+            self.drv.overlap.check_free(offset, k << self.cluster_bits)
+            if self._ensure_blocks(start, k):
+                continue          # a new refcount block may have taken one of them
+            self.file.debug_event("cluster_alloc")
+            self.update(start, k, +1)
+            return k
+
     def alloc_bytes(self, size: int) -> int:
         """Room for ``size`` bytes of compressed data (QEMU qcow2_alloc_bytes).
 

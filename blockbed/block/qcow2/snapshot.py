@@ -122,7 +122,7 @@ def _tree_refcounts(drv, l1: "list[int] | object", delta: int) -> None:
         if delta:
             rc.update(l2off >> cb, 1, delta)
         table = drv.mapping.cache.get(l2off)
-        for le in table:
+        for _, le in drv.mapping.entry_slots(table):
             t = drv._ctype(le)
             if t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) and not drv.has_data_file:
                 if delta:
@@ -148,7 +148,7 @@ def _fix_copied_flags(drv) -> bool:
             l1_changed = True
         table = mp.cache.get(l2off)
         dirty = False
-        for j, le in enumerate(table):
+        for j, le in mp.entry_slots(table):
             t = drv._ctype(le)
             if t not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) or drv.has_data_file:
                 continue
@@ -171,7 +171,7 @@ def _clear_copied_flags(drv) -> None:
         mp.l1[i] = e & ~OFLAG_COPIED
         table = mp.cache.get(l2off)
         dirty = False
-        for j, le in enumerate(table):
+        for j, le in mp.entry_slots(table):
             if le & OFLAG_COPIED and drv._ctype(le) in (ClusterType.NORMAL,
                                                          ClusterType.ZERO_ALLOC):
                 table[j] = le & ~OFLAG_COPIED
