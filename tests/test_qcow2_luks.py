@@ -442,3 +442,13 @@ def test_one_mib_read_is_fast(tmp_path):
         assert elapsed < 0.5, elapsed
     finally:
         node.close()
+
+
+def test_run_refuses_legacy_aes_like_qemu_system_emulators(tmp_path):
+    from blockbed.block.drivespec import DriveSpecError, open_drive
+    from blockbed.block.qcow2.imagecreate import create
+    img = tmp_path / "aes.qcow2"
+    create(str(img), 1 << 20, {"encrypt.format": "aes", "encrypt.key-secret": "sec0"})
+    with pytest.raises(DriveSpecError, match="AES-CBC encrypted qcow2 images is no longer "
+                                             "supported in system emulators"):
+        open_drive(f"file={img},format=qcow2,if=virtio,encrypt.key-secret=sec0")

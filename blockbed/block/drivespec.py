@@ -278,6 +278,10 @@ def open_drive(spec: DriveSpec | str, *, request_log: bool | RequestLog = False,
                           force_share=spec.force_share, options=options)
     except BlockError as e:
         raise DriveSpecError(f"drive file={spec.file}: {e}") from None
+    if getattr(getattr(root, "crypto", None), "method", 0) == 1:
+        root.close()          # QEMU's system emulators refuse legacy AES (qemu-img still reads it)
+        raise DriveSpecError(f"drive file={spec.file}: Use of AES-CBC encrypted qcow2 images "
+                             "is no longer supported in system emulators")
     try:
         backend = BlockBackend(root, spec.cache, werror=spec.werror, rerror=spec.rerror,
                                discard=spec.discard, detect_zeroes=spec.detect_zeroes,
