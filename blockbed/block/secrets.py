@@ -20,26 +20,12 @@ _KEYS = ("id", "data", "file", "format")
 
 
 def _split(text: str) -> list[tuple[str, str]]:
-    """QemuOpts splitting (``,,`` is a literal comma)."""
-    out, cur, i = [], [], 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1:i + 2] == ",":
-                cur.append(",")
-                i += 2
-                continue
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(text[i])
-        i += 1
-    out.append("".join(cur))
-    items = []
-    for item in out:
-        if item:
-            k, sep, v = item.partition("=")
-            items.append((k, v if sep else "on"))
-    return items
+    """QemuOpts splitting, shared with ``-drive`` (``,,`` is a literal comma)."""
+    from .drivespec import DriveSpecError, split_options
+    try:
+        return split_options(text)
+    except DriveSpecError as e:
+        raise BlockError(errno.EINVAL, str(e).replace("drive: ", "object: ", 1)) from None
 
 
 def add_object(spec: str) -> str:
