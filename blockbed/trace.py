@@ -18,7 +18,6 @@ and ``BLOCKBED_TRACE_FILTER=prefix1,prefix2`` keeps only matching events.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
+        import json     # only when tracing to a file: keeps json off every start-up
         return json.dumps({"seq": self.seq, "t": self.time_ns, "event": self.name, **self.fields},
                           default=_jsonable)
 

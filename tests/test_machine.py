@@ -364,3 +364,45 @@ def test_long_io_loops_see_every_access_exactly_once(asm_build):
     assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, r.reason
     assert (mmio.writes, mmio.repeats) == (3_000_000, 0)
     assert pio.writes == 3_000_000
+
+
+class KickingSequencePort:
+    """Port 0x520: reads return 1, 2, 3 ... (16-bit); writes must come back in the same
+    order.  Every 7th access asks the CPU to stop (an interrupt kick inside the
+    callback), which is when unicorn would run the instruction -- or one iteration of
+    a ``rep ins``/``rep outs`` -- a second time."""
+
+    def __init__(self, machine: Machine):
+        self.m = machine
+        self.reads = 0
+        self.writes = 0
+        self.out_of_order = 0
+
+    def _maybe_kick(self) -> None:
+        if (self.reads + self.writes) % 7 == 0:
+            self.m.cpu.kick()
+
+    def read(self, offset, size):
+        self.reads += 1
+        self._maybe_kick()
+        return self.reads & 0xFFFF
+
+    def write(self, offset, size, value):
+        self.writes += 1
+        if value != self.writes & 0xFFFF:
+            self.out_of_order += 1
+        self._maybe_kick()
+
+
+def test_port_io_is_performed_once_when_a_stop_lands_in_the_callback(asm_build):
+    """The port-I/O replay guard (machine/cpu.py): a kick during an IN/OUT callback --
+    plain or one iteration of a string instruction -- must not make the guest see
+    a value twice, nor the device see an access twice."""
+    m = Machine(MachineConfig(memory_mib=32, timeout_s=120))
+    port = KickingSequencePort(m)
+    m.pio.add("sequence", 0x520, 2, port)
+    m.load_kernel(str(asm_build / "pio_string_kick.elf"))
+    r = m.run()
+    assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, (r.reason, port.reads)
+    assert port.reads == 30_000
+    assert (port.writes, port.out_of_order) == (20_000, 0)

@@ -30,7 +30,6 @@ Locking: see :mod:`blockbed.block.locking` (QEMU-compatible OFD lock bytes).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
@@ -49,14 +48,18 @@ IOV_MAX = 1024
 PREALLOCATION_MODES = ("off", "falloc", "full")
 LOCKING_MODES = ("auto", "on", "off")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc_fallocate = _libc.fallocate
-_libc_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_libc_fallocate.restype = ctypes.c_int
+_libc_fallocate = None          # bound on first use: ctypes costs start-up time
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """``fallocate(2)`` with a mode (``os.posix_fallocate`` has none)."""
+    global _libc_fallocate
+    import ctypes
+    if _libc_fallocate is None:
+        f = ctypes.CDLL(None, use_errno=True).fallocate
+        f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        f.restype = ctypes.c_int
+        _libc_fallocate = f
     if _libc_fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -66,6 +69,7 @@ def _buffer_address(buf: memoryview) -> int | None:
     """Address of a writable buffer's first byte; None when unknown (read-only)."""
     if buf.readonly or not buf.nbytes:
         return None
+    import ctypes
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 

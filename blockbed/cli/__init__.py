@@ -1,7 +1,9 @@
 """The ``blockbed`` command: composes the packages, holds no logic of its own.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``;
-this file lists them.
+this file lists them.  Only the module of the subcommand being run is imported
+(``blockbed img convert`` should not pay for the machine, the devices or the
+crash engine at start-up); ``blockbed --help`` imports them all.
 """
 
 from __future__ import annotations
@@ -10,29 +12,33 @@ import argparse
 import importlib
 import sys
 
-# (module, one-line help) — one line to add a subcommand.
-SUBCOMMANDS: tuple[str, ...] = (
-    "blockbed.cli.run",
-    "blockbed.cli.demo",
-    "blockbed.cli.crashtest",
-    "blockbed.cli.img",
-    "blockbed.cli.logwrites",
-)
+# command name -> module: one line to add a subcommand.
+SUBCOMMANDS: dict[str, str] = {
+    "run": "blockbed.cli.run",
+    "demo": "blockbed.cli.demo",
+    "crashtest": "blockbed.cli.crashtest",
+    "img": "blockbed.cli.img",
+    "logwrites": "blockbed.cli.logwrites",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only`` (a subcommand name), just that subcommand."""
     parser = argparse.ArgumentParser(
         prog="blockbed",
         description="blockbed: a test bed for the virtual storage stack — boot test guests against "
                     "emulated disk controllers, check durability, inspect images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        importlib.import_module(name).register(sub)
+    for name, module in SUBCOMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -1,6 +1,6 @@
 """``blockbed img``: qemu-img's syntax and output over blockbed's block layer.
 
-Subcommands: create, info, check, map, convert, compare, resize.  JSON output
+Subcommands: create, info, check, map, convert, compare, resize, snapshot, bitmap.  JSON output
 matches ``qemu-img … --output=json`` of QEMU 7.2 field for field; key order
 follows QEMU's QDict hash order so even the text is the same.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -38,6 +38,7 @@ def _qdict_order(d: dict) -> list[tuple[str, Any]]:
 
 def qemu_json(obj: Any, indent: int = 0) -> str:
     """Pretty JSON as QEMU's qobject_to_json_pretty writes it."""
+    import json     # imported here: convert and create never print JSON
     pad = "    " * (indent + 1)
     end = "    " * indent
     if isinstance(obj, dict):
@@ -229,9 +230,8 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
             data["compat"] = "1.1"
             data["compression-type"] = "zstd" if h.compression_type == 1 else "zlib"
             data["lazy-refcounts"] = bool(h.compatible_features & 1)
-            if node.bitmaps:
-                data["bitmaps"] = [{"flags": b["flags"], "name": b["name"],
-                                    "granularity": b["granularity"]} for b in node.bitmaps]
+            if node.bitmaps.info():
+                data["bitmaps"] = node.bitmaps.info()
             data["refcount-bits"] = h.refcount_bits
             if node.crypto is not None:
                 data["encrypt"] = node.crypto.info()
@@ -520,46 +520,55 @@ def _cx(v: int) -> str:
 
 # --- convert --------------------------------------------------------------------------------
 def _zero_runs(buf: bytearray, n: int, gran: int) -> list[tuple[int, int, bool]]:
-    """(start, length, is_zero) runs of ``buf[:n]`` at ``gran`` granularity.
+    """(start, length, is_zero) runs of ``buf[:n]`` at ``gran`` granularity (qemu-img
+    convert ``-S``): a granule is zero when all its bytes are; a partial granule at the
+    end is data unless the whole buffer is zero.
 
-    The search for zero granules uses ``bytearray.find`` (C speed), so a chunk
-    of random data costs one scan, not one Python step per granule.
+    No Python step per granule and no copies: zero checks are
+    ``bytearray.startswith(zeros, start, end)`` (a memcmp in place), and candidate
+    granules come from a byte mask -- the first and the last byte of every granule,
+    taken with strided slices and OR-ed as big integers -- whose runs of zero bytes a
+    regular expression finds.  Each candidate run is then verified with one compare.
     """
-    zero = _ZERO_GRANULES.get(gran)
-    if zero is None:
-        zero = _ZERO_GRANULES[gran] = bytes(gran)
-    # bytes-like == bytes is a memcmp; memoryview == memoryview compares element-wise
-    if (buf == _ZERO_CHUNK) if n == len(buf) == len(_ZERO_CHUNK) else \
-            (buf[:n] == _ZERO_CHUNK[:n]):
+    zeros = _ZERO_VIEW
+    if buf.startswith(zeros[:n], 0, n):
         return [(0, n, True)]
-    # candidates: granules whose first and last bytes are zero (strided slices are C speed)
     full = n // gran
-    firsts = buf[0:full * gran:gran]
-    lasts = buf[gran - 1:full * gran:gran]
-    zs = []
-    i = firsts.find(0)
-    while i >= 0:
-        if not lasts[i] and buf[i * gran:(i + 1) * gran] == zero:
-            zs.append(i * gran)
-        i = firsts.find(0, i + 1)
     runs: list[tuple[int, int, bool]] = []
     cur = 0
-    for g in zs:
-        if runs and runs[-1][2] and runs[-1][0] + runs[-1][1] == g:
-            runs[-1] = (runs[-1][0], runs[-1][1] + gran, True)
-            cur = g + gran
-            continue
-        if g > cur:
-            runs.append((cur, g - cur, False))
-        runs.append((g, gran, True))
-        cur = g + gran
+    if full:
+        span = full * gran
+        mask = (int.from_bytes(buf[0:span:gran], "little")
+                | int.from_bytes(buf[gran - 1:span:gran], "little")).to_bytes(full, "little")
+        for m in _ZERO_BYTES.finditer(mask):
+            for a, b in _verified_zero(buf, m.start() * gran, m.end() * gran, gran):
+                if a > cur:
+                    runs.append((cur, a - cur, False))
+                runs.append((a, b - a, True))
+                cur = b
     if cur < n:
         runs.append((cur, n - cur, False))
     return runs
 
 
-_ZERO_GRANULES: dict[int, bytes] = {}
-_ZERO_CHUNK = bytes(CHUNK)
+def _verified_zero(buf: bytearray, a: int, b: int, gran: int) -> list[tuple[int, int]]:
+    """The all-zero granule runs within candidate run [a, b)."""
+    zeros = _ZERO_VIEW
+    if buf.startswith(zeros[:b - a], a, b):
+        return [(a, b)]
+    out: list[tuple[int, int]] = []
+    z = zeros[:gran]
+    for g in range(a, b, gran):
+        if buf.startswith(z, g, g + gran):
+            if out and out[-1][1] == g:
+                out[-1] = (out[-1][0], g + gran)
+            else:
+                out.append((g, g + gran))
+    return out
+
+
+_ZERO_VIEW = memoryview(bytes(CHUNK))
+_ZERO_BYTES = re.compile(rb"\x00+")
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
@@ -597,7 +606,8 @@ def _copy(a: argparse.Namespace, src: BlockDriver, dst: BlockDriver,
     """The convert loop: block status of the source in large windows, data in 2 MiB
     chunks through a ring of buffers (a buffer is reused only once the writes that
     still point into it have completed)."""
-    ring = [bytearray(CHUNK) for _ in range(8 if writer else 1)]
+    # buffers are made on first use: a small image should not pay for 16 MiB of zeroing
+    ring: list[bytearray | None] = [None] * (8 if writer else 1)
     ring_seq = [0] * len(ring)
     slot = 0
     if a.p:
@@ -615,6 +625,8 @@ def _copy(a: argparse.Namespace, src: BlockDriver, dst: BlockDriver,
             while off < end:
                 n = min(CHUNK, end - off)
                 buf = ring[slot]
+                if buf is None:
+                    buf = ring[slot] = bytearray(min(CHUNK, size))
                 if writer is not None:
                     writer.wait_upto(ring_seq[slot])
                 view = memoryview(buf)[:n]
@@ -645,7 +657,7 @@ def _write_compressed(dst: BlockDriver, start: int, buf: bytearray, n: int) -> N
         g = start + pos
         cend = min(n, (g // cs + 1) * cs - start)
         piece = mv[pos:cend]
-        if piece != _ZERO_CHUNK[:len(piece)]:
+        if not buf.startswith(_ZERO_VIEW[:len(piece)], pos, cend):
             if g % cs == 0 and (len(piece) == cs or g + len(piece) == dst.length()):
                 dst.write_compressed(g, piece)
             else:
@@ -659,32 +671,59 @@ class _AsyncWrites(BlockDriver):
     with reading and scanning the next chunk.  Writes stay in submission order;
     reads, flush and close wait for them.  Callers must not modify a buffer after
     passing it (the qcow2 driver writes fresh bytes; convert's data buffers are
-    tracked with :meth:`wait_upto`)."""
+    tracked with :meth:`wait_upto`).
+
+    A bare thread and a C ``SimpleQueue`` rather than an executor: a submission
+    costs one ``put`` (no future, no lock on the caller's side), which matters at a
+    few thousand writes per second of a convert.  A failed write is re-raised by
+    the next call that waits (and by :meth:`close`); the writes after it are
+    skipped, as a failed convert leaves the target unusable anyway."""
 
     driver_name = "async-writes"
+    MAX_PENDING = 64
 
-    def __init__(self, node: BlockDriver, workers: int = 1):
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, node: BlockDriver):
+        import threading
+        from _queue import SimpleQueue
         self.node = node
         self.path = getattr(node, "path", None)
         self.read_only = node.read_only
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="convert-write")
-        self._pending: list = []          # (seq, future), oldest first
         self._len = node.length()
-        self.seq = 0
+        self.seq = 0                    # last submitted write
+        self._done = 0                  # last completed (or skipped) write
+        self._error: BaseException | None = None
+        self._queue: SimpleQueue = SimpleQueue()
+        self._cv = threading.Condition()
+        self._worker = threading.Thread(target=self._run, name="convert-write", daemon=True)
+        self._worker.start()
 
-    def _drain(self) -> None:
-        pend, self._pending = self._pending, []
-        for _, f in pend:
-            f.result()
-        if pend and hasattr(self.node, "refresh_length"):
-            # concurrent writes may have raced on the file node's cached size
-            self.node.refresh_length()
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            seq, offset, bufs = item
+            if self._error is None:
+                try:
+                    self.node.writev(offset, bufs)
+                except BaseException as e:     # handed to the submitting thread
+                    self._error = e
+            with self._cv:
+                self._done = seq
+                self._cv.notify_all()
 
     def wait_upto(self, seq: int) -> None:
-        """Wait for every write submitted up to ``seq``."""
-        while self._pending and self._pending[0][0] <= seq:
-            self._pending.pop(0)[1].result()
+        """Wait for every write submitted up to ``seq``; re-raise a failed one."""
+        if self._done < seq:
+            with self._cv:
+                while self._done < seq:
+                    self._cv.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self) -> None:
+        had = self._done < self.seq
+        self.wait_upto(self.seq)
+        if had and hasattr(self.node, "refresh_length"):
+            # the worker's writes may have raced on the file node's cached size
+            self.node.refresh_length()
 
     def read(self, offset: int, buf: memoryview) -> None:
         self._drain()
@@ -702,10 +741,12 @@ class _AsyncWrites(BlockDriver):
             self._drain()
             self.node.writev(offset, bufs, fua)
             return
+        if self._error is not None:
+            raise self._error
         self.seq += 1
-        self._pending.append((self.seq, self._pool.submit(self.node.writev, offset, list(bufs))))
-        if len(self._pending) > 64:
-            self._pending.pop(0)[1].result()
+        self._queue.put((self.seq, offset, list(bufs)))
+        if self.seq - self._done > self.MAX_PENDING:
+            self.wait_upto(self.seq - self.MAX_PENDING)
 
     def flush(self) -> None:
         self._drain()
@@ -739,21 +780,25 @@ class _AsyncWrites(BlockDriver):
         try:
             self._drain()
         finally:
-            self._pool.shutdown(wait=True)
+            self._queue.put(None)
+            self._worker.join()
             self.node.close()
 
 
 def _open_output(path: str, fmt: str, unsafe: bool, key_secret: str | None = None
                  ) -> "tuple[BlockDriver, _AsyncWrites | None]":
-    """The convert target: with cache=unsafe, qcow2 over async writes over the file."""
+    """The convert target: with cache=unsafe, qcow2 over async writes over the
+    preallocate filter over the file (qcow2 allocates densely, so reserving ahead
+    costs no sparseness; raw output is left without it)."""
     key = {"encrypt.key-secret": key_secret} if key_secret and fmt == "qcow2" else {}
     if not unsafe or fmt != "qcow2":
         node, _ = open_img(path, fmt, read_only=False,
                            extra={**({"cache.no-flush": True} if unsafe else {}), **key})
         return node, None
     from ..block.file import FileDriver
+    from ..block.preallocate import PreallocateDriver
     from ..block.qcow2 import open as qcow2_open
-    proto = _AsyncWrites(FileDriver(path))
+    proto = _AsyncWrites(PreallocateDriver(FileDriver(path)))
     try:
         return qcow2_open(proto, read_only=False, options={"cache.no-flush": True,
                                                             "filename": path, **key}), proto
@@ -894,7 +939,7 @@ def cmd_resize(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from .imageopts import add_arguments as add_image_arguments
     p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
-                                   "map, convert, compare, resize, snapshot)")
+                                   "map, convert, compare, resize, snapshot, bitmap)")
     s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
 
     c = s.add_parser("create", help="create an image")
@@ -986,6 +1031,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("size")
     add_image_arguments(r, image_opts=True)
     r.set_defaults(func=_guard(cmd_resize))
+
+    from .img_bitmap import register as register_bitmap
+    register_bitmap(s, _guard)
 
 
 def _guard(fn, code: int = 1):

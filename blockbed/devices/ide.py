@@ -31,10 +31,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from unicorn.x86_const import UC_X86_REG_ECX as _RCX
-from unicorn.x86_const import UC_X86_REG_EDI as _RDI
-from unicorn.x86_const import UC_X86_REG_EIP as _RIP
-
 from .. import trace
 
 from ..machine.memory import DMAError
@@ -94,10 +90,6 @@ class IdeChannel:
         self.bm_cmd = 0
         self.bm_status = 0
         self.bm_prdt = 0
-        self._base_key: tuple[int, int, int] | None = None
-        self._nreads = 0
-        self._slices = -1
-        self._last_value = 0
 
     # --- helpers ----------------------------------------------------------------------
     @property
@@ -344,53 +336,7 @@ class IdeChannel:
         else:
             self.next_out_block()
 
-    def _cpu_key(self) -> tuple[int, int, int] | None:
-        """(EIP, ECX, EDI) when the CPU is executing a string IN, else None."""
-        m = self.ctrl.machine
-        uc = m.cpu.uc
-        eip = uc.reg_read(_RIP)
-        buf = m.memory.buf
-        i, end = eip, min(eip + 5, len(buf))
-        while i < end and (buf[i] in (0xF3, 0xF2, 0x66, 0x67) or 0x40 <= buf[i] <= 0x4F):
-            i += 1
-        if i >= len(buf) or buf[i] not in (0x6C, 0x6D):
-            return None
-        return eip, uc.reg_read(_RCX), uc.reg_read(_RDI)
-
-    def _replayed_string_in(self, size: int) -> bool:
-        """True when the CPU re-executes a ``rep ins`` iteration it already read.
-
-        Unicorn can end a time slice after the IN of a ``rep ins`` iteration has
-        been served but before the iteration is committed; on resume the iteration
-        runs again (machine/cpu.py resumes at the uncommitted instruction).  An
-        iteration is identified by (EIP, ECX, EDI).  Reading registers costs
-        microseconds, so they are read only at the start of a DRQ block and at the
-        first read after a new slice began; in between, a ``rep insw`` moves ECX
-        down by one and EDI up by the access size per read, which gives the key of
-        the last read served.  A repeat of that key is the replay: serve the same
-        word again instead of consuming the next one.
-        """
-        cpu = self.ctrl.machine.cpu
-        slices = cpu.exits.slices
-        new_slice = slices != self._slices
-        self._slices = slices
-        x = self.xfer
-        if not new_slice and not (x is not None and x.pos == 0):
-            self._nreads += 1
-            return False
-        now = self._cpu_key()
-        base = self._base_key
-        if new_slice and now is not None and base is not None and self._nreads >= 0:
-            n = self._nreads
-            last = (base[0], (base[1] - n) & 0xFFFFFFFF, (base[2] + n * size) & 0xFFFFFFFF)
-            if now == last:
-                return True
-        self._base_key, self._nreads = now, 0
-        return False
-
     def read_data(self, size: int) -> int:
-        if self._replayed_string_in(size):
-            return self._last_value
         x = self.xfer
         if x is None or x.cmd.protocol is not Protocol.PIO_IN or \
                 not self.units[x.unit].status & ST_DRQ:
@@ -405,8 +351,7 @@ class IdeChannel:
             else:
                 u.status = ST_DRDY | ST_DSC
                 self.xfer = None
-        self._last_value = v = int.from_bytes(b.ljust(size, b"\0"), "little")
-        return v
+        return int.from_bytes(b.ljust(size, b"\0"), "little")
 
     def write_data(self, size: int, value: int) -> None:
         x = self.xfer

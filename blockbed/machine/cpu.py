@@ -80,6 +80,7 @@ class StopReason(Enum):
 
 
 _RUNNING = StopReason.NONE
+_PIO = "pio"        # tag of a port-I/O record in the replay guard
 REPLAY_STEPS = 64   # instructions from a block start to a replayed MMIO access, at most
 
 
@@ -134,6 +135,7 @@ class CPU:
         # MMIO replay guard (see wrap_mmio): unicorn re-executes an MMIO instruction
         # whose callback asked it to stop, so that access must not happen twice.
         self._replay: tuple | None = None
+        self._replay_value = 0
         machine.memory.map_into(self.uc)
         self._install_io_hooks()
 
@@ -145,21 +147,26 @@ class CPU:
         exits = self.exits
         ones = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
+        cpu = self
+
         def on_in(uc, port, size, ud):
+            if cpu._replay is not None and cpu._pio_replayed(False, port, size, None):
+                return cpu._replay_value
             exits.pio += 1
             events.now += 1
             if events._heap and events._heap[0].due <= events.now:
                 events.run_due()
             ent = ports.get(port)
-            if ent is None:
-                return ones[size]
+            v = ones[size] if ent is None else ent[0].read(port - ent[1], size)
             if trace.enabled:
-                v = ent[0].read(port - ent[1], size)
                 trace.emit("pio.in", port=port, size=size, value=v)
-                return v
-            return ent[0].read(port - ent[1], size)
+            if cpu.stop_reason is not _RUNNING:
+                cpu._replay = (_PIO, False, port, size, None, v, cpu._io_key())
+            return v
 
         def on_out(uc, port, size, value, ud):
+            if cpu._replay is not None and cpu._pio_replayed(True, port, size, value):
+                return
             exits.pio += 1
             events.now += 1
             if events._heap and events._heap[0].due <= events.now:
@@ -169,6 +176,8 @@ class CPU:
             ent = ports.get(port)
             if ent is not None:
                 ent[0].write(port - ent[1], size, value)
+            if cpu.stop_reason is not _RUNNING:
+                cpu._replay = (_PIO, True, port, size, value, None, cpu._io_key())
 
         def on_intr(uc, intno, ud):
             self._exception = intno
@@ -177,6 +186,51 @@ class CPU:
         self.uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INTR, on_intr)
+
+    def _io_key(self) -> tuple[int, int, int, int]:
+        """(RIP, RCX, RDI, RSI) at a port access: the instruction and, for a string
+        instruction, the iteration (RCX counts down, RDI/RSI move, per iteration)."""
+        if self.long_mode():
+            ctx = self._context64()
+            return (ctx.reg_read(X.UC_X86_REG_RIP), ctx.reg_read(X.UC_X86_REG_RCX),
+                    ctx.reg_read(X.UC_X86_REG_RDI), ctx.reg_read(X.UC_X86_REG_RSI))
+        uc = self.uc
+        return (uc.reg_read(X.UC_X86_REG_EIP), uc.reg_read(X.UC_X86_REG_ECX),
+                uc.reg_read(X.UC_X86_REG_EDI), uc.reg_read(X.UC_X86_REG_ESI))
+
+    def _pio_replayed(self, write: bool, port: int, size: int, value: int | None) -> bool:
+        """The port-I/O half of the replay guard (see :meth:`wrap_mmio`).
+
+        Called for a port access while a record is pending.  It is the replay when
+        the access is the recorded one *and* the CPU is at the same instruction and
+        iteration -- (RIP, RCX, RDI, RSI) as recorded -- because a ``rep ins``
+        iteration whose IN was served but not committed runs again with the same
+        registers, while the next iteration, or the next pass of a polling loop
+        that did not re-execute, differs in RCX/RDI/RSI or comes after the stepping
+        window.  A read is answered with the recorded value (``_replay_value``), a
+        write dropped.  Any other access ends the wait."""
+        rp = self._replay
+        self._replay = None
+        if rp[0] is _PIO and rp[1] is write and rp[2] == port and rp[3] == size and \
+                (not write or rp[4] == value) and self._io_key() == rp[6]:
+            if trace.enabled:
+                trace.emit("cpu.pio_replay", write=write, port=port, size=size)
+            self._replay_value = rp[5]
+            return True
+        if trace.enabled:
+            trace.emit("cpu.pio_replay_mismatch", write=write, port=port, size=size)
+        return False
+
+    def _drop_completed_pio(self, resume_rip: int) -> bool:
+        """Before resuming: a port-I/O record whose instruction is not where the CPU
+        resumes belongs to an instruction that completed (unicorn stopped after it),
+        so nothing will run again; drop it.  This is what keeps a polling loop of
+        plain INs, whose registers do not change, from being answered a stale value.
+        False when the record was dropped (or there is none)."""
+        rp = self._replay
+        if rp is not None and rp[0] is _PIO and rp[6][0] != resume_rip:
+            self._replay = None
+        return self._replay is not None
 
     def wrap_mmio(self, handler: RegionHandler) -> tuple:
         """Unicorn callbacks for one MMIO chunk: count, tick, call the handler.
@@ -189,7 +243,8 @@ class CPU:
         resume.  The callback then records the access; the next slice first executes
         that one instruction alone (:meth:`run_slice`), and its access is answered
         from the record (the read's value again; the write dropped) instead of
-        reaching the device a second time.
+        reaching the device a second time.  Port I/O has the same guard
+        (:meth:`_pio_replayed`), keyed by the registers of the iteration.
         """
         events = self.machine.events
         exits = self.exits
@@ -409,6 +464,7 @@ class CPU:
             self._fail(f"RIP {begin:#x} is above 4 GiB; this machine runs guests below 4 GiB")
             return
         self.exits.slices += 1
+        self._drop_completed_pio(begin)
         if self._replay is not None:
             # Unicorn resumes at the interrupted MMIO instruction, or at the start of
             # its translation block: step one instruction at a time until the
@@ -426,6 +482,8 @@ class CPU:
                 if self._replay is None or self.stop_reason is StopReason.EXIT:
                     break
                 begin = self.rip()
+                if not self._drop_completed_pio(begin):
+                    break
             self._replay = None
             return
         try:

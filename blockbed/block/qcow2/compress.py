@@ -12,12 +12,17 @@ import zlib
 from ..driver import CorruptImageError
 from .header import COMPRESSION_ZLIB, COMPRESSION_ZSTD
 
-try:
-    import zstandard as _zstd
-except ImportError:  # pragma: no cover - zstandard is a declared dependency
-    _zstd = None
-
 SECTOR = 512
+
+
+def _zstandard():
+    """The zstandard module, imported on the first zstd cluster (not at start-up of
+    every tool that opens a qcow2 image); None if it is missing."""
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - zstandard is a declared dependency
+        return None
+    return zstandard
 
 
 def decompress(data: bytes | memoryview, cluster_size: int, ctype: int) -> bytes:
@@ -29,6 +34,7 @@ def decompress(data: bytes | memoryview, cluster_size: int, ctype: int) -> bytes
         except zlib.error as e:
             raise CorruptImageError(f"qcow2: compressed cluster does not inflate: {e}") from None
     elif ctype == COMPRESSION_ZSTD:
+        _zstd = _zstandard()
         if _zstd is None:
             raise CorruptImageError("qcow2: zstd compression needs the zstandard module")
         d = _zstd.ZstdDecompressor().decompressobj()
@@ -59,6 +65,6 @@ def compress(data: bytes | memoryview, ctype: int) -> bytes:
     if ctype == COMPRESSION_ZLIB:
         c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
         return c.compress(data) + c.flush()
-    if ctype == COMPRESSION_ZSTD and _zstd is not None:
+    if ctype == COMPRESSION_ZSTD and (_zstd := _zstandard()) is not None:
         return _zstd.ZstdCompressor().compress(bytes(data))
     raise CorruptImageError(f"qcow2: unknown compression type {ctype}")

@@ -16,7 +16,6 @@ any moment therefore leaves an image that checks clean except for leaks.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import struct
 from array import array
@@ -25,6 +24,7 @@ from typing import Callable, Sequence
 from ... import trace
 from ..driver import (BlockDriver, BlockError, Buffer, CorruptImageError, Extent,
                       ImageFormatError, ReadOnlyError, check_request)
+from .bitmaps import BitmapStore
 from .cluster import (L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO,
                       ClusterType, Mapping, cluster_type, cluster_type_data_file)
 from .compress import decompress
@@ -35,7 +35,13 @@ from .overlap import OverlapMap
 from .refcount import RefcountManager
 from .snapshot import Snapshot, read_snapshots
 
-log = logging.getLogger("blockbed.qcow2")
+
+def _log():
+    """The driver's logger; ``logging`` is imported only when there is something to say
+    (it costs start-up time of every ``blockbed img`` command otherwise)."""
+    import logging
+    return logging.getLogger("blockbed.qcow2")
+
 
 DEFAULT_L2_CACHE_MAX = 32 << 20      # QEMU DEFAULT_L2_CACHE_MAX_SIZE
 _ZEROS = memoryview(bytes(1 << 21))
@@ -99,7 +105,6 @@ class Qcow2Driver(BlockDriver):
         self.pass_discard = bool(opts.get("pass-discard-request", True))
         self.repair_message: str | None = None
         self._set_dirty = False
-        self._bitmaps_in_use = False
         flen = file.length()
         first = bytearray(min(flen, 512))
         file.read(0, memoryview(first))
@@ -140,7 +145,7 @@ class Qcow2Driver(BlockDriver):
             self.snapshots, snap_bytes = read_snapshots(file, h.snapshots_offset, h.nb_snapshots,
                                                         cs, flen)
             self.snapshot_table_bytes = snap_bytes
-        self.bitmaps = self._read_bitmap_directory()
+        self.bitmaps = BitmapStore(self)
         self._build_overlap_map(snap_bytes)
         self.crypto = None
         if h.crypt_method:
@@ -156,6 +161,8 @@ class Qcow2Driver(BlockDriver):
             # unknown autoclear bits must be cleared by a writer (spec "autoclear_features")
             h.autoclear_features &= AUTOCLEAR_BITMAPS
             self._write_features()
+        if not self.read_only and not self.check_mode:
+            self.bitmaps.open_rw()      # persistent bitmaps: loaded, flagged IN_USE
 
     # --- opening helpers -----------------------------------------------------
     def _build_overlap_map(self, snap_bytes: int) -> None:
@@ -182,34 +189,6 @@ class Qcow2Driver(BlockDriver):
                    "bitmap_directory")
         if h.crypto and h.crypto["length"]:
             ov.add(h.crypto["offset"], h.crypto["length"], "crypto_header")
-
-    def _read_bitmap_directory(self) -> list[dict]:
-        """Names, flags and granularity of persistent bitmaps (spec "Bitmaps extension").
-
-        Only listed when the autoclear bit says the extension is consistent."""
-        from .header import BitmapDirEntry
-        h = self.header
-        if not h.bitmaps or not h.autoclear_features & AUTOCLEAR_BITMAPS:
-            return []
-        off, size = h.bitmaps["bitmap_directory_offset"], h.bitmaps["bitmap_directory_size"]
-        if not size or size > (64 << 20) or off % self.cluster_size \
-                or off + size > self.file.length():
-            raise ImageFormatError("qcow2: invalid bitmap directory")
-        raw = bytearray(size)
-        self.file.read(off, memoryview(raw))
-        out = []
-        pos = 0
-        for _ in range(h.bitmaps["nb_bitmaps"]):
-            if pos + 24 > size:
-                raise ImageFormatError("qcow2: bitmap directory is truncated")
-            e = BitmapDirEntry.parse(raw[pos:pos + 24])
-            name_at = pos + 24 + e.extra_data_size
-            name = bytes(raw[name_at:name_at + e.name_size]).decode("utf-8", "replace")
-            flags = [f for bit, f in ((0, "in-use"), (1, "auto")) if e.flags >> bit & 1]
-            out.append({"name": name, "granularity": 1 << e.granularity_bits, "flags": flags,
-                        "table_offset": e.bitmap_table_offset, "table_size": e.bitmap_table_size})
-            pos = (name_at + e.name_size + 7) & ~7
-        return out
 
     def _open_backing(self, opts: dict, opener) -> None:
         h = self.header
@@ -281,7 +260,7 @@ class Qcow2Driver(BlockDriver):
                                "lazy_refcounts); refcounts were repaired: "
                                f"{res.leaks_fixed} leaks and {res.corruptions_fixed} "
                                "corruptions fixed")
-        log.warning("%s", self.repair_message)
+        _log().warning("%s", self.repair_message)
         if trace.enabled:
             trace.emit("qcow2.repair_dirty", leaks_fixed=res.leaks_fixed,
                        corruptions_fixed=res.corruptions_fixed)
@@ -292,6 +271,7 @@ class Qcow2Driver(BlockDriver):
         from .header import serialize_header
         self._check_writable()
         raw = serialize_header(self.header)
+        raw += bytes(self.cluster_size - len(raw))    # QEMU writes the whole cluster
         self.flush()
         self.overlap.check(0, len(raw), "header")
         self.file.write(0, raw)
@@ -321,7 +301,7 @@ class Qcow2Driver(BlockDriver):
         first = not self.corrupt
         self.corrupt = True
         if first:
-            log.error("qcow2: Marking image as corrupt: %s; further corruption events "
+            _log().error("qcow2: Marking image as corrupt: %s; further corruption events "
                       "will be suppressed", msg)
             if trace.enabled:
                 trace.emit("qcow2.corrupt", message=msg)
@@ -343,29 +323,6 @@ class Qcow2Driver(BlockDriver):
             self.header.incompatible_features |= INCOMPAT_DIRTY
             self._write_features()
             self._set_dirty = True
-        if self.bitmaps and not self._bitmaps_in_use:
-            self._mark_bitmaps_in_use()
-
-    def _mark_bitmaps_in_use(self) -> None:
-        """blockbed does not track dirty bitmaps: before the first write, flag every
-        persistent bitmap IN_USE (as QEMU does while it has them open), so no one
-        trusts a bitmap that missed our writes."""
-        off = self.header.bitmaps["bitmap_directory_offset"]
-        raw = bytearray(self.header.bitmaps["bitmap_directory_size"])
-        self.file.read(off, memoryview(raw))
-        pos = 0
-        for b in self.bitmaps:
-            flags = int.from_bytes(raw[pos + 12:pos + 16], "big") | 1
-            raw[pos + 12:pos + 16] = flags.to_bytes(4, "big")
-            extra = int.from_bytes(raw[pos + 20:pos + 24], "big")
-            nsize = int.from_bytes(raw[pos + 18:pos + 20], "big")
-            pos = (pos + 24 + extra + nsize + 7) & ~7
-            if "in-use" not in b["flags"]:
-                b["flags"].insert(0, "in-use")
-        self.overlap.check(off, len(raw), "bitmap_directory")
-        self.file.write(off, raw)
-        self.file.flush()
-        self._bitmaps_in_use = True
 
     # --- size -------------------------------------------------------------------
     def length(self) -> int:
@@ -528,6 +485,7 @@ class Qcow2Driver(BlockDriver):
         if offset < 0 or offset + n > self.header.size:
             check_request(self, offset, n)
         self._check_writable()
+        self.bitmaps.record(offset, n)
         if trace.enabled:
             trace.emit("qcow2.write", offset=offset, length=n, fua=fua)
         mv = data if isinstance(data, memoryview) else memoryview(data)
@@ -623,6 +581,7 @@ class Qcow2Driver(BlockDriver):
         if offset % cs or n > cs or (n < cs and offset + n != self.header.size):
             raise BlockError(errno.EINVAL, "qcow2: compressed writes must cover exactly one "
                                            "cluster (or the image's last, partial cluster)")
+        self.bitmaps.record(offset, n)
         full = bytes(data) if n == cs else bytes(data) + bytes(cs - n)
         comp = compress(full, self.header.compression_type)
         l1i = offset >> (self.cluster_bits + self.l2_bits)
@@ -769,6 +728,7 @@ class Qcow2Driver(BlockDriver):
     def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
         check_request(self, offset, length)
         self._check_writable()
+        self.bitmaps.record(offset, length)
         if length == 0:
             return
         cs = self.cluster_size
@@ -815,6 +775,7 @@ class Qcow2Driver(BlockDriver):
     def discard(self, offset: int, length: int) -> None:
         check_request(self, offset, length)
         self._check_writable()
+        self.bitmaps.record(offset, length)     # even where the discard is only a hint
         cs = self.cluster_size
         a = -(-offset // cs) * cs
         end = offset + length
@@ -1013,18 +974,21 @@ class Qcow2Driver(BlockDriver):
             return
         if self.snapshots:
             raise BlockError(errno.ENOTSUP, "qcow2: cannot resize an image with internal snapshots")
+        self.bitmaps.check_resize()
         need = -(-length // (1 << (self.cluster_bits + self.l2_bits)))
         if need > len(self.mapping.l1):
             self.mapping.grow_l1(need, exact=True)
         self.file.write(24, struct.pack(">Q", length))
         self.file.flush()
         h.size = length
+        self.bitmaps.resize(length)
 
     def close(self) -> None:
         if self._closed:
             return
         try:
             if not self.read_only and not self.corrupt:
+                self.bitmaps.store()        # persistent bitmaps back, IN_USE cleared
                 self.flush()
                 if self._set_dirty:
                     self.header.incompatible_features &= ~INCOMPAT_DIRTY
