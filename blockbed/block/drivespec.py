@@ -11,6 +11,8 @@ when omitted, with QEMU's warning), ``if``, ``cache``, ``cache.writeback``,
 ``cache.direct``, ``cache.no-flush``, ``discard``, ``detect-zeroes``,
 ``readonly``, ``werror``, ``rerror``, ``serial``, ``force-share``,
 ``locking``, ``offset``/``size`` (raw window), ``id``.
+Encrypted qcow2: ``encrypt.key-secret=ID`` names a secret registered with
+``--object secret,id=ID,…`` (:mod:`blockbed.block.secrets`).
 blockbed extras: ``log-writes=PATH`` (record host writes, see
 :mod:`blockbed.block.logwrites`).
 Device options (for the controller models; kept in ``device_options``):
@@ -111,6 +113,7 @@ BLOCK_OPTIONS: dict[str, Callable[[str, str], object]] = {
     "size": _int(0, multiple_of=512),
     "id": _text(64),
     "log-writes": _any,
+    "encrypt.key-secret": _any,
 }
 DEVICE_OPTIONS: dict[str, Callable[[str, str], object]] = {
     "write-cache": _choice("on", "off", "auto"),
@@ -148,6 +151,7 @@ class DriveSpec:
     size: int | None = None
     id: str | None = None
     log_writes: str | None = None
+    key_secret: str | None = None
     device_options: dict[str, object] = field(default_factory=dict)
     text: str = ""
 
@@ -242,6 +246,7 @@ def parse_drive_spec(text: str) -> DriveSpec:
         raise DriveSpecError("drive options 'offset'/'size': only allowed with format=raw")
     spec.id = values.get("id")  # type: ignore[assignment]
     spec.log_writes = values.get("log-writes")  # type: ignore[assignment]
+    spec.key_secret = values.get("encrypt.key-secret")  # type: ignore[assignment]
     return spec
 
 
@@ -264,6 +269,8 @@ def open_drive(spec: DriveSpec | str, *, request_log: bool | RequestLog = False,
         options["offset"] = spec.offset
     if spec.size is not None:
         options["size"] = spec.size
+    if spec.key_secret is not None:
+        options["encrypt.key-secret"] = spec.key_secret
     if (spec.offset is not None or spec.size is not None) and spec.format is None:
         spec.format = "raw"
     try:
@@ -271,6 +278,10 @@ def open_drive(spec: DriveSpec | str, *, request_log: bool | RequestLog = False,
                           force_share=spec.force_share, options=options)
     except BlockError as e:
         raise DriveSpecError(f"drive file={spec.file}: {e}") from None
+    if getattr(getattr(root, "crypto", None), "method", 0) == 1:
+        root.close()          # QEMU's system emulators refuse legacy AES (qemu-img still reads it)
+        raise DriveSpecError(f"drive file={spec.file}: Use of AES-CBC encrypted qcow2 images "
+                             "is no longer supported in system emulators")
     try:
         backend = BlockBackend(root, spec.cache, werror=spec.werror, rerror=spec.rerror,
                                discard=spec.discard, detect_zeroes=spec.detect_zeroes,

@@ -72,6 +72,8 @@ def _g3(v: float) -> str:
 # --- opening ------------------------------------------------------------------------------
 def _probe_format(path: str) -> str:
     from ..block import registry
+    from .imageopts import resolve
+    path = resolve(path, None)[0]
     try:
         with open(path, "rb") as f:
             head = f.read(2048)
@@ -81,19 +83,37 @@ def _probe_format(path: str) -> str:
 
 
 def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share: bool = False,
-             no_backing: bool = False, extra: dict | None = None) -> tuple[BlockDriver, str]:
+             no_backing: bool = False, extra: dict | None = None,
+             no_io: bool = False) -> tuple[BlockDriver, str]:
+    """Open an image argument (a path, or an --image-opts string).  ``no_io``: metadata
+    only, as qemu-img info (an encrypted image then needs no key)."""
     from ..block import registry
+    from ..block.crypto import CryptoError
+    from .imageopts import open_error, resolve
+    arg = path
+    path, fmt, image_opts = resolve(arg, fmt)
     if fmt is None:
         fmt = _probe_format(path)
     opts = dict(extra or {})
+    opts.update(image_opts)
     if fmt == "qcow2" and no_backing:
         opts["backing"] = None
         opts["data-file"] = None          # info/check never touch guest data
+    if fmt == "qcow2" and no_io:
+        opts["x-no-io"] = True
     if fmt != "qcow2":
         opts = {}
-    node = registry.open_image(path, fmt, read_only=read_only,
-                               force_share=force_share and read_only, options=opts)
+    try:
+        node = registry.open_image(path, fmt, read_only=read_only,
+                                   force_share=force_share and read_only, options=opts)
+    except CryptoError as e:
+        raise open_error(arg, e) from None
     return node, fmt
+
+
+def _open_msg(arg: str, e: BlockError) -> str:
+    from .imageopts import ImageOpenError
+    return str(e) if isinstance(e, ImageOpenError) else f"Could not open '{arg}': {e}"
 
 
 def _fail(msg: str, code: int = 1) -> int:
@@ -154,8 +174,12 @@ def _format_line(fmt: str, size: int, opts: dict) -> str:
     if fmt != "qcow2":
         extra = "".join(f" {k}={v}" for k, v in opts.items())
         return f"fmt={fmt} size={size}{extra}"
-    parts = [f"fmt=qcow2", f"cluster_size={opts.get('cluster_size', 65536)}",
-             f"extended_l2={opts.get('extended_l2', 'off')}"]
+    parts = [f"fmt=qcow2"]
+    if any(k == "encryption" or k.startswith("encrypt.") for k in opts):
+        from ..block.qcow2.encryption import CREATE_KEYS
+        parts += [f"{k}={opts[k]}" for k in CREATE_KEYS if k in opts]
+    parts += [f"cluster_size={opts.get('cluster_size', 65536)}",
+              f"extended_l2={opts.get('extended_l2', 'off')}"]
     if "preallocation" in opts:
         parts.append(f"preallocation={opts['preallocation']}")
     parts.append(f"compression_type={opts.get('compression_type', 'zlib')}")
@@ -175,6 +199,11 @@ def _format_line(fmt: str, size: int, opts: dict) -> str:
 
 
 # --- info -------------------------------------------------------------------------------------
+def _resolve_path(arg: str) -> str:
+    from .imageopts import resolve
+    return resolve(arg, None)[0]
+
+
 def _actual_size(path: str) -> int:
     try:
         return os.stat(path).st_blocks * 512
@@ -191,7 +220,7 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
         info["filename"] = path
         info["cluster-size"] = node.cluster_size
         info["format"] = "qcow2"
-        info["actual-size"] = _actual_size(path)
+        info["actual-size"] = _actual_size(_resolve_path(path))
         data: dict[str, Any] = {}
         if h.version == 2:
             data["compat"] = "0.10"
@@ -204,12 +233,18 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
             if node.bitmaps.info():
                 data["bitmaps"] = node.bitmaps.info()
             data["refcount-bits"] = h.refcount_bits
+            if node.crypto is not None:
+                data["encrypt"] = node.crypto.info()
             if node.has_data_file:
                 data["data-file"] = h.data_file
                 data["data-file-raw"] = node.data_file_raw
             data["corrupt"] = bool(h.incompatible_features & 2)
             data["extended-l2"] = h.extended_l2
+        if h.version == 2 and node.crypto is not None:
+            data["encrypt"] = node.crypto.info()
         info["format-specific"] = {"type": "qcow2", "data": data}
+        if node.crypto is not None:
+            info["encrypted"] = True
         if h.backing_file:
             info["backing-filename"] = h.backing_file
             info["full-backing-filename"] = node.backing_path()
@@ -241,7 +276,7 @@ def _chain(path: str, fmt: str | None, force_share: bool) -> Iterator[tuple[dict
         if real in seen:
             raise BlockError(errno.ELOOP, f"Backing file '{path}' creates an infinite loop.")
         seen.add(real)
-        node, f = open_img(path, fmt, force_share=force_share, no_backing=True)
+        node, f = open_img(path, fmt, force_share=force_share, no_backing=True, no_io=True)
         try:
             info = image_info(node, f, path)
             nxt = info.get("full-backing-filename")
@@ -272,6 +307,8 @@ def _human_info(info: dict) -> str:
     lines = [f"image: {info['filename']}", f"file format: {info['format']}",
              f"virtual size: {size_to_str(info['virtual-size'])} ({info['virtual-size']} bytes)",
              f"disk size: {size_to_str(info['actual-size'])}"]
+    if info.get("encrypted"):
+        lines.append("encrypted: yes")
     if "cluster-size" in info:
         lines.append(f"cluster_size: {info['cluster-size']}")
     if "backing-filename" in info:
@@ -333,7 +370,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         node, _ = open_img(a.filename, "qcow2", read_only=not a.r, force_share=a.U and not a.r,
                            no_backing=True, extra={"x-check": True})
     except BlockError as e:
-        return _fail(f"Could not open '{a.filename}': {e}", 1)
+        return _fail(_open_msg(a.filename, e), 1)
     try:
         res = check_image(node, repair=a.r)
     finally:
@@ -540,6 +577,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
     opts = _parse_o(a.o)
     if a.c and out_fmt != "qcow2":
         return _fail(f"Compression not supported for this file format ({out_fmt})")
+    if a.c and (opts.get("encrypt.format") or opts.get("encryption") in ("on", "true")):
+        return _fail("Compression and encryption not supported at the same time")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
     src, _ = open_img(a.src, a.f, force_share=a.U)
     try:
@@ -547,7 +586,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         if not a.n:
             registry.create_image(a.dst, out_fmt, size, opts)
         unsafe = (a.t or "unsafe") == "unsafe"     # qemu-img convert's default cache mode
-        dst, writer = _open_output(a.dst, out_fmt, unsafe)
+        dst, writer = _open_output(a.dst, out_fmt, unsafe, opts.get("encrypt.key-secret"))
         try:
             _copy(a, src, dst, writer, size, sparse, fresh=not a.n)
             if not unsafe:
@@ -746,13 +785,15 @@ class _AsyncWrites(BlockDriver):
             self.node.close()
 
 
-def _open_output(path: str, fmt: str, unsafe: bool) -> "tuple[BlockDriver, _AsyncWrites | None]":
+def _open_output(path: str, fmt: str, unsafe: bool, key_secret: str | None = None
+                 ) -> "tuple[BlockDriver, _AsyncWrites | None]":
     """The convert target: with cache=unsafe, qcow2 over async writes over the
     preallocate filter over the file (qcow2 allocates densely, so reserving ahead
     costs no sparseness; raw output is left without it)."""
+    key = {"encrypt.key-secret": key_secret} if key_secret and fmt == "qcow2" else {}
     if not unsafe or fmt != "qcow2":
         node, _ = open_img(path, fmt, read_only=False,
-                           extra={"cache.no-flush": True} if unsafe else None)
+                           extra={**({"cache.no-flush": True} if unsafe else {}), **key})
         return node, None
     from ..block.file import FileDriver
     from ..block.preallocate import PreallocateDriver
@@ -760,7 +801,7 @@ def _open_output(path: str, fmt: str, unsafe: bool) -> "tuple[BlockDriver, _Asyn
     proto = _AsyncWrites(PreallocateDriver(FileDriver(path)))
     try:
         return qcow2_open(proto, read_only=False, options={"cache.no-flush": True,
-                                                            "filename": path}), proto
+                                                            "filename": path, **key}), proto
     except BaseException:
         proto.close()
         raise
@@ -782,13 +823,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     try:
         n1, _ = open_img(a.img1, a.f, force_share=a.U)
     except BlockError as e:
-        print(f"Could not open '{a.img1}': {e}", file=sys.stderr)
+        print(_open_msg(a.img1, e), file=sys.stderr)
         return 2
     try:
         n2, _ = open_img(a.img2, a.F, force_share=a.U)
     except BlockError as e:
         n1.close()
-        print(f"Could not open '{a.img2}': {e}", file=sys.stderr)
+        print(_open_msg(a.img2, e), file=sys.stderr)
         return 2
     try:
         s1, s2 = n1.length(), n2.length()
@@ -896,6 +937,7 @@ def cmd_resize(a: argparse.Namespace) -> int:
 
 # --- wiring -----------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:
+    from .imageopts import add_arguments as add_image_arguments
     p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
                                    "map, convert, compare, resize, snapshot, bitmap)")
     s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
@@ -909,6 +951,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-q", action="store_true")
     c.add_argument("filename")
     c.add_argument("size", nargs="?")
+    add_image_arguments(c, image_opts=False)
     c.set_defaults(func=_guard(cmd_create))
 
     i = s.add_parser("info", help="show image information")
@@ -917,6 +960,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--backing-chain", action="store_true")
     i.add_argument("-U", "--force-share", dest="U", action="store_true")
     i.add_argument("filename")
+    add_image_arguments(i, image_opts=True)
     i.set_defaults(func=_guard(cmd_info))
 
     k = s.add_parser("check", help="check (and repair) an image")
@@ -926,6 +970,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("-q", action="store_true")
     k.add_argument("-U", "--force-share", dest="U", action="store_true")
     k.add_argument("filename")
+    add_image_arguments(k, image_opts=True)
     k.set_defaults(func=_guard(cmd_check, 1))
 
     m = s.add_parser("map", help="show the image's allocation map")
@@ -935,6 +980,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--max-length", type=int)
     m.add_argument("-U", "--force-share", dest="U", action="store_true")
     m.add_argument("filename")
+    add_image_arguments(m, image_opts=True)
     m.set_defaults(func=_guard(cmd_map))
 
     v = s.add_parser("convert", help="convert an image")
@@ -949,6 +995,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("-U", "--force-share", dest="U", action="store_true")
     v.add_argument("src")
     v.add_argument("dst")
+    add_image_arguments(v, image_opts=True)
     v.set_defaults(func=_guard(cmd_convert))
 
     q = s.add_parser("compare", help="compare two images' contents")
@@ -960,6 +1007,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-U", "--force-share", dest="U", action="store_true")
     q.add_argument("img1")
     q.add_argument("img2")
+    add_image_arguments(q, image_opts=True)
     q.set_defaults(func=_guard(cmd_compare, 2))
 
     n = s.add_parser("snapshot", help="list, create, apply or delete internal snapshots")
@@ -972,6 +1020,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("-q", action="store_true")
     n.add_argument("-U", "--force-share", dest="U", action="store_true")
     n.add_argument("filename")
+    add_image_arguments(n, image_opts=True)
     n.set_defaults(func=_guard(cmd_snapshot))
 
     r = s.add_parser("resize", help="resize an image")
@@ -980,6 +1029,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("-q", action="store_true")
     r.add_argument("filename")
     r.add_argument("size")
+    add_image_arguments(r, image_opts=True)
     r.set_defaults(func=_guard(cmd_resize))
 
     from .img_bitmap import register as register_bitmap
@@ -990,6 +1040,8 @@ def _guard(fn, code: int = 1):
     """Turn block-layer errors into one qemu-img-like line and an exit status."""
     def run(a: argparse.Namespace) -> int:
         try:
+            from .imageopts import apply
+            apply(a)
             return fn(a)
         except BlockError as e:
             print(f"blockbed img: {e}", file=sys.stderr)

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest RAM (default 256)")
     p.add_argument("--drive", action="append", default=[], metavar="SPEC",
                    help="file=PATH,format=…,if=virtio|ahci|ide|lsi,cache=… (repeatable)")
+    p.add_argument("--object", action="append", default=[], metavar="OBJECTDEF",
+                   help="secret,id=ID,data=PASS|file=PATH[,format=raw|base64] (for "
+                        "encrypt.key-secret=ID in --drive)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="wall-clock limit (default 60)")
     p.add_argument("--max-instructions", type=int, default=None, metavar="N",
                    help="instruction budget (slows tight loops: unicorn then counts every instruction)")
@@ -54,6 +57,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"blockbed run: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.object:
+            from ..block import secrets
+            from ..block.driver import BlockError
+            try:
+                for obj in args.object:
+                    secrets.add_object(obj)
+            except BlockError as exc:
+                print(f"blockbed run: --object: {exc}", file=sys.stderr)
+                return 2
         if args.drive:
             from ..devices.attach import attach_drives
             try:

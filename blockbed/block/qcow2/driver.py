@@ -50,6 +50,7 @@ MAX_BACKING_DEPTH = 64
 _OPTIONS = frozenset({
     "l2-cache-size", "refcount-cache-size", "backing", "data-file", "pass-discard-request",
     "x-unsafe-l2-before-refcount", "filename", "x-check", "cache.no-flush",
+    "encrypt.key-secret", "x-no-io",
 })
 
 # realpaths of images being opened right now, to refuse backing loops
@@ -151,6 +152,10 @@ class Qcow2Driver(BlockDriver):
             self.snapshot_table_bytes = snap_bytes
         self.bitmaps = BitmapStore(self)
         self._build_overlap_map(snap_bytes)
+        self.crypto = None
+        if h.crypt_method:
+            from .encryption import open_crypto
+            self.crypto = open_crypto(self, opts)
         self.lazy_refcounts = bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS)
         self._open_backing(opts, opener)
         if self.has_data_file:
@@ -187,6 +192,8 @@ class Qcow2Driver(BlockDriver):
         if h.bitmaps and h.bitmaps["bitmap_directory_size"]:
             ov.add(h.bitmaps["bitmap_directory_offset"], h.bitmaps["bitmap_directory_size"],
                    "bitmap_directory")
+        if h.crypto and h.crypto["length"]:
+            ov.add(h.crypto["offset"], h.crypto["length"], "crypto_header")
 
     def _open_backing(self, opts: dict, opener) -> None:
         h = self.header
@@ -337,6 +344,10 @@ class Qcow2Driver(BlockDriver):
             buf = memoryview(buf)
         if buf.format != "B" or buf.ndim != 1:
             buf = buf.cast("B")
+        if self.crypto is not None and (offset | n) & 511:
+            from .encryption import aligned_read
+            aligned_read(self, offset, buf)      # encrypted I/O is in whole sectors
+            return
         cb = self.cluster_bits
         cmask = self.cluster_size - 1
         # fast path: one cluster, allocated data
@@ -348,7 +359,7 @@ class Qcow2Driver(BlockDriver):
                 if e1 & 0x1FF == 0 and e1 & L2E_OFFSET_MASK:
                     e = mp.cache.get(e1 & L2E_OFFSET_MASK)[(offset >> cb) & ((1 << self.l2_bits) - 1)]
                     if e & (OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == 0 and e & L2E_OFFSET_MASK:
-                        self._read_host((e & L2E_OFFSET_MASK) + (offset & cmask), buf)
+                        self._read_host((e & L2E_OFFSET_MASK) + (offset & cmask), buf, offset)
                         return
         pos = offset
         end = offset + n
@@ -356,7 +367,7 @@ class Qcow2Driver(BlockDriver):
             run, kind, host = self._extent(pos, end)
             dst = buf[pos - offset:pos - offset + run]
             if kind == ClusterType.NORMAL:
-                self._read_host(host, dst)
+                self._read_host(host, dst, pos)
             elif kind == ClusterType.UNALLOCATED:
                 self._read_backing(pos, dst)
             elif kind == ClusterType.COMPRESSED:
@@ -365,7 +376,9 @@ class Qcow2Driver(BlockDriver):
                 _zero_fill(dst)
             pos += run
 
-    def _read_host(self, host: int, dst: memoryview) -> None:
+    def _read_host(self, host: int, dst: memoryview, guest: int = -1) -> None:
+        """The one place guest data comes from host clusters (decrypted here when the
+        image is encrypted; ``guest`` is the guest offset, legacy AES's IV)."""
         self.file.debug_event("read_aio")
         node = self.data_node or self.file
         try:
@@ -379,6 +392,24 @@ class Qcow2Driver(BlockDriver):
             if avail:
                 node.read(host, dst[:avail])
             _zero_fill(dst[avail:])
+        if self.crypto is not None:
+            self.crypto.decrypt(host, guest, dst)
+
+    def _write_host(self, host: int, guest: int, bufs: list) -> None:
+        """The one place guest data goes to host clusters (encrypted here when the image
+        is: ``bufs`` are joined into fresh ciphertext, the caller's buffers untouched)."""
+        if self.crypto is not None:
+            bufs = [self.crypto.encrypt(host, guest, bufs)]
+        self.file.debug_event("write_aio")
+        if self.data_node is not None:
+            node = self.data_node
+        else:
+            node = self.file
+            self.overlap.check(host, sum(len(b) for b in bufs), None)
+        if len(bufs) == 1:
+            node.write(host, bufs[0])
+        else:
+            node.writev(host, bufs)
 
     def _read_backing(self, pos: int, dst: memoryview) -> None:
         b = self.backing
@@ -465,6 +496,10 @@ class Qcow2Driver(BlockDriver):
         mv = data if isinstance(data, memoryview) else memoryview(data)
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
+        if self.crypto is not None and (offset | n) & 511:
+            from .encryption import aligned_write
+            aligned_write(self, offset, mv, fua)     # encrypted I/O is in whole sectors
+            return
         cb = self.cluster_bits
         cmask = self.cluster_size - 1
         if n and (offset & cmask) + n <= self.cluster_size:
@@ -478,9 +513,7 @@ class Qcow2Driver(BlockDriver):
                     if e & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED \
                             and not self.has_data_file:
                         host = (e & L2E_OFFSET_MASK) + (offset & cmask)
-                        self.overlap.check(host, n, None)
-                        self.file.debug_event("write_aio")
-                        self.file.write(host, mv)
+                        self._write_host(host, offset, [mv])
                         if fua:
                             self.flush()
                         return
@@ -533,12 +566,7 @@ class Qcow2Driver(BlockDriver):
             piece = mv[rs - pos:re_ - pos]
             if inplace:
                 host = (e & L2E_OFFSET_MASK) + (rs & (cs - 1))
-                self.file.debug_event("write_aio")
-                if self.data_node is not None:
-                    self.data_node.write(host, piece)
-                else:
-                    self.overlap.check(host, len(piece), None)
-                    self.file.write(host, piece)
+                self._write_host(host, rs, [piece])
             else:
                 table, off = self._alloc_and_write(l1i, c, k - c, rs, piece)
             c = k
@@ -552,6 +580,9 @@ class Qcow2Driver(BlockDriver):
         n = len(data)
         check_request(self, offset, n)
         self._check_writable()
+        if self.crypto is not None:
+            raise BlockError(errno.EINVAL, "Compression and encryption not supported at the "
+                                           "same time")
         if offset % cs or n > cs or (n < cs and offset + n != self.header.size):
             raise BlockError(errno.EINVAL, "qcow2: compressed writes must cover exactly one "
                                            "cluster (or the image's last, partial cluster)")
@@ -643,12 +674,7 @@ class Qcow2Driver(BlockDriver):
             tail = bytearray(tail_len)
             self._read_cluster_part(rs + len(piece), old_entries[-1], memoryview(tail))
             bufs.append(tail)
-        self.file.debug_event("write_aio")
-        if self.data_node is not None:
-            self.data_node.writev(host, bufs)
-        else:
-            self.overlap.check(host, n * cs, None)
-            self.file.writev(host, bufs)
+        self._write_host(host, start, bufs)
         if head_len or tail_len or self.lazy_refcounts:
             # COW data must be durable before the L2 entry that exposes it.  With
             # lazy refcounts no refcount flush precedes the L2 write-back either,
@@ -698,7 +724,7 @@ class Qcow2Driver(BlockDriver):
         t = self._ctype(entry)
         cs = self.cluster_size
         if t == ClusterType.NORMAL:
-            self._read_host((entry & L2E_OFFSET_MASK) + (pos & (cs - 1)), dst)
+            self._read_host((entry & L2E_OFFSET_MASK) + (pos & (cs - 1)), dst, pos)
         elif t == ClusterType.UNALLOCATED:
             self.file.debug_event("cow_read")
             self._read_backing(pos, dst)
@@ -834,7 +860,7 @@ class Qcow2Driver(BlockDriver):
             if kind == ClusterType.UNALLOCATED and pos < blen < pos + run:
                 run = blen - pos
             if kind == ClusterType.NORMAL and not self.has_data_file and \
-                    self._metadata_preallocated():
+                    self.crypto is None and self._metadata_preallocated():
                 for ext in self._recurse_status(pos, run, host):
                     if out and _mergeable(out[-1], ext):
                         p = out[-1]
@@ -844,7 +870,10 @@ class Qcow2Driver(BlockDriver):
                         out.append(ext)
                 pos += run
                 continue
-            if kind == ClusterType.NORMAL:
+            if kind == ClusterType.NORMAL and self.crypto is not None:
+                # QEMU reports no host offset for encrypted data (it is not the guest's)
+                ext = Extent(pos, run, data=True, zero=False, allocated=True)
+            elif kind == ClusterType.NORMAL:
                 ext = Extent(pos, run, data=True, zero=False, allocated=True,
                              host_offset=host, host_node=self.data_node or self.file)
             elif kind == ClusterType.COMPRESSED:
@@ -853,7 +882,7 @@ class Qcow2Driver(BlockDriver):
                 ext = Extent(pos, run, data=False, zero=pos >= blen, allocated=False)
             else:
                 h = None
-                if kind == ClusterType.ZERO_ALLOC:
+                if kind == ClusterType.ZERO_ALLOC and self.crypto is None:
                     e = self._entry(pos)
                     h = (e & L2E_OFFSET_MASK) + (pos & (self.cluster_size - 1))
                 ext = Extent(pos, run, data=False, zero=True, allocated=True, host_offset=h,

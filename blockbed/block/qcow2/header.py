@@ -295,9 +295,12 @@ def _validate(hdr: Header, file_length: int | None) -> None:
                                "incompatible bit is not")
     if hdr.crypt_method not in (CRYPT_NONE, CRYPT_AES, CRYPT_LUKS):
         raise ImageFormatError(f"Unsupported encryption method: {hdr.crypt_method}")
-    if hdr.crypt_method != CRYPT_NONE:
-        raise ImageFormatError("Encrypted qcow2 images are not supported by blockbed "
-                               f"(crypt_method={hdr.crypt_method})")
+    if hdr.crypt_method == CRYPT_LUKS and hdr.crypto is None:
+        raise ImageFormatError("qcow2: LUKS encryption (crypt_method 2) without the full disk "
+                               "encryption header extension")
+    if hdr.crypto is not None and hdr.crypt_method != CRYPT_LUKS:
+        raise ImageFormatError("CRYPTO header extension only expected with LUKS encryption "
+                               "method")
     for name in ("l1_table_offset", "refcount_table_offset", "snapshots_offset"):
         if getattr(hdr, name) % cs:
             raise ImageFormatError(f"Invalid {name.replace('_offset', '')} offset: "

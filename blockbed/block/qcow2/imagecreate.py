@@ -47,6 +47,7 @@ class CreateOptions:
     data_file: str | None = None
     data_file_raw: bool = False
     extended_l2: bool = False
+    encrypt: "object | None" = None    # encryption.EncryptOptions
 
     @property
     def l2_entries(self) -> int:
@@ -147,8 +148,11 @@ def parse_options(options: dict) -> CreateOptions:
     if o.compression_type != COMPRESSION_ZLIB and o.version == 2:
         raise BlockError(errno.EINVAL, "Non-zlib compression type is only supported with "
                                        "compatibility level 1.1 and above (use compat=1.1 or greater)")
-    if opts.pop("encrypt.format", None) or _bool(opts.pop("encryption", False), "encryption"):
-        raise BlockError(errno.ENOTSUP, "encrypted qcow2 images are not supported by blockbed")
+    if any(k == "encryption" or k.startswith("encrypt.") for k in opts):
+        from .encryption import parse_create_options
+        if "encryption" in opts:
+            opts["encryption"] = "on" if _bool(opts["encryption"], "encryption") else "off"
+        o.encrypt = parse_create_options(opts)
     o.data_file = opts.pop("data_file", None) or None
     o.data_file_raw = _bool(opts.pop("data_file_raw", False), "data_file_raw")
     if o.data_file and o.version == 2:
@@ -372,3 +376,18 @@ def create(path: str, size: int, options: dict) -> None:
         if lock is not None:
             lock.release()
         os.close(fd)
+    if o.encrypt is not None:
+        _encrypt_new_image(path, o)
+
+
+def _encrypt_new_image(path: str, o: CreateOptions) -> None:
+    """Set up encryption on the sized image (QEMU does it after blk_truncate, so the
+    LUKS area follows the L1 table and any preallocated clusters)."""
+    from ..file import FileDriver
+    from .driver import Qcow2Driver
+    from .encryption import setup_encryption
+    drv = Qcow2Driver(FileDriver(path), options={"filename": path})
+    try:
+        setup_encryption(drv, o.encrypt)
+    finally:
+        drv.close()

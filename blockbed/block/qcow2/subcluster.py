@@ -198,12 +198,16 @@ class ExtL2Driver(Qcow2Driver):
             buf = memoryview(buf)
         if buf.format != "B" or buf.ndim != 1:
             buf = buf.cast("B")
+        if self.crypto is not None and (offset | n) & 511:
+            from .encryption import aligned_read
+            aligned_read(self, offset, buf)      # encrypted I/O is in whole sectors
+            return
         pos, end = offset, offset + n
         while pos < end:
             run, t, host = self._sc_extent(pos, end)
             dst = buf[pos - offset:pos - offset + run]
             if t == SubclusterType.NORMAL:
-                self._read_host(host, dst)
+                self._read_host(host, dst, pos)
             elif t in _UNALLOCATED:
                 self._read_backing(pos, dst)
             elif t == SubclusterType.COMPRESSED:
@@ -226,13 +230,14 @@ class ExtL2Driver(Qcow2Driver):
             run, t, host = self._sc_extent(pos, end)
             if t in _UNALLOCATED and pos < blen < pos + run:
                 run = blen - pos
-            h = host if t in _HAS_HOST else None
+            # QEMU reports no host offset for encrypted data (it is not the guest's)
+            h = host if t in _HAS_HOST and self.crypto is None else None
             if t == SubclusterType.NORMAL and not self.has_data_file and \
-                    self._metadata_preallocated():
+                    self.crypto is None and self._metadata_preallocated():
                 exts = self._recurse_status(pos, run, host)
             elif t == SubclusterType.NORMAL:
                 exts = [Extent(pos, run, data=True, zero=False, allocated=True,
-                               host_offset=h, host_node=node)]
+                               host_offset=h, host_node=node if h is not None else None)]
             elif t == SubclusterType.COMPRESSED:
                 exts = [Extent(pos, run, data=True, zero=False, allocated=True)]
             elif t in _UNALLOCATED:
@@ -262,6 +267,10 @@ class ExtL2Driver(Qcow2Driver):
         mv = data if isinstance(data, memoryview) else memoryview(data)
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
+        if self.crypto is not None and (offset | n) & 511:
+            from .encryption import aligned_write
+            aligned_write(self, offset, mv, fua)     # encrypted I/O is in whole sectors
+            return
         pos, end = offset, offset + n
         span = 1 << (self.cluster_bits + self.l2_bits)
         # QEMU extends one request's host range contiguously where it can
@@ -392,22 +401,15 @@ class ExtL2Driver(Qcow2Driver):
         content around it.  When both copy-on-write edges read as zeros the host range is
         zeroed on the file instead and only the data written (QEMU handle_alloc_space)."""
         re_ = rs + len(piece)
-        if (start < rs or stop > re_) and self.data_node is None and \
+        # (not for an encrypted image: zeros on the file are not the ciphertext of zeros)
+        if (start < rs or stop > re_) and self.data_node is None and self.crypto is None and \
                 self._reads_zero(start, rs) and self._reads_zero(re_, stop):
             self.overlap.check(host, stop - start, None)
             self.file.debug_event("cluster_alloc_space")
             self.file.write_zeroes(host, stop - start)
-            self._write_host(host + rs - start, [piece])
+            self._write_host(host + rs - start, rs, [piece])
             return
-        self._write_host(host, self._cow_buffers(start, rs, piece, stop))
-
-    def _write_host(self, host: int, bufs: list[Buffer]) -> None:
-        self.file.debug_event("write_aio")
-        if self.data_node is not None:
-            self.data_node.writev(host, bufs)
-        else:
-            self.overlap.check(host, sum(len(b) for b in bufs), None)
-            self.file.writev(host, bufs)
+        self._write_host(host, start, self._cow_buffers(start, rs, piece, stop))
 
     def _mark_written(self, table: array, c0: int, n: int, start: int, stop: int,
                       hosts: list[int] | None) -> None:
@@ -449,7 +451,7 @@ class ExtL2Driver(Qcow2Driver):
         host0 = (e0 & L2E_OFFSET_MASK) if e0 & L2E_OFFSET_MASK or not self.has_data_file \
             else c0 << cb
         if all_data:
-            self._write_host(host0 + rs - (c0 << cb), [piece])
+            self._write_host(host0 + rs - (c0 << cb), rs, [piece])
             return
         start, stop = self._cow_edges(c0, c1 - c0, rs, re_, keep_old=True)
         if trace.enabled:
