@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..driver import BlockDriver, BlockError
-from .cluster import OFLAG_COPIED
+from .cluster import OFLAG_COPIED, OFLAG_ZERO
 from .header import (AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB,
                      COMPRESSION_ZSTD, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2,
                      MAX_L1_BYTES,
@@ -284,6 +284,10 @@ def metadata_writes(lay: Layout, o: CreateOptions) -> Iterator[tuple[int, bytes]
             c0 = first * l2_entries
             c1 = min(lay.nb_data, (first + ntab) * l2_entries)
             start = (lay.data_off + c0 * cs) | OFLAG_COPIED
+            if o.encrypt is not None and o.version >= 3 and not o.extended_l2:
+                # the clusters hold no ciphertext yet: flag them "allocated, reads as
+                # zeros", or they would decrypt to garbage (QEMU's images do)
+                start |= OFLAG_ZERO
             vals = array("Q", range(start, start + (c1 - c0) * cs, cs))
             if o.extended_l2:
                 # preallocated clusters keep an all-zero bitmap: every subcluster stays
@@ -389,5 +393,24 @@ def _encrypt_new_image(path: str, o: CreateOptions) -> None:
     drv = Qcow2Driver(FileDriver(path), options={"filename": path})
     try:
         setup_encryption(drv, o.encrypt)
+    finally:
+        drv.close()
+    if o.preallocation != "off" and o.version < 3:
+        _encrypt_zeros(path, o)
+
+
+def _encrypt_zeros(path: str, o: CreateOptions) -> None:
+    """v2 has no zero flag: write the ciphertext of zeros over the preallocated clusters
+    (in place, they are allocated), so that the new disk reads as zeros -- a
+    preallocated encrypted image from qemu-img reads back garbage."""
+    from ..file import FileDriver
+    from .driver import Qcow2Driver
+    drv = Qcow2Driver(FileDriver(path), options={"filename": path,
+                                                 "encrypt.key-secret": o.encrypt.key_secret})
+    try:
+        chunk = bytes(1 << 20)
+        size = drv.length()
+        for pos in range(0, size, len(chunk)):
+            drv.write(pos, chunk[:min(len(chunk), size - pos)])
     finally:
         drv.close()
