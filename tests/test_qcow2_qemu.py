@@ -403,3 +403,54 @@ def test_internal_snapshot_lifecycle(qemu_img, qemu_io, tmp_path, capsys):
     assert subprocess.run([qemu_img, "snapshot", "-l", img], capture_output=True,
                           text=True).stdout == ""
     assert main(["img", "snapshot", "-a", "nope", img]) == 1
+
+
+# --- zero writes split as QEMU's block layer splits them ------------------------------------
+ZERO_OPS = [
+    ("write", 1000 << 10, 8 << 10, 1),        # data in cluster 15
+    ("zero", 300 << 10, 64 << 10, 0),         # unaligned over unallocated: two zero clusters
+    ("zero", 1001 << 10, 2 << 10, 0),         # inside data: written as zeros
+    ("zero", 1030 << 10, 40 << 10, 0),        # head in data (bytes), tail unallocated (flag)
+    ("write", 1500 << 10, 100 << 10, 2),
+    ("zero", 1490 << 10, 200 << 10, 1),       # -u over data: middle unmapped, edges bytes
+    ("zero", (2 << 20) - 1512, 1000, 0),      # into the image's last, partial cluster
+    ("zero", 64 << 10, 128 << 10, 1),         # aligned over unallocated
+]
+
+
+@pytest.mark.parametrize("backing", [False, True], ids=["plain", "backing"])
+def test_zero_writes_map_like_qemu(qemu_img, qemu_io, tmp_path, backing):
+    """The same zero writes through qemu-io and blockbed give the same `qemu-img map`
+    (QEMU: a partial cluster becomes a zero cluster only when it is unallocated or zero
+    and the rest of it reads as zeros; otherwise zeros are written as data)."""
+    size = (2 << 20) - 512
+    imgs = [tmp_path / "q.qcow2", tmp_path / "b.qcow2"]
+    extra = []
+    if backing:
+        base = tmp_path / "base.qcow2"
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(base), str(size)], check=True)
+        subprocess.run([qemu_io, "-c", "write -P 9 256k 64k", "-c", "write -P 8 1024k 16k",
+                        str(base)], check=True, capture_output=True)
+        extra = ["-b", str(base), "-F", "qcow2"]
+    for p in imgs:
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", *extra, str(p), str(size)],
+                       check=True)
+    args = []
+    for kind, off, ln, arg in ZERO_OPS:
+        args += ["-c", f"write -P {arg} {off} {ln}" if kind == "write" else
+                 f"write -z {'-u ' if arg else ''}{off} {ln}"]
+    subprocess.run([qemu_io, *args, str(imgs[0])], check=True, capture_output=True)
+    node = registry.open_image(str(imgs[1]), "qcow2")
+    try:
+        for kind, off, ln, arg in ZERO_OPS:
+            if kind == "write":
+                node.write(off, bytes([arg]) * ln)
+            else:
+                node.write_zeroes(off, ln, may_unmap=bool(arg))
+    finally:
+        node.close()
+    maps = [subprocess.run([qemu_img, "map", "--output=json", str(p)], check=True,
+                           capture_output=True, text=True).stdout for p in imgs]
+    assert maps[0] == maps[1]
+    assert subprocess.run([qemu_img, "compare", *map(str, imgs)]).returncode == 0
+    assert subprocess.run([qemu_img, "check", str(imgs[1])], capture_output=True).returncode == 0

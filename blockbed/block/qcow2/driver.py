@@ -700,11 +700,19 @@ class Qcow2Driver(BlockDriver):
     def _release_entries(self, entries: Sequence[int]) -> None:
         """Drop the references old L2 entries held (after the entries were replaced)."""
         freed = False
+        data_file_runs: list[list[int]] = []
         for e in entries:
             t = self._ctype(e)
             if t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
                 if self.has_data_file:
-                    continue          # data-file clusters are not refcounted
+                    # not refcounted: the data file itself is told (QEMU
+                    # qcow2_free_any_cluster), in runs
+                    off = e & L2E_OFFSET_MASK
+                    if data_file_runs and data_file_runs[-1][1] == off:
+                        data_file_runs[-1][1] += self.cluster_size
+                    else:
+                        data_file_runs.append([off, off + self.cluster_size])
+                    continue
                 if not freed:
                     self.refcounts.cache.set_dependency(self.mapping.cache)
                     freed = True
@@ -718,6 +726,23 @@ class Qcow2Driver(BlockDriver):
                 first = coff >> self.cluster_bits
                 last = (coff + csize - 1) >> self.cluster_bits
                 self.refcounts.free(first << self.cluster_bits, last - first + 1)
+        for start, stop in data_file_runs:
+            self._free_in_data_file(start, stop)
+
+    def _free_in_data_file(self, start: int, stop: int) -> None:
+        """Clusters of the data file no entry uses any more: discarded (a hint), or with
+        data_file_raw zeroed, since the raw data file must keep reading as the disk."""
+        node = self.data_node
+        stop = min(stop, self.header.size)
+        if node is None or stop <= start:
+            return
+        if self.data_file_raw:
+            node.write_zeroes(start, stop - start, may_unmap=True)
+        elif self.pass_discard:
+            try:
+                node.discard(start, stop - start)
+            except BlockError:
+                pass                                # a discard is a hint
 
     def _read_cluster_part(self, pos: int, entry: int, dst: memoryview) -> None:
         """Guest content at ``pos`` (within one cluster) as described by ``entry``."""
@@ -735,28 +760,62 @@ class Qcow2Driver(BlockDriver):
 
     # --- zeroes and discard -----------------------------------------------------------
     def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
+        """Zeros, as QEMU serves them: its block layer splits the request at the
+        cluster size (pwrite_zeroes_alignment) into a partial head, the aligned middle
+        and a partial tail, and qcow2_co_pwrite_zeroes handles each; a partial piece
+        becomes a whole zero cluster only when the cluster is unallocated or already
+        zero and the rest of it reads as zeros, otherwise zeros are written as data.
+        v2 has no zero flag: zeros are written where the range does not read as zero."""
         check_request(self, offset, length)
         self._check_writable()
         self.bitmaps.record(offset, length)
         if length == 0:
             return
+        if self.header.version < 3:
+            self._write_zero_data(offset, length)
+            return
         cs = self.cluster_size
-        if self.header.version < 3 or self.has_data_file:
-            self._write_zero_data(offset, length)
-            return
-        a = -(-offset // cs) * cs
-        b = (offset + length) // cs * cs
-        if offset + length == self.header.size:
-            b = -(-(offset + length) // cs) * cs     # the last partial cluster counts as whole
-        if a >= b:
-            self._write_zero_data(offset, length)
-            return
-        if offset < a:
-            self._write_zero_data(offset, a - offset)
-        self._zero_clusters(a, min(b, self.header.size) if b > self.header.size else b,
-                            unmap=may_unmap)
-        if b < offset + length:
-            self._write_zero_data(b, offset + length - b)
+        end = offset + length
+        a = min(end, -(-offset // cs) * cs)
+        b = max(a, end // cs * cs)
+        for p0, p1 in ((offset, a), (a, b), (b, end)):
+            if p1 > p0 and not self._zero_piece(p0, p1, may_unmap):
+                self._write_zero_bytes(p0, p1)
+
+    def _zero_piece(self, start: int, stop: int, may_unmap: bool) -> bool:
+        """One piece of a zero write (QEMU qcow2_co_pwrite_zeroes); False means "not
+        supported here: write zeros as data"."""
+        cs = self.cluster_size
+        size = self.header.size
+        head = start % cs
+        tail = (-stop) % cs if stop != size else 0      # the last partial cluster is whole
+        if head or tail:
+            c0 = start - head
+            if not (self._reads_zero(c0, start) and self._reads_zero(stop, stop + tail)):
+                return False
+            _, kind, _ = self._extent(c0, c0 + 1)
+            if kind not in (ClusterType.UNALLOCATED, ClusterType.ZERO_PLAIN,
+                            ClusterType.ZERO_ALLOC):
+                return False
+            start, stop = c0, min(size, c0 + cs)
+        if self.data_file_raw and self.data_node is not None:
+            # a raw data file must stay the disk's raw image: zero it first (QEMU)
+            self.data_node.write_zeroes(start, stop - start, may_unmap)
+        self._zero_clusters(start, stop, unmap=may_unmap)
+        return True
+
+    def _reads_zero(self, start: int, stop: int) -> bool:
+        """Whether [start, stop) reads as zeros according to block status down the chain
+        (QEMU's is_zero in qcow2.c, which clamps to the disk)."""
+        stop = min(stop, self.header.size)
+        return start >= stop or chain_reads_zero(self, start, stop - start)
+
+    def _write_zero_bytes(self, start: int, stop: int) -> None:
+        """The block layer's fallback for a zero write: a buffer of zeros, written."""
+        while start < stop:
+            k = min(stop - start, len(_ZEROS))
+            self.write(start, _ZEROS[:k])
+            start += k
 
     def _write_zero_data(self, offset: int, length: int) -> None:
         """Zeros written as data (v2 has no zero flag), skipping ranges that already
@@ -795,8 +854,6 @@ class Qcow2Driver(BlockDriver):
             return               # partial clusters: a discard is only a hint
         if self.header.version < 3 and self.backing is not None:
             return               # v2 cannot express "zero" and must not expose backing data
-        if self.has_data_file:
-            return               # the data file keeps its clusters (a discard is a hint)
         self._update_entries(a, min(b, -(-self.header.size // cs) * cs), "discard")
 
     def _update_entries(self, start: int, end: int, mode: str) -> None:
@@ -1082,6 +1139,20 @@ def _node_path(node: BlockDriver) -> str | None:
         node = kids[0] if kids else None
         seen += 1
     return None
+
+
+def chain_reads_zero(node: BlockDriver, offset: int, length: int) -> bool:
+    """Whether every byte of [offset, offset+length) of ``node`` reads as zeros according
+    to block status (unallocated ranges are asked of the backing node)."""
+    for e in node.block_status(offset, length):
+        if e.allocated or e.zero:
+            if not e.zero:
+                return False
+            continue
+        backing = getattr(node, "backing", None)
+        if backing is None or not chain_reads_zero(backing, e.offset, e.length):
+            return False
+    return True
 
 
 def _mergeable(a: Extent, b: Extent) -> bool:

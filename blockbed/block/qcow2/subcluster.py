@@ -27,7 +27,7 @@ from enum import IntEnum
 from typing import Callable
 
 from ... import trace
-from ..driver import BlockDriver, BlockError, Buffer, Extent, check_request
+from ..driver import Buffer, Extent, check_request
 from .cluster import (L2E_OFFSET_MASK, OFLAG_COPIED, ClusterType, cluster_type_extl2,
                       cluster_type_extl2_data_file)
 from .driver import Qcow2Driver, _mergeable, _zero_fill
@@ -507,7 +507,6 @@ class ExtL2Driver(Qcow2Driver):
         if not length:
             return
         scs = 1 << self.sc_bits
-        size = self.header.size
         end = offset + length
         pieces = []
         a = min(end, -(-offset // scs) * scs)
@@ -521,13 +520,6 @@ class ExtL2Driver(Qcow2Driver):
         for p0, p1 in pieces:
             if not self._zero_piece(p0, p1, may_unmap):
                 self._write_zero_bytes(p0, p1)
-
-    def _write_zero_bytes(self, start: int, stop: int) -> None:
-        """The block layer's fallback: write a buffer of zeros."""
-        while start < stop:
-            k = min(stop - start, 1 << 20)
-            self.write(start, bytes(k))
-            start += k
 
     def _zero_piece(self, start: int, stop: int, may_unmap: bool) -> bool:
         """One piece of a zero write; False means "not supported, write zeros as data"."""
@@ -544,12 +536,6 @@ class ExtL2Driver(Qcow2Driver):
                 return False
             start, stop = s0, min(size, s0 + scs)
         return self._zeroize(start, stop, may_unmap)
-
-    def _reads_zero(self, start: int, stop: int) -> bool:
-        """Whether [start, stop) reads as zeros according to block status down the chain
-        (QEMU's is_zero in qcow2.c)."""
-        stop = min(stop, self.header.size)        # QEMU is_zero clamps to the disk
-        return start >= stop or _chain_zero(self, start, stop - start)
 
     def _zeroize(self, start: int, stop: int, may_unmap: bool) -> bool:
         """QEMU qcow2_subcluster_zeroize: subcluster bits for the partial clusters at
@@ -629,8 +615,7 @@ class ExtL2Driver(Qcow2Driver):
             self.file.debug_event("l2_update")
             self.mapping.cache.mark_dirty(l2off)
         if released:
-            self._release_entries(released)
-            self._discard_data_file(released)
+            self._release_entries(released)     # (data-file clusters: the data file is told)
 
     def discard(self, offset: int, length: int) -> None:
         """Whole clusters only, as QEMU: discarded clusters read as zeros (all-zero bitmap,
@@ -661,32 +646,6 @@ class ExtL2Driver(Qcow2Driver):
                            lambda t: None if self.backing is None and
                            t == ClusterType.UNALLOCATED else True)
             pos = chunk
-
-    def _discard_data_file(self, entries: list[int]) -> None:
-        """Data-file clusters are not refcounted: the discard goes straight to the data
-        file (QEMU qcow2_free_any_cluster with a data file)."""
-        if self.data_node is None or not self.pass_discard:
-            return
-        for e in entries:
-            if self._ctype(e) == ClusterType.NORMAL:
-                try:
-                    self.data_node.discard(e & L2E_OFFSET_MASK, 1 << self.cluster_bits)
-                except BlockError:
-                    pass                    # a discard is a hint
-
-
-def _chain_zero(node: BlockDriver, offset: int, length: int) -> bool:
-    """Whether every byte of [offset, offset+length) of ``node`` reads as zeros according
-    to block status (unallocated ranges are asked of the backing node)."""
-    for e in node.block_status(offset, length):
-        if e.allocated or e.zero:
-            if not e.zero:
-                return False
-            continue
-        backing = getattr(node, "backing", None)
-        if backing is None or not _chain_zero(backing, e.offset, e.length):
-            return False
-    return True
 
 
 def check_bitmap(ctype: ClusterType, entry: int, bitmap: int, index: int) -> tuple[str | None, bool]:
