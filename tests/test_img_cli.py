@@ -47,6 +47,23 @@ def test_create_is_byte_identical_to_qemu_img(qemu_img, tmp_path, capsys, args):
     assert ours.read_bytes() == theirs.read_bytes()
 
 
+@pytest.mark.parametrize("o", ["cluster_size=16K,lazy_refcounts=true,refcount_bits=0x10,compat=v3",
+                               "extended_l2=y,cluster_size=32768", "lazy_refcounts=maybe",
+                               "cluster_size=abc", "cluster_size=-5", "refcount_bits=xyz"])
+def test_create_option_values_print_and_fail_like_qemu_img(qemu_img, tmp_path, capsys,
+                                                           monkeypatch, o):
+    """QemuOpts normalises size and number values in the "Formatting" line and rejects
+    ill-typed values before it; same stdout, stderr, status and image bytes."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = bb(capsys, "create", "-f", "qcow2", "-o", o, "b.qcow2", "1M")
+    qrc, qout, qerr = q(qemu_img, "create", "-f", "qcow2", "-o", o, "q.qcow2", "1M")
+    assert (rc, out.replace("b.qcow2", "X"), err.replace("blockbed img:", "qemu-img:")
+            .replace("b.qcow2", "X")) == (qrc, qout.replace("q.qcow2", "X"),
+                                          qerr.replace("q.qcow2", "X"))
+    if rc == 0:
+        assert (tmp_path / "b.qcow2").read_bytes() == (tmp_path / "q.qcow2").read_bytes()
+
+
 def test_create_with_backing_matches(qemu_img, tmp_path, capsys):
     os.chdir(tmp_path)
     q(qemu_img, "create", "-f", "qcow2", "base.qcow2", "3M")

@@ -164,10 +164,46 @@ def cmd_create(a: argparse.Namespace) -> int:
         b, bfmt = open_img(path, opts.get("backing_fmt"), force_share=True)
         b.close()
         opts.setdefault("backing_fmt", bfmt)
+    if fmt == "qcow2":
+        bad = _bad_option_value(opts)
+        if bad:
+            return _fail(f"{a.filename}: {bad}")
     if not a.q:
         print(f"Formatting '{a.filename}', " + _format_line(fmt, size, opts))
     registry.create_image(a.filename, fmt, size, opts)
     return 0
+
+
+_SIZE_OPTS = ("cluster_size",)
+_NUMBER_OPTS = ("refcount_bits",)
+_BOOL_OPTS = ("lazy_refcounts", "extended_l2", "data_file_raw", "encryption")
+
+
+def _bad_option_value(opts: dict) -> str | None:
+    """QemuOpts' type check of the qcow2 create options, which fails before qemu-img
+    prints its "Formatting" line, with its messages."""
+    from ..block.qcow2.imagecreate import _bool, parse_size
+    for k in _SIZE_OPTS:
+        if k in opts:
+            try:
+                parse_size(opts[k])
+            except BlockError:
+                return (f"Parameter '{k}' expects a non-negative number below 2^64\n"
+                        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
+                        "peta-\nand exabytes, respectively.")
+    for k in _NUMBER_OPTS:
+        if k in opts:
+            try:
+                int(str(opts[k]), 0)
+            except ValueError:
+                return f"Parameter '{k}' expects a number"
+    for k in _BOOL_OPTS:
+        if k in opts:
+            try:
+                _bool(opts[k], k)
+            except BlockError as e:
+                return str(e)
+    return None
 
 
 def _format_line(fmt: str, size: int, opts: dict) -> str:
@@ -178,7 +214,7 @@ def _format_line(fmt: str, size: int, opts: dict) -> str:
     if any(k == "encryption" or k.startswith("encrypt.") for k in opts):
         from ..block.qcow2.encryption import CREATE_KEYS
         parts += [f"{k}={opts[k]}" for k in CREATE_KEYS if k in opts]
-    parts += [f"cluster_size={opts.get('cluster_size', 65536)}",
+    parts += [f"cluster_size={_normalised(opts.get('cluster_size', 65536), size=True)}",
               f"extended_l2={opts.get('extended_l2', 'off')}"]
     if "preallocation" in opts:
         parts.append(f"preallocation={opts['preallocation']}")
@@ -194,8 +230,18 @@ def _format_line(fmt: str, size: int, opts: dict) -> str:
     if "compat" in opts:
         parts.append(f"compat={opts['compat']}")
     parts.append(f"lazy_refcounts={opts.get('lazy_refcounts', 'off')}")
-    parts.append(f"refcount_bits={opts.get('refcount_bits', 16)}")
+    parts.append(f"refcount_bits={_normalised(opts.get('refcount_bits', 16))}")
     return " ".join(parts)
+
+
+def _normalised(value, size: bool = False) -> str:
+    """QemuOpts prints size and number options normalised (16K -> 16384, 0x10 -> 16); a
+    value that does not parse is printed as given (creation then reports it)."""
+    from ..block.qcow2.imagecreate import parse_size
+    try:
+        return str(parse_size(value) if size else int(str(value), 0))
+    except (BlockError, ValueError):
+        return str(value)
 
 
 # --- info -------------------------------------------------------------------------------------

@@ -59,9 +59,9 @@ def _bool(v, name: str) -> bool:
     if isinstance(v, bool):
         return v
     s = str(v).lower()
-    if s in ("on", "true", "yes", "1"):
+    if s in ("on", "yes", "true", "y"):         # QEMU qapi_bool_parse
         return True
-    if s in ("off", "false", "no", "0"):
+    if s in ("off", "no", "false", "n"):
         return False
     raise BlockError(errno.EINVAL, f"Parameter '{name}' expects 'on' or 'off'")
 
@@ -105,7 +105,7 @@ def parse_options(options: dict) -> CreateOptions:
     if "refcount_bits" in opts:
         rb = opts.pop("refcount_bits")
         try:
-            o.refcount_bits = int(rb)
+            o.refcount_bits = int(str(rb), 0)      # QEMU number options: 16, 0x10
         except ValueError:
             raise BlockError(errno.EINVAL, f"Invalid refcount_bits '{rb}'") from None
     rb = o.refcount_bits
