@@ -476,3 +476,61 @@ def test_crash_sweep_bitmap_store_is_safe():
             assert list(view.bitmaps.bits(d).extents()) == []
             seen["empty" if not got else "final"] += 1
     assert seen["in-use"] and seen["empty"] and seen["final"], seen
+
+
+# --- img convert --bitmaps ---------------------------------------------------------------------
+def _info_wo_paths(img: Path) -> dict:
+    info = json.loads(run("qemu-img", "info", "--output=json", img).stdout)
+    for k in ("filename", "actual-size"):
+        info.pop(k, None)
+    return info
+
+
+def test_convert_bitmaps_copies_like_qemu_img(nbd_tools, tmp_path, capsys):
+    """`convert --bitmaps`: the target gets every bitmap with its granularity, enabled
+    state and bits -- the same image info and dirty extents as qemu-img's output."""
+    src = new_image(tmp_path / "s.qcow2", "8M", ["--add", "b0"],
+                    ["--add", "-g", "1M", "--disable", "b1"])
+    run("qemu-io", "-c", "write 0 64k", "-c", "write 3M 4k", "-c", "write 7M 1k", src)
+    ours, theirs = tmp_path / "o.qcow2", tmp_path / "q.qcow2"
+    rc, _, err = bb(capsys, "convert", "--bitmaps", "-O", "qcow2", src, ours)
+    assert rc == 0, err
+    run("qemu-img", "convert", "--bitmaps", "-O", "qcow2", src, theirs)
+    assert _info_wo_paths(ours) == _info_wo_paths(theirs)
+    for name in ("b0", "b1"):
+        assert blockbed_dirty(ours, name) == blockbed_dirty(theirs, name) == \
+            blockbed_dirty(src, name)
+        assert qemu_dirty(ours, name) == qemu_dirty(theirs, name)
+    check_clean(ours)
+    # -n into an image that already has them: QEMU's error
+    rc, _, err = bb(capsys, "convert", "--bitmaps", "-n", "-O", "qcow2", src, ours)
+    assert rc == 1 and "Failed to create bitmap b1: Bitmap already exists: b1" in err
+
+
+def test_convert_bitmaps_refusals_and_broken_bitmaps(tmp_path, capsys, qemu_img):
+    src = new_image(tmp_path / "s.qcow2", "4M", ["--add", "b0"], ["--add", "b1"])
+    raw = tmp_path / "r.raw"
+    raw.write_bytes(bytes(4 * MiB))
+    cases = [(["--skip-broken-bitmaps", "-O", "qcow2", src], "requires --bitmaps"),
+             (["--bitmaps", "-O", "raw", src], "Format driver 'raw' does not support bitmaps"),
+             (["--bitmaps", "-f", "raw", "-O", "qcow2", raw], "Source lacks bitmap support")]
+    for i, (args, msg) in enumerate(cases):
+        out = tmp_path / f"x{i}"
+        rc, _, err = bb(capsys, "convert", *args, out)
+        q = run("qemu-img", "convert", *args, tmp_path / f"q{i}", check=False)
+        assert rc == q.returncode == 1 and msg in err and msg in q.stderr, (args, err, q.stderr)
+        assert not out.exists()
+    # a crash leaves both bitmaps inconsistent
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    subprocess.run([sys.executable, "-c", _CRASH, str(src)], check=True, env=env)
+    rc, _, err = bb(capsys, "convert", "--bitmaps", "-O", "qcow2", src, tmp_path / "y")
+    q = run("qemu-img", "convert", "--bitmaps", "-O", "qcow2", src, tmp_path / "qy", check=False)
+    assert rc == q.returncode == 1
+    assert err.replace("blockbed img:", "qemu-img:") == q.stderr
+    assert not (tmp_path / "y").exists()
+    rc, _, err = bb(capsys, "convert", "--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2", src,
+                    tmp_path / "z")
+    q = run("qemu-img", "convert", "--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2", src,
+            tmp_path / "qz")
+    assert rc == 0 and err.replace("blockbed img:", "qemu-img:") == q.stderr
+    assert _info_wo_paths(tmp_path / "z") == _info_wo_paths(tmp_path / "qz")

@@ -17,10 +17,13 @@ zeros that a format would mistake for data, and the length the format sees
 needs no bookkeeping.  On close the reservation past the end is released
 (truncating a file to its own size frees blocks beyond EOF).
 
-Not for sparse formats: raw output skips zero runs, and a range the writes
-skip inside the reservation stays allocated (reading zeros) once the file
-grows past it.  The filter turns itself off for good if the file system
-cannot reserve (EOPNOTSUPP, as QEMU's does).
+Allocation stays what was written: a range the writes skip inside the
+reservation (``img convert`` leaves zero granules of a qcow2 cluster
+unwritten) would otherwise stay allocated, so the filter remembers the
+ranges written past the file's original end and, on release, punches the
+gaps (``FALLOC_FL_PUNCH_HOLE``) -- the file then uses exactly the blocks the
+same writes without the filter would have used.  The filter turns itself
+off for good if the file system cannot reserve (EOPNOTSUPP, as QEMU's does).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Sequence
 
 from .. import trace
 from .driver import BlockDriver, BlockError, Buffer, Extent
-from .file import FALLOC_FL_KEEP_SIZE, FileDriver, fallocate
+from .file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FileDriver, fallocate
 
 DEFAULT_ALIGN = 1 << 20
 DEFAULT_SIZE = 128 << 20
@@ -56,6 +59,8 @@ class PreallocateDriver(BlockDriver):
         self.prealloc_size = prealloc_size
         self.enabled = not file.read_only and prealloc_size > 0 and not file._is_blockdev
         self.reserved_end = file.length()   # file space is reserved up to here
+        self._base = self.reserved_end       # the file's end before any reservation
+        self._written: list[list[int]] = []  # [start, end) written at or past _base
 
     def _reserve_for(self, end: int) -> None:
         if not self.enabled or end <= self.reserved_end:
@@ -80,16 +85,33 @@ class PreallocateDriver(BlockDriver):
     def readv(self, offset: int, bufs: Sequence[memoryview]) -> None:
         self.file.readv(offset, bufs)
 
+    def _note_written(self, start: int, end: int) -> None:
+        if end <= self._base or not self.enabled:
+            return
+        start = max(start, self._base)
+        w = self._written
+        if w and w[-1][0] <= start <= w[-1][1]:
+            if end > w[-1][1]:
+                w[-1][1] = end              # the common case: appending in order
+        else:
+            w.append([start, end])
+
     def write(self, offset: int, data: Buffer, fua: bool = False) -> None:
-        self._reserve_for(offset + len(data))
+        end = offset + len(data)
+        self._reserve_for(end)
         self.file.write(offset, data, fua)
+        self._note_written(offset, end)
 
     def writev(self, offset: int, bufs: Sequence[Buffer], fua: bool = False) -> None:
-        self._reserve_for(offset + sum(len(b) for b in bufs))
+        end = offset + sum(len(b) for b in bufs)
+        self._reserve_for(end)
         self.file.writev(offset, bufs, fua)
+        self._note_written(offset, end)
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
         self.file.write_zeroes(offset, length, may_unmap)
+        if not may_unmap:
+            self._note_written(offset, offset + length)
 
     def discard(self, offset: int, length: int) -> None:
         self.file.discard(offset, length)
@@ -107,19 +129,32 @@ class PreallocateDriver(BlockDriver):
         return self.file.refresh_length()
 
     def truncate(self, length: int, *args, **kw) -> None:
+        self._release()
         self.file.truncate(length, *args, **kw)
-        self.reserved_end = self.file.length()   # the truncate released any reservation
+        self.reserved_end = self._base = self.file.length()
 
     def _release(self) -> None:
-        """Free the reservation past the end of the file."""
-        if self.enabled and self.reserved_end > self.file.length():
-            self.file.refresh_length()
-            size = self.file.length()
+        """Free the reservation: past the end of the file, and the gaps the writes left
+        inside it."""
+        if not self.enabled or self.reserved_end <= self._base:
+            return
+        self.file.refresh_length()
+        size = self.file.length()
+        gaps = 0
+        pos = self._base
+        for start, end in sorted(self._written) + [[size, size]]:
+            if start > pos and pos < size:
+                fallocate(self.file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pos,
+                          min(start, size) - pos)
+                gaps += 1
+            pos = max(pos, end)
+        if self.reserved_end > size:
             self.file.truncate(size)
-            if trace.enabled:
-                trace.emit("preallocate.release", path=self.path, size=size,
-                           reserved_end=self.reserved_end)
-            self.reserved_end = size
+        if trace.enabled:
+            trace.emit("preallocate.release", path=self.path, size=size,
+                       reserved_end=self.reserved_end, gaps_punched=gaps)
+        self.reserved_end = self._base = size
+        self._written.clear()
 
     def close(self) -> None:
         try:

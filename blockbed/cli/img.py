@@ -625,9 +625,16 @@ def cmd_convert(a: argparse.Namespace) -> int:
         return _fail(f"Compression not supported for this file format ({out_fmt})")
     if a.c and (opts.get("encrypt.format") or opts.get("encryption") in ("on", "true")):
         return _fail("Compression and encryption not supported at the same time")
+    if a.skip_broken_bitmaps and not a.bitmaps:
+        return _fail("Use of --skip-broken-bitmaps requires --bitmaps")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
     src, _ = open_img(a.src, a.f, force_share=a.U)
     try:
+        if a.bitmaps:
+            from .img_bitmap import convert_bitmaps_refusal
+            why = convert_bitmaps_refusal(src, out_fmt, a.skip_broken_bitmaps)
+            if why:
+                return _fail(why)
         size = src.length()
         if not a.n:
             registry.create_image(a.dst, out_fmt, size, opts)
@@ -635,6 +642,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
         dst, writer = _open_output(a.dst, out_fmt, unsafe, opts.get("encrypt.key-secret"))
         try:
             _copy(a, src, dst, writer, size, sparse, fresh=not a.n)
+            if a.bitmaps:
+                from .img_bitmap import convert_copy_bitmaps
+                convert_copy_bitmaps(src, dst, lambda m: print(f"blockbed img: warning: {m}",
+                                                               file=sys.stderr))
             if not unsafe:
                 dst.flush()
         finally:
@@ -1039,6 +1050,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("-n", action="store_true")
     v.add_argument("-t", help="cache mode of the output (default unsafe, as qemu-img)")
     v.add_argument("-U", "--force-share", dest="U", action="store_true")
+    v.add_argument("--bitmaps", action="store_true",
+                   help="copy the persistent bitmaps (qcow2 to qcow2)")
+    v.add_argument("--skip-broken-bitmaps", action="store_true",
+                   help="with --bitmaps: skip inconsistent bitmaps instead of failing")
     v.add_argument("src")
     v.add_argument("dst")
     add_image_arguments(v, image_opts=True)

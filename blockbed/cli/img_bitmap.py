@@ -149,3 +149,40 @@ def register(s: argparse._SubParsersAction, guard) -> None:
     b.add_argument("-f")
     b.add_argument("args", nargs="*", metavar="FILE BITMAP")
     b.set_defaults(func=guard(cmd_bitmap))
+
+
+# --- img convert --bitmaps -----------------------------------------------------------------
+def convert_bitmaps_refusal(src: BlockDriver, out_fmt: str, skip_broken: bool) -> str | None:
+    """Why ``convert --bitmaps`` cannot run, checked before the target is created (QEMU
+    qemu-img convert + convert_check_bitmaps), or None."""
+    if out_fmt != "qcow2":
+        return f"Format driver '{out_fmt}' does not support bitmaps"
+    store = _store(src)
+    if store is None:
+        return "Source lacks bitmap support"
+    if not skip_broken:
+        for b in reversed(list(store)):        # QEMU's list order: the last loaded first
+            if b.inconsistent:
+                return (f"Cannot copy inconsistent bitmap '{b.name}'\n"
+                        "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to "
+                        "delete it")
+    return None
+
+
+def convert_copy_bitmaps(src: BlockDriver, dst: BlockDriver, warn) -> None:
+    """Copy every persistent bitmap of ``src`` into ``dst`` after the data (QEMU
+    convert_copy_bitmaps): same name, granularity and enabled state, the same bits.
+    Inconsistent ones are skipped with a warning (the check ran before, so they are
+    only there with --skip-broken-bitmaps).  Raises BitmapError with QEMU's text."""
+    sstore, dstore = _store(src), _store(dst)
+    for b in reversed(list(sstore)):
+        if b.inconsistent:
+            warn(f"Skipping inconsistent bitmap '{b.name}'")
+            continue
+        try:
+            dstore.add(b.name, b.granularity)
+        except BitmapError as e:
+            raise BitmapError(f"Failed to create bitmap {b.name}: {e}") from None
+        if not b.enabled:
+            dstore.set_enabled(b.name, False)
+        dstore.merge(b.name, sstore, b.name)
