@@ -306,3 +306,15 @@ def test_check_repairs_dirty_lazy_image_like_qemu(qemu_img, qemu_io, tmp_path, c
         qrc, qout, qerr = q(qemu_img, *args, str(a))
         assert (rc, out.replace(str(b), "X"), err) == (qrc, qout.replace(str(a), "X"), qerr)
     assert a.read_bytes()[72:80] == b.read_bytes()[72:80] == bytes(8)
+
+
+def test_output_into_a_closed_pipe_is_quiet(tmp_path):
+    """`blockbed img info X | head -1`: the reader leaving is not an error to report."""
+    import shlex
+    import sys
+    img = tmp_path / "p.qcow2"
+    assert blockbed_main(["img", "create", "-q", "-f", "qcow2", str(img), "1M"]) == 0
+    cmd = f"{shlex.quote(sys.executable)} -m blockbed img info {shlex.quote(str(img))} | head -c 1"
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert p.stderr == "" and p.returncode == 0, p.stderr

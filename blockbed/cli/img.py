@@ -1107,6 +1107,8 @@ def _guard(fn, code: int = 1):
         except BlockError as e:
             print(f"blockbed img: {e}", file=sys.stderr)
             return code
+        except BrokenPipeError:
+            raise                   # `img info | head`: the reader left; main() exits quietly
         except OSError as e:
             print(f"blockbed img: {e.strerror or e}", file=sys.stderr)
             return code
