@@ -503,3 +503,16 @@ def test_preallocated_encrypted_image_reads_zeros(tmp_path, qemu_img, qemu_io, f
     want[70000:73000] = b"\x5a" * 3000
     assert qemu_raw(qemu_img, img, tmp_path / "r.raw") == want
     run_tool(qemu_img, "check", *SECRET, "--image-opts", opts(img))
+
+
+def test_info_with_image_opts_names_the_image_like_qemu(tmp_path, qemu_img):
+    """With the key in --image-opts, qemu-img info names the image json:{…} (the options
+    the file name cannot carry); without driver options it is the file name.  check
+    prints the option string as given."""
+    img = qemu_luks(qemu_img, tmp_path / "q.qcow2")
+    for spec in (opts(img), f"driver=qcow2,file.filename={img}"):
+        for out in ([], ["--output=json"]):
+            args = ["info", *out, *SECRET, "--image-opts", spec]
+            assert bb("img", *args).stdout == run_tool(qemu_img, *args).stdout, (spec, out)
+    args = ["check", "--output=json", *SECRET, "--image-opts", opts(img)]
+    assert bb("img", *args).stdout == run_tool(qemu_img, *args).stdout

@@ -83,5 +83,21 @@ def resolve(arg: str, fmt: str | None) -> tuple[str, str | None, dict]:
     return path, fmt or f, dict(extra)
 
 
+def display_name(arg: str) -> str:
+    """The image's name as qemu-img prints it (QEMU bdrv_refresh_filename): the file
+    name, unless the options carry something the file name cannot say -- qcow2's
+    "strong" encryption options -- and then ``json:{…}`` of the options, in the order
+    QEMU's dictionary yields them."""
+    import json
+    spec = _specs.get(arg)
+    if spec is None:
+        return arg
+    path, fmt, extra = spec
+    if not extra:
+        return path
+    opts = {**extra, "driver": fmt or "qcow2", "file": {"driver": "file", "filename": path}}
+    return "json:" + json.dumps(opts)
+
+
 def open_error(arg: str, e: BlockError) -> ImageOpenError:
     return ImageOpenError(e.errno or errno.EINVAL, f"Could not open '{arg}': {e}")

@@ -325,6 +325,8 @@ def _chain(path: str, fmt: str | None, force_share: bool) -> Iterator[tuple[dict
         node, f = open_img(path, fmt, force_share=force_share, no_backing=True, no_io=True)
         try:
             info = image_info(node, f, path)
+            from .imageopts import display_name
+            info["filename"] = display_name(path)
             nxt = info.get("full-backing-filename")
             fmt = info.get("backing-filename-format")
             yield info, node
