@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, guest_elf
 
 
@@ -55,3 +57,24 @@ def test_guest_exit_value_is_the_process_status():
     p = blockbed("run", "--kernel", str(guest_elf("hello")))
     assert p.returncode == 0 and "hello: done" in p.stdout
     assert "blockbed: guest-exit; exits: pio" in p.stderr
+
+
+@pytest.mark.parametrize("dev", ["virtio", "ahci", "ide", "lsi"])
+def test_werror_stop_then_cont_retries_the_write(tmp_path, dev):
+    """QEMU's werror=stop + `cont`: a transient write error (blkdebug, once) stops the
+    machine; `--cont 1` continues, the held write is submitted again and succeeds, and
+    the guest never sees an error: disktest passes and the disk holds its data."""
+    img = tmp_path / "disk.raw"
+    img.write_bytes(bytes(4 << 20))
+    conf = tmp_path / "blkdebug.conf"
+    conf.write_text('[inject-error]\nevent = "write"\nerrno = "5"\nonce = "on"\n')
+    drive = f"file=blkdebug:{conf}:{img},format=raw,if={dev},werror=stop"
+    args = ["run", "--kernel", str(guest_elf("disktest")), "--append", f"dev={dev} seed=3 ops=30",
+            "--drive", drive]
+    p = blockbed(*args)
+    assert p.returncode == 120, p.stdout + p.stderr           # without --cont: the stop ends it
+    p = blockbed(*args, "--cont", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "PASS" in p.stdout and "FAIL" not in p.stdout
+    assert "machine stopped" in p.stderr and "continuing (1 of 1)" in p.stderr
+    assert "Traceback" not in p.stderr

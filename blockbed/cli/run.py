@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from .. import trace
 
@@ -35,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="instruction budget (slows tight loops: unicorn then counts every instruction)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for device completion order")
     p.add_argument("--trace", metavar="FILE", help="write trace events as JSON lines ('-' for stderr)")
+    p.add_argument("--cont", type=int, default=0, metavar="N",
+                   help="when the error policy (werror/rerror=stop) stops the machine, "
+                        "continue up to N times, as QEMU's monitor command 'cont' (the "
+                        "failed request is retried); default 0: a stop ends the run (120)")
     p.add_argument("--quiet-summary", action="store_true", help="omit the summary line")
     p.set_defaults(func=main)
 
@@ -78,7 +83,20 @@ def main(args: argparse.Namespace) -> int:
         except BootError as exc:
             print(f"blockbed run: {args.kernel}: {exc}", file=sys.stderr)
             return 2
+        if args.cont < 0:
+            print("blockbed run: --cont must not be negative", file=sys.stderr)
+            return 2
+        start = time.monotonic()
         result = machine.run()
+        for n in range(1, args.cont + 1):
+            if result.kind is not ExitKind.STOPPED:
+                break
+            left = args.timeout - (time.monotonic() - start)
+            if left <= 0:
+                break
+            print(f"blockbed: {result.reason}; continuing ({n} of {args.cont})", file=sys.stderr)
+            machine.resume()
+            result = machine.run(timeout_s=left)
     finally:
         machine.close()
     sys.stdout.flush()

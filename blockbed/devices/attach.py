@@ -57,6 +57,9 @@ def attach_drives(machine: "Machine", specs: list[str], request_log: bool = Fals
             raise ValueError(str(exc)) from None
         backend.on_stop = lambda reason: machine.stop(reason.message())
         machine.on_close.append(backend.close)
-        module.attach(machine, backend, spec)
+        dev = module.attach(machine, backend, spec)
+        restart = getattr(dev, "resume", None)
+        if restart is not None and restart not in machine.on_resume:
+            machine.on_resume.append(restart)       # one controller may carry many drives
         backends.append(backend)
     return backends

@@ -125,6 +125,7 @@ class Machine:
         self.warnings: list[str] = []
         self._firmware_done = False
         self.on_close: list[Callable[[], None]] = []
+        self.on_resume: list[Callable[[], None]] = []   # devices' restart after a stop
 
     # --- assembly ------------------------------------------------------------------
     def add_pci(self, dev: PCIDevice, slot: int | None = None) -> PCIDevice:
@@ -153,6 +154,18 @@ class Machine:
         if self.stop_reason_text is None:
             self.stop_reason_text = reason
         self.cpu.request_stop(StopReason.EXIT)
+
+    def resume(self) -> None:
+        """Continue after a stop (QEMU's monitor ``cont``): forget the stop reason and
+        let every device restart what the error policy held (the failed request is
+        submitted again).  The next :meth:`run` goes on from where the guest was."""
+        if self.stop_reason_text is None:
+            return
+        if trace.enabled:
+            trace.emit("machine.resume", after=self.stop_reason_text)
+        self.stop_reason_text = None
+        for fn in self.on_resume:
+            fn()
 
     def _kick(self) -> None:
         self.cpu.kick()
