@@ -61,6 +61,18 @@ def raw_contents(qemu_img: str, path: Path, size: int) -> bytearray:
     return data.ljust(size, b"\0")[:size]
 
 
+def blockbed_contents(path: Path, size: int, **options) -> bytearray:
+    """The first ``size`` bytes of a qcow2 image as blockbed reads them (read-only)."""
+    from blockbed.block import registry
+    node = registry.open_image(str(path), "qcow2", read_only=True, options=options or None)
+    try:
+        got = bytearray(size)
+        node.read(0, memoryview(got))
+    finally:
+        node.close()
+    return got
+
+
 def blockbed_image(path: Path, size: int, opts: dict) -> None:
     create(str(path), size, opts)
 
