@@ -328,15 +328,23 @@ def _crypto_ext(img: Path) -> tuple[int, int]:
     return struct.unpack(">QQ", raw[i + 8:i + 24])
 
 
+def _poke(rel: int, data: bytes):
+    """Damage: overwrite ``data`` at ``rel`` bytes into the LUKS area."""
+    def damage(f, off: int) -> None:
+        f.seek(off + rel)
+        f.write(data)
+    return damage
+
+
+LUKS_MAGIC_DAMAGED = b"LUKZ\xba\xbe"          # the real magic is "LUKS\xba\xbe"
+
+
 @pytest.mark.parametrize("damage, needle", [
-    (lambda f, off: (f.seek(off), f.write(b"XXXX")), "Volume is not in LUKS format"),
-    (lambda f, off: (f.seek(off + 208 + 44), f.write(struct.pack(">I", 7))),
-     "Keyslot 0 is corrupted (stripes 7 != 4000)"),
-    (lambda f, off: (f.seek(off + 4096 + 100), f.write(b"\0" * 64)),
-     "Invalid password, cannot unlock any keyslot"),
-    (lambda f, off: (f.seek(off + 208), f.write(struct.pack(">I", 0x1234))),
-     "Keyslot 0 state (active/disable) is corrupted"),
-])
+    (_poke(0, LUKS_MAGIC_DAMAGED), "Volume is not in LUKS format"),
+    (_poke(208 + 44, struct.pack(">I", 7)), "Keyslot 0 is corrupted (stripes 7 != 4000)"),
+    (_poke(4096 + 100, bytes(64)), "Invalid password, cannot unlock any keyslot"),
+    (_poke(208, struct.pack(">I", 0x1234)), "Keyslot 0 state (active/disable) is corrupted"),
+], ids=["magic", "stripes", "key-material", "slot-state"])
 def test_damaged_luks_header_is_a_clear_error(enc_image, tmp_path, damage, needle):
     off, _ = _crypto_ext(enc_image)
     with open(enc_image, "r+b") as f:
