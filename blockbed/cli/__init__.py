@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, str] = {
     "crashtest": "blockbed.cli.crashtest",
     "img": "blockbed.cli.img",
     "logwrites": "blockbed.cli.logwrites",
+    "trace": "blockbed.cli.trace",
+    "explain": "blockbed.cli.explain",
 }
 
 

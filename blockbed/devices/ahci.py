@@ -402,6 +402,10 @@ class AhciPort:
                       device=cfis[7], count=cfis[12] | (cfis[13] << 8), control=cfis[15])
         decoded = self.drive.decode(tf)
         if trace.enabled:
+            from .. import trace_decode as d
+            fis = d.h2d_fis(cfis)
+            trace.begin("ahci", (self, slot), port=self.index, slot=slot, op=d.op_kind(fis["command"]),
+                        header=d.ahci_command_header(dw0, 0, ctba), fis=fis)
             trace.emit("ahci.cmd", port=self.index, slot=slot, cmd=tf.command,
                        ncq=isinstance(decoded, Command) and decoded.protocol.is_ncq)
         if isinstance(decoded, Command) and decoded.protocol.is_ncq:
@@ -482,6 +486,8 @@ class AhciPort:
     def complete(self, gen: int, slot: int, decoded: Command | Outputs, tf: TaskFile) -> None:
         if gen != self.gen:
             return               # cancelled by a reset or PxCMD.ST=0
+        if trace.enabled:
+            trace.enter((self, slot))
         try:
             if isinstance(decoded, Outputs):
                 out = decoded
@@ -502,6 +508,8 @@ class AhciPort:
             self.host_bus_fatal()
 
     def finish(self, slot: int, out: Outputs, tf: TaskFile, pio_in: bool) -> None:
+        if trace.enabled:
+            trace.end((self, slot), status=out.status, error=out.error)
         if not pio_in or out.failed:
             self.post_d2h(out, interrupt=True, tf=tf)
         if out.failed:
@@ -514,6 +522,8 @@ class AhciPort:
         if gen != self.gen or tag not in self.ncq:
             return
         q = self.ncq[tag]
+        if trace.enabled:
+            trace.enter((self, q.slot))
         try:
             self.post_dma_setup(tag, q.cmd.nbytes, to_host=q.cmd.protocol is Protocol.FPDMA_IN)
             out = self.run_with_data(q.slot, q.cmd)
@@ -529,6 +539,8 @@ class AhciPort:
             self.ncq_error(tag, out)
             return
         del self.ncq[tag]
+        if trace.enabled:
+            trace.end((self, q.slot), status=out.status, error=out.error, tag=tag)
         self.post_sdb(1 << tag, Outputs(status=ST_DRDY | ST_DSC))
         if not self.ncq:
             self.process()       # non-queued commands may have been waiting

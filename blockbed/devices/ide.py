@@ -214,10 +214,14 @@ class IdeChannel:
             return                                  # no device answers
         if u.status & ST_BSY and op != 0x08:
             return                                  # writes while BSY are ignored
-        if trace.enabled:
-            trace.emit("ide.cmd", channel=self.index, unit=self.sel, cmd=op)
         self.set_intrq(False)
         tf = self.taskfile(op)
+        if trace.enabled:
+            from .. import trace_decode as d
+            regs = d.ata_taskfile(tf)
+            trace.begin("ide", self, channel=self.index, unit=self.sel, op=d.op_kind(regs["command"]),
+                        taskfile=regs)
+            trace.emit("ide.cmd", channel=self.index, unit=self.sel, cmd=op)
         if op == 0x90:                              # EXECUTE DEVICE DIAGNOSTIC: both devices
             u.status = ST_BSY
             self.schedule(self.diagnostic)
@@ -250,6 +254,8 @@ class IdeChannel:
 
     def _guarded(self, gen: int, fn, args) -> None:
         if gen == self.gen:
+            if trace.enabled:
+                trace.enter(self)
             fn(*args)
 
     def set_outputs(self, out: Outputs, lba48: bool) -> None:
@@ -271,6 +277,8 @@ class IdeChannel:
         self.set_outputs(out, cmd is not None and cmd.lba48)
         u.status = out.status & ~(ST_BSY | ST_DRQ)
         u.error = out.error
+        if trace.enabled:
+            trace.end(self, status=out.status, error=out.error)
         self.raise_irq()
         self.xfer = None
 
@@ -350,6 +358,8 @@ class IdeChannel:
                 self.schedule(self.pio_in_block)
             else:
                 u.status = ST_DRDY | ST_DSC
+                if trace.enabled:
+                    trace.end(self, status=u.status, error=u.error)
                 self.xfer = None
         return int.from_bytes(b.ljust(size, b"\0"), "little")
 

@@ -156,10 +156,12 @@ class CPU:
             events.now += 1
             if events._heap and events._heap[0].due <= events.now:
                 events.run_due()
+            if trace.enabled:
+                trace.leave()
             ent = ports.get(port)
             v = ones[size] if ent is None else ent[0].read(port - ent[1], size)
             if trace.enabled:
-                trace.emit("pio.in", port=port, size=size, value=v)
+                trace.emit("pio.in", port=port, size=size, value=v, insn=cpu.exit_insn())
             if cpu.stop_reason is not _RUNNING:
                 cpu._replay = (_PIO, False, port, size, None, v, cpu._io_key())
             return v
@@ -172,7 +174,8 @@ class CPU:
             if events._heap and events._heap[0].due <= events.now:
                 events.run_due()
             if trace.enabled:
-                trace.emit("pio.out", port=port, size=size, value=value)
+                trace.leave()
+                trace.emit("pio.out", port=port, size=size, value=value, insn=cpu.exit_insn())
             ent = ports.get(port)
             if ent is not None:
                 ent[0].write(port - ent[1], size, value)
@@ -266,6 +269,8 @@ class CPU:
             events.now += 1
             if events._heap and events._heap[0].due <= events.now:
                 events.run_due()
+            if trace.enabled:
+                trace.leave()
             v = read(offset, size)
             if trace.enabled:
                 trace.emit("mmio.read", handler=type(handler).__name__, offset=offset, size=size, value=v)
@@ -288,7 +293,9 @@ class CPU:
             if events._heap and events._heap[0].due <= events.now:
                 events.run_due()
             if trace.enabled:
-                trace.emit("mmio.write", handler=type(handler).__name__, offset=offset, size=size, value=value)
+                trace.leave()
+                trace.emit("mmio.write", handler=type(handler).__name__, offset=offset, size=size,
+                           value=value)
             write(offset, size, value)
             if cpu.stop_reason is not _RUNNING:
                 cpu._replay = (handler, True, offset, size, value, None)
@@ -425,6 +432,18 @@ class CPU:
         except UcError:
             lm, regs, rip = False, {}, 0
         return GuestFault(reason, rip, self.disassemble(rip, lm), regs, lm)
+
+    def exit_insn(self) -> str:
+        """The instruction at RIP when a port exit is being served (trace events only:
+        the same capstone text as a fault report).  Not for MMIO exits: unicorn does
+        not bring RIP up to date inside memory callbacks (it is the translation
+        block's start there), so a disassembly would name the wrong instruction."""
+        try:
+            lm = self.long_mode()
+            rip = self.regs64()["rip"] if lm else self.uc.reg_read(X.UC_X86_REG_EIP)
+        except UcError:
+            return ""
+        return f"{rip:#x}: {self.disassemble(rip, lm)}"
 
     def disassemble(self, rip: int, long_mode: bool) -> str:
         mem = self.machine.memory

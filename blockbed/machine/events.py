@@ -78,6 +78,7 @@ class EventQueue:
             if ev.cancelled:
                 continue
             if trace.enabled:
+                trace.leave()
                 trace.emit("event.run", callback=ev.name, now=self.now)
             ev.callback(*ev.args)
             n += 1

@@ -271,13 +271,24 @@ class ScsiBus:
     def phase_command(self, cdb: bytes) -> None:
         b = self.bus
         disk = self.targets[b.target]
+        if trace.enabled:
+            from ... import trace_decode as d
+            fields = d.scsi_cdb(cdb)
+            nexus_key = (self, b.target, b.lun, b.tag)
+            trace.begin("lsi", nexus_key, target=b.target, lun=b.lun, tag=b.tag,
+                        dsa=int.from_bytes(self.r[R.DSA:R.DSA + 4], "little"),
+                        op=d.op_kind(fields["opcode"]), cdb=fields)
         req = disk.request(cdb, b.lun)
+        if trace.enabled:
+            trace.rekey(nexus_key, req)
+            if req.done:                         # answered at once: no data phase
+                trace.end(req, status=req.status)
         if req.stopped:
             raise Stall(rewind=True)             # the COMMAND block move runs again on resume
         nx = Nexus(b.target, b.lun, b.tag, req)
         b.current = nx
         if trace.enabled:
-            trace.emit("lsi.cmd", target=b.target, lun=b.lun, cdb=cdb.hex(), length=req.length)
+            trace.emit("lsi.cmd", target=b.target, lun=b.lun, cdb=d.scsi_cdb(cdb), length=req.length)
         if req.done:
             self._to_status()
         elif req.direction is Direction.IN and req.is_medium_read and b.disc_priv \

@@ -121,6 +121,8 @@ class ScsiRequest:
     def read(self, pos: int, view: memoryview) -> bool:
         """Fill ``view`` with data-in bytes ``pos .. pos+len(view)``; False if the command failed."""
         n = len(view)
+        if trace.enabled:
+            trace.enter(self)
         if self.status is not None or pos + n > self.length:
             return False
         if self._data is not None:
@@ -137,6 +139,8 @@ class ScsiRequest:
     def write(self, pos: int, view: memoryview) -> bool:
         """Take data-out bytes ``pos .. pos+len(view)`` from ``view``; False if the command failed."""
         n = len(view)
+        if trace.enabled:
+            trace.enter(self)
         if self.status is not None or pos + n > self.length:
             return False
         if self._param is not None:
@@ -166,6 +170,8 @@ class ScsiRequest:
     def finish(self) -> int | None:
         """The data phase is over (all ``length`` bytes moved): complete; returns the status,
         or None when the backend's stop policy parked the request (``stopped``)."""
+        if trace.enabled:
+            trace.enter(self)
         if self.status is None:
             if self._on_param is not None:
                 assert self._param is not None
@@ -238,6 +244,7 @@ class ScsiDisk:
     def _completed(self, req: ScsiRequest) -> None:
         if trace.enabled:
             trace.emit("scsi.complete", op=req.cdb[0], status=req.status, length=req.length)
+            trace.end(req, status=req.status)
 
     # --- command dispatch ----------------------------------------------------------------
     def request(self, cdb: bytes, lun: int = 0) -> ScsiRequest:
@@ -248,7 +255,7 @@ class ScsiDisk:
             return req
         op = cdb[0]
         if trace.enabled:
-            trace.emit("scsi.cdb", lun=lun, cdb=bytes(cdb).hex())
+            trace.emit("scsi.cdb", lun=lun, length=len(cdb))
         need = cdb_length(op)
         if need is None:
             req.check(INVALID_OPCODE)

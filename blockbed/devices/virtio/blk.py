@@ -345,6 +345,8 @@ class VirtioBlk(VirtioPCIDevice):
         try:
             while q.pending():
                 batch.append(parse_request(q.pop(), lim))
+                if trace.enabled:
+                    self._trace_submit(q, batch[-1])
         finally:
             self._process(q, batch)
 
@@ -355,17 +357,29 @@ class VirtioBlk(VirtioPCIDevice):
         i, n = 0, len(batch)
         while i < n:
             j = self._merge_end(batch, i) if self.merge else i + 1
+            if trace.enabled and j - i > 1:
+                trace.enter((self.name, q.index, batch[i].head))
+                trace.emit("virtio_blk.merge", heads=[r.head for r in batch[i:j]])
             if j - i > 1 and self._run_merged(batch[i:j]):
                 done.extend((r.head, r.written) for r in batch[i:j])
                 i = j
                 continue
             req = batch[i]
+            if trace.enabled:
+                trace.enter((self.name, q.index, req.head))
             if self._run(req):
                 self.stalled.extend((q, r) for r in batch[i:])
                 break
             done.append((req.head, self._written(req)))
             i += 1
         self._complete(q, done)
+
+    def _trace_submit(self, q: SplitQueue, req: BlkRequest) -> None:
+        from ... import trace_decode as d
+        trace.begin("virtio", (self.name, q.index, req.head), dev=self.name, queue=q.index,
+                    head=req.head, header=d.virtio_blk_header(req.type, 0, req.sector),
+                    bytes=req.nbytes, op=d.op_kind(str(d.VIRTIO_BLK_TYPES.get(req.type, ""))))
+        trace.leave()
 
     @staticmethod
     def _merge_end(batch: list[BlkRequest], i: int) -> int:
@@ -424,12 +438,17 @@ class VirtioBlk(VirtioPCIDevice):
         if self.reorder and len(done) > 1 and m is not None:
             m.events.rng.shuffle(done)
         q.push_many(done)
+        if trace.enabled:
+            for head, n in done:
+                trace.end((self.name, q.index, head), used_len=n, used_idx=q.used_idx)
         self.queue_interrupt(q)
 
     def _complete_later(self, q: SplitQueue, epoch: int, entry: tuple[int, int]) -> None:
         if q.epoch != epoch or not q.ready:
             return                  # the device or the queue was reset meanwhile
         q.push(*entry)
+        if trace.enabled:
+            trace.end((self.name, q.index, entry[0]), used_len=entry[1], used_idx=q.used_idx)
         self.queue_interrupt(q)
 
     @staticmethod
