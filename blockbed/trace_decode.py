@@ -65,9 +65,17 @@ def virtio_chain(head: int, readable: list[int], writable: list[int]) -> dict[st
 
 
 def ata_taskfile(tf: Any) -> dict[str, Any]:
-    """The ATA command-block registers (a :class:`~blockbed.devices.ata.regs.TaskFile`)."""
-    return {"command": ATA_COMMANDS.get(tf.command, f"{tf.command:#04x}"), "command_code": tf.command,
-            "features": tf.features, "count": tf.count, "lba": tf.lba, "device": tf.device}
+    """The ATA command-block registers (a :class:`~blockbed.devices.ata.regs.TaskFile`)
+    as the command addresses them: a 28-bit command (ATA8-ACS §4.1) takes LBA
+    bits 27:24 from the device register and an 8-bit count (0 means 256), and
+    ignores the "previous content" bytes a 48-bit command uses."""
+    name = ATA_COMMANDS.get(tf.command, f"{tf.command:#04x}")
+    if "EXT" in name or "FPDMA" in name:
+        lba, count, lba48 = tf.lba, tf.count or 65536, True
+    else:
+        lba, count, lba48 = (tf.lba & 0xFFFFFF) | ((tf.device & 0x0F) << 24), (tf.count & 0xFF) or 256, False
+    return {"command": name, "command_code": tf.command, "features": tf.features & (0xFFFF if lba48 else 0xFF),
+            "count": count, "lba": lba, "device": tf.device, "lba48": lba48}
 
 
 def h2d_fis(cfis: bytes) -> dict[str, Any]:

@@ -31,10 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import trace
     from ..block.drivespec import DriveSpecError, parse_drive_spec
-    from ..devices.attach import attach_drives
-    from ..machine import Machine, MachineConfig
     from ..machine.board import ExitKind
     from ..tracereader import build
     from ..traceview import life, summary
@@ -48,21 +45,12 @@ def main(args: argparse.Namespace) -> int:
     except DriveSpecError as exc:
         print(f"blockbed explain: {exc}", file=sys.stderr)
         return 2
-    serial = bytearray()
-    machine = Machine(MachineConfig(echo_serial=serial.extend, timeout_s=120))
-    rec = trace.Recorder()
     try:
-        try:
-            attach_drives(machine, [args.drive])
-        except ValueError as exc:
-            print(f"blockbed explain: {exc}", file=sys.stderr)
-            return 2
-        machine.load_kernel(str(elf), f"dev={iface} ops={args.ops} span={args.span} seed=1")
-        with rec:
-            result = machine.run()
-    finally:
-        machine.close()
-    events = [json.loads(ev.to_json()) for ev in rec.events]
+        result, serial, events = run_traced(str(elf), args.drive, f"dev={iface} ops={args.ops} "
+                                            f"span={args.span} seed=1")
+    except ValueError as exc:
+        print(f"blockbed explain: {exc}", file=sys.stderr)
+        return 2
     if args.trace:
         with open(args.trace, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(e) + "\n" for e in events)
@@ -79,3 +67,23 @@ def main(args: argparse.Namespace) -> int:
         if r is not None:
             print(life(tr, r))
     return 0
+
+
+def run_traced(elf: str, drive: str, append: str) -> tuple:
+    """Boot ``elf`` on one drive with every event recorded: (result, serial bytes,
+    events as the dicts a JSON-lines trace holds).  ValueError for a bad drive."""
+    from .. import trace
+    from ..devices.attach import attach_drives
+    from ..machine import Machine, MachineConfig
+
+    serial = bytearray()
+    machine = Machine(MachineConfig(echo_serial=serial.extend, timeout_s=120))
+    rec = trace.Recorder()
+    try:
+        attach_drives(machine, [drive])
+        machine.load_kernel(elf, append)
+        with rec:
+            result = machine.run()
+    finally:
+        machine.close()
+    return result, bytes(serial), [json.loads(ev.to_json()) for ev in rec.events]

@@ -161,6 +161,7 @@ class CPU:
             ent = ports.get(port)
             v = ones[size] if ent is None else ent[0].read(port - ent[1], size)
             if trace.enabled:
+                trace.leave()            # a read that completed a request does not tag the exit
                 trace.emit("pio.in", port=port, size=size, value=v, insn=cpu.exit_insn())
             if cpu.stop_reason is not _RUNNING:
                 cpu._replay = (_PIO, False, port, size, None, v, cpu._io_key())
@@ -273,6 +274,7 @@ class CPU:
                 trace.leave()
             v = read(offset, size)
             if trace.enabled:
+                trace.leave()
                 trace.emit("mmio.read", handler=type(handler).__name__, offset=offset, size=size, value=v)
             if cpu.stop_reason is not _RUNNING:
                 cpu._replay = (handler, False, offset, size, None, v)
