@@ -523,6 +523,9 @@ def _merge(entries: list[MapEntry]) -> list[MapEntry]:
 
 
 def cmd_map(a: argparse.Namespace) -> int:
+    if a.picture:                    # a layout drawing instead of the map (own module)
+        from .img_picture import map_picture
+        return map_picture(a)
     node, _ = open_img(a.filename, a.f, force_share=a.U)
     try:
         size = node.length()
@@ -1038,6 +1041,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--start-offset", type=int)
     m.add_argument("--max-length", type=int)
     m.add_argument("-U", "--force-share", dest="U", action="store_true")
+    m.add_argument("--picture", metavar="OUT", help="draw the qcow2 file's layout into OUT (.svg/.png)")
     m.add_argument("filename")
     add_image_arguments(m, image_opts=True)
     m.set_defaults(func=_guard(cmd_map))
