@@ -8,7 +8,9 @@ and the interrupt after it — and attributes guest exits to requests: the exits
 since the previous submission on the same controller up to a request's
 submission are what the guest spent on it (programming the controller, and
 handling the previous request's completion), so each exit counts once; with
-several requests submitted by one notification the first takes them all.  The first request on a controller also carries the driver's set-up;
+several requests submitted by one notification the first takes them all.
+Exits to the serial console (ports 0x3f8-0x3ff: the guest printing) are not
+storage work and are left out of the attribution.  The first request on a controller also carries the driver's set-up;
 :func:`summarise` leaves it out of the per-request averages.
 """
 
@@ -45,8 +47,15 @@ def layer_of(name: str) -> str:
     return "other"
 
 
+CONSOLE_PORTS = range(0x3F8, 0x400)
+
+
 def is_exit(ev: dict[str, Any]) -> bool:
     return ev["event"].startswith(("pio.", "mmio."))
+
+
+def is_console(ev: dict[str, Any]) -> bool:
+    return ev.get("port", -1) in CONSOLE_PORTS
 
 
 @dataclass
@@ -136,6 +145,8 @@ def build(events: list[dict[str, Any]]) -> Trace:
     for ev in events:
         name = ev["event"]
         if is_exit(ev):
+            if is_console(ev):
+                continue
             since_any.append(ev)
             for lst in pending_exits.values():
                 lst.append(ev)

@@ -25,6 +25,7 @@ from array import array
 from collections import OrderedDict
 from typing import Callable
 
+from ... import trace
 from ..driver import BlockDriver
 
 _SWAP = sys.byteorder == "little"
@@ -79,8 +80,12 @@ class MetadataCache:
         if t is not None:
             self.hits += 1
             self.tables.move_to_end(offset)
+            if trace.enabled:
+                trace.emit("qcow2.cache_hit", cache=self.name, offset=offset)
             return t
         self.misses += 1
+        if trace.enabled:
+            trace.emit("qcow2.cache_load", cache=self.name, offset=offset)
         self._make_room()
         buf = bytearray(self.table_bytes)
         self.file.debug_event(self.load_event)

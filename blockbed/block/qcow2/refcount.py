@@ -384,6 +384,8 @@ class RefcountManager:
         Works a refcount block at a time: one lookup, one range check and one slice
         assignment per block for the array-backed widths (8..64 bits), so allocating
         a 2 MiB run of 64 KiB clusters is not 32 trips through the cache."""
+        if trace.enabled:
+            trace.emit("qcow2.refcount_update", cluster=start, clusters=n, delta=delta)
         codec = self.codec
         ci, end = start, start + n
         while ci < end:
