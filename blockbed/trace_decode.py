@@ -54,14 +54,13 @@ def op_kind(name: str) -> str:
     return "other"
 
 
-def virtio_blk_header(rtype: int, ioprio: int, sector: int) -> dict[str, Any]:
-    """struct virtio_blk_outhdr (virtio 1.2 §5.2.6): type, ioprio, sector."""
-    return {"type": VIRTIO_BLK_TYPES.get(rtype, rtype), "ioprio": ioprio, "sector": sector}
-
-
-def virtio_chain(head: int, readable: list[int], writable: list[int]) -> dict[str, Any]:
-    """A descriptor chain (§2.7.5) as its head index and buffer lengths by direction."""
-    return {"head": head, "readable": readable, "writable": writable}
+def virtio_blk_header(rtype: int, ioprio: int | None, sector: int) -> dict[str, Any]:
+    """struct virtio_blk_outhdr (virtio 1.2 §5.2.6): type, ioprio, sector (ioprio
+    left out when the device did not keep it)."""
+    out: dict[str, Any] = {"type": VIRTIO_BLK_TYPES.get(rtype, rtype), "sector": sector}
+    if ioprio is not None:
+        out["ioprio"] = ioprio
+    return out
 
 
 def ata_taskfile(tf: Any) -> dict[str, Any]:

@@ -30,7 +30,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protocol", ("file.",)),
 )
 INTERRUPT_PREFIXES = ("apic.", "pci.intx", "cpu.interrupt", "lsi.irq", "virtio.irq", "msi")
-LAYER_NAMES = [name for name, _ in LAYERS]
 
 
 class TraceError(Exception):

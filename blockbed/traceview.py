@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tracereader import LAYER_NAMES, Request, Trace, layer_of, summarise
+from .tracereader import Request, Trace, layer_of, summarise
 
 _SKIP = {"seq", "t", "event", "req"}
 _DEPTH = {"guest exit": 0, "controller": 1, "backend": 2, "format": 3, "protocol": 4,
@@ -88,4 +88,4 @@ def summary(tr: Trace) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["life", "summary", "fields_text", "LAYER_NAMES"]
+__all__ = ["life", "summary", "fields_text"]

@@ -135,6 +135,7 @@ def test_decoders():
     cdb16 = struct.pack(">BBQIBB", 0x8A, 0, 1 << 33, 16, 0, 0)
     assert d.scsi_cdb(cdb16)["lba"] == 1 << 33 and d.scsi_cdb(cdb16)["blocks"] == 16
     assert d.virtio_blk_header(1, 0, 7) == {"type": "OUT", "ioprio": 0, "sector": 7}
+    assert d.virtio_blk_header(4, None, 0) == {"type": "FLUSH", "sector": 0}
     assert [d.op_kind(n) for n in ("OUT", "IN", "FLUSH", "WRITE DMA FUA EXT", "SYNCHRONIZE CACHE(10)",
                                    "READ CAPACITY(10)", "WRITE SAME(16)", "UNMAP")] == \
         ["write", "read", "flush", "write", "flush", "other", "write_zeroes", "discard"]

@@ -377,7 +377,7 @@ class VirtioBlk(VirtioPCIDevice):
     def _trace_submit(self, q: SplitQueue, req: BlkRequest) -> None:
         from ... import trace_decode as d
         trace.begin("virtio", (self.name, q.index, req.head), dev=self.name, queue=q.index,
-                    head=req.head, header=d.virtio_blk_header(req.type, 0, req.sector),
+                    head=req.head, header=d.virtio_blk_header(req.type, None, req.sector),
                     bytes=req.nbytes, op=d.op_kind(str(d.VIRTIO_BLK_TYPES.get(req.type, ""))))
         trace.leave()
 
