@@ -83,6 +83,7 @@ def run_blockbed(kernel: Path, initrd: Path, ctrl: str, disk: Path, fmt: str,
                  timeout: float = 1800.0) -> RunResult:
     """The same boot on blockbed's machine (needs the machine's Linux boot support)."""
     cmd = [sys.executable, "-m", "blockbed", "run", "--kernel", str(kernel), "--initrd", str(initrd),
+           "--memory", "512", "--timeout", str(int(timeout)),
            "--append", f"console=ttyS0 panic=-1 quiet blockbed.ctrl={ctrl}",
            "--drive", f"file={disk},format={fmt},if={IF_NAME[ctrl]}"]
     t0 = time.monotonic()
