@@ -6,7 +6,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all venv guests demo test test-all bench crash-long clean
+.PHONY: all venv guests demo test test-all bench crash-long clean linux-guest test-linux
 
 all: test
 
@@ -36,6 +36,15 @@ test-all: $(STAMP) guests
 # The large crash-consistency sweep (about 25 minutes on two cores).
 crash-long: $(STAMP) guests
 	$(VPY) -m pytest -q -m slow tests/test_crash_long.py
+
+# The Linux guest (docs/linux-guest.md): Debian kernel + busybox initramfs, built from
+# `apt-get download`ed packages into build/linux (cached).  Needs apt-get update once.
+linux-guest: $(STAMP)
+	$(VPY) -m blockbed.linuxguest.build
+
+# The Linux guest on all four controllers x {raw, qcow2}, under QEMU and under blockbed.
+test-linux: linux-guest
+	$(VPY) -m pytest -q -m linux tests/test_linux_guest.py
 
 bench: $(STAMP) guests
 	@for b in benchmarks/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done

@@ -1,0 +1,38 @@
+#!/bin/busybox sh
+# blockbed Linux guest /init: test one disk controller, print one result line, power off.
+# Layout and pattern: blockbed/linuxguest/layout.py and docs/linux-guest.md.
+/bin/busybox --install -s /bin
+export PATH=/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+result() { echo "BLOCKBED-LINUX $*"; sync; poweroff -f; }
+ctrl=$(sed -n 's/.*blockbed\.ctrl=\([a-z]*\).*/\1/p' /proc/cmdline)
+[ -f "/modules/$ctrl.list" ] || result "FAIL unknown-controller '$ctrl'"
+for m in $(cat /modules/common.list /modules/$ctrl.list); do
+    insmod "/modules/$m" 2>/dev/null || grep -q "^$(basename $m .ko | tr - _) " /proc/modules || echo "insmod $m failed"
+done
+case "$ctrl" in virtio) dev=/dev/vda ;; *) dev=/dev/sda ;; esac
+i=0
+while [ ! -b "$dev" ]; do
+    i=$((i + 1)); [ $i -gt 100 ] && result "FAIL no-disk $dev"; sleep 0.1
+done
+P_OFF_MB=@PATTERN_OFFSET_MB@ P_MB=@PATTERN_MB@ FS_KB=@FS_KB@
+dd if=/pattern.bin of=$dev bs=1M seek=$P_OFF_MB count=$P_MB oflag=direct conv=fsync 2>/dev/null || result "FAIL dd-write"
+sync
+echo 3 > /proc/sys/vm/drop_caches
+dd if=$dev of=/readback.bin bs=1M skip=$P_OFF_MB count=$P_MB iflag=direct 2>/dev/null || result "FAIL dd-read"
+cmp /pattern.bin /readback.bin || result "FAIL pattern-mismatch"
+/sbin/mke2fs -q -F -t ext4 $dev ${FS_KB}k || result "FAIL mke2fs"
+mkdir -p /mnt
+mount -t ext4 -o data=ordered $dev /mnt || result "FAIL mount"
+for n in 1 2 3; do
+    dd if=/pattern.bin of=/mnt/file$n bs=64k conv=fsync 2>/dev/null || result "FAIL write-file$n"
+done
+echo blockbed > /mnt/hello.txt; sync
+umount /mnt || result "FAIL umount"
+/sbin/e2fsck -f -n $dev >/e2fsck.log 2>&1 || { cat /e2fsck.log; result "FAIL e2fsck"; }
+mount -t ext4 -o ro $dev /mnt || result "FAIL remount"
+for n in 1 2 3; do cmp /pattern.bin /mnt/file$n || result "FAIL file$n-mismatch"; done
+umount /mnt
+result "PASS $ctrl"
