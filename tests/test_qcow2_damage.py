@@ -37,12 +37,18 @@ def _hash_without_features(path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize("dmg", KINDS, ids=lambda d: d.name)
-def test_read_fails_like_qemu(tmp_path, qemu_img, qemu_io, dmg):
+def _pair(tmp_path, qemu_img, qemu_io, dmg):
+    """The damaged image for blockbed and an identical copy for QEMU."""
     img = tmp_path / "d.qcow2"
     build(qemu_img, qemu_io, img, dmg)
     ref = tmp_path / "ref.qcow2"
     shutil.copy(img, ref)
+    return img, ref
+
+
+@pytest.mark.parametrize("dmg", KINDS, ids=lambda d: d.name)
+def test_read_fails_like_qemu(tmp_path, qemu_img, qemu_io, dmg):
+    img, ref = _pair(tmp_path, qemu_img, qemu_io, dmg)
     q = subprocess.run([qemu_io, "-c", "read 0 512", str(ref)], capture_output=True, text=True)
     assert "Input/output error" in q.stdout + q.stderr
     assert dmg.expect in q.stderr
@@ -60,10 +66,7 @@ def test_read_fails_like_qemu(tmp_path, qemu_img, qemu_io, dmg):
 
 @pytest.mark.parametrize("dmg", KINDS, ids=lambda d: d.name)
 def test_write_refused_and_marks_corrupt(tmp_path, qemu_img, qemu_io, dmg):
-    img = tmp_path / "d.qcow2"
-    build(qemu_img, qemu_io, img, dmg)
-    ref = tmp_path / "ref.qcow2"
-    shutil.copy(img, ref)
+    img, ref = _pair(tmp_path, qemu_img, qemu_io, dmg)
     before = _hash_without_features(img)
     q = subprocess.run([qemu_io, "-c", "write -P 0xcd 0 4k", str(ref)],
                        capture_output=True, text=True)
@@ -150,3 +153,26 @@ def test_reserved_bits_tolerated_like_qemu(tmp_path, qemu_img, qemu_io, field, b
     finally:
         node.close()
     assert not _incompat(img) & CORRUPT_BIT
+
+
+def test_guest_sees_io_errors_on_unaligned_l2(tmp_path, qemu_img, qemu_io):
+    """The tester's report: disktest on virtio PASSed while writing through the bogus
+    L2 table.  Now every request through it fails with EIO (werror=report), the
+    guest reports errors and FAILs, and the image carries the corrupt bit."""
+    from conftest import guest_elf
+    from blockbed.devices.attach import attach_drives
+    from blockbed.machine import Machine, MachineConfig
+    img = tmp_path / "d.qcow2"
+    build(qemu_img, qemu_io, img, KINDS[0])
+    m = Machine(MachineConfig(memory_mib=128, seed=1, timeout_s=120))
+    try:
+        attach_drives(m, [f"file={img},format=qcow2,if=virtio,werror=report,rerror=report"])
+        m.load_kernel(str(guest_elf("disktest")), "dev=virtio seed=3 ops=40")
+        res = m.run()
+    finally:
+        m.close()
+    assert res.exit_code == 1 and "disktest: FAIL" in res.transcript, res.transcript
+    assert "PASS" not in res.transcript.split("disktest:")[-1]
+    assert _incompat(img) & CORRUPT_BIT
+    q = subprocess.run([qemu_img, "info", str(img)], capture_output=True, text=True)
+    assert "corrupt: true" in q.stdout
