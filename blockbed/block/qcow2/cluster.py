@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ... import trace
 from ..driver import BlockError
+from .corrupt import c_hex
 from .cache import MetadataCache, dump_be_array, load_be_array
 from .header import MAX_L1_BYTES
 
@@ -112,9 +113,11 @@ class Mapping:
             return 0
         e = self.l1[l1_index]
         off = e & L1E_OFFSET_MASK
-        if e & 0x1FF:
-            self.drv.signal_corruption(f"L2 table offset {e & ~OFLAG_COPIED:#x} unaligned "
-                                       f"(L1 index: {l1_index:#x})")
+        # QEMU qcow2_get_host_offset/get_cluster_table: the L2 table must be
+        # cluster aligned (0x40200 with 64 KiB clusters is refused with EIO).
+        if off & (self.cs - 1):
+            self.drv.signal_corruption(f"L2 table offset {c_hex(off)} unaligned "
+                                       f"(L1 index: {c_hex(l1_index)})")
         return off
 
     def entry_slots(self, table: array):

@@ -28,6 +28,7 @@ from .bitmaps import BitmapStore
 from .cluster import (L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO,
                       ClusterType, Mapping, cluster_type, cluster_type_data_file)
 from .compress import decompress
+from .corrupt import c_hex
 from .header import (AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS,
                      INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
                      MAX_CLUSTER_BITS, Header, parse_header)
@@ -356,9 +357,11 @@ class Qcow2Driver(BlockDriver):
             l1i = offset >> (cb + self.l2_bits)
             if l1i < len(mp.l1):
                 e1 = mp.l1[l1i]
-                if e1 & 0x1FF == 0 and e1 & L2E_OFFSET_MASK:
+                # cluster-aligned L2 table and data cluster only; anything else takes
+                # the slow path, which signals corruption (qcow2_get_host_offset)
+                if e1 & cmask == 0 and e1 & L2E_OFFSET_MASK:
                     e = mp.cache.get(e1 & L2E_OFFSET_MASK)[(offset >> cb) & ((1 << self.l2_bits) - 1)]
-                    if e & (OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == 0 and e & L2E_OFFSET_MASK:
+                    if e & (OFLAG_COMPRESSED | cmask) == 0 and e & L2E_OFFSET_MASK:
                         self._read_host((e & L2E_OFFSET_MASK) + (offset & cmask), buf, offset)
                         return
         pos = offset
@@ -463,9 +466,12 @@ class Qcow2Driver(BlockDriver):
         idx = (pos >> cb) & (l2_size - 1)
         e = table[idx]
         t = self._ctype(e)
-        if t == ClusterType.NORMAL and e & 0x1FE:
-            self.signal_corruption(f"Cluster allocation offset {e & L2E_OFFSET_MASK | (e & 0x1FE):#x} "
-                                   f"unaligned (L2 offset: {off:#x}, L2 index: {idx:#x})")
+        if t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) and \
+                e & L2E_OFFSET_MASK & (cs - 1):
+            # QEMU qcow2_get_host_offset: data clusters must be cluster aligned
+            self.signal_corruption(f"Cluster allocation offset {c_hex(e & L2E_OFFSET_MASK)} "
+                                   f"unaligned (L2 offset: {c_hex(off)}, "
+                                   f"L2 index: {c_hex(idx)})")
         run_end = min(lim, ((pos >> cb) + 1) << cb)
         if t == ClusterType.COMPRESSED:
             return run_end - pos, t, e
@@ -508,9 +514,10 @@ class Qcow2Driver(BlockDriver):
             l1i = offset >> (cb + self.l2_bits)
             if l1i < len(mp.l1):
                 e1 = mp.l1[l1i]
-                if e1 & OFLAG_COPIED and e1 & 0x1FF == 0:
+                # only cluster-aligned tables/clusters; the slow path signals corruption
+                if e1 & OFLAG_COPIED and e1 & cmask == 0:
                     e = mp.cache.get(e1 & L2E_OFFSET_MASK)[(offset >> cb) & ((1 << self.l2_bits) - 1)]
-                    if e & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED \
+                    if e & (OFLAG_COPIED | OFLAG_COMPRESSED | cmask) == OFLAG_COPIED \
                             and not self.has_data_file:
                         host = (e & L2E_OFFSET_MASK) + (offset & cmask)
                         self._write_host(host, offset, [mv])
@@ -539,6 +546,8 @@ class Qcow2Driver(BlockDriver):
         c = first_c
         while c <= last_c:
             e = table[c & l2_mask] if table is not None else 0
+            if e & L2E_OFFSET_MASK & (cs - 1) and not e & OFLAG_COMPRESSED:
+                self._unaligned_desc(e, c << cb)
             inplace = (e & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED
                        and (e & L2E_OFFSET_MASK or self.has_data_file)
                        and off and mp.l1[l1i] & OFLAG_COPIED)
@@ -556,6 +565,8 @@ class Qcow2Driver(BlockDriver):
             else:
                 while k <= last_c:
                     e2 = table[k & l2_mask] if table is not None else 0
+                    if e2 & L2E_OFFSET_MASK & (cs - 1) and not e2 & OFLAG_COMPRESSED:
+                        self._unaligned_desc(e2, k << cb)
                     if (e2 & (OFLAG_COPIED | OFLAG_COMPRESSED | OFLAG_ZERO | 0x1FE) == OFLAG_COPIED
                             and (e2 & L2E_OFFSET_MASK or self.has_data_file)
                             and mp.l1[l1i] & OFLAG_COPIED):
@@ -570,6 +581,14 @@ class Qcow2Driver(BlockDriver):
             else:
                 table, off = self._alloc_and_write(l1i, c, k - c, rs, piece)
             c = k
+
+    def _unaligned_desc(self, e: int, guest: int) -> None:
+        """QEMU handle_copied/handle_alloc: a data or preallocated-zero descriptor that
+        is not cluster aligned is never written through nor freed (its refcount
+        update would hit an unrelated cluster)."""
+        what = "Preallocated zero" if e & OFLAG_ZERO and not self.header.extended_l2 else "Data"
+        self.signal_corruption(f"{what} cluster offset {c_hex(e & L2E_OFFSET_MASK)} "
+                               f"unaligned (guest offset: {c_hex(guest)})")
 
     def write_compressed(self, offset: int, data: Buffer) -> None:
         """Write one whole cluster compressed (qemu-img convert -c; QEMU
