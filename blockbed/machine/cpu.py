@@ -349,6 +349,22 @@ class CPU:
         uc.reg_write(X.UC_X86_REG_EBX, info_addr)
         uc.reg_write(X.UC_X86_REG_EIP, entry)
 
+    def enter_linux32(self, entry: int, boot_params: int, gdt_addr: int, gdt: bytes) -> None:
+        """Linux 32-bit boot protocol entry (boot.rst): flat protected mode, paging and
+        interrupts off, CS=0x10, DS/ES/SS=0x18, ESI=boot_params, EBP/EDI/EBX=0."""
+        uc = self.uc
+        self.machine.memory.write(gdt_addr, gdt)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, len(gdt) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_CR0, 0x11)  # PE | ET
+        uc.reg_write(X.UC_X86_REG_CS, 0x10)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(r, 0x18)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        for r in (X.UC_X86_REG_EBP, X.UC_X86_REG_EDI, X.UC_X86_REG_EBX, X.UC_X86_REG_EAX):
+            uc.reg_write(r, 0)
+        uc.reg_write(X.UC_X86_REG_ESI, boot_params)
+        uc.reg_write(X.UC_X86_REG_EIP, entry)
+
     # --- interrupt injection ------------------------------------------------------
     def try_deliver_interrupt(self) -> bool:
         """Deliver the highest pending vector if the guest can take it now."""
