@@ -23,8 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0],
                        epilog="exit status: the guest's debug-exit value; 120 stopped, 121 guest fault, "
                               "122 halted, 123 instruction budget, 124 timeout, 2 bad arguments")
-    p.add_argument("--kernel", required=True, metavar="ELF", help="multiboot guest ELF")
+    p.add_argument("--kernel", required=True, metavar="ELF", help="multiboot guest ELF or Linux bzImage")
     p.add_argument("--append", default="", metavar="STR", help="guest command line")
+    p.add_argument("--initrd", default=None, metavar="FILE",
+                   help="initial ramdisk for a Linux bzImage --kernel (boot protocol ramdisk_image)")
     p.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest RAM (default 256)")
     p.add_argument("--drive", action="append", default=[], metavar="SPEC",
                    help="file=PATH,format=…,if=virtio|ahci|ide|lsi,cache=… (repeatable)")
@@ -79,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"blockbed run: {exc}", file=sys.stderr)
                 return 2
         try:
-            machine.load_kernel(args.kernel, args.append)
+            machine.load_kernel(args.kernel, args.append, args.initrd)
         except BootError as exc:
             print(f"blockbed run: {args.kernel}: {exc}", file=sys.stderr)
             return 2

@@ -27,7 +27,7 @@ from typing import Callable
 from .. import trace
 from ..devices.debugexit import DebugExit
 from ..devices.serial import Serial16550
-from .boot import GDT_ADDR, MB_BOOT_MAGIC, LoadedKernel, load_multiboot
+from .boot import GDT_ADDR, MB_BOOT_MAGIC, BootError, LoadedKernel, load_multiboot
 from .bus import IoPortBus, MmioBus
 from .cpu import CPU, GuestFault, StopReason
 from .events import EventQueue
@@ -137,8 +137,16 @@ class Machine:
             self.warnings += assign_bars(self.pci)
             self._firmware_done = True
 
-    def load_kernel(self, path: str, append: str = "") -> LoadedKernel:
+    def load_kernel(self, path: str, append: str = "", initrd: str | None = None) -> LoadedKernel:
+        """Load a multiboot ELF or (detected by its "HdrS" header) a Linux bzImage."""
+        from .linuxboot import LINUX_GDT_ADDR, is_bzimage, linux_gdt, load_linux
         self.firmware()
+        if is_bzimage(path):
+            self.kernel = load_linux(self.memory, path, append, initrd)
+            self.cpu.enter_linux32(self.kernel.entry, self.kernel.info_addr, LINUX_GDT_ADDR, linux_gdt())
+            return self.kernel
+        if initrd is not None:
+            raise BootError("--initrd needs a Linux bzImage kernel (this is not one)")
         self.kernel = load_multiboot(self.memory, path, append)
         self.cpu.enter_multiboot(self.kernel.entry, MB_BOOT_MAGIC, self.kernel.info_addr, GDT_ADDR)
         return self.kernel

@@ -90,6 +90,17 @@ def _elf_segments(data: bytes) -> tuple[int, list[tuple[int, int, int]]]:
     return entry, segs
 
 
+def e820_map(ram: int) -> list[tuple[int, int, int]]:
+    """The BIOS int 15h E820 map of the machine: (base, length, type 1 usable / 2 reserved).
+
+    Shared by the multiboot and the Linux loader so both kinds of guest see
+    the same RAM: conventional memory, the EBDA and BIOS ROM holes, RAM from
+    1 MiB up to the end (always below the PCI hole), the flash at 4 GiB - 256 KiB.
+    """
+    return [(0, LOW_MEM_END, 1), (LOW_MEM_END, 0xA0000 - LOW_MEM_END, 2),
+            (0xF0000, 0x10000, 2), (0x100000, ram - 0x100000, 1), (0xFFFC0000, 0x40000, 2)]
+
+
 def load_multiboot(memory: GuestMemory, path: str | Path, append: str = "") -> LoadedKernel:
     try:
         data = Path(path).read_bytes()
@@ -123,8 +134,7 @@ def load_multiboot(memory: GuestMemory, path: str | Path, append: str = "") -> L
 
     # Memory map (§3.3, BIOS int 15h E820 types: 1 usable, 2 reserved).
     ram = memory.size
-    entries = [(0, LOW_MEM_END, 1), (LOW_MEM_END, 0xA0000 - LOW_MEM_END, 2),
-               (0xF0000, 0x10000, 2), (0x100000, ram - 0x100000, 1), (0xFFFC0000, 0x40000, 2)]
+    entries = e820_map(ram)
     mmap = b"".join(struct.pack("<IQQI", 20, base, length, kind) for base, length, kind in entries)
     memory.write(MMAP_ADDR, mmap)
 

@@ -343,19 +343,33 @@ class CPU:
         return self.regs64()["rip"] if self.long_mode() else self.uc.reg_read(X.UC_X86_REG_EIP)
 
     # --- boot state (Multiboot 0.6.96 §3.2) -------------------------------
-    def enter_multiboot(self, entry: int, magic: int, info_addr: int, gdt_addr: int) -> None:
-        """32-bit flat protected mode at ``entry``, paging off, IF=0, EAX/EBX set."""
+    def _flat32(self, gdt_addr: int, gdt: bytes, cs: int, ds: int) -> None:
+        """Flat 32-bit protected mode with the given GDT, paging off, IF=0."""
         uc = self.uc
-        gdt = struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
         self.machine.memory.write(gdt_addr, gdt)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, len(gdt) - 1, 0))
         uc.reg_write(X.UC_X86_REG_CR0, 0x11)  # PE | ET
-        uc.reg_write(X.UC_X86_REG_CS, 0x08)
+        uc.reg_write(X.UC_X86_REG_CS, cs)
         for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
-            uc.reg_write(r, 0x10)
+            uc.reg_write(r, ds)
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+
+    def enter_multiboot(self, entry: int, magic: int, info_addr: int, gdt_addr: int) -> None:
+        """32-bit flat protected mode at ``entry``, paging off, IF=0, EAX/EBX set."""
+        uc = self.uc
+        self._flat32(gdt_addr, struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF), 0x08, 0x10)
         uc.reg_write(X.UC_X86_REG_EAX, magic)
         uc.reg_write(X.UC_X86_REG_EBX, info_addr)
+        uc.reg_write(X.UC_X86_REG_EIP, entry)
+
+    def enter_linux32(self, entry: int, boot_params: int, gdt_addr: int, gdt: bytes) -> None:
+        """Linux 32-bit boot protocol entry (boot.rst): flat protected mode, paging and
+        interrupts off, CS=0x10, DS/ES/SS=0x18, ESI=boot_params, EBP/EDI/EBX=0."""
+        uc = self.uc
+        self._flat32(gdt_addr, gdt, 0x10, 0x18)
+        for r in (X.UC_X86_REG_EBP, X.UC_X86_REG_EDI, X.UC_X86_REG_EBX, X.UC_X86_REG_EAX):
+            uc.reg_write(r, 0)
+        uc.reg_write(X.UC_X86_REG_ESI, boot_params)
         uc.reg_write(X.UC_X86_REG_EIP, entry)
 
     # --- interrupt injection ------------------------------------------------------
