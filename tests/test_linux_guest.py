@@ -7,7 +7,6 @@ is marked `linux` (make test-linux); blockbed's side is also marked `linux_block
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -82,19 +81,16 @@ def test_qemu_matrix(guest, ctrl: str, fmt: str, tmp_path: Path) -> None:
     _run_and_check(qemu.run_qemu, guest, ctrl, fmt, tmp_path)
 
 
-def _blockbed_boots_linux() -> bool:
-    p = subprocess.run([sys.executable, "-m", "blockbed", "run", "--help"],
-                       capture_output=True, text=True, cwd=REPO)
-    return "--initrd" in p.stdout
-
-
 @pytest.mark.slow
 @pytest.mark.linux
 @pytest.mark.linux_blockbed
+# Known gap (docs/linux-machine.md): the kernel decompresses and enters 64-bit mode on
+# blockbed, then its first expected #PF ends the run because CPU exceptions are not yet
+# delivered through the guest's IDT.  strict: the day it boots, this must be turned on.
+@pytest.mark.xfail(strict=True, reason="blockbed's machine does not deliver CPU exceptions "
+                   "to the guest yet, so Linux stops at its first #PF (docs/linux-machine.md)")
 @pytest.mark.parametrize("ctrl,fmt", MATRIX)
 def test_blockbed_matrix(guest, ctrl: str, fmt: str, tmp_path: Path) -> None:
-    if not _blockbed_boots_linux():
-        pytest.skip("blockbed's machine cannot boot Linux yet (`blockbed run` has no --initrd)")
     qd = tmp_path / "q"
     qd.mkdir()
     _run_and_check(qemu.run_qemu, guest, ctrl, fmt, qd)
