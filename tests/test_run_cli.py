@@ -78,3 +78,29 @@ def test_werror_stop_then_cont_retries_the_write(tmp_path, dev):
     assert "PASS" in p.stdout and "FAIL" not in p.stdout
     assert "machine stopped" in p.stderr and "continuing (1 of 1)" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--timeout", "nan"], ["--timeout", "inf"], ["--timeout", "0"], ["--timeout", "-1"],
+    ["--max-instructions", "0"], ["--max-instructions", "-1"], ["--memory", "0"],
+    ["--trace", "/nonexistent/dir/t.json"], ["--no-such-option"],
+])
+def test_bad_run_arguments_are_status_2_and_one_line(args):
+    p = blockbed("run", "--kernel", str(guest_elf("hello")), *args, timeout=60)
+    assert p.returncode == 2, (args, p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("blockbed run: "), p.stderr
+    assert args[0] in lines[0]
+    assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+def test_closed_stdout_is_not_success():
+    """`blockbed run … | head -c 10`: once stdout is gone the guest's outcome is unknown, so
+    the status must not be 0 (it was: a BrokenPipeError became success)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen([sys.executable, "-m", "blockbed", "run", "--kernel", str(guest_elf("hello"))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()                     # the reader goes away before the guest prints
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 125, err
+    assert "broken pipe" in err and "Traceback" not in err

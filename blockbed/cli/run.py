@@ -4,37 +4,67 @@ Exit status: the value the guest wrote to the debug-exit port (guests write 0
 for success), or one of the host outcomes in
 :data:`blockbed.machine.board.HOST_EXIT_STATUS` — 120 machine stopped by the
 block layer's error policy, 121 guest fault, 122 halted with nothing to wake
-it, 123 instruction budget used up, 124 wall-clock timeout — with a one-line
-reason on stderr.  A one-line summary (exits by kind, virtual ticks, wall
+it, 123 instruction budget used up, 124 wall-clock timeout, 125 stdout closed
+(broken pipe) before the guest exited — with a one-line reason on stderr.  A one-line summary (exits by kind, virtual ticks, wall
 time) follows on stderr.  Bad arguments exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 
 from .. import trace
+
+#: Exit status when stdout is closed before the guest exits (``blockbed run … | head``): the
+#: guest's outcome is unknown, so it must never read as success (0).
+BROKEN_PIPE_STATUS = 125
+
+
+def _positive_seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds greater than zero (nan, inf, 0, -1 refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds greater than 0, "
+                                         f"not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """``--max-instructions`` and ``--memory``: a whole number greater than zero."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="boot a guest ELF on the machine",
                        description=__doc__.splitlines()[0],
                        epilog="exit status: the guest's debug-exit value; 120 stopped, 121 guest fault, "
-                              "122 halted, 123 instruction budget, 124 timeout, 2 bad arguments")
+                              "122 halted, 123 instruction budget, 124 timeout, 125 stdout closed "
+                              "(broken pipe), 2 bad arguments")
     p.add_argument("--kernel", required=True, metavar="ELF", help="multiboot guest ELF or Linux bzImage")
     p.add_argument("--append", default="", metavar="STR", help="guest command line")
     p.add_argument("--initrd", default=None, metavar="FILE",
                    help="initial ramdisk for a Linux bzImage --kernel (boot protocol ramdisk_image)")
-    p.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest RAM (default 256)")
+    p.add_argument("--memory", type=_positive_int, default=256, metavar="MiB", help="guest RAM (default 256)")
     p.add_argument("--drive", action="append", default=[], metavar="SPEC",
                    help="file=PATH,format=…,if=virtio|ahci|ide|lsi,cache=… (repeatable)")
     p.add_argument("--object", action="append", default=[], metavar="OBJECTDEF",
                    help="secret,id=ID,data=PASS|file=PATH[,format=raw|base64] (for "
                         "encrypt.key-secret=ID in --drive)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="wall-clock limit (default 60)")
-    p.add_argument("--max-instructions", type=int, default=None, metavar="N",
+    p.add_argument("--timeout", type=_positive_seconds, default=60.0, metavar="S", help="wall-clock limit (default 60)")
+    p.add_argument("--max-instructions", type=_positive_int, default=None, metavar="N",
                    help="instruction budget (slows tight loops: unicorn then counts every instruction)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for device completion order")
     p.add_argument("--trace", metavar="FILE", help="write trace events as JSON lines ('-' for stderr)")
@@ -43,16 +73,39 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "continue up to N times, as QEMU's monitor command 'cont' (the "
                         "failed request is retried); default 0: a stop ends the run (120)")
     p.add_argument("--quiet-summary", action="store_true", help="omit the summary line")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, parser=p)
+
+    def one_line_error(message: str) -> None:
+        # A bad argument is one line naming it (status 2), not the whole usage block.
+        print(f"blockbed run: {message} (see 'blockbed run --help')", file=sys.stderr)
+        sys.exit(2)
+    p.error = one_line_error  # type: ignore[method-assign]
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the guest; a closed stdout (broken pipe) ends the run with :data:`BROKEN_PIPE_STATUS`."""
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        print("blockbed: stdout closed (broken pipe) before the guest exited; "
+              f"status {BROKEN_PIPE_STATUS}", file=sys.stderr)
+        return BROKEN_PIPE_STATUS
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..machine import Machine, MachineConfig
     from ..machine.boot import BootError
     from ..machine.board import ExitKind
 
     if args.trace:
-        trace.add_sink(trace.JsonLinesSink(args.trace))
+        try:
+            trace.add_sink(trace.JsonLinesSink(args.trace))
+        except OSError as exc:
+            print(f"blockbed run: --trace {args.trace}: {exc.strerror}", file=sys.stderr)
+            return 2
 
     def echo(b: bytes) -> None:
         sys.stdout.buffer.write(b)
