@@ -7,11 +7,13 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from blockbed.cli import main as blockbed_main
+from conftest import REPO, need_tool
 
 
 def bb(capsys, *argv: str) -> tuple[int, str, str]:
@@ -318,3 +320,24 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path):
     p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert p.stderr == "" and p.returncode == 0, p.stderr
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("with_size", [True, False])
+def test_create_backing_without_format_is_refused_as_qemu_img(tmp_path, with_size):
+    """qemu-img 7.2 refuses `create -b base` without -F (no probing of backing files) and
+    creates nothing; so must we, with the same message."""
+    qemu_img = need_tool("qemu-img")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(tmp_path / "base.qcow2"), "1M"],
+                   check=True)
+    size = ["1M"] if with_size else []
+    q = subprocess.run([qemu_img, "create", "-f", "qcow2", "-b", "base.qcow2", "q.qcow2", *size],
+                       cwd=tmp_path, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    b = subprocess.run([sys.executable, "-m", "blockbed", "img", "create", "-f", "qcow2", "-b",
+                        "base.qcow2", "b.qcow2", *size], cwd=tmp_path, capture_output=True,
+                       text=True, env=env)
+    assert q.returncode == 1 and b.returncode == 1, (q.stderr, b.stderr)
+    assert b.stderr.replace("blockbed img:", "qemu-img:").replace("b.qcow2", "q.qcow2").strip() \
+        == q.stderr.strip()
+    assert not (tmp_path / "b.qcow2").exists() and not (tmp_path / "q.qcow2").exists()

@@ -135,6 +135,14 @@ def _parse_o(values: list[str] | None) -> dict:
 
 
 # --- create -----------------------------------------------------------------------------------
+def _backing_fmt_missing(filename: str, detected: str) -> int:
+    """qemu-img 7.2 (block.c bdrv_img_create) no longer probes a backing file's format for a
+    new image: probing raw data is how a guest could make the host open any file.  It refuses,
+    naming what it detected, and creates nothing."""
+    return _fail(f"{filename}: Backing file specified without backing format\n"
+                 f"Detected format of {detected}.")
+
+
 def cmd_create(a: argparse.Namespace) -> int:
     from ..block import registry
     from ..block.qcow2.imagecreate import parse_size
@@ -157,13 +165,15 @@ def cmd_create(a: argparse.Namespace) -> int:
             size = b.length()
         finally:
             b.close()
-        opts.setdefault("backing_fmt", bfmt)
+        if not opts.get("backing_fmt"):
+            return _backing_fmt_missing(a.filename, bfmt)
     elif opts.get("backing_file") and not a.u:
         bf = opts["backing_file"]
         path = bf if os.path.isabs(bf) else os.path.join(os.path.dirname(a.filename), bf)
         b, bfmt = open_img(path, opts.get("backing_fmt"), force_share=True)
         b.close()
-        opts.setdefault("backing_fmt", bfmt)
+        if not opts.get("backing_fmt"):
+            return _backing_fmt_missing(a.filename, bfmt)
     if fmt == "qcow2":
         bad = _bad_option_value(opts)
         if bad:
