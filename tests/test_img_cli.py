@@ -341,3 +341,29 @@ def test_create_backing_without_format_is_refused_as_qemu_img(tmp_path, with_siz
     assert b.stderr.replace("blockbed img:", "qemu-img:").replace("b.qcow2", "q.qcow2").strip() \
         == q.stderr.strip()
     assert not (tmp_path / "b.qcow2").exists() and not (tmp_path / "q.qcow2").exists()
+
+
+@pytest.mark.qemu
+def test_snapshot_with_empty_tag_is_created_and_deleted_as_qemu_img(tmp_path):
+    """`snapshot -c ""` used to exit 0 and do nothing (the empty tag read as 'no option');
+    qemu-img creates a snapshot whose tag is empty, and `-d ""` deletes it."""
+    import re
+    qemu_img = need_tool("qemu-img")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    listings = {}
+    for who in ("qemu", "blockbed"):
+        img = tmp_path / f"{who}.qcow2"
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(img), "1M"], check=True)
+        tool = [qemu_img] if who == "qemu" else [sys.executable, "-m", "blockbed", "img"]
+        seen = []
+        for action in ("-c", "-d"):
+            p = subprocess.run([*tool, "snapshot", action, "", str(img)], capture_output=True,
+                               text=True, env=env)
+            assert p.returncode == 0, p.stderr
+            out = subprocess.run([qemu_img, "snapshot", "-l", str(img)], capture_output=True,
+                                 text=True, check=True).stdout
+            seen.append(re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "DATE", out))
+        subprocess.run([qemu_img, "check", "-q", str(img)], check=True)
+        listings[who] = seen
+    assert listings["blockbed"] == listings["qemu"]
+    assert "1 " in listings["qemu"][0] and listings["qemu"][1] == ""

@@ -955,7 +955,11 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
     fmt = a.f or _probe_format(a.filename)
     if fmt != "qcow2":
         return _fail(f"Format '{fmt}' does not support internal snapshots")
-    listing = not (a.c or a.a or a.d)
+    # An empty tag is a tag: qemu-img creates (or looks up) the snapshot named "", so the
+    # action is chosen by which option was given, not by the truth of its value.
+    action = next(((verb, name) for verb, name in (("create", a.c), ("apply", a.a),
+                                                   ("delete", a.d)) if name is not None), None)
+    listing = action is None
     node, _ = open_img(a.filename, "qcow2", read_only=listing, force_share=a.U and listing,
                        no_backing=True)
     try:
@@ -968,16 +972,11 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
                 print(text[start:end if end >= 0 else None])
             return 0
         try:
-            if a.c:
-                snap.create_snapshot(node, a.c)
-            elif a.a:
-                snap.apply_snapshot(node, a.a)
-            else:
-                snap.delete_snapshot(node, a.d)
+            verb, name = action
+            {"create": snap.create_snapshot, "apply": snap.apply_snapshot,
+             "delete": snap.delete_snapshot}[verb](node, name)
         except BlockError as e:
-            verb = "create" if a.c else "apply" if a.a else "delete"
-            print(f"qemu-img: Could not {verb} snapshot '{a.c or a.a or a.d}': {e}",
-                  file=sys.stderr)
+            print(f"qemu-img: Could not {verb} snapshot '{name}': {e}", file=sys.stderr)
             return 1
         return 0
     finally:
