@@ -367,3 +367,31 @@ def test_snapshot_with_empty_tag_is_created_and_deleted_as_qemu_img(tmp_path):
         listings[who] = seen
     assert listings["blockbed"] == listings["qemu"]
     assert "1 " in listings["qemu"][0] and listings["qemu"][1] == ""
+
+
+@pytest.mark.qemu
+def test_deep_backing_chain_opens_past_64_and_fails_in_one_line(tmp_path):
+    """A chain of 100 images opens (qemu-img has no 64 limit); past blockbed's recursion guard
+    the error is one line, not "Could not open backing file: " once per level."""
+    from blockbed.block.qcow2.driver import MAX_BACKING_DEPTH
+    qemu_img = need_tool("qemu-img")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(tmp_path / "c0.qcow2"), "1M"],
+                   check=True)
+    for i in range(1, MAX_BACKING_DEPTH + 2):
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-u", "-b", f"c{i - 1}.qcow2",
+                        "-F", "qcow2", f"c{i}.qcow2", "1M"], check=True, cwd=tmp_path)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 4096 512", str(tmp_path / "c0.qcow2")],
+                   check=True, capture_output=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    ok = subprocess.run([sys.executable, "-m", "blockbed", "img", "convert", "-O", "raw",
+                         "c100.qcow2", "out.raw"], cwd=tmp_path, capture_output=True, text=True,
+                        env=env)
+    assert ok.returncode == 0, ok.stderr[:500]
+    assert (tmp_path / "out.raw").read_bytes()[4096:4608] == b"\x5a" * 512
+    deep = subprocess.run([sys.executable, "-m", "blockbed", "img", "convert", "-O", "raw",
+                           f"c{MAX_BACKING_DEPTH + 1}.qcow2", "out2.raw"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env)
+    assert deep.returncode == 1
+    lines = deep.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Backing chain is too deep" in lines[0], deep.stderr[:500]
+    assert "Could not open backing file" not in deep.stderr and "Traceback" not in deep.stderr
