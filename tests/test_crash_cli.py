@@ -171,3 +171,29 @@ def test_any_guest_workload(tmp_path, qemu_img, cache, rc):
                  "--states", "150")
     assert r.returncode == rc, r.stdout + r.stderr
     assert "no promise record" in r.stdout
+
+
+def test_image_held_by_a_writer_is_refused(tmp_path, qemu_img, elf):
+    """crashtest copies the image; a copy of an image another process is writing is torn, so
+    it is refused as `qemu-img convert` without -U refuses it (QEMU's lock bytes)."""
+    import os
+    from blockbed.block.locking import ImageLock, Permissions
+    img = _img(tmp_path, qemu_img, "qcow2")
+    fd = os.open(img, os.O_RDWR)
+    writer = ImageLock(fd, str(img), Permissions.for_open(read_only=False))
+    try:
+        r = blockbed("crashtest", "--drive", f"file={img},format=qcow2,if=virtio",
+                     "--states", "10", "--append", "dev=virtio seed=2 ops=10")
+        q = subprocess.run([qemu_img, "convert", "-O", "raw", str(img), str(tmp_path / "o.raw")],
+                           capture_output=True, text=True)
+    finally:
+        writer.release()
+        os.close(fd)
+    assert q.returncode != 0 and 'Failed to get shared "write" lock' in q.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert 'Failed to get shared "write" lock' in r.stderr and "RESULT" not in r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    # Once the writer is gone the same command runs.
+    ok = blockbed("crashtest", "--drive", f"file={img},format=qcow2,if=virtio",
+                  "--states", "10", "--append", "dev=virtio seed=2 ops=10")
+    assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backend import RequestLogEntry
+from ..driver import BlockError
+from ..locking import ImageLock, Permissions
 from .guestrecord import GuestRecord, attach
 from .hostlog import HostLog
 from .oracle import Oracle
@@ -97,8 +99,7 @@ def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.Pat
             fmt = "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
     if fmt not in ("raw", "qcow2"):
         raise ValueError(f"crashtest supports format raw or qcow2, not {fmt}")
-    shutil.copyfile(spec.file, wd / "base.img")
-    shutil.copyfile(spec.file, wd / "work.img")
+    _copy_quiescent(spec.file, [wd / "base.img", wd / "work.img"])
     original = spec.file
     spec.file = str(wd / "work.img")
     spec.format = fmt
@@ -192,3 +193,25 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
         raise RunLogError(f"{p}: request log refers past the end of host.log")
     return LoadedRun(p, meta, base, log, entries, positions, transcript,
                      GuestRecord.parse(transcript))
+
+
+def _copy_quiescent(src: str, dsts: list[Path]) -> None:
+    """Copy the image while holding QEMU's read-only lock bytes on it.
+
+    A copy of an image that a running QEMU or blockbed is writing is a torn snapshot, and a
+    crash test on it proves nothing; so, as ``qemu-img convert`` without ``-U``, refuse when
+    another process holds the "write" permission (and keep writers out during the copy)."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        try:
+            lock = ImageLock(fd, src, Permissions.for_open(read_only=True))
+        except BlockError as e:
+            raise ValueError(f"Could not open '{src}': {e}") from None
+        try:
+            for dst in dsts:
+                shutil.copyfile(src, dst)
+        finally:
+            lock.release()
+    finally:
+        os.close(fd)
+
