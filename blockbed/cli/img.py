@@ -1110,6 +1110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from .img_bitmap import register as register_bitmap
     register_bitmap(s, _guard)
+    from .img_extra import register as register_extra
+    register_extra(s, _guard)
 
 
 def _guard(fn, code: int = 1):

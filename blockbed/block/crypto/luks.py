@@ -285,6 +285,20 @@ def pbkdf2_iters_per_second(hash_alg: str, key_len: int, out_len: int) -> int:
         iters *= 4
 
 
+def _slot_layout(key_bytes: int) -> tuple[int, int, int]:
+    """(first key-material sector, sectors per slot, payload sector) of a new header:
+    each slot holds the key split into STRIPES stripes, aligned to 4096 bytes."""
+    split_sectors = -(-key_bytes * STRIPES // SECTOR)
+    slot_stride = -(-split_sectors // (ALIGN // SECTOR)) * (ALIGN // SECTOR)
+    first = KEY_SLOT_OFFSET // SECTOR
+    return first, slot_stride, first + NUM_SLOTS * slot_stride
+
+
+def area_bytes(spec: CipherSpec) -> int:
+    """Bytes a new LUKS header with its key slots takes (QEMU's payload offset)."""
+    return _slot_layout(spec.key_bytes)[2] * SECTOR
+
+
 @dataclass
 class CreateParams:
     spec: CipherSpec = field(default_factory=CipherSpec)
@@ -310,12 +324,9 @@ def create(password: bytes, params: CreateParams,
     if mk_iters > 0xFFFFFFFF:
         raise CryptoError(f"PBKDF iterations {mk_iters} larger than {0xFFFFFFFF}")
     mk_digest = hashlib.pbkdf2_hmac(hash_alg, master, mk_salt, mk_iters, DIGEST_LEN)
-    split_sectors = -(-key_bytes * STRIPES // SECTOR)
-    slot_stride = -(-split_sectors // (ALIGN // SECTOR)) * (ALIGN // SECTOR)
-    first = KEY_SLOT_OFFSET // SECTOR
+    first, slot_stride, payload = _slot_layout(key_bytes)
     slots = [KeySlot(False, 0, bytes(SALT_LEN), first + i * slot_stride, STRIPES)
              for i in range(NUM_SLOTS)]
-    payload = first + NUM_SLOTS * slot_stride
     hdr = LuksHeader(spec, hash_alg, payload, key_bytes, mk_digest, mk_salt, mk_iters,
                      str(_uuid.uuid4()), slots)
     # slot 0

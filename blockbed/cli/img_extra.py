@@ -1,0 +1,11 @@
+"""The qemu-img subcommands that live in their own modules (measure, rebase, commit,
+dd, amend, bench): one ``register`` call wires them all into ``blockbed img``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(s: argparse._SubParsersAction, guard) -> None:
+    from . import img_measure
+    img_measure.register(s, guard)
