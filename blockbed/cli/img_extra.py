@@ -9,3 +9,5 @@ import argparse
 def register(s: argparse._SubParsersAction, guard) -> None:
     from . import img_measure
     img_measure.register(s, guard)
+    from . import img_rebase
+    img_rebase.register(s, guard)
