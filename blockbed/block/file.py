@@ -491,6 +491,32 @@ class FileDriver(BlockDriver):
         os.close(self.fd)
         self.fd = -1
 
+    def reopen_rw(self) -> None:
+        """Make a read-only node writable (QEMU bdrv_reopen_set_read_only, as ``qemu-img
+        commit`` does to its base): a new ``O_RDWR`` descriptor with writer locks; if
+        another process holds the image the node stays read-only and this raises."""
+        if not self.read_only:
+            return
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_DIRECT if self.direct else 0)
+        try:
+            fd = os.open(self.path, flags)
+        except OSError as e:
+            raise BlockError(e.errno, f"Could not reopen '{self.path}' for writing: "
+                                      f"{e.strerror}") from None
+        old_lock = self._lock
+        if old_lock:
+            old_lock.release()
+        try:
+            lock = ImageLock(fd, self.path, Permissions.for_open(False, False)) \
+                if old_lock else None
+        except BaseException:
+            os.close(fd)
+            if old_lock:
+                self._lock = ImageLock(self.fd, self.path, Permissions.for_open(True, False))
+            raise
+        os.close(self.fd)
+        self.fd, self._lock, self.read_only = fd, lock, False
+
     def describe(self) -> str:
         return f"file({self.path})"
 

@@ -51,6 +51,15 @@ class RawDriver(BlockDriver):
     def children(self) -> Sequence[BlockDriver]:
         return (self.file,)
 
+    def reopen_rw(self) -> None:
+        """Make the node writable (see FileDriver.reopen_rw)."""
+        reopen = getattr(self.file, "reopen_rw", None)
+        if reopen is None:
+            raise BlockError(errno.EACCES, f"{self.file.describe()}: cannot be reopened "
+                                           "for writing")
+        reopen()
+        self.read_only = False
+
     def length(self) -> int:
         if self.size is not None:
             return self.size

@@ -11,3 +11,5 @@ def register(s: argparse._SubParsersAction, guard) -> None:
     img_measure.register(s, guard)
     from . import img_rebase
     img_rebase.register(s, guard)
+    from . import img_commit
+    img_commit.register(s, guard)

@@ -299,6 +299,28 @@ class Qcow2Driver(BlockDriver):
         self.header.backing_format = fmt if name else None
         self.rewrite_header()
 
+    def reopen_rw(self) -> None:
+        """Make a read-only image writable, as ``qemu-img commit`` reopens its base: the
+        protocol node first, then what a writer does at open (refuse a corrupt image,
+        repair a dirty one, clear unknown autoclear bits, take the bitmaps in use)."""
+        if not self.read_only:
+            return
+        if self.corrupt:
+            raise ImageFormatError("qcow2: Image is corrupt; cannot be opened read/write")
+        reopen = getattr(self.file, "reopen_rw", None)
+        if reopen is None:
+            raise BlockError(errno.EACCES, f"{self.file.describe()}: cannot be reopened "
+                                           "for writing")
+        reopen()
+        self.read_only = False
+        h = self.header
+        if h.incompatible_features & INCOMPAT_DIRTY:
+            self._repair_dirty()
+        if h.version >= 3 and h.autoclear_features & ~AUTOCLEAR_BITMAPS:
+            h.autoclear_features &= AUTOCLEAR_BITMAPS
+            self._write_features()
+        self.bitmaps.open_rw()
+
     def _write_features(self) -> None:
         if self.header.version < 3:
             return
@@ -894,7 +916,8 @@ class Qcow2Driver(BlockDriver):
         while pos < end:
             chunk_end = min(end, (pos // span + 1) * span)
             l1i = pos >> (cb + self.l2_bits)
-            if mode == "discard" and not mp.l2_offset(l1i) and \
+            if mode == "full_discard" and not mp.l2_offset(l1i) or \
+                    mode == "discard" and not mp.l2_offset(l1i) and \
                     (self.backing is None or self.header.version < 3):
                 pos = chunk_end
                 continue
@@ -905,7 +928,11 @@ class Qcow2Driver(BlockDriver):
                 i = c & l2_mask
                 e = table[i]
                 t = self._ctype(e)
-                if mode == "discard":
+                if mode == "full_discard":          # make_empty: the backing shows through
+                    new = 0
+                    release = t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC,
+                                    ClusterType.COMPRESSED)
+                elif mode == "discard":
                     if self.header.version >= 3 and (self.backing is not None or
                                                      t != ClusterType.UNALLOCATED):
                         new = OFLAG_ZERO
