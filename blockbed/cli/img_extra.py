@@ -13,3 +13,5 @@ def register(s: argparse._SubParsersAction, guard) -> None:
     img_rebase.register(s, guard)
     from . import img_commit
     img_commit.register(s, guard)
+    from . import img_dd
+    img_dd.register(s, guard)
