@@ -996,8 +996,13 @@ def cmd_resize(a: argparse.Namespace) -> int:
             new = cur - parse_size(s[1:])
         else:
             new = parse_size(s)
+        if new <= 0:
+            return _fail("New image size must be positive")
         if new < cur and not a.shrink:
-            return _fail("Use the --shrink option to perform a shrink operation.")
+            _fail("Use the --shrink option to perform a shrink operation.")
+            return _fail("warning: Shrinking an image will delete all data beyond the "
+                         "shrunken image's end. Before performing such an operation, make "
+                         "sure there is no important data there.")
         node.truncate(new)
         node.flush()
     finally:

@@ -321,6 +321,28 @@ class Qcow2Driver(BlockDriver):
             self._write_features()
         self.bitmaps.open_rw()
 
+    def reopen_rw(self) -> None:
+        """Make a read-only image writable, as ``qemu-img commit`` reopens its base: the
+        protocol node first, then what a writer does at open (refuse a corrupt image,
+        repair a dirty one, clear unknown autoclear bits, take the bitmaps in use)."""
+        if not self.read_only:
+            return
+        if self.corrupt:
+            raise ImageFormatError("qcow2: Image is corrupt; cannot be opened read/write")
+        reopen = getattr(self.file, "reopen_rw", None)
+        if reopen is None:
+            raise BlockError(errno.EACCES, f"{self.file.describe()}: cannot be reopened "
+                                           "for writing")
+        reopen()
+        self.read_only = False
+        h = self.header
+        if h.incompatible_features & INCOMPAT_DIRTY:
+            self._repair_dirty()
+        if h.version >= 3 and h.autoclear_features & ~AUTOCLEAR_BITMAPS:
+            h.autoclear_features &= AUTOCLEAR_BITMAPS
+            self._write_features()
+        self.bitmaps.open_rw()
+
     def _write_features(self) -> None:
         if self.header.version < 3:
             return
@@ -1085,18 +1107,22 @@ class Qcow2Driver(BlockDriver):
         rc.process_discards()
 
     def truncate(self, length: int) -> None:
-        """Grow the virtual disk (shrinking is refused, as qemu-img resize without --shrink)."""
+        """Grow or shrink the virtual disk (QEMU qcow2_co_truncate; the caller decides
+        whether shrinking is wanted, as ``qemu-img resize --shrink``)."""
         self._check_writable()
         h = self.header
-        if length < h.size:
-            raise BlockError(errno.ENOTSUP, "qcow2: shrinking is not supported")
         if length % 512:
-            raise BlockError(errno.EINVAL, "qcow2: the size must be a multiple of 512 bytes")
+            raise BlockError(errno.EINVAL, "The new size must be a multiple of 512")
         if length == h.size:
             return
-        if self.snapshots:
-            raise BlockError(errno.ENOTSUP, "qcow2: cannot resize an image with internal snapshots")
+        if self.snapshots and h.version < 3:
+            raise BlockError(errno.ENOTSUP, "Can't resize a v2 image which has snapshots")
         self.bitmaps.check_resize()
+        if length < h.size:
+            from .shrink import shrink
+            shrink(self, length)
+            self.bitmaps.resize(length)
+            return
         need = -(-length // (1 << (self.cluster_bits + self.l2_bits)))
         if need > len(self.mapping.l1):
             self.mapping.grow_l1(need, exact=True)

@@ -41,7 +41,8 @@ def discard_all(drv) -> None:
     cs = drv.cluster_size
     end = -(-drv.header.size // cs) * cs
     if end:
-        drv._update_entries(0, end, "full_discard")
+        from .shrink import clear_entries
+        clear_entries(drv, 0, end)
     drv.flush()
 
 
