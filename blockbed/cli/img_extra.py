@@ -15,3 +15,5 @@ def register(s: argparse._SubParsersAction, guard) -> None:
     img_commit.register(s, guard)
     from . import img_dd
     img_dd.register(s, guard)
+    from . import img_amend
+    img_amend.register(s, guard)
