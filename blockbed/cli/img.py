@@ -84,7 +84,7 @@ def _probe_format(path: str) -> str:
 
 def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share: bool = False,
              no_backing: bool = False, extra: dict | None = None,
-             no_io: bool = False) -> tuple[BlockDriver, str]:
+             no_io: bool = False, cache: str = "writeback") -> tuple[BlockDriver, str]:
     """Open an image argument (a path, or an --image-opts string).  ``no_io``: metadata
     only, as qemu-img info (an encrypted image then needs no key)."""
     from ..block import registry
@@ -104,7 +104,7 @@ def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share:
     if fmt != "qcow2":
         opts = {}
     try:
-        node = registry.open_image(path, fmt, read_only=read_only,
+        node = registry.open_image(path, fmt, read_only=read_only, cache=cache,
                                    force_share=force_share and read_only, options=opts)
     except CryptoError as e:
         raise open_error(arg, e) from None

@@ -17,3 +17,5 @@ def register(s: argparse._SubParsersAction, guard) -> None:
     img_dd.register(s, guard)
     from . import img_amend
     img_amend.register(s, guard)
+    from . import img_bench
+    img_bench.register(s, guard)
