@@ -657,6 +657,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
         dst, writer = _open_output(a.dst, out_fmt, unsafe, opts.get("encrypt.key-secret"))
         try:
             _copy(a, src, dst, writer, size, sparse, fresh=not a.n)
+            if a.c and hasattr(dst, "align_file_end"):
+                dst.align_file_end()     # qemu-img's final zero-length compressed write
             if a.bitmaps:
                 from .img_bitmap import convert_copy_bitmaps
                 convert_copy_bitmaps(src, dst, lambda m: print(f"blockbed img: warning: {m}",

@@ -685,6 +685,15 @@ class Qcow2Driver(BlockDriver):
         self.file.debug_event("l2_update_compressed")
         mp.cache.mark_dirty(l2off)
 
+    def align_file_end(self) -> None:
+        """Pad the file to a whole sector after packed compressed data, as QEMU's
+        zero-length compressed write at the end of ``convert -c`` does (sector-based
+        readers then never meet a short last sector)."""
+        self._check_writable()
+        n = self.file.length()
+        if n % 512:
+            self.file.truncate(n + 512 - n % 512)
+
     def _set_entry(self, table: array, idx: int, entry: int) -> None:
         """Store L2 entry ``idx`` (the extended-L2 driver also clears its bitmap)."""
         table[idx] = entry

@@ -337,6 +337,9 @@ def _round_up(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
+FEATURE_TABLE_MIN_CLUSTER = 8192
+
+
 def serialize_header(hdr: Header) -> bytes:
     """Encode header + extensions + backing name into one cluster's worth of bytes.
 
@@ -386,8 +389,9 @@ def serialize_header(hdr: Header) -> bytes:
         raise ImageFormatError("Backing file name too long")
     need_end = hdr.version >= 3 or bool(name or before or after)
     table = b""
-    if hdr.version >= 3:
-        # the feature name table is optional: QEMU leaves it out when it does not fit
+    if hdr.version >= 3 and cs >= FEATURE_TABLE_MIN_CLUSTER:
+        # the feature name table is optional: QEMU leaves it out when it does not fit,
+        # and (measured: qemu-img 7.2 create/convert) for clusters below 8 KiB
         table = ext(EXT_FEATURE_TABLE, b"".join(
             FeatureNameEntry.build(dict(type=t, bit=b, name=n)) for t, b, n in QEMU_FEATURE_TABLE))
         total = len(out) + sum(map(len, before + after)) + len(table) + 8 + len(name)

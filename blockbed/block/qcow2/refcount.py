@@ -231,17 +231,26 @@ class RefcountManager:
         """Room for ``size`` bytes of compressed data (QEMU qcow2_alloc_bytes).
 
         Compressed clusters are packed one after another; each host cluster's
-        refcount counts the compressed clusters that touch it.
+        refcount counts the compressed clusters that touch it.  Data that does not
+        fit in the rest of the current host cluster continues into the next one when
+        that is the first free cluster (the spec lets compressed data span host
+        clusters; QEMU packs the same way), else it starts a new cluster.
         """
         self.file.debug_event("cluster_alloc_bytes")
         cs = self.cs
         off = self.free_byte_offset
-        if off and (self.get(off >> self.cluster_bits) in (0, self.codec.max)
-                    or cs - (off & (cs - 1)) < size):
+        if off and self.get(off >> self.cluster_bits) in (0, self.codec.max):
             off = 0
-        if off:
+        if off and cs - (off & (cs - 1)) < size:
+            nxt = (off >> self.cluster_bits) + 1
+            if self.find_free(1) == nxt and self.alloc_at(nxt << self.cluster_bits, 1):
+                self.update(off >> self.cluster_bits, 1, +1)    # the shared, partial cluster
+                self.free_cluster_index = max(self.free_cluster_index, nxt + 1)
+            else:
+                off = 0
+        elif off:
             self.update(off >> self.cluster_bits, 1, +1)
-        else:
+        if not off:
             off = self.alloc(-(-size // cs))
         end = off + size
         self.free_byte_offset = end if end & (cs - 1) else 0
