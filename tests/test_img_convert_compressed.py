@@ -56,3 +56,32 @@ def test_small_cluster_headers_have_no_feature_table(qemu_img, tmp_path, cs):
     assert blockbed_main(["img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={cs}",
                           str(ours), "10M"]) == 0
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_convert_m_and_w_compress_in_parallel_with_the_same_output(qemu_img, tmp_path):
+    """-W -m 8 is accepted (it used to be "unrecognized arguments"); -m only spreads the
+    compression over threads, the image is the same byte for byte as with -m 1 and as
+    qemu-img's."""
+    src = tmp_path / "src.raw"
+    _source(src, 200)
+    theirs = tmp_path / "q.qcow2"
+    subprocess.run([qemu_img, "convert", "-c", "-O", "qcow2", str(src), str(theirs)], check=True)
+    for m in ("1", "8"):
+        ours = tmp_path / f"b{m}.qcow2"
+        assert blockbed_main(["img", "convert", "-W", "-m", m, "-c", "-O", "qcow2", str(src),
+                              str(ours)]) == 0
+        assert ours.read_bytes() == theirs.read_bytes()
+
+
+@pytest.mark.parametrize("m", ["0", "17", "abc"])
+def test_convert_m_out_of_range(qemu_img, tmp_path, capsys, m):
+    src = tmp_path / "src.raw"
+    src.write_bytes(bytes(65536))
+    p = subprocess.run([qemu_img, "convert", "-m", m, "-O", "qcow2", str(src),
+                        str(tmp_path / "q.qcow2")], capture_output=True, text=True)
+    capsys.readouterr()
+    rc = blockbed_main(["img", "convert", "-m", m, "-O", "qcow2", str(src),
+                        str(tmp_path / "b.qcow2")])
+    err = capsys.readouterr().err.replace("blockbed img:", "qemu-img:")
+    assert (rc, err) == (p.returncode, p.stderr)
+    assert not (tmp_path / "b.qcow2").exists()

@@ -642,6 +642,13 @@ def cmd_convert(a: argparse.Namespace) -> int:
         return _fail("Compression and encryption not supported at the same time")
     if a.skip_broken_bitmaps and not a.bitmaps:
         return _fail("Use of --skip-broken-bitmaps requires --bitmaps")
+    try:
+        a.m = 8 if a.m is None else int(a.m)
+    except ValueError:
+        a.m = 0
+    if not 1 <= a.m <= 16:
+        return _fail("Invalid number of coroutines. Allowed number of coroutines is between "
+                     "1 and 16")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
     src, _ = open_img(a.src, a.f, force_share=a.U)
     try:
@@ -679,7 +686,22 @@ def _copy(a: argparse.Namespace, src: BlockDriver, dst: BlockDriver,
           writer: "_AsyncWrites | None", size: int, sparse: int, fresh: bool) -> None:
     """The convert loop: block status of the source in large windows, data in 2 MiB
     chunks through a ring of buffers (a buffer is reused only once the writes that
-    still point into it have completed)."""
+    still point into it have completed).  ``-c`` with ``-m N``: clusters are compressed
+    on up to N threads."""
+    pool = None
+    if a.c and getattr(a, "m", 1) > 1 and hasattr(dst, "compress_cluster") and size > CHUNK:
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(max_workers=min(a.m, os.cpu_count() or 1))
+    try:
+        _copy_loop(a, src, dst, writer, size, sparse, fresh, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _copy_loop(a: argparse.Namespace, src: BlockDriver, dst: BlockDriver,
+               writer: "_AsyncWrites | None", size: int, sparse: int, fresh: bool,
+               pool) -> None:
     # buffers are made on first use: a small image should not pay for 16 MiB of zeroing
     ring: list[bytearray | None] = [None] * (8 if writer else 1)
     ring_seq = [0] * len(ring)
@@ -706,7 +728,7 @@ def _copy(a: argparse.Namespace, src: BlockDriver, dst: BlockDriver,
                 view = memoryview(buf)[:n]
                 src.read(off, view)
                 if a.c:
-                    _write_compressed(dst, off, buf, n)
+                    _write_compressed(dst, off, buf, n, pool)
                 elif sparse and fresh:
                     for s_, ln, z in _zero_runs(buf, n, sparse):
                         if not z:
@@ -722,21 +744,33 @@ def _copy(a: argparse.Namespace, src: BlockDriver, dst: BlockDriver,
             _progress(pos * 100 / size)
 
 
-def _write_compressed(dst: BlockDriver, start: int, buf: bytearray, n: int) -> None:
-    """Compress cluster by cluster; all-zero clusters stay unallocated (qemu-img -c)."""
+def _write_compressed(dst: BlockDriver, start: int, buf: bytearray, n: int, pool=None) -> None:
+    """Compress cluster by cluster; all-zero clusters stay unallocated (qemu-img -c).
+    With a thread pool (``-m``) the clusters of the chunk are compressed in parallel
+    first, then written in guest order, so the output does not depend on ``-m``."""
     cs = dst.cluster_size
     mv = memoryview(buf)
+    pieces: list[tuple[int, memoryview, bool]] = []      # (guest offset, data, compress?)
     pos = 0
     while pos < n:
         g = start + pos
         cend = min(n, (g // cs + 1) * cs - start)
         piece = mv[pos:cend]
         if not buf.startswith(_ZERO_VIEW[:len(piece)], pos, cend):
-            if g % cs == 0 and (len(piece) == cs or g + len(piece) == dst.length()):
-                dst.write_compressed(g, piece)
-            else:
-                dst.write(g, piece)
+            whole = g % cs == 0 and (len(piece) == cs or g + len(piece) == dst.length())
+            pieces.append((g, piece, whole))
         pos = cend
+    comps: list[bytes | None] = [None] * len(pieces)
+    if pool is not None:
+        todo = [i for i, (_, _, whole) in enumerate(pieces) if whole]
+        for i, c in zip(todo, pool.map(dst.compress_cluster, [pieces[i][1] for i in todo])):
+            comps[i] = c
+    for (g, piece, whole), comp in zip(pieces, comps):
+        if whole:
+            dst.write_compressed(g, piece, comp) if comp is not None else \
+                dst.write_compressed(g, piece)
+        else:
+            dst.write(g, piece)
 
 
 class _AsyncWrites(BlockDriver):
@@ -1069,6 +1103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("-p", action="store_true")
     v.add_argument("-S")
     v.add_argument("-c", action="store_true")
+    v.add_argument("-m", metavar="NUM_COROUTINES",
+                   help="parallel requests, 1-16 (default 8): -c compresses on that many "
+                        "threads")
+    v.add_argument("-W", action="store_true",
+                   help="allow out-of-order writes (accepted: the output is written in "
+                        "order, so it is the same with or without)")
     v.add_argument("-n", action="store_true")
     v.add_argument("-t", help="cache mode of the output (default unsafe, as qemu-img)")
     v.add_argument("-U", "--force-share", dest="U", action="store_true")

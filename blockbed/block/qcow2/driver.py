@@ -644,10 +644,13 @@ class Qcow2Driver(BlockDriver):
         self.signal_corruption(f"{what} cluster offset {c_hex(e & L2E_OFFSET_MASK)} "
                                f"unaligned (guest offset: {c_hex(guest)})")
 
-    def write_compressed(self, offset: int, data: Buffer) -> None:
+    def write_compressed(self, offset: int, data: Buffer, compressed: bytes | None = None
+                         ) -> None:
         """Write one whole cluster compressed (qemu-img convert -c; QEMU
         qcow2_co_pwritev_compressed).  The last cluster of the image may be short
-        (it is padded with zeros).  Data that does not shrink is written normally."""
+        (it is padded with zeros).  Data that does not shrink is written normally.
+        ``compressed``: the cluster already compressed with :meth:`compress_cluster`
+        (convert -m compresses on several threads, then writes in order)."""
         from .compress import compress
         cs = self.cluster_size
         n = len(data)
@@ -660,8 +663,7 @@ class Qcow2Driver(BlockDriver):
             raise BlockError(errno.EINVAL, "qcow2: compressed writes must cover exactly one "
                                            "cluster (or the image's last, partial cluster)")
         self.bitmaps.record(offset, n)
-        full = bytes(data) if n == cs else bytes(data) + bytes(cs - n)
-        comp = compress(full, self.header.compression_type)
+        comp = compressed if compressed is not None else self.compress_cluster(data)
         l1i = offset >> (self.cluster_bits + self.l2_bits)
         idx = (offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)
         mp = self.mapping
@@ -684,6 +686,14 @@ class Qcow2Driver(BlockDriver):
         self._set_entry(table, idx, OFLAG_COMPRESSED | (nb << mp.csize_shift) | coff)
         self.file.debug_event("l2_update_compressed")
         mp.cache.mark_dirty(l2off)
+
+    def compress_cluster(self, data: Buffer) -> bytes:
+        """The compressed form of one cluster's data (zero-padded to a cluster); pure,
+        so it may run on any thread (zlib and zstd release the GIL)."""
+        from .compress import compress
+        cs = self.cluster_size
+        full = bytes(data) if len(data) == cs else bytes(data) + bytes(cs - len(data))
+        return compress(full, self.header.compression_type)
 
     def align_file_end(self) -> None:
         """Pad the file to a whole sector after packed compressed data, as QEMU's
