@@ -79,7 +79,11 @@ def register_format(name: str, probe: ProbeFn, open: OpenFn, create: CreateFn) -
 
 
 def available_formats() -> list[str]:
-    return sorted(set(_formats) | set(_lazy))
+    """Formats blockbed can open (not the ones it only recognises, see foreign.py)."""
+    return sorted((set(_formats) | set(_lazy)) - _recognised_only)
+
+
+_recognised_only: set[str] = set()
 
 
 def get_format(name: str) -> FormatSpec:
@@ -109,7 +113,7 @@ def _probe(header: bytes, filename: str | None, strict: bool = True) -> str:
     otherwise answers "qcow2".
     """
     best, best_score = "raw", 1
-    for name in available_formats():
+    for name in sorted(set(_formats) | set(_lazy)):
         if name == "raw":
             continue
         try:
@@ -161,6 +165,10 @@ def _int_option(value: Any, key: str) -> int:
 
 
 register_format("raw", _raw.probe, _raw_open, _raw_create)
+# formats recognised (never opened as raw by mistake) but not read: see foreign.py
+from . import foreign as _foreign  # noqa: E402
+_foreign.register(register_format)
+_recognised_only.update(_foreign.PROBES)
 
 
 def split_filename(filename: str) -> tuple[str | None, str]:
@@ -201,7 +209,8 @@ def open_image(filename: str, format: str | None = None, *, read_only: bool = Fa
     locking = opts.pop("locking", "auto")
     native_fua = opts.pop("native-fua", True)
 
-    if format is not None and format not in available_formats():
+    if format is not None and format not in available_formats() and \
+            format not in _recognised_only:
         raise BlockError(errno.EINVAL, f"format={format}: unknown format; allowed: "
                                        f"{', '.join(available_formats())}")
     file_node = FileDriver(path, read_only=read_only, direct=cache.direct, locking=locking,
