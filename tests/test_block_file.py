@@ -132,18 +132,30 @@ def test_flush_is_fdatasync_and_failure_sticks(img, monkeypatch):
             f.flush()
 
 
-def test_fua_write_uses_rwf_dsync(img, monkeypatch):
-    flags = []
-    real = os.pwritev
+@pytest.mark.parametrize("native", [False, True])
+def test_fua_write_syscalls(img, monkeypatch, native):
+    """Default (QEMU 7.2's file-posix): a FUA write is pwritev then fdatasync;
+    native-fua=on: one pwritev2 with RWF_DSYNC."""
+    calls = []
+    real_w, real_s = os.pwritev, os.fdatasync
 
-    def spy(fd, bufs, off, fl=0):
-        flags.append(fl)
-        return real(fd, bufs, off, fl)
-    monkeypatch.setattr(os, "pwritev", spy)
-    with FileDriver(img) as f:
+    def spy_w(fd, bufs, off, fl=0):
+        calls.append(("pwritev", fl))
+        return real_w(fd, bufs, off, fl)
+
+    def spy_s(fd):
+        calls.append(("fdatasync", 0))
+        return real_s(fd)
+    monkeypatch.setattr(os, "pwritev", spy_w)
+    monkeypatch.setattr(os, "fdatasync", spy_s)
+    with FileDriver(img, native_fua=native) as f:
+        assert f.supports_fua == native
         f.write(0, b"x" * 512)
         f.write(0, b"y" * 512, fua=True)
-    assert flags == [0, os.RWF_DSYNC]
+    if native:
+        assert calls == [("pwritev", 0), ("pwritev", os.RWF_DSYNC)]
+    else:
+        assert calls == [("pwritev", 0), ("pwritev", 0), ("fdatasync", 0)]
 
 
 def _blocks(path: str) -> int:

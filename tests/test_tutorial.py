@@ -51,7 +51,8 @@ def answers(tmp: Path) -> dict[int, dict[str, str]]:
         o = blockbed("explain", "--drive", f"file={cache}.raw,format=raw,if=virtio,cache={cache}", cwd=tmp)
         w, f = section(o, "write"), section(o, "flush")
         fua = re.search(r"file\.pwritev .*fua=(\w+)", w).group(1)
-        out[3][cache] = f"fua:{fua},fdatasync:{f.count('file.fdatasync')}"
+        out[3][cache] = (f"fua:{fua},write-fdatasync:{w.count('file.fdatasync')},"
+                         f"flush-fdatasync:{f.count('file.fdatasync')}")
     blockbed("img", "create", "-f", "qcow2", "e4.qcow2", "16M", cwd=tmp)   # exercises 4, 5, 7
     runs = [blockbed("explain", "--drive", "file=e4.qcow2,format=qcow2,if=ahci", cwd=tmp) for _ in range(2)]
     for name, o in zip(("fresh", "again"), runs):

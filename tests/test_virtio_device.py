@@ -481,15 +481,54 @@ class _BadSector(MemoryDriver):
         return super().writev(offset, bufs, fua)
 
 
-def test_failed_merge_gives_each_request_its_own_status():
-    v = QVirtioBlk(backend=BlockBackend(_BadSector(bytearray(MiB))))
+def test_failed_merge_fails_every_request_of_the_merge():
+    """QEMU 7.2 (virtio_blk_rw_complete): a merged request fails as a whole, so every
+    request in it gets IOERR, including those not touching the bad sector."""
+    v = QVirtioBlk(backend=BlockBackend(_BadSector(bytearray(MiB)), werror="report"))
     try:
         v.start(size=32)
         reqs = [v.submit(T_OUT, s, pattern(512, s), kick=False) for s in (4, 5, 6, 7)]
         v.kick()
         assert len(v.used()) == 4
-        assert [v.status_at(st) for _, st, _ in reqs] == [S_OK, S_IOERR, S_OK, S_OK]
-        assert bytes(v.backend.root.buf[6 * 512:7 * 512]) == pattern(512, 6)
+        assert [v.status_at(st) for _, st, _ in reqs] == [S_IOERR] * 4
+        assert v.dev.errors == 4
+    finally:
+        v.close()
+
+
+def test_one_shot_eio_on_a_merged_write_reaches_the_guest():
+    """A transient error (blkdebug once=on) fails the merge it hit; it is not hidden by
+    retrying each request alone.  The next batch succeeds."""
+    be = BlockBackend(_FailOnce(bytearray(MiB)), werror="report")
+    v = QVirtioBlk(backend=be)
+    try:
+        v.start(size=32)
+        reqs = [v.submit(T_OUT, s, pattern(512, s), kick=False) for s in (8, 9, 10)]
+        v.kick()
+        assert [v.status_at(st) for _, st, _ in reqs] == [S_IOERR] * 3
+        again = [v.submit(T_OUT, s, pattern(512, s), kick=False) for s in (8, 9, 10)]
+        v.kick()
+        assert [v.status_at(st) for _, st, _ in again] == [S_OK] * 3
+        assert bytes(be.root.buf[8 * 512:11 * 512]) == b"".join(pattern(512, s)
+                                                                for s in (8, 9, 10))
+    finally:
+        v.close()
+
+
+def test_stop_policy_on_a_merged_write_retries_all_on_resume():
+    be = BlockBackend(_FailOnce(bytearray(MiB)), werror="stop")
+    v = QVirtioBlk(backend=be)
+    stops = []
+    be.on_stop = stops.append
+    try:
+        v.start(size=32)
+        reqs = [v.submit(T_OUT, s, pattern(512, s), kick=False) for s in (8, 9, 10)]
+        v.kick()
+        assert len(stops) == 1 and v.used() == []
+        assert all(v.status_at(st) == 0xEE for _, st, _ in reqs)
+        v.dev.resume()
+        assert sorted(h for h, _ in v.used()) == sorted(h for h, _, _ in reqs)
+        assert [v.status_at(st) for _, st, _ in reqs] == [S_OK] * 3
     finally:
         v.close()
 

@@ -13,7 +13,8 @@ when omitted, with QEMU's warning), ``if``, ``cache``, ``cache.writeback``,
 ``locking``, ``offset``/``size`` (raw window), ``id``.
 Encrypted qcow2: ``encrypt.key-secret=ID`` names a secret registered with
 ``--object secret,id=ID,…`` (:mod:`blockbed.block.secrets`).
-blockbed extras: ``log-writes=PATH`` (record host writes, see
+blockbed extras: ``native-fua=on`` (a FUA write as ``pwritev2(RWF_DSYNC)`` instead of
+QEMU 7.2's write + ``fdatasync``), ``log-writes=PATH`` (record host writes, see
 :mod:`blockbed.block.logwrites`).
 Device options (for the controller models; kept in ``device_options``):
 ``write-cache`` (on|off|auto: overrides the WCE default of the cache mode),
@@ -113,6 +114,7 @@ BLOCK_OPTIONS: dict[str, Callable[[str, str], object]] = {
     "size": _int(0, multiple_of=512),
     "id": _text(64),
     "log-writes": _any,
+    "native-fua": _bool,
     "encrypt.key-secret": _any,
 }
 DEVICE_OPTIONS: dict[str, Callable[[str, str], object]] = {
@@ -147,6 +149,7 @@ class DriveSpec:
     serial: str | None = None
     force_share: bool = False
     locking: str = "auto"
+    native_fua: bool = False      # FUA as pwritev2(RWF_DSYNC) instead of write + fdatasync
     offset: int | None = None
     size: int | None = None
     id: str | None = None
@@ -246,6 +249,7 @@ def parse_drive_spec(text: str) -> DriveSpec:
         raise DriveSpecError("drive options 'offset'/'size': only allowed with format=raw")
     spec.id = values.get("id")  # type: ignore[assignment]
     spec.log_writes = values.get("log-writes")  # type: ignore[assignment]
+    spec.native_fua = bool(values.get("native-fua", False))
     spec.key_secret = values.get("encrypt.key-secret")  # type: ignore[assignment]
     return spec
 
@@ -262,7 +266,7 @@ def open_drive(spec: DriveSpec | str, *, request_log: bool | RequestLog = False,
         spec = parse_drive_spec(spec)
     if not os.path.exists(spec.file) and not spec.file.startswith("blkdebug:"):
         raise DriveSpecError(f"drive file={spec.file}: No such file or directory")
-    options: dict[str, object] = {"locking": spec.locking}
+    options: dict[str, object] = {"locking": spec.locking, "native-fua": spec.native_fua}
     if spec.log_writes:
         options["log-writes"] = spec.log_writes
     if spec.offset is not None:

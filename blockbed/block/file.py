@@ -7,7 +7,9 @@ calls follows QEMU's block/file-posix.c:
 =================  ==========================================================
 operation          system call
 =================  ==========================================================
-read / write       ``preadv`` / ``pwritev`` (``RWF_DSYNC`` for a FUA write)
+read / write       ``preadv`` / ``pwritev``; a FUA write is ``pwritev`` then
+                   ``fdatasync`` (QEMU 7.2's file-posix), or ``pwritev2(RWF_DSYNC)``
+                   with ``native-fua=on``
 flush              ``fdatasync``
 discard            ``fallocate(PUNCH_HOLE|KEEP_SIZE)``
 write_zeroes       ``fallocate(ZERO_RANGE)``, or ``PUNCH_HOLE`` with may_unmap
@@ -97,16 +99,17 @@ class FileDriver(BlockDriver):
     ``locking``: ``auto``/``on`` take QEMU-compatible locks, ``off`` takes none.
     ``force_share``: share every permission (only with ``read_only``), as
     QEMU's ``force-share=on`` / ``qemu-img -U``.
-    ``native_fua``: a FUA write is ``pwritev(…, RWF_DSYNC)``; with False the
-    driver reports ``supports_fua = False`` and the backend emulates FUA with
-    write-then-``fdatasync`` (what QEMU 7.2's file-posix does).
+    ``native_fua``: False (the default, QEMU 7.2's file-posix): the driver reports
+    ``supports_fua = False`` and a FUA write is the write then ``fdatasync``; True
+    (``native-fua=on``, a blockbed option): ``pwritev2(…, RWF_DSYNC)``, one system
+    call, as newer kernels and QEMU's io_uring path can do.
     """
 
     driver_name = "file"
 
     def __init__(self, path: str, *, read_only: bool = False, direct: bool = False,
                  locking: str | bool = "auto", force_share: bool = False,
-                 native_fua: bool = True):
+                 native_fua: bool = False):
         self.path = path
         self.read_only = read_only
         self.direct = direct

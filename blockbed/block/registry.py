@@ -207,7 +207,7 @@ def open_image(filename: str, format: str | None = None, *, read_only: bool = Fa
         blkdebug_config = opts.pop("blkdebug")
     log_path = opts.pop("log-writes", None)
     locking = opts.pop("locking", "auto")
-    native_fua = opts.pop("native-fua", True)
+    native_fua = opts.pop("native-fua", False)     # QEMU 7.2: write, then fdatasync
 
     if format is not None and format not in available_formats() and \
             format not in _recognised_only:

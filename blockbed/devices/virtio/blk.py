@@ -360,8 +360,11 @@ class VirtioBlk(VirtioPCIDevice):
             if trace.enabled and j - i > 1:
                 trace.enter((self.name, q.index, batch[i].head))
                 trace.emit("virtio_blk.merge", heads=[r.head for r in batch[i:j]])
-            if j - i > 1 and self._run_merged(batch[i:j]):
-                done.extend((r.head, r.written) for r in batch[i:j])
+            if j - i > 1:
+                if self._run_merged(batch[i:j]):
+                    self.stalled.extend((q, r) for r in batch[i:])
+                    break
+                done.extend((r.head, self._written(r)) for r in batch[i:j])
                 i = j
                 continue
             req = batch[i]
@@ -402,22 +405,34 @@ class VirtioBlk(VirtioPCIDevice):
         return j
 
     def _run_merged(self, reqs: list[BlkRequest]) -> bool:
-        """One readv/writev for contiguous requests; False (nothing completed)
-        if it failed, so that each request is retried alone for its own status."""
+        """One readv/writev for contiguous requests (QEMU virtio_blk_submit_multireq).
+
+        The merged request succeeds or fails as a whole, as in QEMU 7.2
+        (virtio_blk_rw_complete walks the whole chain with the one result): on an
+        error every request of the merge gets VIRTIO_BLK_S_IOERR — a one-shot EIO
+        reaches the guest — and under ``werror/rerror=stop`` the machine stops with
+        all of them pending (each is retried on resume).  Returns True when stopped.
+        """
         bufs = [b for r in reqs for b in r.data]
         off = reqs[0].sector * SECTOR
         b = self.backend
         r = b.readv(off, bufs) if reqs[0].type == T_IN else b.writev(off, bufs)
-        if r != 0:
-            return False
+        if r == STOPPED:
+            return True
         self.requests += len(reqs)
+        status = S_OK if r == 0 else S_IOERR
+        if status != S_OK:
+            self.errors += len(reqs)
         for req in reqs:
-            req.status = S_OK
-            req.status_buf[0] = S_OK
+            req.status = status
+            req.status_buf[0] = status
+            if r:
+                req.why = f"backend error {r} (merged request)"
             if trace.enabled:
                 trace.emit("virtio_blk.req", dev=self.name, type=TYPE_NAMES[req.type],
-                           sector=req.sector, bytes=req.nbytes, status=S_OK, why="merged")
-        return True
+                           sector=req.sector, bytes=req.nbytes, status=status,
+                           why=req.why if r else "merged")
+        return False
 
     def _completes_later(self, q: SplitQueue) -> bool:
         """Whether completions go through the event queue (see the module docstring)."""
