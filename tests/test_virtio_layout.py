@@ -69,3 +69,4 @@ def test_a_changed_declaration_changes_the_fast_form():
     s = Struct("a" / Int32ul, "b" / Int16ul, "c" / Struct("d" / Int16ul))
     assert struct_format(s) == "<LHH" and fast(s).size == 8
     assert offsets(s) == {"a": 0, "b": 4, "c": 6, "c.d": 6}
+
