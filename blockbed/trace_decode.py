@@ -5,7 +5,8 @@ dict, JSON-friendly), never as hex, so a student reads ``{"opcode":
 "WRITE(10)", "lba": 2048, "blocks": 8, "fua": 1}`` rather than
 ``2a08000008000000080000``.  Every decoder lives here so that the
 ``construct`` layout declarations (virtio, AHCI, ATA, SCSI, LSI) can replace
-the bodies in one place: each function takes the raw bytes (or the parsed
+the bodies in one place (virtio, AHCI, ATA and IDE ones now parse with
+their declarations): each function takes the raw bytes (or the parsed
 object a device already has) and returns a dict.
 
 Only called under ``if trace.enabled:``.
@@ -16,9 +17,11 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-#: virtio-blk request types (virtio 1.2 §5.2.6)
-VIRTIO_BLK_TYPES = {0: "IN", 1: "OUT", 4: "FLUSH", 8: "GET_ID", 9: "GET_LIFETIME",
-                    11: "DISCARD", 13: "WRITE_ZEROES", 14: "SECURE_ERASE"}
+from .devices.fastform import to_dict
+from .devices.virtio import layout as virtio_layout
+
+#: virtio-blk request types (virtio 1.2 §5.2.6), from the declaration
+VIRTIO_BLK_TYPES = {v: str(k) for k, v in virtio_layout.ReqType.encmapping.items()}
 
 #: ATA commands seen in the guests (ATA8-ACS §7)
 ATA_COMMANDS = {0x20: "READ SECTORS", 0x24: "READ SECTORS EXT", 0x25: "READ DMA EXT",
@@ -54,13 +57,20 @@ def op_kind(name: str) -> str:
     return "other"
 
 
-def virtio_blk_header(rtype: int, ioprio: int | None, sector: int) -> dict[str, Any]:
-    """struct virtio_blk_outhdr (virtio 1.2 §5.2.6): type, ioprio, sector (ioprio
-    left out when the device did not keep it)."""
-    out: dict[str, Any] = {"type": VIRTIO_BLK_TYPES.get(rtype, rtype), "sector": sector}
-    if ioprio is not None:
-        out["ioprio"] = ioprio
-    return out
+def virtio_blk_header(raw: bytes) -> dict[str, Any]:
+    """The virtio-blk request header (virtio 1.2 §5.2.6) as the guest wrote it:
+    type (by name), reserved, sector — parsed by ``virtio.layout.BlkReqHeader``."""
+    return to_dict(virtio_layout.BlkReqHeader.parse(raw))
+
+
+def virtq_desc(raw: bytes) -> dict[str, Any]:
+    """A split-ring descriptor (virtio 1.2 §2.7.5): addr, len, flags (by name), next."""
+    return to_dict(virtio_layout.VirtqDesc.parse(raw))
+
+
+def virtio_blk_dwz(raw: bytes) -> dict[str, Any]:
+    """A discard / write-zeroes segment (virtio 1.2 §5.2.6): sector, num_sectors, flags."""
+    return to_dict(virtio_layout.DwzSegment.parse(raw))
 
 
 def ata_taskfile(tf: Any) -> dict[str, Any]:

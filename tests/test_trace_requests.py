@@ -134,8 +134,11 @@ def test_decoders():
     assert d.scsi_cdb(cdb) == {"opcode": "WRITE(10)", "opcode_code": 0x2A, "lba": 2048, "blocks": 8, "fua": True}
     cdb16 = struct.pack(">BBQIBB", 0x8A, 0, 1 << 33, 16, 0, 0)
     assert d.scsi_cdb(cdb16)["lba"] == 1 << 33 and d.scsi_cdb(cdb16)["blocks"] == 16
-    assert d.virtio_blk_header(1, 0, 7) == {"type": "OUT", "ioprio": 0, "sector": 7}
-    assert d.virtio_blk_header(4, None, 0) == {"type": "FLUSH", "sector": 0}
+    assert d.virtio_blk_header(struct.pack("<IIQ", 1, 0, 7)) == {"type": "OUT", "reserved": 0, "sector": 7}
+    assert d.virtio_blk_header(struct.pack("<IIQ", 4, 3, 0)) == {"type": "FLUSH", "reserved": 3, "sector": 0}
+    assert d.virtio_blk_header(struct.pack("<IIQ", 99, 0, 0))["type"] == 99      # unknown: the number
+    assert d.virtq_desc(struct.pack("<QIHH", 0x1000, 512, 3, 1)) == \
+        {"addr": 0x1000, "len": 512, "flags": ["NEXT", "WRITE"], "next": 1}
     assert [d.op_kind(n) for n in ("OUT", "IN", "FLUSH", "WRITE DMA FUA EXT", "SYNCHRONIZE CACHE(10)",
                                    "READ CAPACITY(10)", "WRITE SAME(16)", "UNMAP")] == \
         ["write", "read", "flush", "write", "flush", "other", "write_zeroes", "discard"]

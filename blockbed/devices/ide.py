@@ -35,6 +35,7 @@ from .. import trace
 
 from ..machine.memory import DMAError
 from ..machine.pci import BarKind, PCIDevice
+from .ide_layout import BM_REGS as _BM_REGS, PRD as _PRD, PRD_COUNT as _PRD_COUNT, PRD_EOT as _PRD_EOT
 from .ata import AtaDrive, Command, DriveConfig, Outputs, Protocol, TaskFile
 from .ata.config import default_serial, drive_config, spec_option
 from .ata.regs import DEV_DEV, ER_ABRT, ST_BSY, ST_DRDY, ST_DRQ, ST_DSC, ST_ERR
@@ -400,7 +401,7 @@ class IdeChannel:
             self.bm_prdt &= 0xFFFFFFFC
 
     def bm_read(self, off: int, size: int) -> int:
-        regs = bytes([self.bm_cmd, 0, self.bm_status, 0]) + struct.pack("<I", self.bm_prdt)
+        regs = _BM_REGS.pack(self.bm_cmd, 0, self.bm_status, 0, self.bm_prdt)
         return int.from_bytes(regs[off:off + size].ljust(size, b"\0"), "little")
 
     def prd_views(self, nbytes: int) -> list[memoryview] | None:
@@ -409,15 +410,15 @@ class IdeChannel:
         need = nbytes
         addr = self.bm_prdt
         for _ in range(MAX_PRDS):
-            base, cnt = struct.unpack("<II", self.ctrl.dma(addr, 8))
-            n = cnt & 0xFFFF or 0x10000           # a count of 0 means 64 KiB
+            base, cnt = _PRD.unpack(self.ctrl.dma(addr, _PRD.size))
+            n = cnt & _PRD_COUNT or 0x10000       # a count of 0 means 64 KiB
             take = min(n, need)
             views.append(self.ctrl.dma(base & 0xFFFFFFFE, take))
             need -= take
-            addr += 8
+            addr += _PRD.size
             if need == 0:
                 return views
-            if cnt & 0x80000000:                 # EOT
+            if cnt & _PRD_EOT:
                 return None
         return None
 

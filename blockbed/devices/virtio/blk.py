@@ -49,6 +49,7 @@ from typing import Any
 from ... import trace
 from ...block.backend import STOPPED, BlockBackend
 from .pci import NO_VECTOR, VirtioPCIDevice
+from . import layout as L
 from .virtqueue import Chain, QueueError, SplitQueue
 
 # Feature bits (§5.2.3)
@@ -56,27 +57,29 @@ F_SIZE_MAX, F_SEG_MAX, F_GEOMETRY, F_RO, F_BLK_SIZE = 1, 2, 4, 5, 6
 F_FLUSH, F_TOPOLOGY, F_CONFIG_WCE, F_MQ, F_DISCARD, F_WRITE_ZEROES = 9, 10, 11, 12, 13, 14
 
 # Request types and status values (§5.2.6)
-T_IN, T_OUT, T_FLUSH, T_GET_ID, T_GET_LIFETIME = 0, 1, 4, 8, 10
-T_DISCARD, T_WRITE_ZEROES, T_SECURE_ERASE = 11, 13, 14
-S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
+_T, _S = L.ReqType.encmapping, L.BlkStatus.encmapping
+T_IN, T_OUT, T_FLUSH, T_GET_ID, T_GET_LIFETIME = (
+    _T["IN"], _T["OUT"], _T["FLUSH"], _T["GET_ID"], _T["GET_LIFETIME"])
+T_DISCARD, T_WRITE_ZEROES, T_SECURE_ERASE = _T["DISCARD"], _T["WRITE_ZEROES"], _T["SECURE_ERASE"]
+S_OK, S_IOERR, S_UNSUPP = _S["OK"], _S["IOERR"], _S["UNSUPP"]
 TYPE_NAMES = {T_IN: "in", T_OUT: "out", T_FLUSH: "flush", T_GET_ID: "get_id",
               T_DISCARD: "discard", T_WRITE_ZEROES: "write_zeroes"}
 
 SECTOR = 512
 ID_BYTES = 20
-DWZ_FLAG_UNMAP = 1
+DWZ_FLAG_UNMAP = L.DWZ_FLAG_UNMAP
 MAX_DWZ_SECTORS = 0x3FFFFF          # QEMU's BDRV_REQUEST_MAX_SECTORS default
 DEFAULT_QUEUE_SIZE = 256            # QEMU 7.2 queue-size default
 MERGE_MAX_IOV = 1024                # IOV_MAX
 ASYNC_DELAY = (2, 40)               # ticks from execution to completion, interrupt-driven queues
 MERGE_MAX_BYTES = 32 << 20
 
-_HDR = struct.Struct("<IIQ")
-_DWZ = struct.Struct("<QII")
-# struct virtio_blk_config (§5.2.4) up to write_zeroes_may_unmap: 57 bytes, as QEMU sizes it
-# when DISCARD and WRITE_ZEROES are offered.
-_CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB")
-WRITEBACK_OFFSET = 32
+# Fast forms of the declarations in .layout (request header, discard/write-zeroes
+# segment, struct virtio_blk_config up to write_zeroes_may_unmap: 57 bytes).
+_HDR = L.BLK_HDR
+_DWZ = L.BLK_DWZ
+_CONFIG = L.BLK_CONFIG
+WRITEBACK_OFFSET = L.BLK_WRITEBACK_OFFSET
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ class BlkRequest:
     type: int
     sector: int
     status_buf: memoryview
+    reserved: int = 0           # the header's second field (legacy ioprio), for the trace
     data: list[memoryview] = field(default_factory=list)
     nbytes: int = 0
     ranges: list[tuple[int, int, bool]] = field(default_factory=list)  # (sector, count, unmap)
@@ -164,7 +168,7 @@ def parse_request(chain: Chain, lim: Limits) -> BlkRequest:
             return _fail(req, S_IOERR, f"header is {total_readable} bytes, not 16")
         hdr_view, out_data = _take(readable, _HDR.size)
         out_n = total_readable - _HDR.size
-    rtype, _reserved, sector = _HDR.unpack(hdr_view)
+    rtype, req.reserved, sector = _HDR.unpack(hdr_view)
     req.type = rtype
     req.sector = sector
     in_n = len(in_data[0]) if len(in_data) == 1 else sum(len(b) for b in in_data)
@@ -300,6 +304,7 @@ class VirtioBlk(VirtioPCIDevice):
 
     def device_config(self) -> bytes:
         cyl, heads, secs = self.geometry
+        # field order: BlkConfig in .layout
         return _CONFIG.pack(
             self.capacity, 0, self.queues[0].max_size - 2, cyl, heads, secs, SECTOR,
             0, 0, 0, 0,                                         # topology
@@ -380,7 +385,7 @@ class VirtioBlk(VirtioPCIDevice):
     def _trace_submit(self, q: SplitQueue, req: BlkRequest) -> None:
         from ... import trace_decode as d
         trace.begin("virtio", (self.name, q.index, req.head), dev=self.name, queue=q.index,
-                    head=req.head, header=d.virtio_blk_header(req.type, None, req.sector),
+                    head=req.head, header=d.virtio_blk_header(_HDR.pack(req.type, req.reserved, req.sector)),
                     bytes=req.nbytes, op=d.op_kind(str(d.VIRTIO_BLK_TYPES.get(req.type, ""))))
         trace.leave()
 

@@ -25,10 +25,9 @@ DRIVER_OK no buffer is consumed (§2.1.2, §3.1.1): notifications are ignored.
 
 from __future__ import annotations
 
-import struct
-
 from ... import trace
 from ...machine.pci import CAP_VENDOR, CMD_BUS_MASTER, BarKind, PCIDevice, SubRegions
+from . import layout as L
 from .virtqueue import QueueError, SplitQueue
 
 # Device status bits (§2.1)
@@ -54,19 +53,9 @@ NOTIFY_MULT = 4
 MODERN_BAR, MSIX_BAR = 4, 1
 MSIX_PBA_OFF = 0x800
 
-# struct virtio_pci_common_cfg (§4.1.4.3): offset -> (name, size)
-COMMON_FIELDS: dict[int, tuple[str, int]] = {
-    0x00: ("device_feature_select", 4), 0x04: ("device_feature", 4),
-    0x08: ("driver_feature_select", 4), 0x0C: ("driver_feature", 4),
-    0x10: ("config_msix_vector", 2), 0x12: ("num_queues", 2),
-    0x14: ("device_status", 1), 0x15: ("config_generation", 1),
-    0x16: ("queue_select", 2), 0x18: ("queue_size", 2),
-    0x1A: ("queue_msix_vector", 2), 0x1C: ("queue_enable", 2),
-    0x1E: ("queue_notify_off", 2), 0x20: ("queue_desc", 8),
-    0x28: ("queue_driver", 8), 0x30: ("queue_device", 8),
-    0x38: ("queue_notify_data", 2), 0x3A: ("queue_reset", 2),
-}
-COMMON_SIZE = 0x3C
+# struct virtio_pci_common_cfg (§4.1.4.3): offset -> (name, size), from .layout.CommonCfg
+COMMON_FIELDS: dict[int, tuple[str, int]] = L.COMMON_FIELDS
+COMMON_SIZE = L.COMMON_CFG_SIZE
 
 
 class VirtioPCIDevice(PCIDevice):
@@ -118,8 +107,9 @@ class VirtioPCIDevice(PCIDevice):
         self.pci_cfg_cap = self._add_virtio_cap(CAP_PCI_CFG, 0, 0, 0, extra=0)
         # cap.bar, cap.offset, cap.length and pci_cfg_data are driver-writable (§4.1.4.9)
         c = self.pci_cfg_cap
-        self.wmask[c + 4] = 0xFF
-        self.wmask[c + 8:c + 20] = b"\xff" * 12
+        self.wmask[c + L.CAP_OFF_BAR] = 0xFF
+        self.wmask[c + L.CAP_OFF_OFFSET:c + L.CAP_OFF_PCI_CFG_DATA + 4] = \
+            b"\xff" * (L.CAP_OFF_PCI_CFG_DATA + 4 - L.CAP_OFF_OFFSET)
         msix_regions = SubRegions()
         self.add_bar(MSIX_BAR, 0x1000, BarKind.MEM32, msix_regions, name=f"{self.name}.msix")
         self.add_msix(self.msix_vectors, MSIX_BAR, 0, MSIX_BAR, MSIX_PBA_OFF)
@@ -151,43 +141,46 @@ class VirtioPCIDevice(PCIDevice):
     # --- capabilities ---------------------------------------------------------------
     def _add_virtio_cap(self, cfg_type: int, bar: int, offset: int, length: int,
                         extra: int | None = None) -> int:
-        cap_len = 16 if extra is None else 20
+        # struct virtio_pci_cap / virtio_pci_notify_cap / virtio_pci_cfg_cap (.layout)
+        cap_len = L.CAP_LEN if extra is None else L.NOTIFY_CAP_LEN
         off = self.add_capability(CAP_VENDOR, cap_len)
         c = self.config
-        c[off + 2] = cap_len
-        c[off + 3] = cfg_type
-        c[off + 4] = bar
-        struct.pack_into("<II", c, off + 8, offset, length)
+        c[off + L.CAP_OFF_CFG_LEN] = cap_len
+        c[off + L.CAP_OFF_CFG_TYPE] = cfg_type
+        c[off + L.CAP_OFF_BAR] = bar
+        L.CAP_OFFSET_LENGTH.pack_into(c, off + L.CAP_OFF_OFFSET, offset, length)
         if extra is not None:
-            struct.pack_into("<I", c, off + 16, extra)
+            c[off + L.CAP_OFF_NOTIFY_MULT:off + L.CAP_OFF_NOTIFY_MULT + 4] = extra.to_bytes(4, "little")
         return off
 
     def config_read(self, offset: int, size: int) -> int:
-        c = self.pci_cfg_cap + 16
+        c = self.pci_cfg_cap + L.CAP_OFF_PCI_CFG_DATA
         if offset < c + 4 and offset + size > c:
             self._pci_cfg_access(None)
         return super().config_read(offset, size)
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         super().config_write(offset, size, value)
-        c = self.pci_cfg_cap + 16
+        c = self.pci_cfg_cap + L.CAP_OFF_PCI_CFG_DATA
         if offset < c + 4 and offset + size > c:
             self._pci_cfg_access(value)
 
     def _pci_cfg_access(self, value: int | None) -> None:
         """VIRTIO_PCI_CAP_PCI_CFG (§4.1.4.9): the window reaches the BAR named in the cap."""
         c = self.pci_cfg_cap
-        bar = self.config[c + 4]
-        offset, length = struct.unpack_from("<II", self.config, c + 8)
+        bar = self.config[c + L.CAP_OFF_BAR]
+        offset, length = L.CAP_OFFSET_LENGTH.unpack_from(self.config, c + L.CAP_OFF_OFFSET)
         target = self.bars[bar] if bar < 6 else None
         if target is None or length not in (1, 2, 4) or offset % length \
                 or offset + length > target.size:
             return
         if value is None:
             v = target.handler.read(offset, length)
-            self.config[c + 16:c + 16 + length] = v.to_bytes(length, "little")
+            d = c + L.CAP_OFF_PCI_CFG_DATA
+            self.config[d:d + length] = v.to_bytes(length, "little")
         else:
-            v = int.from_bytes(self.config[c + 16:c + 16 + length], "little")
+            d = c + L.CAP_OFF_PCI_CFG_DATA
+            v = int.from_bytes(self.config[d:d + length], "little")
             target.handler.write(offset, length, v)
 
     # --- status, features, reset ----------------------------------------------------------
@@ -268,14 +261,14 @@ class VirtioPCIDevice(PCIDevice):
 
     def queue_interrupt(self, q: SplitQueue) -> None:
         if q.should_notify():
-            self._signal(q.msix_vector, 1)
+            self._signal(q.msix_vector, L.ISR_QUEUE)
 
     def config_changed(self, bump_generation: bool = True) -> None:
         """Configuration change notification (§4.1.4.5: ISR bit 1)."""
         if bump_generation:
             self.config_generation = (self.config_generation + 1) & 0xFF
         if self.status & DRIVER_OK:
-            self._signal(self.config_msix_vector, 2)
+            self._signal(self.config_msix_vector, L.ISR_CONFIG)
 
     # --- ISR (§4.1.4.5): read-to-clear, deasserts INTx ------------------------------------------
     def _isr_read(self, offset: int, size: int) -> int:

@@ -25,27 +25,33 @@ Data buffers outside RAM are *not* a queue error: :meth:`SplitQueue.pop`
 reports them per chain (``Chain.bad``) so the request can complete with
 IOERR, as a real DMA master abort would make a disk report.
 
-Memory is read through memoryviews of guest RAM with precompiled structs;
+Memory is read through memoryviews of guest RAM with precompiled structs
+derived from the declarations in :mod:`.layout` (no offset is written here);
 the hot path (one chain per request) allocates only the result lists.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ...machine.memory import DMAError
 
-DESC_F_NEXT = 1
-DESC_F_WRITE = 2
-DESC_F_INDIRECT = 4
-AVAIL_F_NO_INTERRUPT = 1
+from . import layout as L
+from .layout import AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
+
+__all__ = ["AVAIL_F_NO_INTERRUPT", "DESC_F_INDIRECT", "DESC_F_NEXT", "DESC_F_WRITE",
+           "MAX_QUEUE_SIZE", "Chain", "QueueError", "SplitQueue"]
+
 MAX_QUEUE_SIZE = 32768
 
-_DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")
+_DESC = L.DESC
+_DESC_SIZE = L.DESC.size
+_U16 = L.RING_U16
+_USED_ELEM = L.USED_ELEM
+_USED_ELEM_SIZE = L.USED_ELEM.size
+_AVAIL_FLAGS, _AVAIL_IDX, _AVAIL_RING, _AVAIL_ENTRY = L.AVAIL_FLAGS, L.AVAIL_IDX, L.AVAIL_RING, L.AVAIL_ENTRY
+_USED_IDX, _USED_RING = L.USED_IDX, L.USED_RING
 
 
 class QueueError(Exception):
@@ -110,13 +116,13 @@ class SplitQueue:
         n = self.size
         if not n or n & (n - 1) or n > MAX_QUEUE_SIZE:
             raise QueueError(f"queue {self.index}: size {n} is not a power of two <= 32768")
-        if self.desc_addr % 16 or self.driver_addr % 2 or self.device_addr % 4:
+        if self.desc_addr % _DESC_SIZE or self.driver_addr % 2 or self.device_addr % 4:
             raise QueueError(f"queue {self.index}: misaligned ring (desc {self.desc_addr:#x}, "
                              f"avail {self.driver_addr:#x}, used {self.device_addr:#x})")
         try:
-            self._desc = self.dma(self.desc_addr, 16 * n)
-            self._avail = self.dma(self.driver_addr, 6 + 2 * n)
-            self._used = self.dma(self.device_addr, 6 + 8 * n)
+            self._desc = self.dma(self.desc_addr, _DESC_SIZE * n)
+            self._avail = self.dma(self.driver_addr, L.avail_size(n))
+            self._used = self.dma(self.device_addr, L.used_size(n))
         except DMAError as e:
             self._desc = self._avail = self._used = None
             raise QueueError(f"queue {self.index}: ring outside guest RAM ({e})") from None
@@ -128,7 +134,7 @@ class SplitQueue:
     # --- available ring ---------------------------------------------------------------
     def pending(self) -> int:
         """How many chains the driver has made available; QueueError if impossible."""
-        avail_idx = _U16.unpack_from(self._avail, 2)[0]
+        avail_idx = _U16.unpack_from(self._avail, _AVAIL_IDX)[0]
         n = (avail_idx - self.last_avail) & 0xFFFF
         if n > self.size:
             raise QueueError(f"queue {self.index}: avail.idx {avail_idx} is {n} ahead of "
@@ -139,14 +145,14 @@ class SplitQueue:
         """Take the next available chain (call only while :meth:`pending` > 0)."""
         size = self.size
         slot = self.last_avail % size
-        head = _U16.unpack_from(self._avail, 4 + 2 * slot)[0]
+        head = _U16.unpack_from(self._avail, _AVAIL_RING + _AVAIL_ENTRY * slot)[0]
         if head >= size:
             raise QueueError(f"queue {self.index}: avail ring entry {slot} names descriptor "
                              f"{head} >= queue size {size}")
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if self.event_idx:
             # avail_event (§2.7.10): ask for a notification for the next new entry.
-            _U16.pack_into(self._used, 4 + 8 * size, self.last_avail)
+            _U16.pack_into(self._used, _USED_RING + _USED_ELEM_SIZE * size, self.last_avail)
         return self._walk(head)
 
     def _walk(self, head: int) -> Chain:
@@ -169,7 +175,7 @@ class SplitQueue:
             if seen > size:
                 raise QueueError(f"queue {self.index}: descriptor chain from {head} loops or "
                                  f"is longer than the queue size {size}")
-            addr, length, flags, nxt = _DESC.unpack_from(table, 16 * i)
+            addr, length, flags, nxt = _DESC.unpack_from(table, _DESC_SIZE * i)
             if flags & DESC_F_INDIRECT:
                 if not self.indirect:
                     raise QueueError(f"queue {self.index}: INDIRECT descriptor without "
@@ -177,9 +183,9 @@ class SplitQueue:
                 if in_indirect or flags & DESC_F_NEXT:
                     raise QueueError(f"queue {self.index}: INDIRECT descriptor nested in a table "
                                      "or combined with NEXT")
-                if length == 0 or length % 16:
+                if length == 0 or length % _DESC_SIZE:
                     raise QueueError(f"queue {self.index}: indirect table length {length} is "
-                                     "not a positive multiple of 16")
+                                     f"not a positive multiple of {_DESC_SIZE}")
                 if ram is not None and addr + length <= ram_size:
                     table = ram[addr:addr + length]
                 else:
@@ -189,7 +195,7 @@ class SplitQueue:
                         raise QueueError(f"queue {self.index}: indirect table outside RAM "
                                          f"({e})") from None
                 in_indirect = True
-                limit = length // 16
+                limit = length // _DESC_SIZE
                 seen -= 1           # the table descriptor itself carries no buffer
                 i = 0
                 continue
@@ -222,19 +228,20 @@ class SplitQueue:
     def push(self, head: int, written: int) -> None:
         """Return a chain to the driver: element first, then the index (§2.7.8.2)."""
         used = self._used
-        _USED_ELEM.pack_into(used, 4 + 8 * (self.used_idx % self.size), head, written)
+        _USED_ELEM.pack_into(used, _USED_RING + _USED_ELEM_SIZE * (self.used_idx % self.size),
+                             head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        _U16.pack_into(used, 2, self.used_idx)
+        _U16.pack_into(used, _USED_IDX, self.used_idx)
 
     def push_many(self, entries: list[tuple[int, int]]) -> None:
         """:meth:`push` for a batch: all elements, then the index once."""
         used, size, idx = self._used, self.size, self.used_idx
         pack = _USED_ELEM.pack_into
         for head, written in entries:
-            pack(used, 4 + 8 * (idx % size), head, written)
+            pack(used, _USED_RING + _USED_ELEM_SIZE * (idx % size), head, written)
             idx = (idx + 1) & 0xFFFF
         self.used_idx = idx
-        _U16.pack_into(used, 2, idx)
+        _U16.pack_into(used, _USED_IDX, idx)
 
     def should_notify(self) -> bool:
         """Whether the used-buffer notification is due (§2.7.7, §2.7.10).
@@ -247,6 +254,6 @@ class SplitQueue:
             return False
         self.signalled_used = new
         if self.event_idx:
-            event = _U16.unpack_from(self._avail, 4 + 2 * self.size)[0]
+            event = _U16.unpack_from(self._avail, _AVAIL_RING + _AVAIL_ENTRY * self.size)[0]
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not _U16.unpack_from(self._avail, 0)[0] & AVAIL_F_NO_INTERRUPT
+        return not _U16.unpack_from(self._avail, _AVAIL_FLAGS)[0] & AVAIL_F_NO_INTERRUPT
