@@ -111,3 +111,13 @@ def test_walk_read_only_is_writable_for_supervisor_without_wp():
 def test_walk_rejects_non_canonical_addresses():
     with pytest.raises(PageFault):
         translate(LONG, _tables({}), 0x0000_8000_0000_0000)
+
+
+def test_tsc_follows_the_virtual_clock(asm_build):
+    from blockbed.machine.cpu import TSC_PER_TICK
+    runs = [boot(asm_build / "tsc.elf")[1] for _ in range(2)]
+    assert all(r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0 for r in runs), runs[0].reason
+    assert runs[0].transcript == runs[1].transcript            # reproducible
+    t1, t2, t3, aux = (int(x, 16) for x in runs[0].transcript.split())
+    assert t2 - t1 == TSC_PER_TICK and t3 - t2 == TSC_PER_TICK   # one tick per read
+    assert aux == 0x5A                                          # RDTSCP returns TSC_AUX in ECX

@@ -44,6 +44,11 @@ if TYPE_CHECKING:
     from .board import Machine
 
 END_ADDRESS = 0xFFFF_FFFF_FFFF_FFFF
+# The time-stamp counter follows the virtual clock: TSC = TSC_PER_TICK * ticks.
+# RDTSC/RDTSCP are exits (one tick each), so a guest polling the TSC makes
+# time advance and a run is reproducible (unicorn's own TSC reads the host clock).
+TSC_PER_TICK = 1000
+MSR_TSC_AUX = 0xC0000103
 EFER = 0xC0000080
 RFLAGS_IF = 1 << 9
 RFLAGS_TF = 1 << 8
@@ -117,6 +122,7 @@ class ExitCounts:
     hlt: int = 0
     interrupts: int = 0
     exceptions: int = 0
+    tsc: int = 0
     slices: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -225,6 +231,41 @@ class CPU:
         self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INTR, on_intr)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, on_invalid)
+        self._install_tsc_hooks()
+
+    def _install_tsc_hooks(self) -> None:
+        """RDTSC/RDTSCP from the virtual clock (see TSC_PER_TICK).
+
+        Unicorn >= 2.1.2 can hook both instructions (the hook returns 1 to skip
+        its own, host-clock based, implementation), but the Python binding only
+        accepts IN/OUT/SYSCALL/SYSENTER/CPUID, so the hook is registered through
+        the binding's generic path with CPUID's callback type (same signature)."""
+        from unicorn.unicorn_py3.arch import intel
+        events = self.machine.events
+        exits = self.exits
+        cpu = self
+
+        def tick_tsc(uc, rdtscp: bool) -> int:
+            exits.tsc += 1
+            events.now += 1
+            if events._heap and events._heap[0].due <= events.now:
+                events.run_due()
+            tsc = events.now * TSC_PER_TICK
+            uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_RDX, (tsc >> 32) & 0xFFFFFFFF)
+            if rdtscp:
+                uc.reg_write(X.UC_X86_REG_RCX, uc.reg_read(X.UC_X86_REG_MSR, MSR_TSC_AUX) & 0xFFFFFFFF)
+            if trace.enabled:
+                trace.emit("cpu.rdtsc", tsc=tsc)
+            return 1
+
+        self._tsc_callbacks = []
+        for ins, rdtscp in ((X.UC_X86_INS_RDTSC, False), (X.UC_X86_INS_RDTSCP, True)):
+            @intel.uccallback(self.uc, intel.HOOK_INSN_CPUID_CFUNC)
+            def cb(uc, key, _rdtscp=rdtscp):
+                return tick_tsc(uc, _rdtscp)
+            self._tsc_callbacks.append(cb)
+            self.uc._Uc__do_hook_add(UC_HOOK_INSN, cb, 1, 0, ins)
 
     def _io_key(self) -> tuple[int, int, int, int]:
         """(RIP, RCX, RDI, RSI) at a port access: the instruction and, for a string
