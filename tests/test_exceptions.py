@@ -27,7 +27,7 @@ EXPECTED = [
     "v=0e e=0011 c=ffffffff40200000 r=ok cs=0808 ist=0",   # #PF P|I (NX fetch)
     "v=0d e=0078 r=ok cs=0808 ist=0",                      # #GP(selector 0x78)
     "v=0d e=0000 r=ok cs=0808 ist=0",                      # #GP(0) non-canonical
-    "v=06 e=0000 r=ok cs=0808 ist=0",                      # #UD
+    "v=06 e=0000 c=ffffffff40200000 r=ok cs=0808 ist=0",   # #UD; CR2 still the last #PF's
     "v=00 e=0000 r=ok cs=0808 ist=0",                      # #DE
     "v=03 e=0000 r=ok cs=0818 ist=1",                      # #BP: RIP after INT3, CS 0x18, IST1
     "v=0d e=020a r=ok cs=0808 ist=0",                      # INT 0x41 > IDT limit: #GP(0x41*8+2)
@@ -121,3 +121,23 @@ def test_tsc_follows_the_virtual_clock(asm_build):
     t1, t2, t3, aux = (int(x, 16) for x in runs[0].transcript.split())
     assert t2 - t1 == TSC_PER_TICK and t3 - t2 == TSC_PER_TICK   # one tick per read
     assert aux == 0x5A                                          # RDTSCP returns TSC_AUX in ECX
+
+
+def test_c_guest_library_exceptions_and_int_n_on_blockbed():
+    """The guest library's own IDT (guests/lib/irq.c): software INT n dispatch
+    (selftest irq=1, formerly QEMU-only) and its exception report for UD2."""
+    from blockbed.machine import Machine, MachineConfig
+    from conftest import guest_elf
+    for append, check in (("irq=1", "selftest: "), ("fault=ud2", "exception 6")):
+        m = Machine(MachineConfig(memory_mib=64, timeout_s=30))
+        m.load_kernel(str(guest_elf("selftest")), append=append)
+        r = m.run()
+        assert r.kind is ExitKind.GUEST_EXIT, r.reason
+        if append == "irq=1":
+            assert re.search(r"^selftest: \d+ checks, 0 failures$", r.transcript, re.M), r.transcript
+            assert r.exit_code == 0
+        else:
+            # The same line QEMU prints: vector, error code, RIP, RSP and CR2 = 0.
+            assert re.search(r"^exception 6 \(invalid opcode\) error=0x0 rip=0x1[0-9a-f]+ "
+                             r"rsp=0x[0-9a-f]+ cr2=0x0$", r.transcript, re.M), r.transcript
+            assert r.exit_code == 0x7F

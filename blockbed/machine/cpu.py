@@ -144,6 +144,7 @@ class CPU:
         self._exc_error = 0
         self._exc_software = False
         self._exc_cr2 = 0
+        self._cr2_at_slice = 0
         self._uc_exc = UnicornExceptionState.get()
         mem = machine.memory
 
@@ -518,6 +519,12 @@ class CPU:
         self._exception = None
         if self._uc_exc.ok:
             self._uc_exc.clear_in_flight(self.uc)
+        if vec != 14:
+            # Unicorn leaves CR2 = 0xffff...fffe behind on other exceptions (#UD,
+            # #GP from a segment load: measured), which a real CPU never does.  Only
+            # a #PF writes CR2, and every #PF ends a slice, so CR2 is put back to its
+            # value at the slice start (lost: a guest MOV to CR2 earlier in the slice).
+            self.uc.reg_write(X.UC_X86_REG_CR2, self._cr2_at_slice)
         name = EXCEPTION_NAMES.get(vec, f"vector {vec}" + (" (software interrupt)" if vec >= 32 else ""))
         if not self.long_mode():
             self._fail(f"CPU exception {name} (exceptions are delivered only in long mode)")
@@ -616,6 +623,7 @@ class CPU:
         """
         self.stop_reason = StopReason.NONE
         self._exception = None
+        self._cr2_at_slice = self.uc.reg_read(X.UC_X86_REG_CR2)
         begin = self.rip()
         self.exits.slices += 1
         self._drop_completed_pio(begin)

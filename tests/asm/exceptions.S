@@ -200,8 +200,10 @@ common:
   lea s_e(%rip), %rsi; call puts
   mov 32(%rsp), %rax; mov $4, %cl; call print_hex
   cmpq $14, 24(%rsp)
+  je 3f
+  cmpq $6, 24(%rsp)                   /* #UD must leave CR2 alone: print it too */
   jne 1f
-  lea s_c(%rip), %rsi; call puts
+3: lea s_c(%rip), %rsi; call puts
   mov %cr2, %rax; mov $16, %cl; call print_hex
 1: lea s_ok(%rip), %rsi
   mov 40(%rsp), %rax
