@@ -141,3 +141,22 @@ def test_c_guest_library_exceptions_and_int_n_on_blockbed():
             assert re.search(r"^exception 6 \(invalid opcode\) error=0x0 rip=0x1[0-9a-f]+ "
                              r"rsp=0x[0-9a-f]+ cr2=0x0$", r.transcript, re.M), r.transcript
             assert r.exit_code == 0x7F
+
+
+def test_user_mode_exception_under_qemu(asm_build, qemu_system):
+    """The CPL 3 -> 0 delivery the next test refuses is real: QEMU takes it."""
+    proc = subprocess.run([qemu_system, "-kernel", str(asm_build / "user_ud.elf"), "-nographic",
+                           "-nodefaults", "-serial", "stdio", "-display", "none", "-no-reboot",
+                           "-device", "isa-debug-exit,iobase=0xf4,iosize=4"],
+                          capture_output=True, text=True, timeout=60)
+    assert "user #UD saved-cs-ok=0" in proc.stdout
+
+
+def test_user_mode_exception_is_a_clear_fault_on_blockbed(asm_build):
+    # Known gap (docs/linux-machine.md): unicorn's register API refuses the CS/SS
+    # loads of a CPL 3 -> 0 switch, so the run ends with a report, not a traceback
+    # and not a handler running at the wrong privilege.
+    m, r = boot(asm_build / "user_ud.elf")
+    assert r.kind is ExitKind.FAULT
+    assert "#UD" in r.reason and "CPL 3 needs a switch to CPL 0" in r.reason
+    assert "user #UD" not in r.transcript

@@ -501,10 +501,21 @@ class CPU:
             return False
         if cr2 is not None:
             uc.reg_write(X.UC_X86_REG_CR2, cr2)
-        if new.cs != frame.cs:
-            self.load_segment(X.UC_X86_REG_CS, new.cs)
-        if new.ss != frame.ss:
-            self.load_segment(X.UC_X86_REG_SS, new.ss)
+        if (new.cs & 3) != (frame.cs & 3):
+            # Unicorn's register API refuses to load a more privileged CS/SS than
+            # the current CPL (UC_ERR_EXCEPTION, measured), and it derives CPL from
+            # the SS descriptor, so a CPL 3 -> 0 switch cannot be applied yet.
+            self._fail(f"{what} at CPL {frame.cs & 3} needs a switch to CPL {new.cs & 3}, "
+                       "which this machine cannot apply through unicorn yet")
+            return False
+        try:
+            if new.cs != frame.cs:
+                self.load_segment(X.UC_X86_REG_CS, new.cs)
+            if new.ss != frame.ss:
+                self.load_segment(X.UC_X86_REG_SS, new.ss)
+        except UcError as err:
+            self._fail(f"{what}: loading CS {new.cs:#x} / SS {new.ss:#x} failed ({err})")
+            return False
         uc.reg_write(X.UC_X86_REG_RSP, new.rsp)
         uc.reg_write(X.UC_X86_REG_RFLAGS, new.rflags)
         uc.reg_write(X.UC_X86_REG_RIP, new.rip)
