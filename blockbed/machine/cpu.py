@@ -1,23 +1,23 @@
-"""The CPU: unicorn set-up, the run loop, HLT, interrupt injection, fault reports.
+"""The CPU: unicorn set-up, the run loop, HLT, exception and interrupt delivery, faults.
 
-Unicorn is created in 32-bit mode because a multiboot loader hands over in
-32-bit protected mode; the guest's own start code then turns on PAE paging
-and EFER.LME and far-jumps into 64-bit code, which unicorn (QEMU's TCG)
-follows.  The Python binding only exposes the 32-bit register views in that
-mode, so 64-bit registers are read and written through a saved context whose
-mode field is switched to 64-bit (:meth:`CPU.regs64`).
+Unicorn is created in 32-bit mode so the boot loaders can load the flat
+32-bit segments from their GDT (a 64-bit engine's register API stores only
+the selector), then the engine is switched to its 64-bit API mode
+(:meth:`CPU._engine_mode`): registers are read at full width and a slice may
+start at any RIP.  The guest's own CR0/EFER/CS decide how code runs.
 
-Unicorn has no interrupt input.  Interrupts are injected the way the
-hardware does it in long mode (Intel SDM vol. 3 §6.14): when RFLAGS.IF=1 the
-loop reads the gate from the guest's IDT, pushes SS, RSP, RFLAGS, CS and RIP
-on the 16-byte aligned stack and continues at the handler with IF cleared
-(interrupt gate); the guest returns with IRETQ, which unicorn executes.
+Unicorn has no interrupt input and does not enter exception handlers: it
+stops with the vector.  Both are delivered by :mod:`.exceptions` the way a
+long-mode CPU does (Intel SDM vol. 3 §6.14), through the guest's IDT, GDT
+and TSS at linear addresses (:mod:`.paging`); the guest returns with IRETQ,
+which unicorn executes.  RDTSC/RDTSCP follow the virtual clock.
 
 HLT stops ``emu_start``; the loop then waits for the next device event or
-pending interrupt.  CPU exceptions are not delivered to the guest: they end
-the run with a :class:`GuestFault` report (reason, RIP, the instruction
-disassembled with capstone, registers).  Nothing a guest does reaches the
-user as a Python traceback.
+pending interrupt.  What cannot be delivered (an exception outside long
+mode, a triple fault, a CPL 3 -> 0 switch) ends the run with a
+:class:`GuestFault` report (reason, RIP, the instruction disassembled with
+capstone, registers).  Nothing a guest does reaches the user as a Python
+traceback.
 """
 
 from __future__ import annotations
