@@ -1,23 +1,23 @@
-"""The CPU: unicorn set-up, the run loop, HLT, interrupt injection, fault reports.
+"""The CPU: unicorn set-up, the run loop, HLT, exception and interrupt delivery, faults.
 
-Unicorn is created in 32-bit mode because a multiboot loader hands over in
-32-bit protected mode; the guest's own start code then turns on PAE paging
-and EFER.LME and far-jumps into 64-bit code, which unicorn (QEMU's TCG)
-follows.  The Python binding only exposes the 32-bit register views in that
-mode, so 64-bit registers are read and written through a saved context whose
-mode field is switched to 64-bit (:meth:`CPU.regs64`).
+Unicorn is created in 32-bit mode so the boot loaders can load the flat
+32-bit segments from their GDT (a 64-bit engine's register API stores only
+the selector), then the engine is switched to its 64-bit API mode
+(:meth:`CPU._engine_mode`): registers are read at full width and a slice may
+start at any RIP.  The guest's own CR0/EFER/CS decide how code runs.
 
-Unicorn has no interrupt input.  Interrupts are injected the way the
-hardware does it in long mode (Intel SDM vol. 3 §6.14): when RFLAGS.IF=1 the
-loop reads the gate from the guest's IDT, pushes SS, RSP, RFLAGS, CS and RIP
-on the 16-byte aligned stack and continues at the handler with IF cleared
-(interrupt gate); the guest returns with IRETQ, which unicorn executes.
+Unicorn has no interrupt input and does not enter exception handlers: it
+stops with the vector.  Both are delivered by :mod:`.exceptions` the way a
+long-mode CPU does (Intel SDM vol. 3 §6.14), through the guest's IDT, GDT
+and TSS at linear addresses (:mod:`.paging`); the guest returns with IRETQ,
+which unicorn executes.  RDTSC/RDTSCP follow the virtual clock.
 
 HLT stops ``emu_start``; the loop then waits for the next device event or
-pending interrupt.  CPU exceptions are not delivered to the guest: they end
-the run with a :class:`GuestFault` report (reason, RIP, the instruction
-disassembled with capstone, registers).  Nothing a guest does reaches the
-user as a Python traceback.
+pending interrupt.  What cannot be delivered (an exception outside long
+mode, a triple fault, a CPL 3 -> 0 switch) ends the run with a
+:class:`GuestFault` report (reason, RIP, the instruction disassembled with
+capstone, registers).  Nothing a guest does reaches the user as a Python
+traceback.
 """
 
 from __future__ import annotations
@@ -29,18 +29,26 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR,
+from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UC_MODE_32, UC_MODE_64, UC_QUERY_TIMEOUT, Uc, UcError)
 from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as X
 
 from .. import trace
 from .bus import RegionHandler
+from .exceptions import (Delivery, Event, Frame, TripleFault, UnicornExceptionState,
+                         needs_error_code)
+from .paging import PageFault, PagingState, read_entry, translate
 
 if TYPE_CHECKING:
     from .board import Machine
 
 END_ADDRESS = 0xFFFF_FFFF_FFFF_FFFF
+# The time-stamp counter follows the virtual clock: TSC = TSC_PER_TICK * ticks.
+# RDTSC/RDTSCP are exits (one tick each), so a guest polling the TSC makes
+# time advance and a run is reproducible (unicorn's own TSC reads the host clock).
+TSC_PER_TICK = 1000
+MSR_TSC_AUX = 0xC0000103
 EFER = 0xC0000080
 RFLAGS_IF = 1 << 9
 RFLAGS_TF = 1 << 8
@@ -113,6 +121,8 @@ class ExitCounts:
     mmio: int = 0
     hlt: int = 0
     interrupts: int = 0
+    exceptions: int = 0
+    tsc: int = 0
     slices: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -131,6 +141,24 @@ class CPU:
         self.stop_reason = StopReason.NONE
         self.fault: GuestFault | None = None
         self._exception: int | None = None
+        self._exc_error = 0
+        self._exc_software = False
+        self._exc_cr2 = 0
+        self._cr2_at_slice = 0
+        self._uc_exc = UnicornExceptionState.get()
+        mem = machine.memory
+
+        def read_phys(addr: int, n: int) -> bytes:
+            if not mem.contains(addr, n):
+                raise ValueError(f"physical address {addr:#x} (+{n}) is outside RAM")
+            return mem.read(addr, n)
+
+        def write_phys(addr: int, data: bytes) -> None:
+            if not mem.contains(addr, len(data)):
+                raise ValueError(f"physical address {addr:#x} (+{len(data)}) is outside RAM")
+            mem.write(addr, data)
+
+        self.delivery = Delivery(read_phys, write_phys, self._sysregs)
         self.instructions_lower_bound = 0
         # MMIO replay guard (see wrap_mmio): unicorn re-executes an MMIO instruction
         # whose callback asked it to stop, so that access must not happen twice.
@@ -184,23 +212,68 @@ class CPU:
                 cpu._replay = (_PIO, True, port, size, value, None, cpu._io_key())
 
         def on_intr(uc, intno, ud):
-            self._exception = intno
+            cpu._exception = intno
+            if cpu._uc_exc.ok:
+                cpu._exc_error, cpu._exc_software = cpu._uc_exc.read(uc)
+            else:
+                cpu._exc_error, cpu._exc_software = 0, intno in (3, 4) or intno >= 32
+            if intno == 14:
+                cpu._exc_cr2 = uc.reg_read(X.UC_X86_REG_CR2)
             uc.emu_stop()
+
+        def on_invalid(uc, ud):
+            # Unicorn's #UD (UD2, an unknown opcode): it stops at the instruction.
+            cpu._exception = 6
+            cpu._exc_error, cpu._exc_software = 0, False
+            uc.emu_stop()       # without it unicorn idles until the slice's timeout
+            return True
 
         self.uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INTR, on_intr)
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, on_invalid)
+        self._install_tsc_hooks()
+
+    def _install_tsc_hooks(self) -> None:
+        """RDTSC/RDTSCP from the virtual clock (see TSC_PER_TICK).
+
+        Unicorn >= 2.1.2 can hook both instructions (the hook returns 1 to skip
+        its own, host-clock based, implementation), but the Python binding only
+        accepts IN/OUT/SYSCALL/SYSENTER/CPUID, so the hook is registered through
+        the binding's generic path with CPUID's callback type (same signature)."""
+        from unicorn.unicorn_py3.arch import intel
+        events = self.machine.events
+        exits = self.exits
+        cpu = self
+
+        def tick_tsc(uc, rdtscp: bool) -> int:
+            exits.tsc += 1
+            events.now += 1
+            if events._heap and events._heap[0].due <= events.now:
+                events.run_due()
+            tsc = events.now * TSC_PER_TICK
+            uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_RDX, (tsc >> 32) & 0xFFFFFFFF)
+            if rdtscp:
+                uc.reg_write(X.UC_X86_REG_RCX, uc.reg_read(X.UC_X86_REG_MSR, MSR_TSC_AUX) & 0xFFFFFFFF)
+            if trace.enabled:
+                trace.emit("cpu.rdtsc", tsc=tsc)
+            return 1
+
+        self._tsc_callbacks = []
+        for ins, rdtscp in ((X.UC_X86_INS_RDTSC, False), (X.UC_X86_INS_RDTSCP, True)):
+            @intel.uccallback(self.uc, intel.HOOK_INSN_CPUID_CFUNC)
+            def cb(uc, key, _rdtscp=rdtscp):
+                return tick_tsc(uc, _rdtscp)
+            self._tsc_callbacks.append(cb)
+            self.uc._Uc__do_hook_add(UC_HOOK_INSN, cb, 1, 0, ins)
 
     def _io_key(self) -> tuple[int, int, int, int]:
         """(RIP, RCX, RDI, RSI) at a port access: the instruction and, for a string
         instruction, the iteration (RCX counts down, RDI/RSI move, per iteration)."""
-        if self.long_mode():
-            ctx = self._context64()
-            return (ctx.reg_read(X.UC_X86_REG_RIP), ctx.reg_read(X.UC_X86_REG_RCX),
-                    ctx.reg_read(X.UC_X86_REG_RDI), ctx.reg_read(X.UC_X86_REG_RSI))
-        uc = self.uc
-        return (uc.reg_read(X.UC_X86_REG_EIP), uc.reg_read(X.UC_X86_REG_ECX),
-                uc.reg_read(X.UC_X86_REG_EDI), uc.reg_read(X.UC_X86_REG_ESI))
+        rd = self.uc.reg_read
+        return (rd(X.UC_X86_REG_RIP), rd(X.UC_X86_REG_RCX),
+                rd(X.UC_X86_REG_RDI), rd(X.UC_X86_REG_RSI))
 
     def _pio_replayed(self, write: bool, port: int, size: int, value: int | None) -> bool:
         """The port-I/O half of the replay guard (see :meth:`wrap_mmio`).
@@ -317,30 +390,38 @@ class CPU:
             self.uc.emu_stop()
 
     # --- registers -----------------------------------------------------------
-    def _context64(self):
-        """A saved context readable/writable with 64-bit register ids."""
-        ctx = self.uc.context_save()
-        # struct uc_context { size_t context_size; uc_mode mode; uc_arch arch; ... }
-        ctypes.cast(ctx.context, ctypes.POINTER(ctypes.c_uint32))[2] = UC_MODE_64
-        ctx._mode = UC_MODE_64
-        return ctx
+    def _engine_mode(self, mode: int) -> None:
+        """Set the mode field of unicorn's engine (``struct uc_struct { uc_arch arch;
+        uc_mode mode; ...}``).  It only selects how the API treats register ids and
+        the start address; the guest's CR0/EFER/CS (QEMU's hflags) decide how code
+        runs.  The machine keeps it at UC_MODE_64 (full 64-bit registers, slices
+        starting at any RIP — a 32-bit engine truncates the start address) and
+        switches to UC_MODE_32 only around segment-register writes, which unicorn
+        loads from the GDT in that mode (in 64-bit mode it stores the selector only)."""
+        ctypes.cast(self.uc._uch, ctypes.POINTER(ctypes.c_int32))[1] = mode
+
+    def load_segment(self, reg: int, selector: int) -> None:
+        """Load a segment register from the guest's GDT, as a MOV to it would."""
+        self._engine_mode(UC_MODE_32)
+        try:
+            self.uc.reg_write(reg, selector)
+        finally:
+            self._engine_mode(UC_MODE_64)
 
     def regs64(self) -> dict[str, int]:
-        ctx = self._context64()
-        return {name: ctx.reg_read(rid) for name, rid in _REG64}
+        rd = self.uc.reg_read
+        return {name: rd(rid) for name, rid in _REG64}
 
     def write_regs64(self, **values: int) -> None:
-        ctx = self._context64()
         ids = dict(_REG64)
         for name, v in values.items():
-            ctx.reg_write(ids[name], v)
-        self.uc.context_restore(ctx)
+            self.uc.reg_write(ids[name], v)
 
     def long_mode(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_MSR, EFER) & 0x400)
 
     def rip(self) -> int:
-        return self.regs64()["rip"] if self.long_mode() else self.uc.reg_read(X.UC_X86_REG_EIP)
+        return self.uc.reg_read(X.UC_X86_REG_RIP)
 
     # --- boot state (Multiboot 0.6.96 §3.2) -------------------------------
     def _flat32(self, gdt_addr: int, gdt: bytes, cs: int, ds: int) -> None:
@@ -353,24 +434,25 @@ class CPU:
         for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
             uc.reg_write(r, ds)
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        self._engine_mode(UC_MODE_64)
 
     def enter_multiboot(self, entry: int, magic: int, info_addr: int, gdt_addr: int) -> None:
         """32-bit flat protected mode at ``entry``, paging off, IF=0, EAX/EBX set."""
         uc = self.uc
         self._flat32(gdt_addr, struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF), 0x08, 0x10)
-        uc.reg_write(X.UC_X86_REG_EAX, magic)
-        uc.reg_write(X.UC_X86_REG_EBX, info_addr)
-        uc.reg_write(X.UC_X86_REG_EIP, entry)
+        uc.reg_write(X.UC_X86_REG_RAX, magic)
+        uc.reg_write(X.UC_X86_REG_RBX, info_addr)
+        uc.reg_write(X.UC_X86_REG_RIP, entry)
 
     def enter_linux32(self, entry: int, boot_params: int, gdt_addr: int, gdt: bytes) -> None:
         """Linux 32-bit boot protocol entry (boot.rst): flat protected mode, paging and
         interrupts off, CS=0x10, DS/ES/SS=0x18, ESI=boot_params, EBP/EDI/EBX=0."""
         uc = self.uc
         self._flat32(gdt_addr, gdt, 0x10, 0x18)
-        for r in (X.UC_X86_REG_EBP, X.UC_X86_REG_EDI, X.UC_X86_REG_EBX, X.UC_X86_REG_EAX):
+        for r in (X.UC_X86_REG_RBP, X.UC_X86_REG_RDI, X.UC_X86_REG_RBX, X.UC_X86_REG_RAX):
             uc.reg_write(r, 0)
-        uc.reg_write(X.UC_X86_REG_ESI, boot_params)
-        uc.reg_write(X.UC_X86_REG_EIP, entry)
+        uc.reg_write(X.UC_X86_REG_RSI, boot_params)
+        uc.reg_write(X.UC_X86_REG_RIP, entry)
 
     # --- interrupt injection ------------------------------------------------------
     def try_deliver_interrupt(self) -> bool:
@@ -380,53 +462,95 @@ class CPU:
             return False    # an MMIO instruction must finish (its replay) first
         if not self.long_mode():
             return False  # guests take interrupts only once in long mode
-        regs = self.regs64()
-        if not regs["rflags"] & RFLAGS_IF:
+        if not self.uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF:
             return False
         vector = apic.pending_vector()
         if vector is None:
             return False
-        _sel, idt_base, idt_limit, _fl = self.uc.reg_read(X.UC_X86_REG_IDTR)
-        if vector * 16 + 15 > idt_limit:
-            self._fail(f"interrupt vector {vector} beyond the IDT limit {idt_limit:#x}")
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        if not self.deliver(Event(vector, external=True),
+                            f"interrupt vector {vector}"):
             return False
-        mem = self.machine.memory
-        gate_addr = idt_base + vector * 16
-        if not mem.contains(gate_addr, 16):
-            self._fail(f"IDT gate for vector {vector} at {gate_addr:#x} is outside RAM")
-            return False
-        lo, hi = struct.unpack_from("<QQ", mem.view(gate_addr, 16))
-        gate_type = (lo >> 40) & 0xF
-        present = (lo >> 47) & 1
-        ist = (lo >> 32) & 7
-        selector = (lo >> 16) & 0xFFFF
-        target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | ((hi & 0xFFFFFFFF) << 32)
-        if not present or gate_type not in (0xE, 0xF):
-            self._fail(f"IDT gate for vector {vector} is not a present interrupt/trap gate "
-                       f"(type {gate_type:#x}, P={present})")
-            return False
-        if ist:
-            self._fail(f"IDT gate for vector {vector} uses IST {ist}, which this machine does not model")
-            return False
-        cs = self.uc.reg_read(X.UC_X86_REG_CS)
-        if selector != cs:
-            self._fail(f"IDT gate for vector {vector} switches CS {cs:#x}->{selector:#x}, "
-                       "which this machine does not model")
-            return False
-        ss = self.uc.reg_read(X.UC_X86_REG_SS)
-        rsp = (regs["rsp"] & ~0xF) - 40
-        if not mem.contains(rsp, 40):
-            self._fail(f"interrupt stack frame at {rsp:#x} is outside RAM")
-            return False
-        struct.pack_into("<QQQQQ", mem.view(rsp, 40), 0, regs["rip"], cs, regs["rflags"], regs["rsp"], ss)
-        flags = regs["rflags"] & ~(RFLAGS_TF | (RFLAGS_IF if gate_type == 0xE else 0))
-        self.write_regs64(rsp=rsp, rip=target, rflags=flags)
         apic.accept(vector)
         self.exits.interrupts += 1
         self.halted = False
         if trace.enabled:
-            trace.emit("cpu.interrupt", vector=vector, handler=target, rip=regs["rip"])
+            trace.emit("cpu.interrupt", vector=vector, handler=self.uc.reg_read(X.UC_X86_REG_RIP), rip=rip)
         return True
+
+    def _sysregs(self) -> tuple:
+        rd = self.uc.reg_read
+        paging = PagingState(rd(X.UC_X86_REG_CR0), rd(X.UC_X86_REG_CR3), rd(X.UC_X86_REG_CR4),
+                             rd(X.UC_X86_REG_MSR, EFER))
+        _s, idt_base, idt_limit, _f = rd(X.UC_X86_REG_IDTR)
+        _s, gdt_base, gdt_limit, _f = rd(X.UC_X86_REG_GDTR)
+        _s, tr_base, _l, _f = rd(X.UC_X86_REG_TR)
+        return paging, (idt_base, idt_limit), (gdt_base, gdt_limit), tr_base
+
+    def deliver(self, event: Event, what: str) -> bool:
+        """Deliver an exception or interrupt through the guest's IDT (long mode,
+        :mod:`.exceptions`); a triple fault ends the run with a report."""
+        uc = self.uc
+        rd = uc.reg_read
+        frame = Frame(rd(X.UC_X86_REG_RIP), rd(X.UC_X86_REG_RSP), rd(X.UC_X86_REG_RFLAGS),
+                      rd(X.UC_X86_REG_CS), rd(X.UC_X86_REG_SS))
+        try:
+            new, vector, cr2 = self.delivery.deliver(event, frame)
+        except TripleFault as tf:
+            self._fail(f"{what}: delivery failed, triple fault ({tf})")
+            return False
+        if cr2 is not None:
+            uc.reg_write(X.UC_X86_REG_CR2, cr2)
+        if (new.cs & 3) != (frame.cs & 3):
+            # Unicorn's register API refuses to load a more privileged CS/SS than
+            # the current CPL (UC_ERR_EXCEPTION, measured), and it derives CPL from
+            # the SS descriptor, so a CPL 3 -> 0 switch cannot be applied yet.
+            self._fail(f"{what} at CPL {frame.cs & 3} needs a switch to CPL {new.cs & 3}, "
+                       "which this machine cannot apply through unicorn yet")
+            return False
+        try:
+            if new.cs != frame.cs:
+                self.load_segment(X.UC_X86_REG_CS, new.cs)
+            if new.ss != frame.ss:
+                self.load_segment(X.UC_X86_REG_SS, new.ss)
+        except UcError as err:
+            self._fail(f"{what}: loading CS {new.cs:#x} / SS {new.ss:#x} failed ({err})")
+            return False
+        uc.reg_write(X.UC_X86_REG_RSP, new.rsp)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, new.rflags)
+        uc.reg_write(X.UC_X86_REG_RIP, new.rip)
+        if trace.enabled and not event.external:
+            trace.emit("cpu.exception", vector=vector, error_code=event.error_code,
+                       rip=frame.rip, handler=new.rip, cr2=cr2)
+        return True
+
+    def _deliver_exception(self) -> None:
+        """The exception unicorn just reported, into the guest (long mode only)."""
+        vec = self._exception
+        self._exception = None
+        if self._uc_exc.ok:
+            self._uc_exc.clear_in_flight(self.uc)
+        if vec != 14:
+            # Unicorn leaves CR2 = 0xffff...fffe behind on other exceptions (#UD,
+            # #GP from a segment load: measured), which a real CPU never does.  Only
+            # a #PF writes CR2, and every #PF ends a slice, so CR2 is put back to its
+            # value at the slice start (lost: a guest MOV to CR2 earlier in the slice).
+            self.uc.reg_write(X.UC_X86_REG_CR2, self._cr2_at_slice)
+        name = EXCEPTION_NAMES.get(vec, f"vector {vec}" + (" (software interrupt)" if vec >= 32 else ""))
+        if not self.long_mode():
+            self._fail(f"CPU exception {name} (exceptions are delivered only in long mode)")
+            return
+        software = self._exc_software
+        err = self._exc_error if needs_error_code(vec, software) else None
+        origin = None
+        if software:
+            # Unicorn resumes after INT n (CD ib) / INT3 (CC) / INTO (CE).
+            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+            origin = rip - (2 if self.read_code(rip - 2, 2) == bytes((0xCD, vec)) else 1)
+        ev = Event(vec, err, software=software, cr2=self._exc_cr2 if vec == 14 else None,
+                   origin_rip=origin)
+        self.exits.exceptions += 1
+        self.deliver(ev, f"CPU exception {name}")
 
     # --- faults ----------------------------------------------------------------------
     def _fail(self, reason: str) -> None:
@@ -456,17 +580,33 @@ class CPU:
         block's start there), so a disassembly would name the wrong instruction."""
         try:
             lm = self.long_mode()
-            rip = self.regs64()["rip"] if lm else self.uc.reg_read(X.UC_X86_REG_EIP)
+            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         except UcError:
             return ""
         return f"{rip:#x}: {self.disassemble(rip, lm)}"
 
-    def disassemble(self, rip: int, long_mode: bool) -> str:
+    def read_code(self, addr: int, n: int) -> bytes:
+        """Up to ``n`` bytes at linear ``addr`` (through the guest's page tables
+        when paging is on); fewer, or none, where the walk or RAM ends."""
+        out = b""
+        paging = self._sysregs()[0]
         mem = self.machine.memory
-        n = max(0, min(15, mem.size - rip))
+        while len(out) < n:
+            try:
+                phys = translate(paging, read_entry(mem), addr + len(out))
+            except PageFault:
+                break
+            chunk = min(n - len(out), 0x1000 - ((addr + len(out)) & 0xFFF), max(0, mem.size - phys))
+            if chunk <= 0:
+                break
+            out += mem.read(phys, chunk)
+        return out
+
+    def disassemble(self, rip: int, long_mode: bool) -> str:
+        code = self.read_code(rip, 15)
+        n = len(code)
         if n == 0:
             return ""
-        code = mem.read(rip, n)
         try:
             import capstone
             md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if long_mode else capstone.CS_MODE_32)
@@ -494,10 +634,8 @@ class CPU:
         """
         self.stop_reason = StopReason.NONE
         self._exception = None
+        self._cr2_at_slice = self.uc.reg_read(X.UC_X86_REG_CR2)
         begin = self.rip()
-        if begin > 0xFFFFFFFF:
-            self._fail(f"RIP {begin:#x} is above 4 GiB; this machine runs guests below 4 GiB")
-            return
         self.exits.slices += 1
         self._drop_completed_pio(begin)
         if self._replay is not None:
@@ -514,6 +652,10 @@ class CPU:
                         self._fail(self._classify_uc_error(err))
                     return
                 self.instructions_lower_bound += 1
+                if self._exception is not None and self.stop_reason is not StopReason.EXIT:
+                    self._replay = None
+                    self._deliver_exception()
+                    return
                 if self._replay is None or self.stop_reason is StopReason.EXIT:
                     break
                 begin = self.rip()
@@ -529,16 +671,14 @@ class CPU:
             self._fail(self._classify_uc_error(err))
             return
         if self._exception is not None and self.stop_reason is not StopReason.EXIT:
-            vec = self._exception
-            self._fail(f"CPU exception {EXCEPTION_NAMES.get(vec, f'vector {vec} (software interrupt)')}")
+            self._deliver_exception()
             return
         if self.stop_reason is StopReason.NONE:
             if self.uc.query(UC_QUERY_TIMEOUT):
                 return
             # Nothing asked unicorn to stop and the slice did not end: HLT.
             rip = self.rip()
-            mem = self.machine.memory
-            if rip and mem.contains(rip - 1, 1) and mem.buf[rip - 1] == 0xF4:
+            if rip and self.read_code(rip - 1, 1) == b"\xf4":
                 self.halted = True
                 self.exits.hlt += 1
                 if trace.enabled:
