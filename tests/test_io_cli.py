@@ -47,3 +47,20 @@ def test_same_output_and_image(tmp_path: Path, fmt: str, script: list[str]) -> N
     cmp = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", fmt, str(a), str(b)],
                          capture_output=True, text=True)
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+
+
+def test_commands_from_stdin(tmp_path: Path) -> None:
+    """Without -c, qemu-io reads commands from stdin (no prompt when not a tty)."""
+    a, b = tmp_path / "q.img", tmp_path / "b.img"
+    for p in (a, b):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(p), "1M"], check=True)
+    text = "write -P 7 0 4k\nread -P 7 0 4k\nread -P 8 0 512\nquit\nwrite 0 4k\n"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = []
+    for cmd in (["qemu-io", "-f", "qcow2", str(a)],
+                [sys.executable, "-m", "blockbed", "io", "-f", "qcow2", str(b)]):
+        p = subprocess.run(cmd, input=text, capture_output=True, text=True, env=env, timeout=60)
+        out.append((_TIMING.sub("; TIME", p.stdout), p.returncode))
+    assert out[1] == out[0]
+    assert subprocess.run(["qemu-img", "compare", str(a), str(b)],
+                          capture_output=True).returncode == 0

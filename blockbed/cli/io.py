@@ -1,7 +1,7 @@
 """``blockbed io``: the qemu-io role (issue #15) — run qemu-io commands on an image.
 
 ``-c CMD`` (repeatable) runs commands in order; without -c commands are read from
-stdin (the prompt "qemu-io> " only on a tty).  Exit status 1 if a command
+stdin (each prompted with "qemu-io> " on stdout, tty or not, as qemu-io 7.2).  Exit status 1 if a command
 failed, as qemu-io 7.2.
 """
 
@@ -35,10 +35,9 @@ def cmd_io(a: argparse.Namespace) -> int:
                 status |= run_line(blk, line)
                 sys.stdout.flush()
         else:
-            tty = sys.stdin.isatty()
             while True:
-                if tty:
-                    print("qemu-io> ", end="", flush=True)
+                # qemu-io 7.2 prints the prompt on stdout even when stdin is not a tty.
+                print("qemu-io> ", end="", flush=True)
                 line = sys.stdin.readline()
                 if not line or line.strip() in ("quit", "q"):
                     break
