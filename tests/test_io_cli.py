@@ -64,3 +64,15 @@ def test_commands_from_stdin(tmp_path: Path) -> None:
     assert out[1] == out[0]
     assert subprocess.run(["qemu-img", "compare", str(a), str(b)],
                           capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("extra", [["-t", "bogus"], []])
+def test_bad_open_is_one_line(tmp_path: Path, extra: list[str]) -> None:
+    """A missing image or a bad cache mode: one line on stderr, status 1, as qemu-io."""
+    missing = str(tmp_path / "missing.qcow2")
+    for cmd in (["qemu-io"], [sys.executable, "-m", "blockbed", "io"]):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        p = subprocess.run([*cmd, "-f", "qcow2", *extra, "-c", "read 0 4k", missing],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert p.returncode == 1 and p.stdout == ""
+        assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr

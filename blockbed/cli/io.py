@@ -15,16 +15,22 @@ from ..block.driver import BlockError
 
 def cmd_io(a: argparse.Namespace) -> int:
     from ..block.backend import BlockBackend
-    from .img import _open_msg, open_img
+    from .img import open_img
     from .imageopts import apply
     from .io_commands import run_line
-    apply(a)
-    try:
-        node, _ = open_img(a.filename, a.f, read_only=a.r, force_share=a.U)
-    except BlockError as e:
-        print(f"blockbed io: {_open_msg(a.filename, e)}", file=sys.stderr)
-        return 1
+    from ..block.cachemode import CacheMode
     cache = a.t or ("none" if a.n else "writeback")
+    try:
+        CacheMode.parse(cache)
+    except ValueError:
+        print(f"blockbed io: Invalid cache option: {cache}", file=sys.stderr)
+        return 1
+    try:
+        apply(a)
+        node, _ = open_img(a.filename, a.f, read_only=a.r, force_share=a.U)
+    except (BlockError, ValueError) as e:
+        print(f"blockbed io: can't open device {a.filename}: {e}", file=sys.stderr)
+        return 1
     blk = BlockBackend(node, cache)
     status = 0
     try:
