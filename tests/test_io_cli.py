@@ -22,6 +22,8 @@ _TIMING = re.compile(r"; .* sec \(.*/sec and .* ops/sec\)")
 SCRIPTS = [
     ["write -P 0x5a 0 64k", "read -P 0x5a 0 64k", "read -P 0x5b 0 4k"],
     ["write -z 1M 64k", "read -P 0 1M 64k", "read -v 0 48", "flush", "length"],
+    ["write -P 0x11 0 128k", "discard 0 64k", "read -P 0 0 64k", "read -P 0x11 64k 64k",
+     "discard -q 64k 64k", "discard 0"],
     ["write -P 0xff 2M 4k", "read 2M 4k", "read 4M 4k", "read -q -P 0xff 2M 4k"],
     ["write -z -P 1 0 4k", "write -u 0 4k", "read 0", "read x 4k", "read 0 4x",
      "bogus", "write -q 512 512", "read -P 0 0 512"],

@@ -31,7 +31,7 @@ def cmd_io(a: argparse.Namespace) -> int:
     except (BlockError, ValueError) as e:
         print(f"blockbed io: can't open device {a.filename}: {e}", file=sys.stderr)
         return 1
-    blk = BlockBackend(node, cache)
+    blk = BlockBackend(node, cache, discard="unmap")   # qemu-io opens with BDRV_O_UNMAP
     status = 0
     try:
         if a.c:

@@ -1,4 +1,4 @@
-"""qemu-io 7.2 commands (qemu-io-cmds.c): read, write, flush, length.
+"""qemu-io 7.2 commands (qemu-io-cmds.c): read, write, discard, flush, length.
 
 Output lines follow qemu-io's formats: "read N/N bytes at offset O", the
 cvtstr size/speed line, "Pattern verification failed at offset O, N bytes",
@@ -178,13 +178,27 @@ def cmd_flush(blk: BlockBackend, args: list[str]) -> int:
     return 0
 
 
+def cmd_discard(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "q")
+    offset, count = _offset_len("discard", rest)
+    t0 = time.perf_counter()
+    r = blk.discard(offset, count)
+    t = time.perf_counter() - t0
+    if r < 0:
+        print(f"discard failed: {os.strerror(-r)}")
+        return 1
+    if not opts.get("q"):
+        print_report("discard", t, offset, count, count, 1)
+    return 0
+
+
 def cmd_length(blk: BlockBackend, args: list[str]) -> int:
     print(cvtstr(blk.length()))
     return 0
 
 
 COMMANDS = {"read": cmd_read, "r": cmd_read, "write": cmd_write, "w": cmd_write,
-            "flush": cmd_flush, "f": cmd_flush, "length": cmd_length, "len": cmd_length}
+            "flush": cmd_flush, "discard": cmd_discard, "d": cmd_discard, "f": cmd_flush, "length": cmd_length, "len": cmd_length}
 
 
 def run_line(blk: BlockBackend, line: str) -> int:
