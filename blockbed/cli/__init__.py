@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "logwrites": "blockbed.cli.logwrites",
     "trace": "blockbed.cli.trace",
     "explain": "blockbed.cli.explain",
+    "io": "blockbed.cli.io",
 }
 
 

@@ -1,0 +1,67 @@
+"""``blockbed io``: the qemu-io role (issue #15) — run qemu-io commands on an image.
+
+``-c CMD`` (repeatable) runs commands in order; without -c commands are read from
+stdin (each prompted with "qemu-io> " on stdout, tty or not, as qemu-io 7.2).  Exit status 1 if a command
+failed, as qemu-io 7.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..block.driver import BlockError
+
+
+def cmd_io(a: argparse.Namespace) -> int:
+    from ..block.backend import BlockBackend
+    from .img import open_img
+    from .imageopts import apply
+    from .io_commands import run_line
+    from ..block.cachemode import CacheMode
+    cache = a.t or ("none" if a.n else "writeback")
+    try:
+        CacheMode.parse(cache)
+    except ValueError:
+        print(f"blockbed io: Invalid cache option: {cache}", file=sys.stderr)
+        return 1
+    try:
+        apply(a)
+        node, _ = open_img(a.filename, a.f, read_only=a.r, force_share=a.U)
+    except (BlockError, ValueError) as e:
+        print(f"blockbed io: can't open device {a.filename}: {e}", file=sys.stderr)
+        return 1
+    blk = BlockBackend(node, cache, discard="unmap")   # qemu-io opens with BDRV_O_UNMAP
+    status = 0
+    try:
+        if a.c:
+            for line in a.c:
+                if line.strip() in ("quit", "q"):
+                    break
+                status |= run_line(blk, line)
+                sys.stdout.flush()
+        else:
+            while True:
+                # qemu-io 7.2 prints the prompt on stdout even when stdin is not a tty.
+                print("qemu-io> ", end="", flush=True)
+                line = sys.stdin.readline()
+                if not line or line.strip() in ("quit", "q"):
+                    break
+                status |= run_line(blk, line)
+    finally:
+        blk.close()
+    return status
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .imageopts import add_arguments
+    p = sub.add_parser("io", help="qemu-io's commands on an image (read/write/flush/length)")
+    p.add_argument("-f")
+    p.add_argument("-c", action="append")
+    p.add_argument("-r", action="store_true")
+    p.add_argument("-n", action="store_true")
+    p.add_argument("-t")
+    p.add_argument("-U", action="store_true")
+    p.add_argument("filename")
+    add_arguments(p, image_opts=True)
+    p.set_defaults(func=cmd_io, parser=p)
