@@ -143,6 +143,9 @@ class Machine:
         self.firmware()
         if is_bzimage(path):
             self.kernel = load_linux(self.memory, path, append, initrd)
+            from .platform import LinuxPlatform
+            if getattr(self, "platform", None) is None:
+                self.platform = LinuxPlatform(self)
             self.cpu.enter_linux32(self.kernel.entry, self.kernel.info_addr, LINUX_GDT_ADDR, linux_gdt())
             return self.kernel
         if initrd is not None:

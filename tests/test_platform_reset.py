@@ -1,0 +1,59 @@
+"""Reset and ACPI power-off ports driven from Python."""
+
+from blockbed.machine.events import EventQueue
+from blockbed.machine.reset import PM_TIMER_HZ, ResetControl
+
+
+def make():
+    ev = EventQueue()
+    log = []
+    rc = ResetControl(lambda why: log.append(("reset", why)), lambda why: log.append(("off", why)),
+                      events=ev, ns_per_tick=1000)
+    return ev, rc, log
+
+
+def test_port92_a20_kept_and_bit0_resets():
+    _, rc, log = make()
+    h = rc.port92_handler()
+    h.write(0, 1, 0x02)
+    assert h.read(0, 1) == 0x02 and log == []
+    h.write(0, 1, 0x03)
+    assert log == [("reset", "port 0x92 bit 0")]
+
+
+def test_kbc_fe_resets_other_commands_do_not():
+    _, rc, log = make()
+    h = rc.kbc_handler()
+    h.write(0, 1, 0xAD)
+    assert log == []
+    h.write(0, 1, 0xFE)
+    assert log[0][0] == "reset"
+
+
+def test_cf9_needs_rst_cpu():
+    _, rc, log = make()
+    h = rc.cf9_handler()
+    h.write(0, 1, 0x02)                 # SYS_RST alone: only arms
+    assert log == [] and h.read(0, 1) == 0x02
+    h.write(0, 1, 0x06)                 # what Linux's reboot=pci writes
+    assert log[0][0] == "reset"
+
+
+def test_pm1a_slp_en_s5_powers_off_and_other_sleep_types_do_not():
+    _, rc, log = make()
+    h = rc.pm_handler()
+    h.write(4, 2, 0x0001)               # SCI_EN
+    assert h.read(4, 2) == 0x0001
+    h.write(4, 2, 0x2000 | 5 << 10)     # SLP_EN with SLP_TYP 5: not our S5
+    assert log == []
+    h.write(4, 2, 0x2000)
+    assert log == [("off", "ACPI PM1a_CNT SLP_EN, SLP_TYP S5")]
+    assert h.read(4, 2) & 0x2000 == 0   # SLP_EN reads as 0
+
+
+def test_pm_timer_runs_on_the_virtual_clock():
+    ev, rc, _ = make()
+    h = rc.pm_handler()
+    assert h.read(8, 4) == 0
+    ev.step(1_000_000)                  # 1 s
+    assert h.read(8, 4) == PM_TIMER_HZ & 0xFFFFFF
