@@ -197,7 +197,8 @@ def parse_header(raw: bytes, file_length: int | None = None) -> Header:
         hdr.refcount_order = 4
     else:
         if len(raw) < HEADER_V3_LEN:
-            raise ImageFormatError("qcow2 header exceeds cluster size")
+            # QEMU reads the missing bytes as zeros: header_length 0 is too short
+            raise ImageFormatError("qcow2 header too short")
         t = HeaderV3Tail.parse(raw[HEADER_V2_LEN:])
         hdr.incompatible_features = t.incompatible_features
         hdr.compatible_features = t.compatible_features
@@ -215,6 +216,8 @@ def parse_header(raw: bytes, file_length: int | None = None) -> Header:
             raise ImageFormatError("Reference count entry width too large; may not exceed 64 bits")
     # --- extensions, then the backing file name
     end = cs  # extensions end before the backing file name, or at the cluster's end
+    if h2.backing_file_offset > cs:            # QEMU qcow2_do_open
+        raise ImageFormatError("Invalid backing file offset")
     if h2.backing_file_offset:
         end = min(end, h2.backing_file_offset)
     _parse_extensions(hdr, raw, hdr.header_length, end)
@@ -231,6 +234,9 @@ def parse_header(raw: bytes, file_length: int | None = None) -> Header:
     return hdr
 
 
+BACKING_FORMAT_MAX = 16       # QEMU's BlockDriverState.backing_format[16]
+
+
 def _parse_extensions(hdr: Header, raw: bytes, start: int, end: int) -> None:
     off = start
     while True:
@@ -243,9 +249,11 @@ def _parse_extensions(hdr: Header, raw: bytes, start: int, end: int) -> None:
         off += 8
         if ext.type == EXT_END:
             return
-        if ext.length > end - off:
+        if ext.length > end - off:                # QEMU qcow2_read_extensions
+            raise ImageFormatError("Header extension too large")
+        if ext.type == EXT_BACKING_FORMAT and ext.length >= BACKING_FORMAT_MAX:
             raise ImageFormatError("ERROR: ext_backing_format: len=%u too large (>=%u)"
-                                   % (ext.length, end - off))
+                                   % (ext.length, BACKING_FORMAT_MAX))
         data = bytes(raw[off:off + ext.length])
         off += _pad8(ext.length)
         if ext.type == EXT_BACKING_FORMAT:
