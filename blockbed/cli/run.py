@@ -1,7 +1,8 @@
 """``blockbed run``: boot a guest ELF, print its serial transcript, exit with its status.
 
 Exit status: the value the guest wrote to the debug-exit port (guests write 0
-for success), or one of the host outcomes in
+for success) when it is 0..118 — a larger value would collide with the host
+outcomes or wrap around to 0, so it is reported as 119 — or one of the host outcomes in
 :data:`blockbed.machine.board.HOST_EXIT_STATUS` — 120 machine stopped by the
 block layer's error policy, 121 guest fault, 122 halted with nothing to wake
 it, 123 instruction budget used up, 124 wall-clock timeout, 125 stdout closed
@@ -50,7 +51,7 @@ def _positive_int(text: str) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="boot a guest ELF on the machine",
                        description=__doc__.splitlines()[0],
-                       epilog="exit status: the guest's debug-exit value; 120 stopped, 121 guest fault, "
+                       epilog="exit status: the guest's debug-exit value (0-118; larger values: 119); 120 stopped, 121 guest fault, "
                               "122 halted, 123 instruction budget, 124 timeout, 125 stdout closed "
                               "(broken pipe), 2 bad arguments")
     p.add_argument("--kernel", required=True, metavar="ELF", help="multiboot guest ELF or Linux bzImage")
@@ -157,7 +158,13 @@ def _run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     for w in result.warnings:
         print(f"blockbed: warning: {w}", file=sys.stderr)
-    if result.kind is not ExitKind.GUEST_EXIT:
+    if result.kind is ExitKind.GUEST_EXIT:
+        if result.exit_code:                # say which outcome this status is
+            mapped = "" if result.exit_status == result.exit_code else \
+                f" (status {result.exit_status}: guest values above 118 are reported as 119)"
+            print(f"blockbed: guest exited with debug-exit value {result.exit_code}{mapped}",
+                  file=sys.stderr)
+    else:
         print(f"blockbed: {result.reason}", file=sys.stderr)
         if result.fault is not None:
             print(result.fault.report(), file=sys.stderr)

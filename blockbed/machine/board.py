@@ -50,6 +50,12 @@ class ExitKind(Enum):
     TIMEOUT = "timeout"            # the wall-clock limit ran out
 
 
+#: Guest debug-exit values 0..GUEST_STATUS_MAX are the process status as they are; any
+#: other value (119..2^32-1: it would collide with the host outcomes below, or wrap
+#: around to 0 = success) becomes GUEST_VALUE_OUT_OF_RANGE, and stderr names the value.
+GUEST_STATUS_MAX = 118
+GUEST_VALUE_OUT_OF_RANGE = 119
+
 HOST_EXIT_STATUS = {
     ExitKind.STOPPED: 120,
     ExitKind.FAULT: 121,
@@ -84,7 +90,8 @@ class RunResult:
     @property
     def exit_status(self) -> int:
         if self.kind is ExitKind.GUEST_EXIT:
-            return self.exit_code & 0xFF
+            v = self.exit_code
+            return v if 0 <= v <= GUEST_STATUS_MAX else GUEST_VALUE_OUT_OF_RANGE
         return HOST_EXIT_STATUS[self.kind]
 
     def summary(self) -> str:
