@@ -170,7 +170,10 @@ class LogWritesDriver(BlockDriver):
     def __init__(self, file: BlockDriver, log_path: str, sector_size: int = 512):
         self.file = file
         self.read_only = file.read_only
-        self.supports_fua = file.supports_fua
+        # A FUA write is logged as FUA (a durability point of the crash engine) and
+        # passed down as one: the file node performs it natively or as write +
+        # fdatasync (QEMU 7.2's default), so the log never shows an emulation's flush.
+        self.supports_fua = True
         self.log = LogWriter(log_path, sector_size)
 
     def children(self) -> Sequence[BlockDriver]:
