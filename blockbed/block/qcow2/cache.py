@@ -55,7 +55,8 @@ class MetadataCache:
     def __init__(self, file: BlockDriver, name: str, table_bytes: int, capacity: int,
                  load: Callable[[bytes], object], dump: Callable[[object], bytes],
                  write_event: str, load_event: str,
-                 check_write: Callable[[int, int], None] | None = None):
+                 check_write: Callable[[int, int], None] | None = None,
+                 check_load: Callable[[int], None] | None = None):
         self.file = file
         self.name = name
         self.table_bytes = table_bytes
@@ -65,6 +66,7 @@ class MetadataCache:
         self.write_event = write_event
         self.load_event = load_event
         self.check_write = check_write
+        self.check_load = check_load      # validates a table's offset before it is read
         self.tables: OrderedDict[int, object] = OrderedDict()
         self.dirty: set[int] = set()
         self.depends: MetadataCache | None = None
@@ -83,6 +85,8 @@ class MetadataCache:
             if trace.enabled:
                 trace.emit("qcow2.cache_hit", cache=self.name, offset=offset)
             return t
+        if self.check_load is not None:
+            self.check_load(offset)
         self.misses += 1
         if trace.enabled:
             trace.emit("qcow2.cache_load", cache=self.name, offset=offset)

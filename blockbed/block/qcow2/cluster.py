@@ -91,11 +91,35 @@ class Mapping:
         self.cache = MetadataCache(self.file, "l2", self.cs, l2_cache_entries,
                                    lambda b: load_be_array("Q", b), dump_be_array,
                                    "l2_update", "l2_load",
-                                   check_write=lambda off, n: drv.overlap.check(off, n, "l2"))
+                                   check_write=lambda off, n: drv.overlap.check(off, n, "l2"),
+                                   check_load=self._check_l2_table)
         # compressed-cluster geometry (spec "Compressed Clusters Descriptor")
         self.csize_shift = 62 - (self.cb - 8)
         self.csize_mask = (1 << (self.cb - 8)) - 1
         self.coffset_mask = (1 << self.csize_shift) - 1
+
+    def _check_l2_table(self, off: int) -> None:
+        """Validate an L2 table offset before the table is read (once per cache miss).
+
+        QEMU checks only the alignment (in :meth:`l2_offset`); blockbed also refuses a
+        table that lies past the end of the file (it would read as zeros: all data
+        silently gone) or on a cluster that holds other metadata (its "entries" would
+        be refcounts or L1 entries, and a write would land on that metadata)."""
+        drv = self.drv
+        kind = drv.overlap.kind_at(off)
+        where = self._l1_index_of(off)
+        if kind is not None and kind != "l2":
+            drv.signal_corruption(f"L2 table offset {c_hex(off)} overlaps with metadata "
+                                  f"({kind.replace('+l2', '')}) (L1 index: {where})")
+        if off + self.cs > self.file.length():
+            drv.signal_corruption(f"L2 table offset {c_hex(off)} is beyond the end of the "
+                                  f"image file (L1 index: {where})")
+
+    def _l1_index_of(self, off: int) -> str:
+        for i, e in enumerate(self.l1):
+            if e & L1E_OFFSET_MASK == off:
+                return c_hex(i)
+        return "?"
 
     def load_l1(self) -> None:
         h = self.drv.header

@@ -29,7 +29,7 @@ from .cluster import (L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZER
                       ClusterType, Mapping, cluster_type, cluster_type_data_file)
 from .compress import decompress
 from .corrupt import c_hex
-from .header import (AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS,
+from .header import (MAX_L1_BYTES, AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS,
                      INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
                      MAX_CLUSTER_BITS, Header, parse_header)
 from .overlap import OverlapMap
@@ -195,7 +195,9 @@ class Qcow2Driver(BlockDriver):
         if snap_bytes:
             ov.add(h.snapshots_offset, snap_bytes, "snapshot_table")
         for s in self.snapshots:
-            if s.l1_size:
+            # a snapshot whose L1 reference is invalid (refused when used) claims
+            # nothing: its bogus range would cover other, healthy metadata
+            if s.l1_size and s.l1_size <= MAX_L1_BYTES // 8 and not s.l1_table_offset % cs:
                 ov.add(s.l1_table_offset, s.l1_size * 8, "inactive_l1")
         if h.bitmaps and h.bitmaps["bitmap_directory_size"]:
             ov.add(h.bitmaps["bitmap_directory_offset"], h.bitmaps["bitmap_directory_size"],
@@ -437,7 +439,10 @@ class Qcow2Driver(BlockDriver):
         """The one place guest data comes from host clusters (decrypted here when the
         image is encrypted; ``guest`` is the guest offset, legacy AES's IV)."""
         self.file.debug_event("read_aio")
-        node = self.data_node or self.file
+        node = self.data_node
+        if node is None:
+            node = self.file
+            self._check_data_cluster(host, len(dst), guest)
         try:
             node.read(host, dst)
         except BlockError as e:
@@ -451,6 +456,35 @@ class Qcow2Driver(BlockDriver):
             _zero_fill(dst[avail:])
         if self.crypto is not None:
             self.crypto.decrypt(host, guest, dst)
+
+    def _check_data_cluster(self, host: int, n: int, guest: int) -> None:
+        """Guest data never comes from a cluster that holds metadata (an L2 entry
+        pointing at the L1 table, a refcount block, ...).  QEMU checks overlaps on
+        writes only and would return the metadata as data; blockbed refuses the read."""
+        kinds = self.overlap.kinds
+        cb = self.cluster_bits
+        first = host >> cb
+        last = (host + n - 1) >> cb
+        if last << cb >= self.file.length():
+            # The tail of a data cluster past the end of the file reads as zeros; a
+            # cluster that *starts* past the end was never written (the file was cut):
+            # QEMU returns zeros, blockbed an error.
+            self.signal_corruption(f"Data cluster offset {c_hex(last << cb)} is beyond the "
+                                   f"end of the image file (guest offset: "
+                                   f"{c_hex(max(guest, 0))})")
+        k = kinds.get(first)
+        if k is None:
+            if last == first:
+                return
+            for ci in range(first + 1, last + 1):
+                k = kinds.get(ci)
+                if k is not None:
+                    first = ci
+                    break
+            else:
+                return
+        self.signal_corruption(f"Data cluster offset {c_hex(first << cb)} overlaps with "
+                               f"metadata ({k}) (guest offset: {c_hex(max(guest, 0))})")
 
     def _write_host(self, host: int, guest: int, bufs: list) -> None:
         """The one place guest data goes to host clusters (encrypted here when the image

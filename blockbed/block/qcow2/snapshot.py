@@ -46,9 +46,25 @@ class Snapshot:
     icount: int | None
 
 
+def _read_zero_padded(file: BlockDriver, pos: int, n: int, file_length: int) -> bytearray:
+    """``n`` bytes at ``pos``; bytes past the end of the file read as zeros (QEMU's
+    bdrv_pread on a file does the same, so a table cut short parses as zeros)."""
+    buf = bytearray(n)
+    avail = max(0, min(n, file_length - pos))
+    if avail:
+        file.read(pos, memoryview(buf)[:avail])
+    return buf
+
+
 def read_snapshots(file: BlockDriver, offset: int, count: int, cluster_size: int,
                    file_length: int) -> tuple[list[Snapshot], int]:
-    """Parse ``count`` entries at ``offset``; returns the snapshots and the table's byte size."""
+    """Parse ``count`` entries at ``offset``; returns the snapshots and the table's byte size.
+
+    As QEMU 7.2's qcow2_read_snapshots: the table must be aligned and not absurdly
+    large, and extra data is bounded, but the entries' L1 tables are not validated
+    here — an image with one bad snapshot still opens and its active data reads;
+    :func:`validate_snapshot_l1` refuses the bad snapshot when it is used (apply,
+    delete) and ``check`` reports it."""
     if count == 0:
         return [], 0
     if offset % cluster_size:
@@ -56,21 +72,16 @@ def read_snapshots(file: BlockDriver, offset: int, count: int, cluster_size: int
     out: list[Snapshot] = []
     pos = offset
     for i in range(count):
-        if pos + _HDR > file_length or pos - offset > MAX_SNAPSHOT_TABLE:
-            raise ImageFormatError(f"Snapshot table entry {i} is past the end of the image file")
-        raw = bytearray(_HDR)
-        file.read(pos, memoryview(raw))
+        if pos - offset > MAX_SNAPSHOT_TABLE:
+            raise ImageFormatError("Snapshot table too large")
+        raw = _read_zero_padded(file, pos, _HDR, file_length)
         h = SnapshotEntryHeader.parse(raw)
         pos += _HDR
         extra_len = h.extra_data_size
         if extra_len > 1024:
             raise ImageFormatError(f"Too much extra metadata in snapshot table entry {i}")
         total = extra_len + h.id_str_size + h.name_size
-        if pos + total > file_length:
-            raise ImageFormatError(f"Snapshot table entry {i} is past the end of the image file")
-        body = bytearray(total)
-        if total:
-            file.read(pos, memoryview(body))
+        body = _read_zero_padded(file, pos, total, file_length)
         pos += total
         pos = (pos + 7) & ~7
         extra = bytes(body[:extra_len])
@@ -79,15 +90,23 @@ def read_snapshots(file: BlockDriver, offset: int, count: int, cluster_size: int
             disk_size = int.from_bytes(extra[8:16], "big")
         if len(extra) >= 24:
             icount = int.from_bytes(extra[16:24], "big")
-        if h.l1_size > (32 << 20) // 8:
-            raise ImageFormatError(f"Snapshot L1 table of entry {i} is too large")
-        if h.l1_table_offset % cluster_size:
-            raise ImageFormatError(f"Snapshot L1 table offset of entry {i} is not cluster aligned")
         id_str = bytes(body[extra_len:extra_len + h.id_str_size]).decode("utf-8", "replace")
         name = bytes(body[extra_len + h.id_str_size:total]).decode("utf-8", "replace")
         out.append(Snapshot(h.l1_table_offset, h.l1_size, id_str, name, h.date_sec, h.date_nsec,
                             h.vm_clock_nsec, h.vm_state_size, disk_size, icount))
     return out, pos - offset
+
+
+def validate_snapshot_l1(snap: Snapshot, cluster_size: int, file_length: int) -> None:
+    """QEMU qcow2_validate_table(..., "Snapshot L1 table"): before a snapshot's L1
+    table is read for apply/delete, its size and offset must make sense."""
+    if snap.l1_size > (32 << 20) // 8:
+        raise ImageFormatError("Snapshot L1 table too large")
+    if snap.l1_table_offset % cluster_size or snap.l1_table_offset + snap.l1_size * 8 > 2**63 - 1:
+        raise ImageFormatError("Snapshot L1 table offset invalid")
+    if snap.l1_size and snap.l1_table_offset + snap.l1_size * 8 > file_length:
+        # QEMU would read zeros (every cluster of the snapshot unallocated); refuse
+        raise ImageFormatError("Snapshot L1 table is beyond the end of the image file")
 
 
 # --- writing the table and changing snapshots (QEMU block/qcow2-snapshot.c) ---------------
@@ -267,6 +286,7 @@ def find_snapshot(drv, ident: str) -> Snapshot:
 def _read_l1(drv, snap: Snapshot) -> "object":
     from array import array
     from .cache import load_be_array
+    validate_snapshot_l1(snap, drv.cluster_size, drv.file.length())
     if not snap.l1_size:
         return array("Q")
     raw = bytearray(snap.l1_size * 8)
@@ -278,6 +298,7 @@ def apply_snapshot(drv, ident: str) -> None:
     """Revert the active image to a snapshot (qemu-img snapshot -a)."""
     from array import array
     snap = find_snapshot(drv, ident)
+    validate_snapshot_l1(snap, drv.cluster_size, drv.file.length())
     drv._check_writable()
     drv.flush()
     mp = drv.mapping
@@ -322,6 +343,7 @@ def _after_refcount_drop(drv) -> None:
 def delete_snapshot(drv, ident: str) -> None:
     """Delete a snapshot (qemu-img snapshot -d)."""
     snap = find_snapshot(drv, ident)
+    validate_snapshot_l1(snap, drv.cluster_size, drv.file.length())
     drv._check_writable()
     drv.flush()
     rest = [s for s in drv.snapshots if s is not snap]
