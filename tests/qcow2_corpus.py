@@ -135,6 +135,10 @@ class Damage:
     #: says "unallocated"): the reference for what reads back is then qemu-img's
     #: reading of the damaged image, not the base image's data
     valid: bool = False
+    #: qemu-img check counts references from garbage no I/O reads (L1 entries past the
+    #: virtual size): its corruption count moves whenever the file grows, so the
+    #: write property only requires that flushed writes read back
+    garbage: bool = False
 
 
 def apply(path: Path, dmg: Damage, lay: Layout) -> None:
@@ -181,6 +185,7 @@ KINDS: list[Damage] = [
     Damage("hdr-l1-offset-past-eof", lambda _: 40, _past_eof),
     Damage("hdr-l1-offset-zero", lambda _: 40, lambda _: 0),
     Damage("hdr-l1-size-huge", lambda _: 36, lambda _: 0x7FFFFFFF, 4),
+    Damage("hdr-l1-size-65536", lambda _: 36, lambda _: 65536, 4, garbage=True),
     Damage("hdr-l1-size-zero", lambda _: 36, lambda _: 0, 4),
     Damage("hdr-reftable-unaligned", lambda _: 48, lambda l: l.reftable + 512),
     Damage("hdr-reftable-past-eof", lambda _: 48, _past_eof),
@@ -255,6 +260,9 @@ KINDS: list[Damage] = [
     Damage("bitmap-count-wrong", lambda l: l.bitmap_ext, lambda _: 5, 4),
     Damage("bitmap-table-unaligned", lambda l: l.bitmap_dir, lambda l: l.bitmap_table + 512),
     Damage("bitmap-table-size-huge", lambda l: l.bitmap_dir + 8, lambda _: 0x7FFFFFFF, 4),
+    Damage("bitmap-data-to-l2", lambda l: l.bitmap_table, lambda l: l.l2),
+    Damage("bitmap-data-all-ones-with-offset", lambda l: l.bitmap_table,
+           lambda l: l.data0 | 1),
     Damage("bitmap-granularity-bad", lambda l: l.bitmap_dir + 17, lambda _: 70, 1),
 ]
 

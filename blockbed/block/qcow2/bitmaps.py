@@ -230,7 +230,9 @@ class BitmapStore:
         raw = bytearray(e.table_size * 8)
         self.drv.file.read(e.table_offset, memoryview(raw))
         table = struct.unpack(f">{e.table_size}Q", raw)
+        self._check_not_metadata(e, e.table_offset, "table")
         buf = bytearray(cs)
+        flen = self.drv.file.length()
         for i, t in enumerate(table):
             if i * cs >= len(bits.data):
                 break
@@ -238,12 +240,25 @@ class BitmapStore:
                 raise ImageFormatError(f"Bitmap '{e.name}': bitmap table entry {i} has "
                                        "reserved bits set")
             off = t & BME_TABLE_ENTRY_OFFSET_MASK
+            # QEMU check_table_entry: data clusters are cluster aligned, and an
+            # all-ones entry has no cluster; blockbed also refuses a cluster past the
+            # end of the file or on other metadata (storing the bitmap frees it)
+            if off % cs or (off and t & BME_TABLE_ENTRY_ALL_ONES) or off >= flen:
+                raise ImageFormatError(f"Bitmap '{e.name}': bitmap table entry {i} is "
+                                       "invalid")
             if off:
+                self._check_not_metadata(e, off, f"data cluster (table entry {i})")
                 self.drv.file.read(off, memoryview(buf))
                 bits.load_chunk(i, cs, bytes(buf))
             elif t & BME_TABLE_ENTRY_ALL_ONES:
                 bits.load_chunk(i, cs, None)
         return bits
+
+    def _check_not_metadata(self, e: DirEntry, off: int, what: str) -> None:
+        kind = self.drv.overlap.kind_at(off)
+        if kind is not None:
+            raise ImageFormatError(f"Bitmap '{e.name}': its {what} at {off:#x} overlaps "
+                                   f"with metadata ({kind})")
 
     def _entry(self, name: str) -> DirEntry | None:
         return next((e for e in self.entries if e.name == name), None)
@@ -508,5 +523,9 @@ class BitmapStore:
         for t in struct.unpack(f">{e.table_size}Q", raw):
             off = t & BME_TABLE_ENTRY_OFFSET_MASK
             if off:
+                if off % cs or drv.overlap.kind_at(off) is not None:
+                    # never drop the refcount of a cluster that is not the bitmap's
+                    drv.signal_corruption(f"Bitmap '{e.name}': refusing to free cluster "
+                                          f"{off:#x} (unaligned or metadata)")
                 drv.refcounts.free(off, 1)                # QEMU: DISCARD_ALWAYS
         drv.refcounts.free(e.table_offset, -(-(e.table_size * 8) // cs), discard=False)

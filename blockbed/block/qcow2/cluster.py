@@ -106,7 +106,7 @@ class Mapping:
         silently gone) or on a cluster that holds other metadata (its "entries" would
         be refcounts or L1 entries, and a write would land on that metadata)."""
         drv = self.drv
-        kind = drv.overlap.kind_at(off)
+        kind = drv.overlap.read_kinds.get(off >> self.cb)
         where = self._l1_index_of(off)
         if kind is not None and kind != "l2":
             drv.signal_corruption(f"L2 table offset {c_hex(off)} overlaps with metadata "

@@ -182,13 +182,22 @@ class Qcow2Driver(BlockDriver):
         h, cs = self.header, self.cluster_size
         ov = self.overlap
         ov.add(0, cs, "header")
+        # The L1 entries the virtual size needs are "l1"; a longer table is legal and
+        # its tail ("l1_unused") is protected from writes as QEMU does, but it is
+        # never looked up, so entries there claim no L2 table and a data read from a
+        # cluster the tail covers is not refused.
+        needed = self._l1_needed()
         if h.l1_size:
-            ov.add(h.l1_table_offset, h.l1_size * 8, "l1")
+            used = min(h.l1_size, needed) * 8
+            if h.l1_size > needed:
+                ov.add(h.l1_table_offset + used, h.l1_size * 8 - used, "l1_unused")
+            if used:
+                ov.add(h.l1_table_offset, used, "l1")
         ov.add(h.refcount_table_offset, h.refcount_table_clusters * cs, "reftable")
         for off in self.refcounts.table:
             if off:
                 ov.add(off, cs, "refblock")
-        for e in self.mapping.l1:
+        for e in self.mapping.l1[:needed]:
             off = e & L2E_OFFSET_MASK
             if off:
                 ov.add(off, cs, "l2")
@@ -204,6 +213,11 @@ class Qcow2Driver(BlockDriver):
                    "bitmap_directory")
         if h.crypto and h.crypto["length"]:
             ov.add(h.crypto["offset"], h.crypto["length"], "crypto_header")
+
+    def _l1_needed(self) -> int:
+        """L1 entries the virtual size needs (QEMU size_to_l1)."""
+        span = 1 << (self.cluster_bits + self.l2_bits)
+        return -(-self.header.size // span)
 
     def _open_backing(self, opts: dict, opener) -> None:
         h = self.header
@@ -461,7 +475,7 @@ class Qcow2Driver(BlockDriver):
         """Guest data never comes from a cluster that holds metadata (an L2 entry
         pointing at the L1 table, a refcount block, ...).  QEMU checks overlaps on
         writes only and would return the metadata as data; blockbed refuses the read."""
-        kinds = self.overlap.kinds
+        kinds = self.overlap.read_kinds
         cb = self.cluster_bits
         first = host >> cb
         last = (host + n - 1) >> cb
@@ -608,6 +622,8 @@ class Qcow2Driver(BlockDriver):
                     if e & (OFLAG_COPIED | OFLAG_COMPRESSED | cmask) == OFLAG_COPIED \
                             and not self.has_data_file:
                         host = (e & L2E_OFFSET_MASK) + (offset & cmask)
+                        if host - (offset & cmask) >= self.file.length():
+                            self._past_eof_desc(e, offset)
                         self._write_host(host, offset, [mv])
                         if fua:
                             self.flush()
@@ -665,6 +681,9 @@ class Qcow2Driver(BlockDriver):
             piece = mv[rs - pos:re_ - pos]
             if inplace:
                 host = (e & L2E_OFFSET_MASK) + (rs & (cs - 1))
+                if self.data_node is None and (host + len(piece) - 1) & ~(cs - 1) >= \
+                        self.file.length():
+                    self._past_eof_desc(e, rs)
                 self._write_host(host, rs, [piece])
             else:
                 table, off = self._alloc_and_write(l1i, c, k - c, rs, piece)
@@ -677,6 +696,14 @@ class Qcow2Driver(BlockDriver):
         what = "Preallocated zero" if e & OFLAG_ZERO and not self.header.extended_l2 else "Data"
         self.signal_corruption(f"{what} cluster offset {c_hex(e & L2E_OFFSET_MASK)} "
                                f"unaligned (guest offset: {c_hex(guest)})")
+
+    def _past_eof_desc(self, e: int, guest: int) -> None:
+        """An in-place write to a data cluster that starts past the end of the file:
+        the L2 entry is damaged (every allocated cluster was written).  QEMU writes
+        there, growing the file to wherever the entry points (a 1 TiB sparse file);
+        blockbed refuses, as its reads do."""
+        self.signal_corruption(f"Data cluster offset {c_hex(e & L2E_OFFSET_MASK)} is beyond "
+                               f"the end of the image file (guest offset: {c_hex(guest)})")
 
     def write_compressed(self, offset: int, data: Buffer, compressed: bytes | None = None
                          ) -> None:
@@ -1091,7 +1118,6 @@ class Qcow2Driver(BlockDriver):
         cached = getattr(self, "_prealloc_detected", None)
         if cached is not None:
             return cached
-        from .check import _Checker, CheckResult
         path = _node_path(self.file)
         result = False
         if path:
@@ -1101,11 +1127,31 @@ class Qcow2Driver(BlockDriver):
                 real = None
             if real is not None:
                 threshold = max(real * 10 // 9, real + 2)
-                stored, _ = _Checker(self, CheckResult()).stored()
-                end = -(-self.file.length() // self.cluster_size)
-                result = sum(1 for v in stored[:end] if v) >= threshold
+                result = self._clusters_with_refcount(threshold) >= threshold
         self._prealloc_detected = result
         return result
+
+    def _clusters_with_refcount(self, stop_at: int) -> int:
+        """How many clusters inside the file have a nonzero refcount (counting stops at
+        ``stop_at``).  One refcount block in memory at a time: a hostile cluster far
+        past the data (a 1 TiB sparse file) costs time per block, not a list per
+        cluster."""
+        rc = self.refcounts
+        end = -(-self.file.length() // self.cluster_size)
+        flen = self.file.length()
+        count = 0
+        for ti, off in enumerate(rc.table):
+            base = ti << rc.rb_bits
+            if base >= end or count >= stop_at:
+                break
+            if not off or off % self.cluster_size or off >= flen:
+                continue
+            raw = bytearray(self.cluster_size)
+            self.file.read(off, memoryview(raw))
+            vals = rc.codec.all_values(rc.codec.load(raw))
+            k = min(len(vals), end - base)
+            count += k - vals[:k].count(0)
+        return count
 
     def _recurse_status(self, pos: int, run: int, host: int) -> list[Extent]:
         out = []

@@ -14,10 +14,20 @@ from typing import Callable
 
 
 class OverlapMap:
+    #: kinds a write of another kind may share a cluster with: the unused tail of a
+    #: longer-than-needed L1 table is written (whole) together with the used part
+    COMPATIBLE = {("l1", "l1_unused"), ("l1", "l1+l1_unused"), ("l1", "l1_unused+l1")}
+
     def __init__(self, cluster_bits: int, on_violation: Callable[[str], None]):
         self.cluster_bits = cluster_bits
         self.kinds: dict[int, str] = {}
         self.on_violation = on_violation
+
+    @property
+    def read_kinds(self) -> "_ReadKinds":
+        """The map as guest-data reads see it: ``l1_unused`` clusters are not
+        metadata any I/O looks at (a data cluster may legally lie under them)."""
+        return _ReadKinds(self.kinds)
 
     def add(self, offset: int, length: int, kind: str) -> None:
         """Record metadata; a cluster claimed by two kinds becomes "a+b", which no
@@ -58,7 +68,21 @@ class OverlapMap:
             hits = [ci for ci in range(first, last + 1) if ci in kinds]
         for ci in hits:
             k = kinds[ci]
-            if k != kind:
+            if k != kind and (kind, k) not in self.COMPATIBLE:
                 what = "guest data" if kind is None else kind
                 self.on_violation(f"Preventing invalid write on metadata (overlaps with {k}): "
                                   f"{what} write at {offset:#x}+{length:#x}")
+
+
+class _ReadKinds:
+    """A view of the cluster→kind map that hides ``l1_unused``."""
+    __slots__ = ("kinds",)
+
+    def __init__(self, kinds: dict[int, str]):
+        self.kinds = kinds
+
+    def get(self, ci: int) -> str | None:
+        k = self.kinds.get(ci)
+        if k is None or k == "l1_unused":
+            return None
+        return k.replace("+l1_unused", "").replace("l1_unused+", "")
