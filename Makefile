@@ -6,7 +6,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all venv guests demo test test-all bench crash-long clean linux-guest test-linux
+.PHONY: all venv guests demo test test-all bench crash-long clean linux-guest test-linux fuzz
 
 all: test
 
@@ -36,6 +36,10 @@ test-all: $(STAMP) guests
 # The large crash-consistency sweep (about 25 minutes on two cores).
 crash-long: $(STAMP) guests
 	$(VPY) -m pytest -q -m slow tests/test_crash_long.py
+
+# Random qcow2 metadata damage, many more examples than `make test` runs (docs/qcow2.md).
+fuzz: $(STAMP) guests
+	BLOCKBED_FUZZ_EXAMPLES=500 $(VPY) -m pytest -q tests/test_qcow2_fuzz.py
 
 # The Linux guest (docs/linux-guest.md): Debian kernel + busybox initramfs, built from
 # `apt-get download`ed packages into build/linux (cached).  Needs apt-get update once.
