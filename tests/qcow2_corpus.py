@@ -122,6 +122,28 @@ def build_base(qemu_img: str, qemu_io: str, path: Path) -> bytes:
     return data
 
 
+#: guest ranges written by the write property: normal, COW'd (snapshot), compressed,
+#: zero, partially written and unallocated clusters.
+WRITES = [(0, 4096), (64 << 10, 64 << 10), (1 << 20, 8192), (2 << 20, 4096),
+          ((3 << 20) + 8192, 4096), ((3 << 20) + (512 << 10), 65536)]
+#: then ranges freed: (kind, offset, length); afterwards they read as zeros (no backing)
+FREES = [("discard", 3 << 20, 64 << 10), ("zero-unmap", 64 << 10, 64 << 10),
+         ("zero", 2 << 20, 64 << 10)]
+
+def expected_after(done: list[int], freed: list[int]) -> dict:
+    """What each durable operation's range must read: a write's pattern unless a
+    later durable free covered it, and zeros for a durable free."""
+    out: dict = {}
+    for i in done:
+        off, n = WRITES[i]
+        if any(FREES[j][1] < off + n and off < FREES[j][1] + FREES[j][2] for j in freed):
+            continue
+        out[i] = bytes([0x70 + i]) * n
+    for j in freed:
+        out[f"f{j}"] = bytes(FREES[j][2])
+    return out
+
+
 @dataclass(frozen=True)
 class Damage:
     """Write ``width`` bytes (big endian) of ``value(layout)`` at ``where(layout)``.
@@ -225,6 +247,11 @@ KINDS: list[Damage] = [
     Damage("l2-to-refblock", L2_0, lambda l: COPIED | l.refblock0),
     Damage("l2-to-snapshot-l1", L2_0, lambda l: COPIED | l.snap_l1),
     Damage("l2-to-bitmap-dir", L2_0, lambda l: COPIED | l.bitmap_dir),
+    Damage("l2-to-bitmap-table", _l2e(1), lambda l: COPIED | l.bitmap_table),
+    # an unshared-looking entry (no COPIED) on another guest cluster's data: reads
+    # as QEMU reads it (nothing can tell), but a COW must not free the other's cluster
+    Damage("l2-uncopied-to-other-data", L2_0, lambda l: l.l2_entries[48] & OFF_MASK,
+           valid=True),
     Damage("l2-zero-alloc-unaligned", L2_0, lambda l: COPIED | 1 | (l.data0 + 4096)),
     Damage("l2-compressed-past-eof", L2_COMP,
            lambda l: COMPRESSED | (_comp(l) & ~((1 << COMP_BITS) - 1)) | _past_eof(l)),

@@ -21,11 +21,11 @@ import sys
 from blockbed.block import registry
 from blockbed.block.driver import BlockError
 from blockbed.cli import main as blockbed_main
+from qcow2_corpus import FREES, WRITES, expected_after
 
 READ_ONLY = [["info"], ["info", "--output=json"], ["check"], ["map", "--output=json"],
              ["snapshot", "-l"]]
-WRITES = [(0, 4096), (64 << 10, 64 << 10), (1 << 20, 8192), (2 << 20, 4096),
-          ((3 << 20) + 8192, 4096), ((3 << 20) + (512 << 10), 65536)]
+
 
 
 def _cli(argv: list[str]) -> int:
@@ -74,18 +74,30 @@ def read_write(path: str) -> dict:
                 res["durable"].append(i)
             except BlockError:
                 pass
+        res["freed"] = []
+        for j, (kind, off, n) in enumerate(FREES):
+            try:
+                if kind == "discard":
+                    node.discard(off, n)
+                else:
+                    node.write_zeroes(off, n, may_unmap=kind == "zero-unmap")
+                node.flush()
+                res["freed"].append(j)
+            except BlockError:
+                pass
     finally:
         with contextlib.suppress(BlockError):
             node.close()
-    if res["durable"]:
+    if res["durable"] or res["freed"]:
         node = registry.open_image(path, "qcow2", read_only=True)
         try:
-            for i in res["durable"]:
-                off, n = WRITES[i]
+            for i, want in expected_after(res["durable"], res["freed"]).items():
+                off, n = WRITES[i] if isinstance(i, int) else FREES[int(i[1:])][1:]
                 buf = bytearray(n)
                 node.read(off, memoryview(buf))
-                if buf != bytes([0x70 + i]) * n:
+                if buf != want:
                     res["readback_ok"] = False
+                    res["bad"] = str(i)
         finally:
             node.close()
     return res

@@ -23,18 +23,12 @@ from blockbed.block import registry
 from blockbed.block.driver import BlockError
 from blockbed.cli import main as blockbed_main
 from conftest import need_tool
-from qcow2_corpus import KINDS, build_base, make
+from qcow2_corpus import FREES, KINDS, WRITES, build_base, expected_after, make
 
 READ_ONLY_COMMANDS = [
     ["info"], ["info", "--output=json"], ["check"], ["check", "--output=json"],
     ["map"], ["map", "--output=json"], ["snapshot", "-l"], ["measure", "-O", "qcow2"],
 ]
-#: guest ranges written by the write property: normal, COW'd (snapshot), compressed,
-#: zero, partially written and unallocated clusters.
-WRITES = [(0, 4096), (64 << 10, 64 << 10), (1 << 20, 8192), (2 << 20, 4096),
-          ((3 << 20) + 8192, 4096), ((3 << 20) + (512 << 10), 65536)]
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     qemu_img, qemu_io = need_tool("qemu-img"), need_tool("qemu-io")
@@ -125,7 +119,7 @@ def test_writes_never_damage_further(tmp_path, capsys, base, dmg, qemu_img):
         node = registry.open_image(str(img), "qcow2")
     except BlockError:
         return          # refused to open read/write: nothing can be damaged
-    done = []
+    done, freed = [], []
     try:
         for i, (off, n) in enumerate(WRITES):
             # a write is durable once a flush after it succeeded (an error in between
@@ -134,6 +128,16 @@ def test_writes_never_damage_further(tmp_path, capsys, base, dmg, qemu_img):
                 node.write(off, bytes([0x70 + i]) * n)
                 node.flush()
                 done.append(i)
+            except BlockError:
+                pass
+        for j, (kind, off, n) in enumerate(FREES):
+            try:
+                if kind == "discard":
+                    node.discard(off, n)
+                else:
+                    node.write_zeroes(off, n, may_unmap=kind == "zero-unmap")
+                node.flush()
+                freed.append(j)
             except BlockError:
                 pass
     finally:
@@ -146,17 +150,18 @@ def test_writes_never_damage_further(tmp_path, capsys, base, dmg, qemu_img):
         assert worse_after is not None, "qemu-img can no longer open the image"
         assert worse_after <= worse_before, (
             f"qemu-img check: {worse_before} corruptions before the writes, {worse_after} after")
-    if not done:
+    if not done and not freed:
         return
     node = registry.open_image(str(img), "qcow2", read_only=True)
     try:
-        for i in done:
-            off, n = WRITES[i]
+        for i, want in expected_after(done, freed).items():
+            off, n = WRITES[i] if isinstance(i, int) else FREES[int(i[1:])][1:]
             buf = bytearray(n)
             node.read(off, memoryview(buf))
-            assert buf == bytes([0x70 + i]) * n, f"write {i} did not read back"
+            assert buf == want, f"{i}: did not read back"
     finally:
         node.close()
+
 
 
 def test_corpus_is_large_and_applies(base, tmp_path):

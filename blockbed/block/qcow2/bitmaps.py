@@ -230,7 +230,7 @@ class BitmapStore:
         raw = bytearray(e.table_size * 8)
         self.drv.file.read(e.table_offset, memoryview(raw))
         table = struct.unpack(f">{e.table_size}Q", raw)
-        self._check_not_metadata(e, e.table_offset, "table")
+        self._check_not_metadata(e, e.table_offset, "table", "bitmap_table")
         buf = bytearray(cs)
         flen = self.drv.file.length()
         for i, t in enumerate(table):
@@ -247,16 +247,18 @@ class BitmapStore:
                 raise ImageFormatError(f"Bitmap '{e.name}': bitmap table entry {i} is "
                                        "invalid")
             if off:
-                self._check_not_metadata(e, off, f"data cluster (table entry {i})")
+                self._check_not_metadata(e, off, f"data cluster (table entry {i})",
+                                         "bitmap_data")
+                self.drv.overlap.add(off, cs, "bitmap_data")
                 self.drv.file.read(off, memoryview(buf))
                 bits.load_chunk(i, cs, bytes(buf))
             elif t & BME_TABLE_ENTRY_ALL_ONES:
                 bits.load_chunk(i, cs, None)
         return bits
 
-    def _check_not_metadata(self, e: DirEntry, off: int, what: str) -> None:
+    def _check_not_metadata(self, e: DirEntry, off: int, what: str, own: str) -> None:
         kind = self.drv.overlap.kind_at(off)
-        if kind is not None:
+        if kind is not None and kind != own:
             raise ImageFormatError(f"Bitmap '{e.name}': its {what} at {off:#x} overlaps "
                                    f"with metadata ({kind})")
 
@@ -477,6 +479,7 @@ class BitmapStore:
                 off = drv.refcounts.alloc(1)
                 drv.overlap.check(off, cs, None)
                 drv.file.write(off, bits.chunk(i, cs))
+                drv.overlap.add(off, cs, "bitmap_data")
                 table[i] = off
         if not n:
             return 0, 0
@@ -484,6 +487,7 @@ class BitmapStore:
         toff = drv.refcounts.alloc(-(-len(raw) // cs))
         drv.overlap.check(toff, len(raw), None)
         drv.file.write(toff, raw)
+        drv.overlap.add(toff, len(raw), "bitmap_table")
         if trace.enabled:
             trace.emit("qcow2.bitmap_store", name=b.name, table_offset=toff, entries=n,
                        data_clusters=sum(1 for t in table if t > 1))
@@ -523,9 +527,11 @@ class BitmapStore:
         for t in struct.unpack(f">{e.table_size}Q", raw):
             off = t & BME_TABLE_ENTRY_OFFSET_MASK
             if off:
-                if off % cs or drv.overlap.kind_at(off) is not None:
+                if off % cs or drv.overlap.kind_at(off) not in (None, "bitmap_data"):
                     # never drop the refcount of a cluster that is not the bitmap's
                     drv.signal_corruption(f"Bitmap '{e.name}': refusing to free cluster "
                                           f"{off:#x} (unaligned or metadata)")
+                drv.overlap.remove(off, cs)
                 drv.refcounts.free(off, 1)                # QEMU: DISCARD_ALWAYS
+        drv.overlap.remove(e.table_offset, e.table_size * 8)
         drv.refcounts.free(e.table_offset, -(-(e.table_size * 8) // cs), discard=False)
