@@ -80,6 +80,7 @@ _LS_COUNT_MASK = _LS["count"][1]
 _LS_REG_SHIFT, _LS_REG_MASK = _LS["register"]
 _LS_DSA_REL, _LS_LOAD = S.flag(_LS, "dsa_relative"), S.flag(_LS, "load")
 _MM_COUNT_MASK = S.F.memory_move["count"][1]
+_WORDS = struct.Struct("<II")          # the two words of an instruction, as fetched
 
 
 def _sext24(v: int) -> int:
@@ -123,6 +124,9 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
             r[R.DCMD] = insn >> _DCMD_SHIFT
             struct.pack_into("<I", r, R.DSPS, arg)
             chip.dsp = dsp + 8
+            if trace.enabled:
+                from ... import trace_decode as d
+                trace.emit("lsi.insn", dsp=dsp, insn=d.lsi_insn(_WORDS.pack(insn, arg)))
             kind = insn >> _TYPE_SHIFT
             if kind == 0:
                 _block_move(chip, insn, arg)

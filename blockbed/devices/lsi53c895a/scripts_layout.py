@@ -162,9 +162,14 @@ def format_of(insn: int) -> tuple[str, Any]:
 
 
 def decode(raw: bytes) -> dict[str, Any]:
-    """An instruction (8 bytes, or 12 for a memory move) as named fields (trace, tests)."""
+    """An instruction (8 bytes, or 12 for a memory move) as named fields (trace, tests).
+    A memory move given only its first 8 bytes is decoded without its destination."""
     insn = int.from_bytes(raw[:4], "little")
     name, con = format_of(insn)
-    out = to_dict(con.parse(bytes(raw[:con.sizeof()]).ljust(con.sizeof(), b"\0")))
+    size = con.sizeof()
+    short = len(raw) < size
+    out = to_dict(con.parse(bytes(raw[:size]).ljust(size, b"\0")))
+    if short:
+        out.pop(con.subcons[-1].name, None)
     out["format"] = name
     return out
