@@ -7,7 +7,7 @@ space (BAR1); BAR2 is the 8 KiB on-chip SCRIPTS RAM.
 
 from __future__ import annotations
 
-from ..fastform import mask, offsets
+from ..fastform import bits, mask, offsets
 from . import layout as L
 
 # --- register offsets (from the declaration) ------------------------------------------
@@ -22,7 +22,7 @@ CTEST0, CTEST1, CTEST2, CTEST3 = _OFF["ctest0"], _OFF["ctest1"], _OFF["ctest2"],
 TEMP = _OFF["temp"]
 DFIFO, CTEST4, CTEST5, CTEST6 = _OFF["dfifo"], _OFF["ctest4"], _OFF["ctest5"], _OFF["ctest6"]
 DBC = _OFF["dbc_dcmd"]
-DCMD = DBC + mask(L.DbcDcmd, "dcmd").bit_length() // 8 - 1     # the dword's top byte
+DCMD = DBC + bits(L.DbcDcmd)["dcmd"][0] // 8          # the dword's top byte
 DNAD, DSP, DSPS, SCRATCHA = _OFF["dnad"], _OFF["dsp"], _OFF["dsps"], _OFF["scratcha"]
 DMODE, DIEN, SBR, DCNTL = _OFF["dmode"], _OFF["dien"], _OFF["sbr"], _OFF["dcntl"]
 ADDER = _OFF["adder"]

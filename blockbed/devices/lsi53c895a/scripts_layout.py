@@ -120,22 +120,10 @@ def flag(fmt: dict[str, tuple[int, int]], name: str) -> int:
     return m << shift
 
 
-def encode(fmt: dict[str, tuple[int, int]], **values: int) -> int:
-    """Build an instruction word from named field values (the assembler's encoder).
-    A value wider than its field is an error, not silently truncated."""
-    w = 0
-    for k, v in values.items():
-        shift, m = fmt[k]
-        v = int(v)
-        if v & ~m:
-            raise ValueError(f"{k}={v:#x} does not fit in {m.bit_length()} bits")
-        w |= v << shift
-    return w
-
-
 def pack(fmt: dict[str, tuple[int, int]], **values: int) -> int:
-    """Like :func:`encode`, but each value is cut to its field's width (two's complement
-    for a negative DSA offset or relative address), as an assembler does."""
+    """Build an instruction word from named field values (the assembler's encoder); each
+    value is cut to its field's width (two's complement for a negative DSA offset or
+    relative address), as an assembler does."""
     w = 0
     for k, v in values.items():
         shift, m = fmt[k]

@@ -279,7 +279,7 @@ def _zero(con) -> dict:
         inner = sc.subcon
         if hasattr(inner, "subcons") or hasattr(getattr(inner, "subcon", None), "subcons"):
             out[sc.name] = _zero(inner if hasattr(inner, "subcons") else inner.subcon)
-        elif type(inner).__name__ == "Bytes":
+        elif isinstance(inner, Bytes):
             out[sc.name] = bytes(inner.length)
         else:
             out[sc.name] = 0
