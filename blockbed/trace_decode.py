@@ -14,7 +14,6 @@ Only called under ``if trace.enabled:``.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from .devices.fastform import to_dict
@@ -30,15 +29,6 @@ ATA_COMMANDS = {0x20: "READ SECTORS", 0x24: "READ SECTORS EXT", 0x25: "READ DMA 
                 0x06: "DATA SET MANAGEMENT", 0xC8: "READ DMA", 0xCA: "WRITE DMA",
                 0xE7: "FLUSH CACHE", 0xEA: "FLUSH CACHE EXT", 0xEC: "IDENTIFY DEVICE",
                 0xEF: "SET FEATURES", 0x2F: "READ LOG EXT", 0x90: "EXECUTE DEVICE DIAGNOSTIC"}
-
-#: SCSI operation codes (SPC-4 / SBC-3)
-SCSI_OPCODES = {0x00: "TEST UNIT READY", 0x03: "REQUEST SENSE", 0x12: "INQUIRY",
-                0x1A: "MODE SENSE(6)", 0x25: "READ CAPACITY(10)", 0x28: "READ(10)",
-                0x2A: "WRITE(10)", 0x2F: "VERIFY(10)", 0x35: "SYNCHRONIZE CACHE(10)",
-                0x41: "WRITE SAME(10)", 0x42: "UNMAP", 0x5A: "MODE SENSE(10)",
-                0x88: "READ(16)", 0x8A: "WRITE(16)", 0x91: "SYNCHRONIZE CACHE(16)",
-                0x93: "WRITE SAME(16)", 0x9E: "SERVICE ACTION IN(16)", 0xA0: "REPORT LUNS"}
-
 
 def op_kind(name: str) -> str:
     """The common name of an operation across controllers: read, write, flush,
@@ -102,37 +92,6 @@ def ahci_command_header(dw0: int, prdbc: int, ctba: int) -> dict[str, Any]:
             "prefetch": bool(dw0 & 0x80), "prdtl": dw0 >> 16, "prdbc": prdbc, "ctba": ctba}
 
 
-def scsi_cdb(cdb: bytes) -> dict[str, Any]:
-    """A SCSI CDB (SBC-3 §5): operation, and LBA / transfer length / FUA for the
-    READ, WRITE, VERIFY and SYNCHRONIZE CACHE families."""
-    op = cdb[0]
-    out: dict[str, Any] = {"opcode": SCSI_OPCODES.get(op, f"{op:#04x}"), "opcode_code": op}
-    group = op >> 5
-    if group in (1, 2) and len(cdb) >= 10:        # 10-byte CDBs
-        out["lba"] = struct.unpack_from(">I", cdb, 2)[0]
-        out["blocks"] = struct.unpack_from(">H", cdb, 7)[0]
-    elif group == 4 and len(cdb) >= 16:           # 16-byte CDBs
-        out["lba"] = struct.unpack_from(">Q", cdb, 2)[0]
-        out["blocks"] = struct.unpack_from(">I", cdb, 10)[0]
-    if op in (0x28, 0x2A, 0x88, 0x8A, 0x2F):
-        out["fua"] = bool(cdb[1] & 0x08)
-    return out
-
-
-#: LSI53C895A operating registers by offset (LSI 53C895A TRM §5)
-LSI_REGISTERS = {0x00: "SCNTL0", 0x01: "SCNTL1", 0x02: "SCNTL2", 0x03: "SCNTL3", 0x04: "SCID",
-                 0x0C: "DSTAT", 0x0D: "SSTAT0", 0x0E: "SSTAT1", 0x0F: "SSTAT2",
-                 0x10: "DSA", 0x14: "ISTAT", 0x2C: "DSP", 0x30: "DSPS", 0x38: "DMODE",
-                 0x39: "DIEN", 0x3B: "DCNTL", 0x40: "SIEN0", 0x41: "SIEN1",
-                 0x42: "SIST0", 0x43: "SIST1"}
-
-
-def lsi_register(offset: int) -> str:
-    """The name of an LSI register byte (the aligned dword's name plus a byte suffix)."""
-    name = LSI_REGISTERS.get(offset)
-    if name is not None:
-        return name
-    base = offset & ~3
-    if base in LSI_REGISTERS and LSI_REGISTERS[base] in ("DSA", "DSP", "DSPS"):
-        return f"{LSI_REGISTERS[base]}+{offset - base}"
-    return f"{offset:#04x}"
+# SCSI CDBs, LSI registers and SCRIPTS instructions: parsed with their declarations.
+from .trace_decode_scsi import (LSI_REGISTERS, SCSI_OPCODES, lsi_insn, lsi_register,  # noqa: E402,F401
+                                lsi_register_value, scsi_cdb)

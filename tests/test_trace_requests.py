@@ -131,7 +131,10 @@ def test_decoders():
     assert f["command"] == "WRITE FPDMA QUEUED" and f["lba"] == 0x78123456 and f["features"] == 8
     assert f["c"] is True and f["device"] == 0x40
     cdb = struct.pack(">BBIBHB", 0x2A, 0x08, 2048, 0, 8, 0)
-    assert d.scsi_cdb(cdb) == {"opcode": "WRITE(10)", "opcode_code": 0x2A, "lba": 2048, "blocks": 8, "fua": True}
+    w10 = d.scsi_cdb(cdb)
+    assert {k: v for k, v in w10.items() if k != "fields"} == \
+        {"opcode": "WRITE(10)", "opcode_code": 0x2A, "lba": 2048, "blocks": 8, "fua": True}
+    assert w10["fields"]["flags"]["fua"] is True and w10["fields"]["transfer_length"] == 8
     cdb16 = struct.pack(">BBQIBB", 0x8A, 0, 1 << 33, 16, 0, 0)
     assert d.scsi_cdb(cdb16)["lba"] == 1 << 33 and d.scsi_cdb(cdb16)["blocks"] == 16
     assert d.virtio_blk_header(struct.pack("<IIQ", 1, 0, 7)) == {"type": "OUT", "reserved": 0, "sector": 7}

@@ -26,7 +26,7 @@ from construct import (Array, BitsInteger, Bytes, Construct, Container, Enum, En
                        Flag, FlagsEnum, FormatField, ListContainer, Padded, Pass, Renamed, Struct,
                        BitStruct, ByteSwapped)
 
-__all__ = ["le_bits", "fast", "struct_format", "offsets", "bits", "mask", "to_dict"]
+__all__ = ["le_bits", "be_bits", "fast", "struct_format", "offsets", "bits", "mask", "to_dict"]
 
 
 def le_bits(*fields: Any) -> Construct:
@@ -37,6 +37,14 @@ def le_bits(*fields: Any) -> Construct:
     inner = BitStruct(*fields)
     con = ByteSwapped(inner)
     con._bb_bits = inner          # the BitStruct, for bits()
+    return con
+
+
+def be_bits(*fields: Any) -> Construct:
+    """A big-endian bit-field group (SCSI CDBs and pages), fields listed MSB first;
+    ``fast(..., big=True)`` reads it as one big-endian integer."""
+    con = BitStruct(*fields)
+    con._bb_bits = con
     return con
 
 
@@ -53,14 +61,14 @@ def _int_code(n: int) -> str:
         raise TypeError(f"no integer struct code for {n} bytes") from None
 
 
-def _fmt(sc: Construct) -> str:
+def _fmt(sc: Construct, big: bool = False) -> str:
     sc = _unwrap(sc)
     if isinstance(sc, FormatField):
-        if sc.fmtstr[0] not in "<=" and sc.fmtstr[1:] not in ("B", "b"):
-            raise TypeError(f"{sc.fmtstr!r}: guest layouts here are little-endian")
+        if sc.fmtstr[0] not in (">" if big else "<=") and sc.fmtstr[1:] not in ("B", "b"):
+            raise TypeError(f"{sc.fmtstr!r}: this layout is {'big' if big else 'little'}-endian")
         return sc.fmtstr[1:]
     if isinstance(sc, (Enum, FlagsEnum)):
-        return _fmt(sc.subcon)
+        return _fmt(sc.subcon, big)
     if getattr(sc, "_bb_bits", None) is not None:
         return _int_code(sc.sizeof())
     if isinstance(sc, Padded) and isinstance(sc.subcon, type(Pass)):
@@ -68,22 +76,22 @@ def _fmt(sc: Construct) -> str:
     if isinstance(sc, Bytes) and isinstance(sc.length, int):
         return f"{sc.length}s"
     if isinstance(sc, Array) and isinstance(sc.count, int):
-        return _fmt(sc.subcon) * sc.count
+        return _fmt(sc.subcon, big) * sc.count
     if isinstance(sc, Struct):
-        return "".join(_fmt(s) for s in sc.subcons)
+        return "".join(_fmt(s, big) for s in sc.subcons)
     raise TypeError(f"no fast form for {sc!r}")
 
 
-def struct_format(con: Construct) -> str:
-    """The :mod:`struct` format (little-endian) equivalent of a fixed-size
-    declaration, nested structs flattened in order; padding is skipped."""
-    return "<" + _fmt(con)
+def struct_format(con: Construct, big: bool = False) -> str:
+    """The :mod:`struct` format (little-endian, or big-endian with ``big``) equivalent
+    of a fixed-size declaration, nested structs flattened in order; padding is skipped."""
+    return (">" if big else "<") + _fmt(con, big)
 
 
-def fast(con: Construct) -> struct.Struct:
+def fast(con: Construct, big: bool = False) -> struct.Struct:
     """A precompiled :class:`struct.Struct` for ``con``; checked against the
     declaration's own size so the two cannot drift."""
-    s = struct.Struct(struct_format(con))
+    s = struct.Struct(struct_format(con, big))
     if s.size != con.sizeof():
         raise AssertionError(f"fast form {s.format} is {s.size} bytes, declaration {con.sizeof()}")
     return s

@@ -127,7 +127,7 @@ class ScsiBus:
         r = self.r
         r[R.SDID] = target
         r[R.SSTAT0] |= R.SSTAT0_WOA
-        if target == (r[R.SCID] & 0x0F) or target not in self.targets:
+        if target == (r[R.SCID] & R.SCID_ENC) or target not in self.targets:
             if trace.enabled:
                 trace.emit("lsi.select_timeout", target=target)
             self.scsi_interrupt(sist1=R.SIST1_STO)

@@ -118,7 +118,7 @@ class LSI53C895A(ScsiBus, PCIDevice):
 
     @property
     def dbc(self) -> int:
-        return self.get32(R.DBC) & 0xFFFFFF
+        return self.get32(R.DBC) & R.DBC_MASK
 
     @dbc.setter
     def dbc(self, v: int) -> None:
@@ -223,7 +223,7 @@ class LSI53C895A(ScsiBus, PCIDevice):
                 v |= R.CTEST2_SIGP
             return v
         if off == R.SSTAT2:
-            return 0 if self.bus.connected else 0x02
+            return 0 if self.bus.connected else R.SSTAT2_LDSC
         if off == R.SBDL:
             return self.bus.msgin[0] if self.bus.phase == Phase.MSG_IN and self.bus.msgin else 0
         if off == R.CTEST0:
@@ -246,7 +246,7 @@ class LSI53C895A(ScsiBus, PCIDevice):
                 r[R.SSTAT0] &= ~R.SSTAT0_RST
             return
         if off == R.SDID:
-            r[off] = val & 0x0F
+            r[off] = val & R.SDID_ENC
             return
         if off == R.ISTAT0:
             r[off] = (r[off] & 0x0F) | (val & 0xF0)
@@ -265,10 +265,10 @@ class LSI53C895A(ScsiBus, PCIDevice):
                 self.run()
             return
         if off == R.CTEST2:
-            r[off] = val & 0x08
+            r[off] = val & R.CTEST2_PCICIE
             return
         if off == R.CTEST3:
-            r[off] = val & 0x0F
+            r[off] = val & R.CTEST3_WRITABLE
             return
         if off == R.DCNTL:
             r[off] = val & ~(R.DCNTL_PFF | R.DCNTL_STD)
@@ -281,7 +281,7 @@ class LSI53C895A(ScsiBus, PCIDevice):
                 self.start()
         elif off in (R.DIEN, R.SIEN0, R.SIEN1):
             self._update_irq()
-        elif off == R.STIME1 and val & 0x0F:
+        elif off == R.STIME1 and val & R.STIME1_GEN:
             self.scsi_interrupt(sist1=R.SIST1_GEN)  # general purpose timer: expires at once
 
     # --- SCRIPTS start ------------------------------------------------------------------------

@@ -2,25 +2,10 @@
 
 Every instruction is two 32-bit words (memory move: three) fetched from DSP,
 which points into guest RAM or the on-chip SCRIPTS RAM.  The top two bits
-of the first word pick the type:
-
-====  =====================================================================
-00    block move: bits 29 indirect, 28 table indirect, 27 MOVE/CHMOV,
-      26:24 phase, 23:0 byte count; word 2 the address (or, table
-      indirect, a signed 24-bit offset from DSA of a {count, address} pair)
-01    I/O (bits 29:27 = 0 select, 1 wait disconnect, 2 wait reselect,
-      3 set, 4 clear; bit 26 relative alternate address, 25 table
-      indirect ID, 24 select with ATN, 19:16 ID, 10 carry, 6 ACK, 3 ATN)
-      or register read-modify-write (29:27 = 5 SFBR→reg, 6 reg→SFBR,
-      7 reg→reg; 26:24 operator; 23 use SFBR; 22:16 + bit 7 register;
-      15:8 immediate)
-10    transfer control (29:27 = 0 jump, 1 call, 2 return, 3 interrupt;
-      26:24 phase; 23 relative; 21 compare carry; 20 interrupt on the
-      fly; 19 jump if true; 18 compare data; 17 compare phase;
-      15:8 mask of bits to ignore; 7:0 data)
-110   memory move (23:0 count; word 2 source, word 3 destination)
-111   load/store (28 DSA relative; 24 load; 23:16 register; 2:0 count)
-====  =====================================================================
+of the first word pick the type: block move, I/O or read/write register,
+transfer control, memory move or load/store.  The formats are declared in
+:mod:`.scripts_layout`; the shifts and masks used here are derived from
+those declarations at import (no bit position is written in this module).
 
 Guards against hostile scripts, each ending in a guest-visible interrupt:
 an instruction budget per run (an all-zero "empty opcode" loop or any
@@ -38,6 +23,7 @@ from typing import TYPE_CHECKING
 from ... import trace
 from ...machine.memory import DMAError
 from . import regs as R
+from . import scripts_layout as S
 from .bus import Stall
 from .regs import Phase
 
@@ -46,10 +32,61 @@ if TYPE_CHECKING:
 
 MAX_MEMORY_MOVE = 1 << 24
 
+# --- fields, derived from the declarations (scripts_layout) ---------------------------------
+_BM, _IO, _IOT, _RWF, _TC = S.F.block_move, S.F.io, S.F.io_table, S.F.rw, S.F.tc
+_TYPE_SHIFT = _BM["type"][0]
+_TYPE3_SHIFT = S.F.memory_move["type"][0]
+_DCMD_SHIFT = S.bits(R.L.DbcDcmd)["dcmd"][0]
+_BM_INDIRECT, _BM_TABLE = S.flag(_BM, "indirect"), S.flag(_BM, "table_indirect")
+_PHASE_SHIFT, _PHASE_MASK = _BM["phase"]
+_COUNT_MASK = _BM["count"][1]
+_ENTRY_COUNT_MASK = S.F.entry_count["byte_count"][1]
+_ENTRY = S.BLOCK_MOVE_ENTRY
+_OFFSET_BITS = _IOT["table_offset"][1].bit_length()        # signed DSA / relative offsets
+_OFFSET_MASK, _OFFSET_SIGN = (1 << _OFFSET_BITS) - 1, 1 << (_OFFSET_BITS - 1)
+_OP_SHIFT, _OP_MASK = _IO["opcode"]
+_IO_REL, _IO_TABLE, _IO_SELATN = (S.flag(_IO, n) for n in ("relative", "table_indirect",
+                                                           "select_atn"))
+_IO_CARRY, _IO_ACK, _IO_ATN = (S.flag(_IO, n) for n in ("carry", "ack", "atn"))
+_ID_SHIFT, _ID_MASK = S.F.select_entry["target_id"]
+_SXFER_SHIFT, _SXFER_MASK = S.F.select_entry["sxfer"]
+_SCNTL3_SHIFT, _SCNTL3_MASK = S.F.select_entry["scntl3"]
+assert (_ID_SHIFT, _ID_MASK) == _IO["target_id"]       # the entry and the word agree (§6.3)
+_IO_OP = S.IoOpcode.encmapping
+_SELECT, _WAIT_DISC, _WAIT_RESEL, _SET = (_IO_OP[n] for n in ("SELECT", "WAIT_DISCONNECT",
+                                                              "WAIT_RESELECT", "SET"))
+_RW_OP = S.RwOpcode.encmapping
+_RW_FIRST = min(_RW_OP.values())
+_SFBR_TO_REG, _REG_TO_SFBR = _RW_OP["SFBR_TO_REG"], _RW_OP["REG_TO_SFBR"]
+_OPER_SHIFT, _OPER_MASK = _RWF["operator"]
+_RW_USE_SFBR = S.flag(_RWF, "use_sfbr")
+_REG_SHIFT, _REG_MASK = _RWF["reg_low"]
+_REG_A7 = S.flag(_RWF, "reg_a7")
+_IMM_SHIFT, _IMM_MASK = _RWF["immediate"]
+_OPER = S.Operator.encmapping
+_MOV, _SHL, _OR, _XOR, _AND, _SHR, _ADD = (_OPER[n] for n in ("MOV", "SHL", "OR", "XOR", "AND",
+                                                             "SHR", "ADD"))
+_TC_OP = S.TcOpcode.encmapping
+_JUMP, _CALL, _RETURN, _INT = (_TC_OP[n] for n in ("JUMP", "CALL", "RETURN", "INT"))
+_TC_CONDITIONS = S.flag(_TC, "carry_test") | S.flag(_TC, "compare_data") \
+    | S.flag(_TC, "compare_phase")
+_TC_IF_TRUE, _TC_CARRY = S.flag(_TC, "if_true"), S.flag(_TC, "carry_test")
+_TC_CMP_PHASE, _TC_CMP_DATA = S.flag(_TC, "compare_phase"), S.flag(_TC, "compare_data")
+_TC_REL, _TC_FLY = S.flag(_TC, "relative"), S.flag(_TC, "int_fly")
+_TC_MASK_SHIFT, _TC_BYTE = _TC["mask"]
+_TC_DATA_SHIFT = _TC["data"][0]
+_LS = S.F.load_store
+_LS_COUNT_MASK = _LS["count"][1]
+_LS_REG_SHIFT, _LS_REG_MASK = _LS["register"]
+_LS_DSA_REL, _LS_LOAD = S.flag(_LS, "dsa_relative"), S.flag(_LS, "load")
+_MM_COUNT_MASK = S.F.memory_move["count"][1]
+_WORDS = struct.Struct("<II")          # the two words of an instruction, as fetched
+
 
 def _sext24(v: int) -> int:
-    v &= 0xFFFFFF
-    return v - (1 << 24) if v & 0x800000 else v
+    """A signed table / relative offset (bits 23:0 of the word, §6.2.1, §6.5)."""
+    v &= _OFFSET_MASK
+    return v - (_OFFSET_MASK + 1) if v & _OFFSET_SIGN else v
 
 
 class _Halt(Exception):
@@ -84,20 +121,23 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
                 continue
             if arg is None:
                 arg = chip.read32(dsp + 4)
-            r[R.DCMD] = insn >> 24
+            r[R.DCMD] = insn >> _DCMD_SHIFT
             struct.pack_into("<I", r, R.DSPS, arg)
             chip.dsp = dsp + 8
-            kind = insn >> 30
+            if trace.enabled:
+                from ... import trace_decode as d
+                trace.emit("lsi.insn", dsp=dsp, insn=d.lsi_insn(_WORDS.pack(insn, arg)))
+            kind = insn >> _TYPE_SHIFT
             if kind == 0:
                 _block_move(chip, insn, arg)
             elif kind == 1:
-                if (insn >> 27) & 7 < 5:
+                if (insn >> _OP_SHIFT) & _OP_MASK < _RW_FIRST:
                     _io(chip, insn, arg)
                 else:
                     _rw_register(chip, insn)
             elif kind == 2:
                 _transfer_control(chip, insn, arg)
-            elif insn & (1 << 29) == 0:
+            elif insn >> _TYPE3_SHIFT == S.MEMORY_MOVE:
                 _memory_move(chip, insn, arg)
             else:
                 _load_store(chip, insn, arg)
@@ -128,15 +168,15 @@ def _illegal(chip: "LSI53C895A") -> None:
 # --- block move ----------------------------------------------------------------------------
 def _block_move(chip: "LSI53C895A", insn: int, arg: int) -> None:
     r = chip.r
-    count = insn & 0xFFFFFF
+    count = insn & _COUNT_MASK
     addr = arg
-    if insn & (1 << 29):                      # indirect: word 2 points at the address
+    if insn & _BM_INDIRECT:                   # indirect: word 2 points at the address
         addr = chip.read32(arg)
-    elif insn & (1 << 28):                    # table indirect: {count, address} at DSA + offset
-        entry = chip.mem_read((chip.get32(R.DSA) + _sext24(arg)) & 0xFFFFFFFF, 8)
-        count, addr = struct.unpack("<II", entry)
-        count &= 0xFFFFFF
-    phase = (insn >> 24) & 7
+    elif insn & _BM_TABLE:                    # table indirect: {count, address} at DSA + offset
+        entry = chip.mem_read((chip.get32(R.DSA) + _sext24(arg)) & 0xFFFFFFFF, _ENTRY.size)
+        count, addr = _ENTRY.unpack(entry)
+        count &= _ENTRY_COUNT_MASK
+    phase = (insn >> _PHASE_SHIFT) & _PHASE_MASK
     chip.dbc = count
     chip.set32(R.DNAD, addr)
     if count == 0:
@@ -215,80 +255,80 @@ def _data(chip: "LSI53C895A", addr: int, count: int, data_in: bool) -> None:
 
 # --- I/O -------------------------------------------------------------------------------------
 def _io(chip: "LSI53C895A", insn: int, arg: int) -> None:
-    op = (insn >> 27) & 7
+    op = (insn >> _OP_SHIFT) & _OP_MASK
     ident = insn
-    if insn & (1 << 25):                      # table indirect: ID/SXFER/SCNTL3 from DSA + offset
+    if insn & _IO_TABLE:                      # table indirect: ID/SXFER/SCNTL3 from DSA + offset
         ident = chip.read32((chip.get32(R.DSA) + _sext24(insn)) & 0xFFFFFFFF)
-    target = (ident >> 16) & 0x0F
+    target = (ident >> _ID_SHIFT) & _ID_MASK
     alt = arg
-    if insn & (1 << 26):
+    if insn & _IO_REL:
         alt = (chip.dsp + _sext24(arg)) & 0xFFFFFFFF
     chip.set32(R.DNAD, alt)
-    if op == 0:                               # SELECT [ATN]
+    if op == _SELECT:                         # SELECT [ATN]
         if chip.bus.connected:
             chip.dsp = alt                    # reselected (or still connected): alternate path
             return
-        if insn & (1 << 25):
-            chip.r[R.SXFER] = (ident >> 8) & 0xFF
-            chip.r[R.SCNTL3] = (ident >> 24) & 0xFF
-        if not chip.select(target, bool(insn & (1 << 24))):
+        if insn & _IO_TABLE:
+            chip.r[R.SXFER] = (ident >> _SXFER_SHIFT) & _SXFER_MASK
+            chip.r[R.SCNTL3] = (ident >> _SCNTL3_SHIFT) & _SCNTL3_MASK
+        if not chip.select(target, bool(insn & _IO_SELATN)):
             raise _Halt
-    elif op == 1:                             # WAIT DISCONNECT
+    elif op == _WAIT_DISC:                    # WAIT DISCONNECT
         chip.wait_disconnect()
         if not chip.running:
             raise _Halt
-    elif op == 2:                             # WAIT RESELECT
+    elif op == _WAIT_RESEL:                   # WAIT RESELECT
         chip.wait_reselect(alt)
-    elif op == 3:                             # SET
-        if insn & (1 << 3):
+    elif op == _SET:                          # SET
+        if insn & _IO_ATN:
             chip.set_atn()
-        if insn & (1 << 6):
+        if insn & _IO_ACK:
             chip.r[R.SBCL] |= R.SBCL_ACK
-        if insn & (1 << 10):
+        if insn & _IO_CARRY:
             chip.carry = 1
     else:                                     # CLEAR
-        if insn & (1 << 3):
+        if insn & _IO_ATN:
             chip.r[R.SOCL] &= ~R.SOCL_ATN
             chip.r[R.SBCL] &= ~R.SBCL_ATN
-        if insn & (1 << 6):
+        if insn & _IO_ACK:
             chip.r[R.SBCL] &= ~R.SBCL_ACK
-        if insn & (1 << 10):
+        if insn & _IO_CARRY:
             chip.carry = 0
 
 
 def _rw_register(chip: "LSI53C895A", insn: int) -> None:
-    op = (insn >> 27) & 7
-    operator = (insn >> 24) & 7
-    reg = ((insn >> 16) & 0x7F) | (insn & 0x80)
-    imm = (insn >> 8) & 0xFF
+    op = (insn >> _OP_SHIFT) & _OP_MASK
+    operator = (insn >> _OPER_SHIFT) & _OPER_MASK
+    reg = ((insn >> _REG_SHIFT) & _REG_MASK) | (insn & _REG_A7)   # A7 sits at bit 7 (§6.4)
+    imm = (insn >> _IMM_SHIFT) & _IMM_MASK
     r = chip.r
-    if op == 5:                               # MOVE SFBR <op> data TO reg
+    if op == _SFBR_TO_REG:                    # MOVE SFBR <op> data TO reg
         a, b = r[R.SFBR], imm
-    elif op == 6:                             # MOVE reg <op> data TO SFBR
-        a, b = (chip.reg_read(reg) if operator else 0), imm
+    elif op == _REG_TO_SFBR:                  # MOVE reg <op> data TO SFBR
+        a, b = (chip.reg_read(reg) if operator != _MOV else 0), imm
     else:                                     # MOVE reg <op> data|SFBR TO reg
-        a = chip.reg_read(reg) if operator else 0
-        b = r[R.SFBR] if insn & (1 << 23) else imm
+        a = chip.reg_read(reg) if operator != _MOV else 0
+        b = r[R.SFBR] if insn & _RW_USE_SFBR else imm
     c = chip.carry
-    if operator == 0:
+    if operator == _MOV:
         v = b
-    elif operator == 1:                       # SHL through carry
+    elif operator == _SHL:                    # SHL through carry
         v, chip.carry = ((a << 1) | c) & 0xFF, a >> 7
-    elif operator == 2:
+    elif operator == _OR:
         v = a | b
-    elif operator == 3:
+    elif operator == _XOR:
         v = a ^ b
-    elif operator == 4:
+    elif operator == _AND:
         v = a & b
-    elif operator == 5:                       # SHR through carry
+    elif operator == _SHR:                    # SHR through carry
         v, chip.carry = (a >> 1) | (c << 7), a & 1
-    elif operator == 6:                       # ADD
+    elif operator == _ADD:                    # ADD
         s = a + b
         v, chip.carry = s & 0xFF, s >> 8
     else:                                     # ADC
         s = a + b + c
         v, chip.carry = s & 0xFF, s >> 8
-    if op == 6:
+    if op == _REG_TO_SFBR:
         r[R.SFBR] = v
     else:
         chip.reg_write(reg, v) if reg != R.SFBR else r.__setitem__(R.SFBR, v)
@@ -296,37 +336,38 @@ def _rw_register(chip: "LSI53C895A", insn: int) -> None:
 
 # --- transfer control -------------------------------------------------------------------------
 def _transfer_control(chip: "LSI53C895A", insn: int, arg: int) -> None:
-    op = (insn >> 27) & 7
-    if op > 3:
+    op = (insn >> _OP_SHIFT) & _OP_MASK
+    if op > _INT:
         _illegal(chip)
-    if insn & 0x002E0000 == 0:                # no condition and "jump if false": never taken
+    if insn & (_TC_CONDITIONS | _TC_IF_TRUE) == 0:   # no condition and "jump if false": never
         return
-    jmp = bool(insn & (1 << 19))
+    jmp = bool(insn & _TC_IF_TRUE)
     cond = jmp
     r = chip.r
-    if cond == jmp and insn & (1 << 21):
+    if cond == jmp and insn & _TC_CARRY:
         cond = bool(chip.carry)
-    if cond == jmp and insn & (1 << 17):
-        cond = chip.bus.phase == (insn >> 24) & 7 if chip.bus.connected else \
-            (r[R.SSTAT1] & R.PHASE_MASK) == (insn >> 24) & 7
-    if cond == jmp and insn & (1 << 18):
-        mask = (~insn >> 8) & 0xFF
-        cond = (r[R.SFBR] & mask) == (insn & mask)
+    if cond == jmp and insn & _TC_CMP_PHASE:
+        want = (insn >> _PHASE_SHIFT) & _PHASE_MASK
+        cond = chip.bus.phase == want if chip.bus.connected else \
+            (r[R.SSTAT1] & R.PHASE_MASK) == want
+    if cond == jmp and insn & _TC_CMP_DATA:
+        mask = (~insn >> _TC_MASK_SHIFT) & _TC_BYTE
+        cond = (r[R.SFBR] & mask) == ((insn >> _TC_DATA_SHIFT) & mask)
     if cond != jmp:
         return
     addr = arg
-    if insn & (1 << 23):
+    if insn & _TC_REL:
         addr = (chip.dsp + _sext24(arg)) & 0xFFFFFFFF
-    if op == 0:                               # JUMP
+    if op == _JUMP:                           # JUMP
         chip.set32(R.ADDER, addr)
         chip.dsp = addr
-    elif op == 1:                             # CALL
+    elif op == _CALL:                         # CALL
         chip.set32(R.TEMP, chip.dsp)
         chip.dsp = addr
-    elif op == 2:                             # RETURN
+    elif op == _RETURN:                       # RETURN
         chip.dsp = chip.get32(R.TEMP)
     else:                                     # INT / INTFLY
-        if insn & (1 << 20):
+        if insn & _TC_FLY:
             r[R.ISTAT0] |= R.ISTAT0_INTF
             chip._update_irq()
         else:
@@ -339,7 +380,7 @@ def _memory_move(chip: "LSI53C895A", insn: int, src: int) -> None:
     dsp = chip.dsp
     dst = chip.read32(dsp)
     chip.dsp = dsp + 4
-    count = insn & 0xFFFFFF
+    count = insn & _MM_COUNT_MASK
     chip.set32(R.TEMP + 0, chip.get32(R.TEMP))   # TEMP is preserved (drivers rely on it)
     pos = 0
     while pos < count and chip.running:
@@ -352,14 +393,14 @@ def _memory_move(chip: "LSI53C895A", insn: int, src: int) -> None:
 
 
 def _load_store(chip: "LSI53C895A", insn: int, arg: int) -> None:
-    n = insn & 7
+    n = insn & _LS_COUNT_MASK
     if n == 0 or n > 4:
         _illegal(chip)
-    reg = (insn >> 16) & 0xFF
+    reg = (insn >> _LS_REG_SHIFT) & _LS_REG_MASK
     addr = arg
-    if insn & (1 << 28):
+    if insn & _LS_DSA_REL:
         addr = (chip.get32(R.DSA) + _sext24(arg)) & 0xFFFFFFFF
-    if insn & (1 << 24):                      # LOAD
+    if insn & _LS_LOAD:                       # LOAD
         data = chip.mem_read(addr, n)
         for i in range(n):
             chip.reg_write((reg + i) & 0xFF, data[i]) if (reg + i) & 0xFF != R.SFBR \

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
-import struct
 from typing import Callable
 
 from ... import trace
 from ...block.backend import OK, STOPPED
+from . import cdb as C
 from . import pages
 from .cdb import RW, allocation_length, cdb_length, parameter_list_length, rw_fields
 from .constants import (CAPACITY_CHANGED, INVALID_FIELD, INVALID_OPCODE, INVALID_PARAM,
@@ -52,6 +52,28 @@ __all__ = ["ScsiDisk", "ScsiRequest", "Direction", "DiskIdentity", "BLOCK_SIZE"]
 
 _UA_EXEMPT = {Op.INQUIRY, Op.REPORT_LUNS, Op.REQUEST_SENSE}
 _WRITE_CHUNK = 1 << 20
+
+# Flag masks and field offsets, from the CDB and parameter-list declarations (cdb.py).
+_B1 = C.offsets(C.Rw10)["flags"]             # byte 1: every CDB's flags byte here
+assert all(C.offsets(c).get("flags", _B1) == _B1 for c in (C.Inquiry, C.RequestSense, C.Unmap,
+                                                          C.FormatUnit, C.ModeSelect6))
+_DESC = C.flag_bits(C.RequestSense.subcons[1].subcon)["desc"]
+_INQ = C.flag_bits(C.Inquiry.subcons[1].subcon)
+_INQ_PAGE = C.offsets(C.Inquiry)["page_code"]
+_RL_SELECT = C.offsets(C.ReportLuns)["select_report"]
+_RL_MIN_ALLOC = C.ReportLunsHeader.sizeof() + C.Lun.sizeof()     # SPC-4 §6.33: at least one LUN
+_SAI = C.ServiceActionIn16.subcons[1].subcon
+_SAI_MASK = C.flag_bits(_SAI)["service_action"]
+_SAI_OFF = C.offsets(C.ServiceActionIn16)["action"]
+_BYTCHK_SHIFT, _BYTCHK_W = C.bits(C.VerifyFlags)["bytchk"]
+_FMTDATA = C.flag_bits(C.FormatUnit.subcons[1].subcon)["fmtdata"]
+_WS = C.flag_bits(C.WriteSameFlags)
+_UNMAP_ANCHOR = C.flag_bits(C.Unmap.subcons[1].subcon)["anchor"]
+_UNMAP_HDR = C.fast(C.UnmapHeader, big=True)
+_UNMAP_DESC = C.fast(C.UnmapDescriptor, big=True)
+_MS_DBD = C.flag_bits(C.ModeSense6.subcons[1].subcon)["dbd"]
+assert _MS_DBD == C.flag_bits(C.ModeSense10.subcons[1].subcon)["dbd"]
+_MSEL = C.flag_bits(C.ModeSelectFlags)
 
 
 class Direction(enum.Enum):
@@ -288,7 +310,7 @@ class ScsiDisk:
         elif op == Op.REPORT_LUNS:
             self._report_luns(req, cdb)
         elif op == Op.REQUEST_SENSE:
-            req.data_in(fixed_sense(LUN_NOT_SUPPORTED)[:cdb[4]])
+            req.data_in(fixed_sense(LUN_NOT_SUPPORTED)[:allocation_length(cdb)])
         else:
             req.check(LUN_NOT_SUPPORTED)
         return req
@@ -298,7 +320,7 @@ class ScsiDisk:
         req.good()
 
     def _request_sense(self, req: ScsiRequest, cdb: bytes) -> None:
-        if cdb[1] & 0x01:            # DESC: descriptor format not offered
+        if cdb[_B1] & _DESC:           # DESC: descriptor format not offered
             req.check(INVALID_FIELD)
             return
         if self.unit_attention is not None:
@@ -309,49 +331,53 @@ class ScsiDisk:
         else:
             sense = fixed_sense(NO_SENSE)
         self._current_sense = None
-        req.data_in(sense[:cdb[4]])
+        req.data_in(sense[:allocation_length(cdb)])
 
     def _inquiry(self, req: ScsiRequest, cdb: bytes) -> None:
         alloc = allocation_length(cdb)
-        if cdb[1] & 0x02 or cdb[1] & 0xFC:   # CMDDT (obsolete) or reserved bits
+        if cdb[_B1] & (_INQ["cmddt"] | _INQ["reserved"]):   # CMDDT (obsolete) or reserved bits
             req.check(INVALID_FIELD)
             return
-        if cdb[1] & 0x01:
-            page = pages.vpd_page(self.ident, cdb[2], self.capacity, True)
+        if cdb[_B1] & _INQ["evpd"]:
+            page = pages.vpd_page(self.ident, cdb[_INQ_PAGE], self.capacity, True)
             if page is None:
                 req.check(INVALID_FIELD)
                 return
             req.data_in(page[:alloc])
-        elif cdb[2] != 0:
+        elif cdb[_INQ_PAGE] != 0:
             req.check(INVALID_FIELD)
         else:
             req.data_in(pages.standard_inquiry(self.ident, alloc))
 
     def _report_luns(self, req: ScsiRequest, cdb: bytes) -> None:
         alloc = allocation_length(cdb)
-        if cdb[2] > 2 or alloc < 16:          # SELECT REPORT; SPC-4 §6.33 minimum length
+        if cdb[_RL_SELECT] > 2 or alloc < _RL_MIN_ALLOC:   # SELECT REPORT; SPC-4 §6.33 minimum
             req.check(INVALID_FIELD)
             return
-        data = struct.pack(">II", 8, 0) + bytes(8)     # one LUN: 0
+        data = C.ReportLunsHeader.build(dict(lun_list_length=C.Lun.sizeof(), reserved=bytes(4))) \
+            + C.Lun.build(dict(lun=0))                  # one LUN: 0
         req.data_in(data[:alloc])
 
     def _read_capacity_10(self, req: ScsiRequest, cdb: bytes) -> None:
-        lba, = struct.unpack_from(">I", cdb, 2)
-        if not cdb[8] & 1 and lba:            # LBA without PMI is invalid (SBC-3 §5.16)
+        c = C.ReadCapacity10.parse(cdb)
+        if not c.flags.pmi and c.lba:         # LBA without PMI is invalid (SBC-3 §5.16)
             req.check(INVALID_FIELD)
             return
         last = self.capacity - 1
-        req.data_in(struct.pack(">II", min(last, 0xFFFFFFFF), BLOCK_SIZE))
+        req.data_in(C.ReadCapacity10Data.build(dict(returned_lba=min(last, 0xFFFFFFFF),
+                                                    block_length=BLOCK_SIZE)))
 
     def _service_action_in(self, req: ScsiRequest, cdb: bytes) -> None:
-        if cdb[1] & 0x1F != SAI_READ_CAPACITY_16:
+        if cdb[_SAI_OFF] & _SAI_MASK != SAI_READ_CAPACITY_16:
             req.check(INVALID_FIELD)
             return
         alloc = allocation_length(cdb)
-        b = bytearray(32)
-        struct.pack_into(">QI", b, 0, self.capacity - 1, BLOCK_SIZE)
-        b[14] = 0x80                          # LBPME: UNMAP / WRITE SAME UNMAP supported
-        req.data_in(bytes(b[:alloc]))
+        b = C.ReadCapacity16Data.build(dict(
+            returned_lba=self.capacity - 1, block_length=BLOCK_SIZE,
+            protection=dict(p_type=0, prot_en=False), exponents=dict(p_i_exponent=0, lbppbe=0),
+            # LBPME: UNMAP / WRITE SAME UNMAP supported
+            provisioning=dict(lbpme=True, lbprz=False, lowest_aligned_lba=0), reserved=bytes(16)))
+        req.data_in(b[:alloc])
 
     def _check_range(self, req: ScsiRequest, rw: RW) -> bool:
         if rw.lba + rw.count > self.capacity:
@@ -386,7 +412,7 @@ class ScsiDisk:
 
     def _verify(self, req: ScsiRequest, cdb: bytes) -> None:
         rw = rw_fields(cdb)
-        bytchk = (cdb[1] >> 1) & 3
+        bytchk = (rw.byte1 >> _BYTCHK_SHIFT) & ((1 << _BYTCHK_W) - 1)
         if rw.protect or bytchk > 1:          # BYTCHK 2/3 (single-block compare) not offered
             req.check(INVALID_FIELD)
             return
@@ -403,12 +429,8 @@ class ScsiDisk:
     def _sync_cache(self, req: ScsiRequest, cdb: bytes) -> None:
         # IMMED (byte 1 bit 1) lets GOOD come before the flush ends; we flush
         # synchronously either way, which satisfies both readings (SBC-3 §5.22).
-        if cdb[0] == Op.SYNCHRONIZE_CACHE_10:
-            lba, = struct.unpack_from(">I", cdb, 2)
-            count, = struct.unpack_from(">H", cdb, 7)
-        else:
-            lba, count = struct.unpack_from(">QI", cdb, 2)
-        if lba + count > self.capacity:
+        rw = rw_fields(cdb)                   # LBA / NUMBER OF BLOCKS sit as in READ(10/16)
+        if rw.lba + rw.count > self.capacity:
             req.check(LBA_OUT_OF_RANGE)
             return
         r = self.backend.flush()
@@ -420,21 +442,22 @@ class ScsiDisk:
     def _format_unit(self, req: ScsiRequest, cdb: bytes) -> None:
         # FORMAT UNIT with default parameters (FMTDATA=0) has nothing to do on a
         # virtual disk (QEMU answers GOOD too); a parameter list is not accepted.
-        if cdb[1] & 0x10:
+        if cdb[_B1] & _FMTDATA:
             req.check(INVALID_FIELD)
             return
         req.good()
 
     def _start_stop(self, req: ScsiRequest, cdb: bytes) -> None:
         # Power condition or START/LOEJ: a virtual disk is always spinning.
-        self.motor_stopped = not (cdb[4] & 0x01) and (cdb[4] >> 4) == 0
+        power = C.StartStopUnit.parse(cdb).power
+        self.motor_stopped = not power.start and power.power_condition == 0
         req.good()
 
     def _write_same(self, req: ScsiRequest, cdb: bytes) -> None:
         rw = rw_fields(cdb)
-        unmap = bool(cdb[1] & 0x08)
-        ndob = cdb[0] == Op.WRITE_SAME_16 and bool(cdb[1] & 0x01)
-        if rw.protect or (cdb[1] & 0x06) or rw.count == 0:   # LBDATA/PBDATA; WSNZ=1
+        unmap = bool(rw.byte1 & _WS["unmap"])
+        ndob = cdb[0] == Op.WRITE_SAME_16 and bool(rw.byte1 & _WS["ndob"])
+        if rw.protect or (rw.byte1 & (_WS["pbdata"] | _WS["lbdata"])) or rw.count == 0:   # WSNZ=1
             req.check(INVALID_FIELD)
             return
         if rw.count > pages.MAX_WRITE_SAME_BLOCKS:
@@ -470,7 +493,7 @@ class ScsiDisk:
             req.data_out(BLOCK_SIZE, apply)
 
     def _unmap(self, req: ScsiRequest, cdb: bytes) -> None:
-        if cdb[1] & 0x01:                     # ANCHOR
+        if cdb[_B1] & _UNMAP_ANCHOR:            # ANCHOR
             req.check(INVALID_FIELD)
             return
         if self.backend.read_only:
@@ -482,15 +505,16 @@ class ScsiDisk:
             if len(p) == 0:
                 req.good()
                 return
-            if len(p) < 8:
+            hl, dl = _UNMAP_HDR.size, _UNMAP_DESC.size
+            if len(p) < hl:
                 req.check(INVALID_PARAM_LEN)
                 return
-            dlen, bdlen = struct.unpack_from(">HH", p, 0)
-            if bdlen > len(p) - 8 or bdlen % 16 or dlen + 2 > len(p) \
-                    or bdlen // 16 > pages.MAX_UNMAP_DESCRIPTORS:
-                req.check(INVALID_PARAM_LEN if bdlen > len(p) - 8 else INVALID_PARAM)
+            dlen, bdlen, _ = _UNMAP_HDR.unpack_from(p, 0)
+            if bdlen > len(p) - hl or bdlen % dl or dlen + 2 > len(p) \
+                    or bdlen // dl > pages.MAX_UNMAP_DESCRIPTORS:
+                req.check(INVALID_PARAM_LEN if bdlen > len(p) - hl else INVALID_PARAM)
                 return
-            descs = [struct.unpack_from(">QI", p, 8 + 16 * i) for i in range(bdlen // 16)]
+            descs = [_UNMAP_DESC.unpack_from(p, hl + dl * i)[:2] for i in range(bdlen // dl)]
             cap = self.capacity
             for lba, n in descs:
                 if lba + n > cap:
@@ -512,14 +536,13 @@ class ScsiDisk:
     # --- MODE SENSE / MODE SELECT ----------------------------------------------------------
     def _mode_sense(self, req: ScsiRequest, cdb: bytes) -> None:
         ten = cdb[0] == Op.MODE_SENSE_10
-        dbd = bool(cdb[1] & 0x08)
-        pc, page, sub = cdb[2] >> 6, cdb[2] & 0x3F, cdb[3]
-        alloc = allocation_length(cdb)
+        c = (C.ModeSense10 if ten else C.ModeSense6).parse(cdb)
+        dbd = c.flags.dbd                     # (LLBAA: we only have short descriptors; ignored)
+        pc, page, sub = c.page.pc, c.page.page_code, c.subpage_code
+        alloc = c.allocation_length
         if pc == PageControl.SAVED:
             req.check(SAVING_NOT_SUPPORTED)
             return
-        if ten and cdb[1] & 0x10:             # LLBAA: we only have short descriptors; fine to ignore
-            pass
         if page == pages.MODE_PAGE_ALL:
             if sub not in (0x00, 0xFF):
                 req.check(INVALID_FIELD)
@@ -532,51 +555,45 @@ class ScsiDisk:
             return
         wce = self.backend.write_cache_enabled
         body = b"".join(pages.mode_page(p, pc, wce, self.default_wce) for p in plist)
-        dsp = 0x10 | (0x80 if self.backend.read_only else 0)   # DPOFUA, WP
-        bdesc = b""
-        if not dbd:
-            nb = self.capacity
-            bdesc = struct.pack(">I", nb if nb <= 0xFFFFFF else 0) + struct.pack(">I", BLOCK_SIZE)
-            bdesc = b"\x00" + bdesc[1:4] + b"\x00" + bdesc[5:8]
-        if ten:
-            total = 8 + len(bdesc) + len(body)
-            hdr = struct.pack(">HBBBBH", total - 2, 0, dsp, 0, 0, len(bdesc))
-        else:
-            total = 4 + len(bdesc) + len(body)
-            hdr = bytes([min(total - 1, 0xFF), 0, dsp, len(bdesc)])
+        bdesc = b"" if dbd else pages.block_descriptor(self.capacity, BLOCK_SIZE)
+        hlen = pages.MODE_HEADER_10_LEN if ten else pages.MODE_HEADER_6_LEN
+        hdr = pages.mode_header(ten, hlen + len(bdesc) + len(body), self.backend.read_only,
+                                len(bdesc))
         req.data_in((hdr + bdesc + body)[:alloc])
 
     def _mode_select(self, req: ScsiRequest, cdb: bytes) -> None:
         ten = cdb[0] == Op.MODE_SELECT_10
-        if cdb[1] & 0x01 or not cdb[1] & 0x10:    # SP=1 (cannot save) or PF=0 (vendor format)
+        if cdb[_B1] & _MSEL["sp"] or not cdb[_B1] & _MSEL["pf"]:   # SP=1 (cannot save), PF=0 (vendor)
             req.check(INVALID_FIELD)
             return
         plen = parameter_list_length(cdb)
 
         def apply(p: bytes) -> None:
-            hlen = 8 if ten else 4
+            hlen = pages.MODE_HEADER_10_LEN if ten else pages.MODE_HEADER_6_LEN
             if len(p) == 0:
                 req.good()
                 return
             if len(p) < hlen:
                 req.check(INVALID_PARAM_LEN)
                 return
-            bdl = struct.unpack_from(">H", p, 6)[0] if ten else p[3]
-            if bdl not in (0, 8) or hlen + bdl > len(p):
+            hdr = (pages.ModeHeader10 if ten else pages.ModeHeader6).parse(p[:hlen])
+            bdl = hdr.block_descriptor_length
+            if bdl not in (0, pages.BLOCK_DESCRIPTOR_LEN) or hlen + bdl > len(p):
                 req.check(INVALID_PARAM_LEN if hlen + bdl > len(p) else INVALID_PARAM)
                 return
-            if bdl and int.from_bytes(p[hlen + 5:hlen + 8], "big") != BLOCK_SIZE:
+            if bdl and pages.block_descriptor_length(p[hlen:hlen + bdl]) != BLOCK_SIZE:
                 req.check(INVALID_PARAM)            # block length is not changeable
                 return
             pos = hlen + bdl
             new_wce = None
             wce = self.backend.write_cache_enabled
             while pos < len(p):
-                if pos + 2 > len(p):
+                if pos + pages.ModePageHeader.sizeof() > len(p):
                     req.check(INVALID_PARAM_LEN)
                     return
-                code, plen_ = p[pos] & 0x3F, p[pos + 1]
-                if p[pos] & 0x40:                   # SPF: no subpages here
+                ph = pages.ModePageHeader.parse(p[pos:])
+                code, plen_ = ph.byte0.page_code, ph.page_length
+                if ph.byte0.spf:                    # SPF: no subpages here
                     req.check(INVALID_PARAM)
                     return
                 want = pages.mode_page_length(code)
@@ -594,7 +611,7 @@ class ScsiDisk:
                         req.check(INVALID_PARAM)
                         return
                 if code == pages.MODE_PAGE_CACHING:
-                    new_wce = bool(got[2] & pages.CACHING_WCE)
+                    new_wce = pages.mode_page_wce(got)
                 pos += want
             if new_wce is not None and new_wce != wce:
                 r = self.backend.set_write_cache(new_wce)
