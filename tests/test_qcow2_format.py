@@ -254,3 +254,24 @@ def test_write_paths_by_l2_entry():
     d2.read(0, memoryview(buf))
     assert buf == bytes(4096)
     d2.close()
+
+
+def test_l2_cache_events_name_the_l1_index():
+    """Trace events of the L2 cache say which L1 entry (and guest range) a table maps,
+    so a student can follow guest offset -> L1 index -> L2 table (issue #14)."""
+    from blockbed import trace
+    mem = MemoryDriver()
+    create_on_node(mem, 2 << 30, {})                 # 64 KiB clusters: 512 MiB per L2
+    drv = Qcow2Driver(mem, options={"l2-cache-size": 2 * 65536})
+    drv.write(0, b"\1" * 4096)
+    drv.write(1 << 30, b"\2" * 4096)                 # L1 index 2
+    drv.write(3 << 29, b"\3" * 4096)                 # L1 index 3: evicts index 0
+    drv.flush()
+    with trace.Recorder(["qcow2.cache_"]) as rec:
+        buf = bytearray(4096)
+        drv.read(1 << 30, memoryview(buf))           # hit
+        drv.read(0, memoryview(buf))                 # miss: loaded again
+    got = [(e.name, e.fields.get("cache"), e.fields.get("l1_index"), e.fields.get("guest_start"))
+           for e in rec.events if e.fields.get("cache") == "l2"]
+    assert got == [("qcow2.cache_hit", "l2", 2, 1 << 30), ("qcow2.cache_load", "l2", 0, 0)]
+    drv.close()

@@ -56,7 +56,8 @@ class MetadataCache:
                  load: Callable[[bytes], object], dump: Callable[[object], bytes],
                  write_event: str, load_event: str,
                  check_write: Callable[[int, int], None] | None = None,
-                 check_load: Callable[[int], None] | None = None):
+                 check_load: Callable[[int], None] | None = None,
+                 describe: Callable[[int], dict] | None = None):
         self.file = file
         self.name = name
         self.table_bytes = table_bytes
@@ -67,6 +68,7 @@ class MetadataCache:
         self.load_event = load_event
         self.check_write = check_write
         self.check_load = check_load      # validates a table's offset before it is read
+        self.describe = describe          # extra trace fields for a table (L2: its L1 index)
         self.tables: OrderedDict[int, object] = OrderedDict()
         self.dirty: set[int] = set()
         self.depends: MetadataCache | None = None
@@ -83,13 +85,15 @@ class MetadataCache:
             self.hits += 1
             self.tables.move_to_end(offset)
             if trace.enabled:
-                trace.emit("qcow2.cache_hit", cache=self.name, offset=offset)
+                trace.emit("qcow2.cache_hit", cache=self.name, offset=offset,
+                           **(self.describe(offset) if self.describe else {}))
             return t
         if self.check_load is not None:
             self.check_load(offset)
         self.misses += 1
         if trace.enabled:
-            trace.emit("qcow2.cache_load", cache=self.name, offset=offset)
+            trace.emit("qcow2.cache_load", cache=self.name, offset=offset,
+                       **(self.describe(offset) if self.describe else {}))
         self._make_room()
         buf = bytearray(self.table_bytes)
         self.file.debug_event(self.load_event)

@@ -92,7 +92,8 @@ class Mapping:
                                    lambda b: load_be_array("Q", b), dump_be_array,
                                    "l2_update", "l2_load",
                                    check_write=lambda off, n: drv.overlap.check(off, n, "l2"),
-                                   check_load=self._check_l2_table)
+                                   check_load=self._check_l2_table,
+                                   describe=self._describe_l2)
         # compressed-cluster geometry (spec "Compressed Clusters Descriptor")
         self.csize_shift = 62 - (self.cb - 8)
         self.csize_mask = (1 << (self.cb - 8)) - 1
@@ -114,6 +115,15 @@ class Mapping:
         if off + self.cs > self.file.length():
             drv.signal_corruption(f"L2 table offset {c_hex(off)} is beyond the end of the "
                                   f"image file (L1 index: {where})")
+
+    def _describe_l2(self, off: int) -> dict:
+        """Trace fields of an L2 table: which L1 entry points at it, and so which
+        guest range it maps (only computed when tracing is on)."""
+        for i, e in enumerate(self.l1):
+            if e & L1E_OFFSET_MASK == off:
+                span = 1 << (self.cb + self.l2_bits)
+                return {"l1_index": i, "guest_start": i * span, "guest_end": (i + 1) * span}
+        return {}
 
     def _l1_index_of(self, off: int) -> str:
         for i, e in enumerate(self.l1):
