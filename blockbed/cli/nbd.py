@@ -69,6 +69,11 @@ def cmd_nbd(a: argparse.Namespace) -> int:
         if os.fork():
             os._exit(0)
         os.setsid()
+        # like qemu-nbd, the background server lets go of the caller's terminal/pipes
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
     if a.pid_file:
         with open(a.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")

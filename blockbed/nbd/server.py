@@ -12,8 +12,8 @@ a differential test holds us to:
   or a flag the command does not take: the payload (if any) is read, then
   EINVAL with qemu's message — qemu-nbd 7.2 reports every check failing
   before the request runs as EINVAL (not EPERM / ENOSPC);
-* an unknown command: EINVAL, the connection stays; NBD_CMD_DISC or a bad
-  request magic ends it;
+* an unknown command: EINVAL, the connection stays; a bad request magic gets
+  EINVAL, then the connection ends; NBD_CMD_DISC ends it;
 * errors of the block layer itself map errno → NBD error (EROFS/EPERM →
   EPERM, ENOSPC → ENOSPC, …, :func:`protocol.nbd_errno`).
 
@@ -116,7 +116,9 @@ class Connection:
             hdr = self.ch.recv_exact(P.REQUEST.size)
             magic, flags, cmd, cookie, offset, length = P.REQUEST.unpack(hdr)
             if magic != P.REQUEST_MAGIC:
-                raise Disconnect(f"invalid magic (got 0x{magic:x})")
+                # qemu answers it (EINVAL, with the cookie as sent), then hangs up
+                self.error(cookie, P.EINVAL, f"invalid magic (got 0x{magic:x})")
+                raise Disconnect("Request handling failed in intermediate state")
             if cmd == P.CMD_DISC:
                 return
             payload = None
