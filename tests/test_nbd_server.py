@@ -470,3 +470,38 @@ def test_fork_and_pid_file(tools, tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.parametrize("kind", ["qemu", "ours"])
+def test_shared_one_makes_the_second_client_wait(tools, tmp_path, kind):
+    """-e 1 (the default): a second connection gets no greeting until the first leaves."""
+    img = _make_image(tmp_path, "raw")
+    with serve(kind, img, "-f", "raw") as (sock, _):
+        a = RawClient(sock)
+        a.go()
+        b = RawClient(sock, timeout=1)
+        with pytest.raises(TimeoutError):
+            b.recv(1)
+        a.request(P.CMD_DISC)
+        a.close()
+        b.s.settimeout(10)
+        assert b.greeting() & P.FLAG_FIXED_NEWSTYLE
+        b.close()
+
+
+def test_sigterm_with_a_client_connected_closes_cleanly(tools, tmp_path):
+    img = _make_image(tmp_path, "qcow2", bitmap=True)
+    with serve("ours", img, "-f", "qcow2", "-B", "b0") as (sock, proc):
+        c = RawClient(sock)
+        c.go()
+        c.request(P.CMD_WRITE, 14 * MiB, 4096, 0, b"\x99" * 4096)
+        assert c.chunks()[0]["error"] == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert c.closed_by_peer(5)
+        c.close()
+    run_tool("qemu-img", "check", str(img))
+    info = json.loads(run_tool("qemu-img", "info", "--output=json", str(img)).stdout)
+    assert info["format-specific"]["data"]["bitmaps"][0]["flags"] == ["auto"]   # stored, not in-use
+    r = run_tool("qemu-io", "-f", "qcow2", "-c", f"read -P 0x99 {14 * MiB} 4k", str(img))
+    assert "Pattern verification failed" not in r.stdout
