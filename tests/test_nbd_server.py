@@ -124,7 +124,8 @@ def _json_info(sock: str) -> dict:
 
 # --- nbdinfo, differential ------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-@pytest.mark.parametrize("opts", [[], ["-r"], ["-e", "3"], ["-r", "-e", "2", "-x", "disk"]])
+@pytest.mark.parametrize("opts", [[], ["-r"], ["-e", "3"], ["-r", "-e", "2", "-x", "disk"],
+                                  ["--cache=none", "-D", "a disk"]])
 def test_nbdinfo_json_matches_qemu(tools, tmp_path, fmt, opts):
     img = _make_image(tmp_path, fmt)
     out = {}
@@ -153,6 +154,21 @@ def test_nbdinfo_map_matches_qemu(tools, tmp_path, fmt):
     assert out["ours"] == out["qemu"]
     kinds = {line.split()[-1] for line in out["ours"][0].splitlines()}
     assert {"data", "hole,zero"} <= kinds, out["ours"][0]
+
+
+def test_backing_chain_map_matches_qemu(tools, tmp_path):
+    base = _make_image(tmp_path, "qcow2")
+    top = tmp_path / "top.qcow2"
+    run_tool("qemu-img", "create", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top))
+    run_tool("qemu-io", "-f", "qcow2", "-c", "write -P 0x77 32k 64k", "-c", "write -z 8M 64k",
+             str(top))
+    out = {}
+    for kind in ("qemu", "ours"):
+        with serve(kind, top, "-f", "qcow2", "-r") as (sock, _):
+            out[kind] = (_nbdinfo("--map", uri(sock)), _json_info(sock))
+            run_tool("nbdcopy", uri(sock), str(tmp_path / f"{kind}.raw"))
+    assert out["ours"] == out["qemu"]
+    assert (tmp_path / "ours.raw").read_bytes() == (tmp_path / "qemu.raw").read_bytes()
 
 
 def test_dirty_bitmap_matches_qemu(tools, tmp_path):
