@@ -193,13 +193,35 @@ def test_dirty_bitmap_matches_qemu(tools, tmp_path):
     run_tool("qemu-img", "check", str(copy))
 
 
+@pytest.mark.parametrize("args,message", [
+    (["-f", "raw", "NOFILE"], "Failed to blk_new_open 'NOFILE': Could not open 'NOFILE': "
+                              "No such file or directory"),
+    (["-f", "raw", "-k", "/nonexistent/dir/s", "IMG"],
+     "Failed to bind socket to /nonexistent/dir/s: No such file or directory"),
+])
+def test_start_errors_match_qemu(tools, tmp_path, args, message):
+    img = _make_image(tmp_path, "raw")
+    args = [str(tmp_path / "absent") if a == "NOFILE" else str(img) if a == "IMG" else a
+            for a in args]
+    message = message.replace("NOFILE", str(tmp_path / "absent"))
+    q = run_tool("qemu-nbd", *args, check=False)
+    o = run_tool(sys.executable, "-m", "blockbed", "nbd", *args, check=False,
+                 env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert q.stderr.strip() == f"qemu-nbd: {message}"
+    assert o.stderr.strip() == f"blockbed nbd: {message}"
+    assert o.returncode == q.returncode == 1
+
+
 def test_missing_bitmap_is_refused(tools, tmp_path):
     img = _make_image(tmp_path, "qcow2")
     r = run_tool(sys.executable, "-m", "blockbed", "nbd", "-f", "qcow2", "-B", "nope",
                  "-k", str(tmp_path / "s"), str(img), check=False,
                  env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert r.returncode == 1
-    assert "Bitmap 'nope' is not found" in r.stderr
+    q = run_tool("qemu-nbd", "-f", "qcow2", "-B", "nope", "-k", str(tmp_path / "s"), str(img),
+                 check=False)
+    assert r.returncode == q.returncode == 1
+    assert r.stderr.strip() == "blockbed nbd: Bitmap 'nope' is not found"
+    assert q.stderr.strip() == "qemu-nbd: Bitmap 'nope' is not found"
 
 
 # --- data paths with the real clients -------------------------------------------------------

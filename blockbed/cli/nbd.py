@@ -63,7 +63,8 @@ def cmd_nbd(a: argparse.Namespace) -> int:
             listen_tcp(a.bind or "127.0.0.1", 10809 if a.port is None else a.port)
     except OSError as e:
         blk.close()
-        return _err(f"Failed to bind socket: {e.strerror or e}")
+        where = a.socket or f"{a.bind or '127.0.0.1'}:{10809 if a.port is None else a.port}"
+        return _err(f"Failed to bind socket to {where}: {e.strerror or e}")
     if a.fork:
         # the parent returns once the socket listens, as qemu-nbd --fork does
         if os.fork():
