@@ -543,3 +543,22 @@ def test_sigterm_with_a_client_connected_closes_cleanly(tools, tmp_path):
     assert info["format-specific"]["data"]["bitmaps"][0]["flags"] == ["auto"]   # stored, not in-use
     r = run_tool("qemu-io", "-f", "qcow2", "-c", f"read -P 0x99 {14 * MiB} 4k", str(img))
     assert "Pattern verification failed" not in r.stdout
+
+
+def test_image_opts_matches_qemu(tools, tmp_path):
+    img = _make_image(tmp_path, "qcow2")
+    spec = f"driver=qcow2,file.filename={img}"
+    out = {}
+    for kind in ("qemu", "ours"):
+        sock = str(tmp_path / f"{kind}.sock")
+        argv = (["qemu-nbd"] if kind == "qemu" else [sys.executable, "-m", "blockbed", "nbd"])
+        proc = subprocess.Popen(argv + ["-t", "-r", "--image-opts", "-k", sock, spec],
+                                env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_listening(sock, proc, kind)
+            out[kind] = (_nbdinfo("--map", uri(sock)), _json_info(sock))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+    assert out["ours"] == out["qemu"]
