@@ -164,10 +164,13 @@ def test_backing_chain_map_matches_qemu(tools, tmp_path):
              str(top))
     out = {}
     for kind in ("qemu", "ours"):
-        with serve(kind, top, "-f", "qcow2", "-r") as (sock, _):
-            out[kind] = (_nbdinfo("--map", uri(sock)), _json_info(sock))
+        with serve(kind, top, "-f", "qcow2", "-r", "-A") as (sock, _):
+            out[kind] = (_nbdinfo("--map", uri(sock)), _json_info(sock),
+                         _nbdinfo("--map=qemu:allocation-depth", uri(sock)))
             run_tool("nbdcopy", uri(sock), str(tmp_path / f"{kind}.raw"))
     assert out["ours"] == out["qemu"]
+    depths = {line.split(None, 3)[-1] for line in out["ours"][2].splitlines()}
+    assert {"local", "backing depth 2", "absent"} <= depths, out["ours"][2]
     assert (tmp_path / "ours.raw").read_bytes() == (tmp_path / "qemu.raw").read_bytes()
 
 
@@ -397,7 +400,8 @@ BAD_CLIENTS = {
                                          RawClient.meta_payload(b"", [b"base:allocation"]))),
     "list-meta": _opt_probe(*[(P.OPT_LIST_META_CONTEXT, RawClient.meta_payload(b"", q)) for q in (
         [], [b"base:"], [b"qemu:"], [b"qemu:dirty-bitmap:"], [b"qemu:dirty-bitmap:b0"],
-        [b"base:allocation", b"other:thing", b"qemu:nope"], [b"base:allocationx"])]),
+        [b"base:allocation", b"other:thing", b"qemu:nope"], [b"base:allocationx"],
+        [b"qemu:allocation-depth"])]),
     "set-meta": _opt_probe((P.OPT_STRUCTURED_REPLY, b""), *[
         (P.OPT_SET_META_CONTEXT, RawClient.meta_payload(n, q)) for n, q in (
             (b"", [b"base:"]), (b"", [b"qemu:dirty-bitmap:b0", b"base:allocation"]),
@@ -425,6 +429,9 @@ BAD_CLIENTS = {
                                       contexts=[b"base:allocation"]),
     "status-both": _request_probe(P.CMD_BLOCK_STATUS, 0, SIZE,
                                   contexts=[b"qemu:dirty-bitmap:b0", b"base:allocation"]),
+    "status-all-three": _request_probe(P.CMD_BLOCK_STATUS, 0, SIZE, P.CMD_FLAG_REQ_ONE,
+                                       contexts=[b"qemu:", b"qemu:allocation-depth",
+                                                 b"qemu:dirty-bitmap:b0", b"base:allocation"]),
     "bad-request-magic": lambda c, rec: (
         c.go(), c.send(P.REQUEST.pack(0x12345678, 0, P.CMD_READ, 77, 0, 512)),
         rec.append(c.chunks()), rec.append(c.closed_by_peer(2))),
@@ -438,7 +445,7 @@ def test_bad_clients_match_qemu(tools, tmp_path):
     img = _make_image(tmp_path, "qcow2", bitmap=True)
     results = {}
     for kind in ("qemu", "ours"):
-        with serve(kind, img, "-f", "qcow2", "-B", "b0", "-r") as (sock, proc):
+        with serve(kind, img, "-f", "qcow2", "-B", "b0", "-r", "-A") as (sock, proc):
             results[kind] = {name: _probe(sock, fn) for name, fn in BAD_CLIENTS.items()}
             # after all of it the server still serves
             assert _json_info(sock)["exports"][0]["export-size"] == SIZE

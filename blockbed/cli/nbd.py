@@ -1,7 +1,7 @@
 """``blockbed nbd``: the qemu-nbd role (issue #15) — serve an image over NBD.
 
     blockbed nbd [-f FMT] [-r] [-x NAME] [-D TEXT] [-k SOCKET | -p PORT -b ADDR]
-                 [-t] [-e N] [-B BITMAP]... [--cache MODE | -n] [--discard MODE]
+                 [-t] [-e N] [-A] [-B BITMAP]... [--cache MODE | -n] [--discard MODE]
                  [--detect-zeroes MODE] [--fork] [--pid-file PATH]
                  [--image-opts] [--object secret,...] IMAGE
 
@@ -54,7 +54,8 @@ def cmd_nbd(a: argparse.Namespace) -> int:
         return _err(str(e))
     try:
         export = Export(blk, name=a.export_name, description=a.description or "",
-                        read_only=a.read_only, shared=a.shared, bitmaps=a.bitmap)
+                        read_only=a.read_only, shared=a.shared, bitmaps=a.bitmap,
+                        allocation_depth=a.allocation_depth)
     except BlockError as e:
         blk.close()
         return _err(str(e))
@@ -119,6 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="clients served at once (default 1)")
     p.add_argument("-B", "--bitmap", action="append", default=[],
                    help="expose a persistent dirty bitmap as qemu:dirty-bitmap:NAME")
+    p.add_argument("-A", "--allocation-depth", action="store_true",
+                   help="expose the allocation depth as qemu:allocation-depth")
     p.add_argument("--cache", help="cache mode: none, writeback (default), writethrough, "
                                    "directsync, unsafe")
     p.add_argument("-n", "--nocache", action="store_true", help="--cache=none")

@@ -31,7 +31,8 @@ class Export:
     """An export of ``blk``; every block operation holds ``lock``."""
 
     def __init__(self, blk: BlockBackend, *, name: str = "", description: str = "",
-                 read_only: bool = False, shared: int = 1, bitmaps: list[str] | None = None):
+                 read_only: bool = False, shared: int = 1, bitmaps: list[str] | None = None,
+                 allocation_depth: bool = False):
         self.blk = blk
         self.name = name
         self.description = description
@@ -50,6 +51,7 @@ class Export:
         # O_DIRECT (the file node pads unaligned requests; qemu-nbd 7.2 says 1 too)
         self.request_alignment = 1
         self.max_transfer = P.MAX_BUFFER
+        self.allocation_depth = allocation_depth     # qemu-nbd -A: qemu:allocation-depth
         self.bitmap_names: list[str] = []
         self._bitmaps = []
         for bm in bitmaps or []:
@@ -70,6 +72,17 @@ class Export:
         for n, data, zero in self.status(offset, length):
             flags = (0 if data else P.STATE_HOLE) | (P.STATE_ZERO if zero else 0)
             if not _add_extent(out, n, flags, limit):
+                break
+        return [(a, b) for a, b in out]
+
+    def depth_extents(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+        """``qemu:allocation-depth`` extents: 0 where no layer of the chain allocates
+        the range, else 1 for the top image, 2 for its backing file, …"""
+        out: list[list[int]] = []
+        with self.lock:
+            runs = _chain_depth(self.blk.root, offset, length, 1)
+        for n, depth in runs:
+            if not _add_extent(out, n, depth, limit):
                 break
         return [(a, b) for a, b in out]
 
@@ -124,6 +137,28 @@ def _chain_status(node: BlockDriver, offset: int, length: int) -> list[tuple[int
             out.extend(_chain_status(backing, s, min(t, blen) - s))
         if t > blen:                         # past a shorter backing file: zeros
             out.append((t - max(s, blen), False, True))
+    return out
+
+
+def _chain_depth(node: BlockDriver, offset: int, length: int,
+                 depth: int) -> list[tuple[int, int]]:
+    """(length, depth) runs: the chain layer that allocates each range (QEMU
+    bdrv_is_allocated_above with the chain's bottom as base, as qemu-nbd -A)."""
+    out: list[tuple[int, int]] = []
+    end = offset + length
+    for e in node.block_status(offset, length):
+        s, t = max(e.offset, offset), min(e.end, end)
+        if t <= s:
+            continue
+        if e.allocated:
+            out.append((t - s, depth))
+            continue
+        backing = getattr(node, "backing", None)
+        blen = backing.length() if backing is not None else 0
+        if s < blen:
+            out.extend(_chain_depth(backing, s, min(t, blen) - s, depth + 1))
+        if t > blen:
+            out.append((t - max(s, blen), 0))
     return out
 
 

@@ -9,7 +9,8 @@ and "Option haggling"; the replies and their wording follow qemu-nbd 7.2
   end the connection;
 * a client without FIXED_NEWSTYLE may only send NBD_OPT_EXPORT_NAME;
 * EXPORT_NAME, INFO, GO, LIST, ABORT, STARTTLS (refused: no TLS),
-  STRUCTURED_REPLY, LIST_META_CONTEXT / SET_META_CONTEXT; anything else is
+  STRUCTURED_REPLY, LIST_META_CONTEXT / SET_META_CONTEXT (base:allocation,
+  qemu:allocation-depth, qemu:dirty-bitmap:NAME); anything else is
   NBD_REP_ERR_UNSUP and the client may go on.
 
 :func:`negotiate` returns a :class:`Session` (what transmission needs) or
@@ -41,6 +42,7 @@ class ExportView(Protocol):
     flags: int
     request_alignment: int
     max_transfer: int
+    allocation_depth: bool
     bitmap_names: list[str]
 
 
@@ -55,6 +57,7 @@ class Session:
 
 # context ids as qemu-nbd numbers them
 META_ID_BASE_ALLOCATION = 0
+META_ID_ALLOCATION_DEPTH = 1
 META_ID_DIRTY_BITMAP = 2
 
 
@@ -262,23 +265,26 @@ class Negotiation:
         if exp is None:
             raise _Invalid(P.REP_ERR_UNKNOWN, f"export '{self._sane(name)}' not present")
         (nq,) = P.U32.unpack(self._take(o, 4))
-        base = False
+        base = depth = False
         bitmaps = [False] * len(exp.bitmap_names)
         if listing and nq == 0:
-            base, bitmaps = True, [True] * len(bitmaps)
+            base, depth, bitmaps = True, exp.allocation_depth, [True] * len(bitmaps)
         for _ in range(nq):
             (qlen,) = P.U32.unpack(self._take(o, 4))
             if qlen > P.MAX_STRING:
                 self._take(o, qlen)         # qemu skips an over-long query
                 continue
             q = self._take(o, qlen, check_nul=True).decode("utf-8", "replace")
-            b, which = _match_query(q, listing, exp.bitmap_names)
+            b, d, which = _match_query(q, listing, exp.bitmap_names)
             base |= b
+            depth |= d and exp.allocation_depth
             for i in which:
                 bitmaps[i] = True
         chosen: list[tuple[int, str]] = []
         if base:
             chosen.append((META_ID_BASE_ALLOCATION, "base:allocation"))
+        if depth:
+            chosen.append((META_ID_ALLOCATION_DEPTH, "qemu:allocation-depth"))
         for i, bm in enumerate(exp.bitmap_names):
             if bitmaps[i]:
                 chosen.append((META_ID_DIRTY_BITMAP + i, f"qemu:dirty-bitmap:{bm}"))
@@ -290,8 +296,10 @@ class Negotiation:
             self.meta_export, self.meta = exp, chosen
 
 
-def _match_query(q: str, listing: bool, bitmap_names: list[str]) -> tuple[bool, list[int]]:
-    """(base:allocation selected, indexes of selected bitmaps) for one query.
+def _match_query(q: str, listing: bool,
+                 bitmap_names: list[str]) -> tuple[bool, bool, list[int]]:
+    """(base:allocation selected, qemu:allocation-depth selected, indexes of
+    selected bitmaps) for one query.
 
     An empty leaf (``base:``, ``qemu:``, ``qemu:dirty-bitmap:``) selects all
     of that namespace when listing and nothing when setting; unknown
@@ -299,17 +307,19 @@ def _match_query(q: str, listing: bool, bitmap_names: list[str]) -> tuple[bool, 
     everything = list(range(len(bitmap_names)))
     if q.startswith("base:"):
         leaf = q[5:]
-        return (leaf == "allocation" or (not leaf and listing)), []
+        return (leaf == "allocation" or (not leaf and listing)), False, []
     if q.startswith("qemu:"):
         leaf = q[5:]
         if not leaf:
-            return False, everything if listing else []
+            return False, listing, everything if listing else []
+        if leaf == "allocation-depth":
+            return False, True, []
         if leaf.startswith("dirty-bitmap:"):
             bm = leaf[len("dirty-bitmap:"):]
             if not bm:
-                return False, everything if listing else []
-            return False, [i for i, n in enumerate(bitmap_names) if n == bm][:1]
-    return False, []
+                return False, False, everything if listing else []
+            return False, False, [i for i, n in enumerate(bitmap_names) if n == bm][:1]
+    return False, False, []
 
 
 def negotiate(ch: Channel, exports: dict[str, ExportView]) -> Session | None:

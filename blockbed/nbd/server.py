@@ -39,8 +39,8 @@ from typing import Callable
 
 from . import protocol as P
 from .export import MAX_STATUS_EXTENTS, Export
-from .handshake import META_ID_BASE_ALLOCATION, META_ID_DIRTY_BITMAP, Disconnect, Session, \
-    negotiate
+from .handshake import META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION, META_ID_DIRTY_BITMAP, \
+    Disconnect, Session, negotiate
 
 
 class SocketChannel:
@@ -262,6 +262,8 @@ class Connection:
             try:
                 if cid == META_ID_BASE_ALLOCATION:
                     ext = self.exp.allocation_extents(offset, length, limit)
+                elif cid == META_ID_ALLOCATION_DEPTH:
+                    ext = self.exp.depth_extents(offset, length, limit)
                 else:
                     ext = self.exp.bitmap_extents(cid - META_ID_DIRTY_BITMAP, offset, length,
                                                   limit)
