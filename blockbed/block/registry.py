@@ -10,6 +10,7 @@ Graph built (top to bottom)::
       └─ blkdebug        only for "blkdebug:CONFIG:FILE" or options["blkdebug"]
           └─ logwrites   only with options["log-writes"] = LOGPATH
               └─ file    FileDriver(FILE, O_DIRECT per cache mode, QEMU locks)
+                         or NbdDriver for an NBD URI (nbd+unix:///E?socket=S, nbd://H:P/E)
 
 blkdebug sits above logwrites so an injected error never appears in the
 write log (the write did not happen).
@@ -171,6 +172,11 @@ _foreign.register(register_format)
 _recognised_only.update(_foreign.PROBES)
 
 
+def is_nbd_filename(name: str) -> bool:
+    """``nbd://…``, ``nbd+unix://…``, ``nbd:…``: the nbd protocol driver, not a file."""
+    return name.startswith(("nbd:", "nbd+unix:", "nbd+tcp:"))
+
+
 def split_filename(filename: str) -> tuple[str | None, str]:
     """``blkdebug:CONFIG:FILE`` → (CONFIG, FILE); a plain name → (None, name).
 
@@ -213,8 +219,13 @@ def open_image(filename: str, format: str | None = None, *, read_only: bool = Fa
             format not in _recognised_only:
         raise BlockError(errno.EINVAL, f"format={format}: unknown format; allowed: "
                                        f"{', '.join(available_formats())}")
-    file_node = FileDriver(path, read_only=read_only, direct=cache.direct, locking=locking,
-                           force_share=force_share, native_fua=native_fua)
+    file_node: BlockDriver
+    if is_nbd_filename(path):
+        from .nbd import NbdDriver       # an NBD server instead of a host file
+        file_node = NbdDriver(path, read_only=read_only)
+    else:
+        file_node = FileDriver(path, read_only=read_only, direct=cache.direct, locking=locking,
+                               force_share=force_share, native_fua=native_fua)
     proto: BlockDriver = file_node
     try:
         header = bytearray(min(PROBE_BYTES, file_node.length()))

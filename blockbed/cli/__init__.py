@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "trace": "blockbed.cli.trace",
     "explain": "blockbed.cli.explain",
     "io": "blockbed.cli.io",
+    "nbd": "blockbed.cli.nbd",
 }
 
 

@@ -74,6 +74,15 @@ def _probe_format(path: str) -> str:
     from ..block import registry
     from .imageopts import resolve
     path = resolve(path, None)[0]
+    if registry.is_nbd_filename(path):
+        from ..block.nbd import NbdDriver
+        node = NbdDriver(path, read_only=True)
+        try:
+            head = bytearray(min(2048, node.length()))
+            node.read(0, memoryview(head))
+        finally:
+            node.close()
+        return registry.probe_other_format(bytes(head)) or "raw"
     try:
         with open(path, "rb") as f:
             head = f.read(2048)
@@ -318,11 +327,23 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
     else:
         # QEMU counts whole sectors: a raw file's size is rounded up to 512 bytes
         info["virtual-size"] = -(-node.length() // 512) * 512
+        nbd = getattr(node, "file", None)
+        if getattr(nbd, "driver_name", "") == "nbd":
+            # qemu-img: the server's normalised URI, and no disk size to report
+            info["filename"] = nbd.filename
+            info["format"] = fmt
+            return info
         info["filename"] = path
         info["format"] = fmt
         info["actual-size"] = _actual_size(path)
         info["dirty-flag"] = False
     return info
+
+
+def nbd_filename(path: str) -> str | None:
+    """``path`` if it names an NBD export rather than a file."""
+    from ..block.registry import is_nbd_filename
+    return path if is_nbd_filename(path) else None
 
 
 def _chain(path: str, fmt: str | None, force_share: bool) -> Iterator[tuple[dict, BlockDriver]]:
@@ -336,7 +357,8 @@ def _chain(path: str, fmt: str | None, force_share: bool) -> Iterator[tuple[dict
         try:
             info = image_info(node, f, path)
             from .imageopts import display_name
-            info["filename"] = display_name(path)
+            if nbd_filename(path) is None:
+                info["filename"] = display_name(path)
             nxt = info.get("full-backing-filename")
             fmt = info.get("backing-filename-format")
             yield info, node
@@ -364,7 +386,8 @@ def cmd_info(a: argparse.Namespace) -> int:
 def _human_info(info: dict) -> str:
     lines = [f"image: {info['filename']}", f"file format: {info['format']}",
              f"virtual size: {size_to_str(info['virtual-size'])} ({info['virtual-size']} bytes)",
-             f"disk size: {size_to_str(info['actual-size'])}"]
+             "disk size: " + (size_to_str(info["actual-size"]) if "actual-size" in info
+                              else "unavailable")]
     if info.get("encrypted"):
         lines.append("encrypted: yes")
     if "cluster-size" in info:
