@@ -4,7 +4,7 @@ Multiboot guests keep the lean machine (no timers ticking, no extra ports), so
 their behaviour and exit counts are unchanged.  For a bzImage the board adds:
 the 8259 pair (pic.py) as the CPU's ExtINT interrupt source, the 8254 (pit.py,
 IRQ0 -> PIC IR0 and I/O APIC pin 2 as the MADT's override says), the RTC/CMOS
-(rtc.py, IRQ8) with the memory-size bytes, reset ports and the PIIX4 PM block
+(rtc.py, IRQ8) with the memory-size bytes, the 16550's interrupt on IRQ4, reset ports and the PIIX4 PM block
 (reset.py), and the ACPI tables (acpi.py) in the reserved BIOS area 0xF0000.
 """
 
@@ -37,6 +37,7 @@ class LinuxPlatform:
         self.rtc = RTC(m.events, irq=lambda lvl: self._isa_irq(8, lvl))
         self.rtc.set_memory(m.memory.size)
         m.pio.add("rtc", 0x70, 2, self.rtc)
+        m.serial.irq = lambda lvl: self._isa_irq(4, lvl)   # COM1 -> IRQ4 (the MADT has no override)
         self.reset = ResetControl(self._on_reset, self._on_poweroff, events=m.events)
         m.pio.add("port92", 0x92, 1, self.reset.port92_handler())
         m.pio.add("kbc-cmd", 0x64, 1, self.reset.kbc_handler())
