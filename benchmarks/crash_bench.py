@@ -57,8 +57,9 @@ def bench_guest(states: int, ops: int, reps: int, seed: int, cluster_size: int) 
     """The same measurement on a recorded flushtest run (virtio, qd=4)."""
     import shutil
     import tempfile
-    from blockbed.block.crash.crashtest import DEFAULT_KERNEL
-    from blockbed.block.crash.runlog import load_run, record_guest_run
+    from blockbed.crashrun.crashtest import DEFAULT_KERNEL
+    from blockbed.block.crash.runlog import load_run
+    from blockbed.crashrun.record import record_guest_run
     from blockbed.block.registry import get_format
     logging.getLogger("blockbed.qcow2").setLevel(logging.CRITICAL)
     tmp = tempfile.mkdtemp(prefix="crash-bench-")

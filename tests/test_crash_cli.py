@@ -110,7 +110,7 @@ def test_bad_state_id(tmp_path, qemu_img, elf):
 
 
 def test_conformance_table_rows():
-    from blockbed.block.crash.demo import conformance_table
+    from blockbed.crashrun.demo import conformance_table
     guest_elf("flushtest")
     lines: list[str] = []
     rows = conformance_table(controllers=("virtio",), caches=("writeback", "unsafe"),

@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from blockbed.block.crash.crashtest import crashtest
+from blockbed.crashrun.crashtest import crashtest
 from blockbed.block.crash.checker import Checker
 from blockbed.block.crash.session import Recording
 from blockbed.block.crash.states import enumerate_states

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from blockbed.block.crash.crashtest import DEFAULT_KERNEL, crashtest
+from blockbed.crashrun.crashtest import DEFAULT_KERNEL, crashtest
 from blockbed.devices.attach import controller_module
 
 from conftest import guest_elf, run_tool

@@ -2,7 +2,7 @@
 Linux tty relies on, loopback, FIFO detection, and its wiring to IRQ4 on the Linux
 platform.  Register semantics: PC16550D datasheet Tables II and IV."""
 
-from blockbed.devices.serial import Serial16550
+from blockbed.machine.serial import Serial16550
 from blockbed.machine.board import Machine, MachineConfig
 from blockbed.machine.platform import LinuxPlatform
 from blockbed.machine.qtest import QTest

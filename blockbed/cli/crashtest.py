@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
         return _err("--states must be at least 1")
     if not 0.0 <= args.qemu_check_fraction <= 1.0:
         return _err("--qemu-check-fraction must be between 0 and 1")
-    from ..block.crash.crashtest import crashtest
+    from ..crashrun.crashtest import crashtest
     from ..block.crash.qemucheck import QemuImgMissing
     from ..block.crash.runlog import RunLogError
     try:

@@ -5,7 +5,7 @@
    mode, with a table of what reached the host (:mod:`.demo_virtio`).
 3. The crash-consistency conformance table: flushtest on every controller
    under every cache mode, power cut at every moment that matters, each
-   durable write checked (:func:`blockbed.block.crash.demo.conformance_table`).
+   durable write checked (:func:`blockbed.crashrun.demo.conformance_table`).
 
 Exit status 0 when every part passed.
 """
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     from .demo_virtio import run_virtio_table
     status = status or run_virtio_table(guest_dir(args.guests))
     print()
-    from ..block.crash.demo import conformance_table
+    from ..crashrun.demo import conformance_table
     rows = conformance_table()
     if any(r.result in ("FAIL", "ERROR") for r in rows):
         status = status or 1

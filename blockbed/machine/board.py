@@ -25,8 +25,8 @@ from enum import Enum
 from typing import Callable
 
 from .. import trace
-from ..devices.debugexit import DebugExit
-from ..devices.serial import Serial16550
+from .debugexit import DebugExit
+from .serial import Serial16550
 from .boot import GDT_ADDR, MB_BOOT_MAGIC, BootError, LoadedKernel, load_multiboot
 from .bus import IoPortBus, MmioBus
 from .cpu import CPU, GuestFault, StopReason

@@ -1,28 +1,20 @@
-"""One crash test end to end: record a guest run, sweep its crash states, report.
+"""Sweep a recorded run's crash states and report (and replay one state).
 
-Shared by ``blockbed crashtest``, the conformance matrix tests and the demo
-table (:mod:`.demo`), so all three mean the same thing by "violation".
+Recording the run needs the machine and a device model, so that half lives
+above the block layer in :mod:`blockbed.crashrun`; ``blockbed crashtest``, the
+conformance matrix tests and the demo table all go through
+:func:`blockbed.crashrun.crashtest.crashtest`, so they mean the same thing by
+"violation".
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checker import Checker, SweepResult, Violation
-from .runlog import LoadedRun, load_run, record_guest_run
+from .runlog import LoadedRun, load_run
 from .states import CrashState, enumerate_states
-
-REPO = Path(__file__).resolve().parents[3]
-DEFAULT_KERNEL = REPO / "guests" / "build" / "flushtest.elf"
-
-
-def default_append(interface: str, seed: int, ops: int = 200, qd: int = 4) -> str:
-    return f"dev={interface} seed={seed + 1} ops={ops} qd={qd}"
-
 
 @dataclass
 class CrashReport:
@@ -104,43 +96,6 @@ def sweep_run(run: LoadedRun, states: int | None, seed: int, qemu_fraction: floa
                        guest_config=dict(run.record.config),
                        fua_requests=sum(1 for e in run.entries if e.kind == "write" and e.fua),
                        backend_errors=sum(1 for e in run.entries if e.error or e.result))
-
-
-def crashtest(drive: str, *, kernel: str | Path | None = None, append: str | None = None,
-              states: int | None = 1000, seed: int = 0, qemu_fraction: float = 0.0,
-              workdir: str | Path | None = None, keep: bool | None = None,
-              timeout: float = 120.0, ops: int = 200, qd: int = 4) -> CrashReport:
-    """Record ``kernel`` (default flushtest) on ``drive`` and check its crash states.
-
-    The run directory is kept when ``keep`` is True, or (``keep`` None) when
-    there are violations, so that ``--replay`` can reproduce them.
-    """
-    from ..drivespec import DriveSpecError, parse_drive_spec
-    from .faults import split_faults
-    try:
-        iface = parse_drive_spec(split_faults(drive)[0]).interface
-    except DriveSpecError as e:
-        raise ValueError(str(e)) from None
-    kernel = Path(kernel) if kernel else DEFAULT_KERNEL
-    if not kernel.exists():
-        raise ValueError(f"{kernel}: no such guest (build the guests: make -C guests)")
-    if append is None:
-        append = default_append(iface, seed, ops, qd)
-    made = workdir is None
-    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="blockbed-crash-"))
-    t0 = time.perf_counter()
-    try:
-        record_guest_run(drive, str(kernel), append, wd, seed=seed, timeout=timeout)
-        rec_s = time.perf_counter() - t0
-        report = sweep_run(load_run(wd), states, seed, qemu_fraction)
-        report.record_seconds = rec_s
-    except BaseException:
-        if made and not keep:
-            shutil.rmtree(wd, ignore_errors=True)
-        raise
-    if made and (keep is False or (keep is None and report.ok)):
-        shutil.rmtree(wd, ignore_errors=True)
-    return report
 
 
 def replay_state(run_dir: str | Path, state_id: str, seed: int | None = None):

@@ -10,8 +10,9 @@ needs, so a violation can be reproduced later without booting the guest::
     requests.bin    the written data, referenced from requests.json
     transcript.txt  the guest's serial output (its record of promises)
 
-The guest runs on a private copy of the image (``work.img``): crashtest
-never modifies the image it was given.
+Recording a guest run drives the machine and a device model, so it lives
+above the block layer, in :mod:`blockbed.crashrun.record`; this module only
+saves and loads what a run produced.
 """
 
 from __future__ import annotations
@@ -61,90 +62,7 @@ class LoadedRun:
         return o, attach(o, self.record)
 
 
-def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.PathLike, *,
-                     seed: int = 0, timeout: float = 120.0, memory_mib: int = 256,
-                     echo=None) -> dict:
-    """Boot ``kernel`` with one drive, recording both logs; returns run.json's content.
-
-    Raises ValueError (one clear line) for a bad drive spec or kernel.
-    """
-    from ..drivespec import DriveSpecError, open_drive, parse_drive_spec
-    from ..logwrites import LogWritesDriver
-    from ...devices.attach import controller_module
-    from ...machine import Machine, MachineConfig
-    from ...machine.boot import BootError
-
-    from .faults import FaultyBackend, split_faults
-
-    wd = Path(workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    block_drive, faults = split_faults(drive)
-    try:
-        spec = parse_drive_spec(block_drive)
-    except DriveSpecError as e:
-        raise ValueError(str(e)) from None
-    if spec.log_writes:
-        raise ValueError("drive option 'log-writes': crashtest records the write log itself; "
-                         "remove it")
-    if not os.path.isfile(spec.file):
-        raise ValueError(f"drive file={spec.file}: No such file or directory")
-    size = os.path.getsize(spec.file)
-    if size > MAX_IMAGE_FILE:
-        raise ValueError(f"drive file={spec.file}: {size >> 20} MiB; crashtest keeps the host "
-                         f"image in memory and accepts files up to {MAX_IMAGE_FILE >> 20} MiB "
-                         "(a fresh qcow2 file is tiny whatever its virtual size)")
-    fmt = spec.format
-    if fmt is None:
-        with open(spec.file, "rb") as f:
-            fmt = "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
-    if fmt not in ("raw", "qcow2"):
-        raise ValueError(f"crashtest supports format raw or qcow2, not {fmt}")
-    _copy_quiescent(spec.file, [wd / "base.img", wd / "work.img"])
-    original = spec.file
-    spec.file = str(wd / "work.img")
-    spec.format = fmt
-    spec.log_writes = str(wd / "host.log")
-    module = controller_module(spec.interface)
-
-    holder: dict[str, LogWritesDriver] = {}
-    rlog = CorrelatedRequestLog(lambda: holder["lw"].log.seq if "lw" in holder else 0)
-    try:
-        machine = Machine(MachineConfig(memory_mib=memory_mib, seed=seed, timeout_s=timeout,
-                                        echo_serial=echo))
-    except ValueError as e:
-        raise ValueError(str(e)) from None
-    try:
-        try:
-            backend = open_drive(spec, request_log=rlog, name="drive0")
-        except DriveSpecError as e:
-            raise ValueError(str(e)) from None
-        lw = backend.find_node(LogWritesDriver)
-        if lw is None:
-            raise ValueError("the block layer did not insert the log-writes filter")
-        holder["lw"] = lw  # type: ignore[assignment]
-        # everything before the guest starts (opening, a WCE override) is the base
-        backend.on_stop = lambda reason: machine.stop(reason.message())
-        machine.on_close.append(backend.close)
-        module.attach(machine, FaultyBackend(backend, faults) if faults.any else backend, spec)
-        try:
-            machine.load_kernel(kernel, append)
-        except BootError as e:
-            raise ValueError(f"{kernel}: {e}") from None
-        result = machine.run()
-    finally:
-        machine.close()
-    meta = {"version": RUN_VERSION, "format": fmt, "drive": drive, "image": original,
-            "kernel": str(kernel), "append": append, "seed": seed,
-            "exit": result.kind.value, "exit_status": result.exit_status,
-            "interface": spec.interface, "cache": str(spec.cache), "faults": faults.describe()}
-    _save_requests(wd, rlog)
-    (wd / "transcript.txt").write_text(result.transcript)
-    (wd / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
-    os.unlink(wd / "work.img")
-    return meta
-
-
-def _save_requests(wd: Path, rlog: CorrelatedRequestLog) -> None:
+def save_requests(wd: Path, rlog: CorrelatedRequestLog) -> None:
     rows = []
     with open(wd / "requests.bin", "wb") as blob:
         pos = 0
@@ -195,7 +113,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
                      GuestRecord.parse(transcript))
 
 
-def _copy_quiescent(src: str, dsts: list[Path]) -> None:
+def copy_quiescent(src: str, dsts: list[Path]) -> None:
     """Copy the image while holding QEMU's read-only lock bytes on it.
 
     A copy of an image that a running QEMU or blockbed is writing is a torn snapshot, and a

@@ -39,7 +39,7 @@ class Row:
 
 
 def _available(iface: str) -> bool:
-    from ...devices.attach import controller_module
+    from ..devices.attach import controller_module
     try:
         controller_module(iface.split(",")[0])
         return True
@@ -52,7 +52,7 @@ def conformance_table(controllers: Sequence[str] = CONTROLLERS, caches: Sequence
                       out: Callable[[str], None] = print) -> list[Row]:
     """Run the matrix and print the table; returns the rows (result PASS /
     EXPECTED-FAIL / FAIL / ERROR)."""
-    from ..registry import get_format
+    from ..block.registry import get_format
     from .crashtest import crashtest
     rows: list[Row] = []
     out(f"{'controller':<14} {'cache':<13} {'writes verified':>15} {'crash states':>13} "
