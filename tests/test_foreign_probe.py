@@ -12,6 +12,7 @@ import pytest
 from blockbed.block import registry
 from blockbed.block.driver import BlockError
 from blockbed.cli import main as blockbed_main
+from conftest import run_qemu_pbkdf
 
 # (qemu-img create -f FMT, extra options, the format name qemu-img info reports)
 KINDS = [
@@ -32,7 +33,8 @@ KINDS = [
 @pytest.mark.parametrize("fmt,extra,name", KINDS, ids=lambda v: v if isinstance(v, str) else "")
 def test_foreign_image_is_detected_and_refused(qemu_img, tmp_path, capsys, fmt, extra, name):
     img = tmp_path / f"disk.{fmt}"
-    subprocess.run([qemu_img, "create", "-q", "-f", fmt, *extra, str(img), "10M"], check=True)
+    p = run_qemu_pbkdf(qemu_img, "create", "-q", "-f", fmt, *extra, str(img), "10M")
+    assert p.returncode == 0, p.stderr
     info = json.loads(subprocess.run([qemu_img, "info", "--output=json", str(img)],
                                      capture_output=True, text=True, check=True).stdout)
     assert info["format"] == name                     # what qemu-img's probe says

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from blockbed.cli import main as blockbed_main
+from conftest import run_qemu_pbkdf
 
 
 def _norm(text: str) -> str:
@@ -19,7 +20,7 @@ def _norm(text: str) -> str:
 
 def both(capsys, qemu_img: str, cwd, *argv: str) -> None:
     """Run qemu-img measure and blockbed img measure with argv; assert equal results."""
-    p = subprocess.run([qemu_img, "measure", *argv], capture_output=True, text=True, cwd=cwd)
+    p = run_qemu_pbkdf(qemu_img, "measure", *argv, cwd=cwd)
     capsys.readouterr()
     rc = blockbed_main(["img", "measure", *argv])
     out = capsys.readouterr()

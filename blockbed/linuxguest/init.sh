@@ -18,6 +18,24 @@ while [ ! -b "$dev" ]; do
     i=$((i + 1)); [ $i -gt 100 ] && result "FAIL no-disk $dev"; sleep 0.1
 done
 P_OFF_MB=@PATTERN_OFFSET_MB@ P_MB=@PATTERN_MB@ FS_KB=@FS_KB@
+mode=$(sed -n 's/.*blockbed\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+if [ "$mode" = crash ]; then
+    # Crash workload (blockbed crashtest --linux): a fresh ext4, made durable, then files
+    # written and fsync'd one by one; each BLOCKBED-FSYNC line is a promise the host holds
+    # every later crash state to.  Power goes off without unmounting.
+    /sbin/mke2fs -q -F -t ext4 $dev ${FS_KB}k || result "FAIL mke2fs"
+    mkdir -p /mnt
+    mount -t ext4 -o data=ordered $dev /mnt || result "FAIL mount"
+    sync
+    echo "BLOCKBED-CRASH ready"
+    for n in 1 2 3 4 5 6; do
+        dd if=/pattern.bin of=/mnt/f$n bs=4k count=$((n * 6)) conv=fsync 2>/dev/null || result "FAIL write-f$n"
+        echo "BLOCKBED-FSYNC /f$n $((n * 24576))"
+        # unsynced churn between the promises: a second file that is never fsync'd
+        dd if=/pattern.bin of=/mnt/churn$n bs=4k count=4 2>/dev/null
+    done
+    result "PASS crash $ctrl"
+fi
 dd if=/pattern.bin of=$dev bs=1M seek=$P_OFF_MB count=$P_MB oflag=direct conv=fsync 2>/dev/null || result "FAIL dd-write"
 sync
 echo 3 > /proc/sys/vm/drop_caches
