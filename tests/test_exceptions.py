@@ -143,20 +143,30 @@ def test_c_guest_library_exceptions_and_int_n_on_blockbed():
             assert r.exit_code == 0x7F
 
 
-def test_user_mode_exception_under_qemu(asm_build, qemu_system):
-    """The CPL 3 -> 0 delivery the next test refuses is real: QEMU takes it."""
-    proc = subprocess.run([qemu_system, "-kernel", str(asm_build / "user_ud.elf"), "-nographic",
+def _qemu_serial(qemu_system: str, elf) -> str:
+    proc = subprocess.run([qemu_system, "-kernel", str(elf), "-nographic",
                            "-nodefaults", "-serial", "stdio", "-display", "none", "-no-reboot",
                            "-device", "isa-debug-exit,iobase=0xf4,iosize=4"],
                           capture_output=True, text=True, timeout=60)
-    assert "user #UD saved-cs-ok=0" in proc.stdout
+    return proc.stdout
 
 
-def test_user_mode_exception_is_a_clear_fault_on_blockbed(asm_build):
-    # Known gap (docs/linux-machine.md): unicorn's register API refuses the CS/SS
-    # loads of a CPL 3 -> 0 switch, so the run ends with a report, not a traceback
-    # and not a handler running at the wrong privilege.
-    m, r = boot(asm_build / "user_ud.elf")
-    assert r.kind is ExitKind.FAULT
-    assert "#UD" in r.reason and "CPL 3 needs a switch to CPL 0" in r.reason
-    assert "user #UD" not in r.transcript
+USER_MODE_LINES = ["ud: Y", "int80: Y", "syscall: YYY", "sysret: YY", "timer: Y"]
+
+
+@pytest.mark.parametrize("elf,lines", [("user_ud.elf", ["user #UD saved-cs-ok=0"]),
+                                       ("user_mode.elf", USER_MODE_LINES)])
+def test_user_mode_round_trips_match_qemu(asm_build, qemu_system, elf, lines):
+    """CPL 3 <-> 0: an exception from user mode (RSP0 from the TSS, saved CS 0x2b), INT
+    0x80 through a DPL-3 gate, SYSCALL (CS/SS from STAR, RCX/R11, LSTAR) and SYSRETQ,
+    and a local APIC timer interrupt taken in user mode -- the same lines under QEMU."""
+    def records(text: str) -> list[str]:     # SeaBIOS's banner ends without a newline
+        return [next(x for x in lines if ln.endswith(x))
+                for ln in text.replace("\r", "").split("\n")
+                if any(ln.endswith(x) for x in lines)][-len(lines):]
+    assert records(_qemu_serial(qemu_system, asm_build / elf)) == lines
+    m, r = boot(asm_build / elf)
+    assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, (r.reason, r.transcript)
+    assert r.transcript.replace("\r", "").split("\n")[:len(lines)] == lines
+    if elf == "user_mode.elf":
+        assert m.cpu.exits.syscalls == 1 and m.apic.timer_fired == 1

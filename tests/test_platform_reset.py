@@ -57,3 +57,25 @@ def test_pm_timer_runs_on_the_virtual_clock():
     assert h.read(8, 4) == 0
     ev.step(1_000_000)                  # 1 s
     assert h.read(8, 4) == PM_TIMER_HZ & 0xFFFFFF
+
+
+def test_smi_cmd_acpi_enable_sets_sci_en():
+    """Linux's acpi_enable writes the FADT's ACPI_ENABLE to SMI_CMD and waits for
+    PM1a_CNT.SCI_EN ("Hardware did not enter ACPI mode" otherwise)."""
+    _, rc, _ = make()
+    smi, pm = rc.smi_cmd_handler(), rc.pm_handler()
+    assert pm.read(4, 2) & 1 == 0
+    smi.write(0, 1, 0xF1)
+    assert pm.read(4, 2) & 1 == 1 and smi.read(0, 1) == 0xF1
+    smi.write(0, 1, 0xF0)
+    assert pm.read(4, 2) & 1 == 0
+
+
+def test_pm_timer_agrees_with_the_pit_clock():
+    """The PM timer (3.579545 MHz) is exactly 3 PIT clocks per tick on the machine's
+    clock (clock.py), so Linux's LAPIC-vs-PM-timer calibration check agrees."""
+    from blockbed.machine.clock import TICK_HZ
+    ev = EventQueue()
+    rc = ResetControl(lambda w: None, lambda w: None, events=ev)
+    ev.step(TICK_HZ // 10)                       # 100 ms of virtual time
+    assert abs(rc.pm_timer() - PM_TIMER_HZ // 10) <= 1

@@ -22,6 +22,8 @@ OEM_ID = b"BLKBED"
 OEM_TABLE = b"BLOCKBED"
 RSDP_SIG = b"RSD PTR "
 PM_BASE = 0x600
+SMI_CMD = 0xB2                       # QEMU's APM port; 0 would mean "ACPI fixed on"
+ACPI_ENABLE, ACPI_DISABLE = 0xF1, 0xF0
 SCI_IRQ = 9
 LAPIC_ADDR = 0xFEE00000
 IOAPIC_ADDR = 0xFEC00000
@@ -72,9 +74,9 @@ def fadt(facs_addr: int, dsdt_addr: int) -> bytes:
     put(36, "<I", facs_addr)
     put(40, "<I", dsdt_addr)
     put(46, "<H", SCI_IRQ)
-    put(48, "<I", 0xB2)                  # SMI_CMD (QEMU's APM port); 0 would mean "ACPI fixed on"
-    put(52, "<B", 0xF1)                  # ACPI_ENABLE
-    put(53, "<B", 0xF0)                  # ACPI_DISABLE
+    put(48, "<I", SMI_CMD)
+    put(52, "<B", ACPI_ENABLE)
+    put(53, "<B", ACPI_DISABLE)
     put(56, "<I", PM_BASE)               # PM1a_EVT_BLK
     put(64, "<I", PM_BASE + 4)           # PM1a_CNT_BLK
     put(76, "<I", PM_BASE + 8)           # PM_TMR_BLK

@@ -109,7 +109,7 @@ class Machine:
         self.events = EventQueue(config.seed)
         self.pio = IoPortBus()
         self.mmio = MmioBus(self.memory.size)
-        self.apic = LocalAPIC(kick=self._kick)
+        self.apic = LocalAPIC(kick=self._kick, events=self.events)
         self.cpu = CPU(self)
         self.mmio.attach(self.cpu.uc, self.cpu.wrap_mmio)
         self.mmio.add("lapic", APIC_BASE, APIC_SIZE, self.apic)
@@ -213,11 +213,11 @@ class Machine:
             if cpu.fault is not None:
                 continue
             if cpu.halted:
-                if self.apic.irr and cpu.try_deliver_interrupt():
+                if self.apic.has_pending() and cpu.try_deliver_interrupt():
                     continue
                 if self.events.skip_to_next():
                     continue
-                if self.apic.irr or self.ioapic.asserted:
+                if self.apic.has_pending() or self.ioapic.asserted:
                     # An interrupt is pending but masked by IF=0 or the priority rules.
                     flags = cpu.regs64()["rflags"]
                     if flags & (1 << 9):

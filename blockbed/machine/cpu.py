@@ -36,6 +36,7 @@ from unicorn import x86_const as X
 
 from .. import trace
 from .bus import RegionHandler
+from .clock import TSC_PER_TICK
 from .exceptions import (Delivery, Event, Frame, TripleFault, UnicornExceptionState,
                          needs_error_code)
 from .paging import PageFault, PagingState, read_entry, translate
@@ -44,11 +45,11 @@ if TYPE_CHECKING:
     from .board import Machine
 
 END_ADDRESS = 0xFFFF_FFFF_FFFF_FFFF
-# The time-stamp counter follows the virtual clock: TSC = TSC_PER_TICK * ticks.
-# RDTSC/RDTSCP are exits (one tick each), so a guest polling the TSC makes
-# time advance and a run is reproducible (unicorn's own TSC reads the host clock).
-TSC_PER_TICK = 1000
+# The time-stamp counter follows the virtual clock: TSC = TSC_PER_TICK * ticks
+# (clock.py).  RDTSC/RDTSCP are exits (one tick each), so a guest polling the TSC
+# makes time advance and a run is reproducible (unicorn's own TSC reads the host clock).
 MSR_TSC_AUX = 0xC0000103
+MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000081, 0xC0000082, 0xC0000084
 EFER = 0xC0000080
 RFLAGS_IF = 1 << 9
 RFLAGS_TF = 1 << 8
@@ -123,6 +124,7 @@ class ExitCounts:
     interrupts: int = 0
     exceptions: int = 0
     tsc: int = 0
+    syscalls: int = 0
     slices: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -228,11 +230,54 @@ class CPU:
             uc.emu_stop()       # without it unicorn idles until the slice's timeout
             return True
 
+        def on_syscall(uc, ud):
+            cpu._syscall()
+
+        self.uc.hook_add(UC_HOOK_INSN, on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         self.uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INTR, on_intr)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, on_invalid)
         self._install_tsc_hooks()
+
+    def _syscall(self) -> None:
+        """SYSCALL (SDM vol. 2B, 64-bit mode): RCX <- next RIP, R11 <- RFLAGS,
+        RFLAGS &= ~IA32_FMASK, CS <- STAR[47:32], SS <- STAR[47:32] + 8, CPL 0,
+        RIP <- IA32_LSTAR.
+
+        Unicorn runs only the hook for SYSCALL (measured: without one, the
+        instruction is a no-op), with RIP still at the instruction, and adds its
+        length (2) to RIP afterwards; the TB ends there, so execution goes on at the
+        RIP the hook leaves minus nothing else.  The selectors are loaded from the
+        GDT, where the SDM loads fixed flat descriptors: the same for any OS whose
+        GDT holds what its STAR names (Linux's __KERNEL_CS/__KERNEL_DS).  SYSRET needs
+        nothing: unicorn executes it (CPL 3 from STAR[63:48])."""
+        uc = self.uc
+        rd = uc.reg_read
+        efer = rd(X.UC_X86_REG_MSR, EFER)
+        if not efer & 1 or not self.long_mode():    # EFER.SCE clear (or legacy mode): #UD
+            self._exception = 6
+            self._exc_error, self._exc_software = 0, False
+            uc.emu_stop()
+            return
+        rip = rd(X.UC_X86_REG_RIP)
+        rflags = rd(X.UC_X86_REG_RFLAGS)
+        star = rd(X.UC_X86_REG_MSR, MSR_STAR)
+        lstar = rd(X.UC_X86_REG_MSR, MSR_LSTAR)
+        fmask = rd(X.UC_X86_REG_MSR, MSR_FMASK)
+        uc.reg_write(X.UC_X86_REG_RCX, rip + 2)
+        uc.reg_write(X.UC_X86_REG_R11, rflags & ~(1 << 16))         # RF cleared
+        sel = star >> 32 & 0xFFFC
+        if rd(X.UC_X86_REG_CS) & 3:
+            self.enter_privilege(sel, sel + 8)
+        else:
+            self.load_segment(X.UC_X86_REG_SS, sel + 8)
+            self.load_segment(X.UC_X86_REG_CS, sel)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, rflags & ~fmask & ~(1 << 16) | 2)
+        uc.reg_write(X.UC_X86_REG_RIP, lstar - 2)      # unicorn adds the length after the hook
+        self.exits.syscalls += 1
+        if trace.enabled:
+            trace.emit("cpu.syscall", rip=rip, nr=rd(X.UC_X86_REG_RAX), entry=lstar)
 
     def _install_tsc_hooks(self) -> None:
         """RDTSC/RDTSCP from the virtual clock (see TSC_PER_TICK).
@@ -408,6 +453,31 @@ class CPU:
         finally:
             self._engine_mode(UC_MODE_64)
 
+    def enter_privilege(self, cs: int, ss: int) -> None:
+        """Switch to a more privileged CPL (an interrupt or SYSCALL from user mode)
+        and load ``cs``/``ss`` from the GDT.
+
+        Unicorn's register API checks a segment load against the current CPL as a
+        MOV would (it refuses CS/SS of DPL 0 at CPL 3: UC_ERR_EXCEPTION, measured)
+        and QEMU keeps the CPL in the hidden flags, where a load of SS sets it to the
+        new SS's DPL.  So, as the CPU's own microcode does it without checks: clear
+        CR0.PE for a moment (unicorn skips its checks outside protected mode, and a
+        real-mode load of SS has DPL 0, which makes CPL 0), restore CR0, then load SS
+        and CS normally at CPL 0 — descriptor flags (L, D, DPL) come from the GDT.
+        Paging, EFER.LMA and the TLB are unaffected by PE alone in QEMU's
+        cpu_x86_update_cr0 except for a TLB flush."""
+        uc = self.uc
+        cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+        self._engine_mode(UC_MODE_32)
+        try:
+            uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~1)
+            uc.reg_write(X.UC_X86_REG_SS, 0)
+            uc.reg_write(X.UC_X86_REG_CR0, cr0)
+            uc.reg_write(X.UC_X86_REG_SS, ss)
+            uc.reg_write(X.UC_X86_REG_CS, cs)
+        finally:
+            self._engine_mode(UC_MODE_64)
+
     def regs64(self) -> dict[str, int]:
         rd = self.uc.reg_read
         return {name: rd(rid) for name, rid in _REG64}
@@ -458,20 +528,26 @@ class CPU:
     def try_deliver_interrupt(self) -> bool:
         """Deliver the highest pending vector if the guest can take it now."""
         apic = self.machine.apic
-        if not apic.irr or self._replay is not None:
+        if self._replay is not None or not (apic.irr or apic.extint_open()):
             return False    # an MMIO instruction must finish (its replay) first
         if not self.long_mode():
             return False  # guests take interrupts only once in long mode
         if not self.uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF:
             return False
+        # The APIC's own vectors first, then the 8259's through LINT0 in virtual-wire
+        # mode (the INTA cycle), as QEMU's x86_cpu_exec_interrupt.
+        source = apic
         vector = apic.pending_vector()
         if vector is None:
-            return False
+            vector = apic.pending_extint()
+            if vector is None:
+                return False
+            source = apic.extint
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         if not self.deliver(Event(vector, external=True),
                             f"interrupt vector {vector}"):
             return False
-        apic.accept(vector)
+        source.accept(vector)
         self.exits.interrupts += 1
         self.halted = False
         if trace.enabled:
@@ -501,18 +577,14 @@ class CPU:
             return False
         if cr2 is not None:
             uc.reg_write(X.UC_X86_REG_CR2, cr2)
-        if (new.cs & 3) != (frame.cs & 3):
-            # Unicorn's register API refuses to load a more privileged CS/SS than
-            # the current CPL (UC_ERR_EXCEPTION, measured), and it derives CPL from
-            # the SS descriptor, so a CPL 3 -> 0 switch cannot be applied yet.
-            self._fail(f"{what} at CPL {frame.cs & 3} needs a switch to CPL {new.cs & 3}, "
-                       "which this machine cannot apply through unicorn yet")
-            return False
         try:
-            if new.cs != frame.cs:
-                self.load_segment(X.UC_X86_REG_CS, new.cs)
-            if new.ss != frame.ss:
-                self.load_segment(X.UC_X86_REG_SS, new.ss)
+            if (new.cs & 3) < (frame.cs & 3):
+                self.enter_privilege(new.cs, new.ss)
+            else:
+                if new.cs != frame.cs:
+                    self.load_segment(X.UC_X86_REG_CS, new.cs)
+                if new.ss != frame.ss:
+                    self.load_segment(X.UC_X86_REG_SS, new.ss)
         except UcError as err:
             self._fail(f"{what}: loading CS {new.cs:#x} / SS {new.ss:#x} failed ({err})")
             return False

@@ -32,6 +32,7 @@ class LinuxPlatform:
         m.pio.add("pic-master", 0x20, 2, self.pic.handler("master"))
         m.pio.add("pic-slave", 0xA0, 2, self.pic.handler("slave"))
         m.pio.add("elcr", 0x4D0, 2, self.pic.handler("elcr"))
+        m.apic.extint = self.pic      # INTR -> LINT0 (virtual wire until the guest masks it)
         self.pit = PIT(m.events, irq=lambda lvl: self._isa_irq(0, lvl))
         m.pio.add("pit", 0x40, 4, self.pit)
         self.rtc = RTC(m.events, irq=lambda lvl: self._isa_irq(8, lvl))
@@ -42,6 +43,7 @@ class LinuxPlatform:
         m.pio.add("port92", 0x92, 1, self.reset.port92_handler())
         m.pio.add("kbc-cmd", 0x64, 1, self.reset.kbc_handler())
         m.pio.add("piix4-pm", acpi.PM_BASE, 12, self.reset.pm_handler())
+        m.pio.add("apm", acpi.SMI_CMD, 2, self.reset.smi_cmd_handler())
         layout = acpi.build(rsdp_addr=ACPI_RSDP, tables_addr=ACPI_TABLES)
         for at, data in layout.blobs.items():
             m.memory.write(at, data)

@@ -17,18 +17,22 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Callable
 
+from .acpi import ACPI_DISABLE, ACPI_ENABLE
+from .clock import NS_PER_TICK
 from .events import EventQueue
 
 PM_TIMER_HZ = 3_579_545
 SLP_EN = 1 << 13
+SCI_EN = 1 << 0
 S5_TYPE = 0
 
 
 class ResetControl:
     def __init__(self, on_reset: Callable[[str], None], on_poweroff: Callable[[str], None],
-                 events: EventQueue | None = None, ns_per_tick: int = 1000):
+                 events: EventQueue | None = None, ns_per_tick: "int | Fraction" = NS_PER_TICK):
         self.on_reset = on_reset
         self.on_poweroff = on_poweroff
         self.events = events
@@ -38,6 +42,8 @@ class ResetControl:
         self.pm1_sts = 0
         self.pm1_en = 0
         self.pm1_cnt = 0
+        self.apm_cmd = 0
+        self.apm_status = 0
 
     # --- port 0x92 -------------------------------------------------------------
     def port92_handler(self):
@@ -80,11 +86,34 @@ class ResetControl:
                     rc.on_reset("port 0xCF9 RST_CPU")
         return _H()
 
+    # --- APM/SMI command port 0xB2 ----------------------------------------------------------
+    def smi_cmd_handler(self):
+        """Port 0xB2, the FADT's SMI_CMD: writing ACPI_ENABLE (0xF1) or ACPI_DISABLE (0xF0)
+        hands the PM registers to the OS by setting or clearing PM1a_CNT.SCI_EN (ACPI
+        §4.8.2.5; on QEMU's PIIX4 the SMI handler of the firmware does it, here the port).
+        Port 0xB3 (APM status) is a scratch byte."""
+        rc = self
+
+        class _H:
+            def read(self, offset: int, size: int) -> int:
+                return rc.apm_status if offset == 1 else rc.apm_cmd
+
+            def write(self, offset: int, size: int, value: int) -> None:
+                if offset == 1:
+                    rc.apm_status = value & 0xFF
+                    return
+                rc.apm_cmd = value & 0xFF
+                if rc.apm_cmd == ACPI_ENABLE:
+                    rc.pm1_cnt |= SCI_EN
+                elif rc.apm_cmd == ACPI_DISABLE:
+                    rc.pm1_cnt &= ~SCI_EN
+        return _H()
+
     # --- PIIX4 PM block at 0x600 ------------------------------------------------------------
     def pm_timer(self) -> int:
         if self.events is None:
             return 0
-        ns = self.events.now * self.ns_per_tick
+        ns = int(self.events.now * self.ns_per_tick)
         return (ns * PM_TIMER_HZ // 1_000_000_000) & 0xFFFFFF
 
     def pm_handler(self):

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import calendar
 import time as _time
+from fractions import Fraction
 from typing import Callable
 
+from .clock import NS_PER_TICK
 from .events import Event, EventQueue
 
 NS = 1_000_000_000
@@ -51,7 +53,7 @@ class RTC:
     """A RegionHandler for ports 0x70-0x71."""
 
     def __init__(self, events: EventQueue, irq: Callable[[bool], None] | None = None,
-                 ns_per_tick: int = 1000, epoch: int = 1_700_000_000):
+                 ns_per_tick: "int | Fraction" = NS_PER_TICK, epoch: int = 1_700_000_000):
         self.events = events
         self.irq = irq or (lambda level: None)
         self.ns_per_tick = ns_per_tick
@@ -68,7 +70,7 @@ class RTC:
 
     # --- time ------------------------------------------------------------------
     def _now_ns(self) -> int:
-        return self.events.now * self.ns_per_tick
+        return int(self.events.now * self.ns_per_tick)
 
     def seconds(self) -> int:
         if self._frozen is not None:
