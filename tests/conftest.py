@@ -24,7 +24,7 @@ def need_tool(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    msg = f"{name} is not installed (Debian: qemu-utils / qemu-system-x86 / libnbd-bin)"
+    msg = f"{name} is not installed (Debian: qemu-utils / qemu-system-x86 / libnbd-bin / acpica-tools)"
     if os.environ.get("BLOCKBED_REQUIRE_QEMU") == "1":
         pytest.fail(msg + " and BLOCKBED_REQUIRE_QEMU=1")
     pytest.skip(msg)

@@ -79,3 +79,40 @@ def test_rsdp_placement_is_checked():
         acpi.build(rsdp_addr=0xF5A08)
     with pytest.raises(ValueError):
         acpi.build(rsdp_addr=0xD0000)
+
+
+# --- the DSDT's AML (machine/aml.py), checked by ACPICA's disassembler -------------------
+
+def test_pkg_length_encoding():
+    from blockbed.machine.aml import pkg_length
+    assert pkg_length(0) == b"\x01" and pkg_length(62) == b"\x3f"
+    assert pkg_length(63) == bytes([0x40 | (65 & 0xF), 65 >> 4])        # two bytes from 63
+    n = 5000
+    enc = pkg_length(n)
+    total = n + len(enc)
+    assert enc[0] >> 6 == len(enc) - 1 and enc[0] & 0xF == total & 0xF
+    assert sum(b << (4 + 8 * i) for i, b in enumerate(enc[1:])) == total & ~0xF
+
+
+def test_dsdt_disassembles_to_the_pci_root_and_routing(tmp_path):
+    """iasl (ACPICA, the interpreter Linux runs) must read our DSDT back: the PCI root
+    PNP0A03 with its windows and one _PRT entry per slot/pin on the PIIX3 swizzle."""
+    import re
+    import subprocess
+    from conftest import need_tool
+    from blockbed.machine import acpi
+    iasl = need_tool("iasl")
+    (tmp_path / "dsdt.aml").write_bytes(acpi.dsdt())
+    p = subprocess.run([iasl, "-d", "dsdt.aml"], cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    dsl = (tmp_path / "dsdt.dsl").read_text()
+    assert 'EisaId ("PNP0A03")' in dsl and "Name (_S5, Package (0x04)" in dsl
+    assert "WordBusNumber" in dsl and dsl.count("WordIO") == 2 and dsl.count("DWordMemory") == 2
+    assert "0xC0000000,         // Range Minimum" in dsl
+    prt = re.findall(r"Package \(0x04\)\s*\{\s*(0x[0-9A-F]+),\s*(\w+),\s*Zero,\s*(0x[0-9A-F]+)",
+                     dsl)
+    assert len(prt) == 31 * 4
+    pins = {"Zero": 0, "One": 1, "0x02": 2, "0x03": 3}
+    for addr, pin, gsi in prt:
+        slot = int(addr, 16) >> 16
+        assert int(gsi, 16) == acpi.PIRQ_IRQS[(slot + pins[pin]) & 3]

@@ -8,15 +8,17 @@ I/O APIC, interrupt source override, local APIC NMI).  The values follow what
 QEMU 7.2's pc machine (PIIX4 PM, hw/i386/acpi-build.c) presents, so a Linux
 guest finds the same platform: PM1a event block at 0x600, PM1a control at
 0x604 (where SLP_EN with SLP_TYP of \\_S5 powers off), PM timer at 0x608,
-SCI on IRQ 9 (level, active high), ISA IRQ0 routed to GSI 2.  The DSDT holds
-only ``Name(_S5, Package(){0,0,0,0})`` — no devices, no PCI routing (the
-MP/$PIR or a richer DSDT is for later).
+SCI on IRQ 9 (level, active high), ISA IRQ0 routed to GSI 2.  The DSDT (AML
+from aml.py) holds ``\\_S5`` and the PCI root bridge ``\\_SB.PCI0`` with its
+``_CRS`` windows and a static ``_PRT`` (PIIX3 PIRQ swizzle onto IRQs 10/11).
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from . import aml
 
 OEM_ID = b"BLKBED"
 OEM_TABLE = b"BLOCKBED"
@@ -56,10 +58,50 @@ def madt(n_cpus: int = 1) -> bytes:
     return _table(b"APIC", 1, body)
 
 
-def dsdt() -> bytes:
-    # AML: NameOp "_S5_" PackageOp PkgLength=6 NumElements=4 Zero Zero Zero Zero
-    aml = bytes([0x08]) + b"_S5_" + bytes([0x12, 0x06, 0x04, 0, 0, 0, 0])
-    return _table(b"DSDT", 1, aml)
+#: The PIIX3's PIRQ route registers as SeaBIOS programs them (pci.IsaBridge): INTA#..INTD#
+#: of the swizzle (slot + pin) & 3 reach ISA IRQs 10, 10, 11, 11.
+PIRQ_IRQS = (10, 10, 11, 11)
+PCI_HOLE = (0xC0000000, 0xFEBFFFFF)       # pci.assign_bars places memory BARs here
+
+
+def pci_crs() -> bytes:
+    """The host bridge's resources (§6.2.2 _CRS), as QEMU's pc DSDT: bus 0-255, the
+    config ports 0xCF8-0xCFF consumed, I/O 0-0xCF7 and 0xD00-0xFFFF, the VGA window and
+    the 32-bit PCI hole forwarded."""
+    return (aml.word_space(aml.RES_BUS, 0, 0xFF)
+            + aml.io_port(0xCF8, 0xCF8, 1, 8)
+            + aml.word_space(aml.RES_IO, 0x0000, 0x0CF7, 0x03)
+            + aml.word_space(aml.RES_IO, 0x0D00, 0xFFFF, 0x03)
+            + aml.dword_memory(0x000A0000, 0x000BFFFF)
+            + aml.dword_memory(*PCI_HOLE)
+            + aml.end_tag())
+
+
+def pci_prt(pirq_irqs: tuple[int, ...] = PIRQ_IRQS) -> bytes:
+    """_PRT (§6.2.13) in its static-GSI form: for every slot 1-31 and pin INTA-INTD,
+    Package{address (slot << 16 | 0xFFFF), pin, 0, GSI}.  GSIs named this way are
+    level-triggered, active-low; the GSI is the ISA IRQ the PIIX3 routes the pin to
+    (the I/O APIC's inputs 0-15 are the ISA IRQs)."""
+    entries = [aml.package(aml.integer(slot << 16 | 0xFFFF), aml.integer(pin), aml.integer(0),
+                           aml.integer(pirq_irqs[(slot + pin) & 3]))
+               for slot in range(1, 32) for pin in range(4)]
+    return aml.package(*entries)
+
+
+def dsdt(pirq_irqs: tuple[int, ...] = PIRQ_IRQS) -> bytes:
+    r"""\_S5 = {0, 0, 0, 0} (SLP_TYP 0 powers off, reset.py) and \_SB.PCI0, the PCI
+    root bridge (PNP0A03) with its windows and interrupt routing, so that an OS with
+    the ACPI interpreter on finds bus 0 and routes INTx (Linux probes PCI only through
+    ACPI once SCI_EN is set)."""
+    body = aml.name("_S5", aml.package(*(aml.integer(0),) * 4))
+    body += aml.scope("\\_SB", aml.device(
+        "PCI0",
+        aml.name("_HID", aml.eisa_id("PNP0A03")),
+        aml.name("_ADR", aml.integer(0)),
+        aml.name("_UID", aml.integer(0)),
+        aml.name("_CRS", aml.buffer(pci_crs())),
+        aml.name("_PRT", pci_prt(pirq_irqs))))
+    return _table(b"DSDT", 1, body)
 
 
 def facs() -> bytes:
