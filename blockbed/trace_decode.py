@@ -22,14 +22,6 @@ from .devices.virtio import layout as virtio_layout
 #: virtio-blk request types (virtio 1.2 §5.2.6), from the declaration
 VIRTIO_BLK_TYPES = {v: str(k) for k, v in virtio_layout.ReqType.encmapping.items()}
 
-#: ATA commands seen in the guests (ATA8-ACS §7)
-ATA_COMMANDS = {0x20: "READ SECTORS", 0x24: "READ SECTORS EXT", 0x25: "READ DMA EXT",
-                0x30: "WRITE SECTORS", 0x34: "WRITE SECTORS EXT", 0x35: "WRITE DMA EXT",
-                0x3D: "WRITE DMA FUA EXT", 0x60: "READ FPDMA QUEUED", 0x61: "WRITE FPDMA QUEUED",
-                0x06: "DATA SET MANAGEMENT", 0xC8: "READ DMA", 0xCA: "WRITE DMA",
-                0xE7: "FLUSH CACHE", 0xEA: "FLUSH CACHE EXT", 0xEC: "IDENTIFY DEVICE",
-                0xEF: "SET FEATURES", 0x2F: "READ LOG EXT", 0x90: "EXECUTE DEVICE DIAGNOSTIC"}
-
 def op_kind(name: str) -> str:
     """The common name of an operation across controllers: read, write, flush,
     discard, write_zeroes or other (what the viewer groups by)."""
@@ -77,20 +69,9 @@ def ata_taskfile(tf: Any) -> dict[str, Any]:
             "count": count, "lba": lba, "device": tf.device, "lba48": lba48}
 
 
-def h2d_fis(cfis: bytes) -> dict[str, Any]:
-    """A Register Host-to-Device FIS (SATA 3.x §10.5.5, AHCI §4.2.3.1 command FIS)."""
-    lba = int.from_bytes(cfis[4:7], "little") | (int.from_bytes(cfis[8:11], "little") << 24)
-    return {"fis_type": cfis[0], "c": bool(cfis[1] & 0x80), "pm_port": cfis[1] & 0xF,
-            "command": ATA_COMMANDS.get(cfis[2], f"{cfis[2]:#04x}"), "command_code": cfis[2],
-            "features": cfis[3] | (cfis[11] << 8), "lba": lba, "device": cfis[7],
-            "count": cfis[12] | (cfis[13] << 8), "control": cfis[15]}
-
-
-def ahci_command_header(dw0: int, prdbc: int, ctba: int) -> dict[str, Any]:
-    """An AHCI command header (AHCI 1.3 §4.2.2): CFL, A, W, P, PRDTL, PRDBC, CTBA."""
-    return {"cfl": dw0 & 0x1F, "atapi": bool(dw0 & 0x20), "write": bool(dw0 & 0x40),
-            "prefetch": bool(dw0 & 0x80), "prdtl": dw0 >> 16, "prdbc": prdbc, "ctba": ctba}
-
+# AHCI command headers, FISes and port registers: parsed with their declarations.
+from .trace_decode_ahci import ATA_COMMANDS, fis as ahci_fis, h2d_fis, port_register as ahci_port_register  # noqa: E402,F401
+from .trace_decode_ahci import command_header as ahci_command_header  # noqa: E402,F401
 
 # SCSI CDBs, LSI registers and SCRIPTS instructions: parsed with their declarations.
 from .trace_decode_scsi import (LSI_REGISTERS, SCSI_OPCODES, lsi_insn, lsi_register,  # noqa: E402,F401

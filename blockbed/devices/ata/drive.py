@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from ... import trace
 from ...block.backend import STOPPED
 from .identify import IdentifyState, build_identify, chs_geometry
-from .regs import (DEV_FUA, DEV_LBA, DSM_TRIM, ER_ABRT, ER_AMNF, ER_IDNF, ER_UNC, SF_DISABLE_RLA,
-                   SF_DISABLE_WCE, SF_ENABLE_RLA, SF_ENABLE_WCE, SF_XFER_MODE, ST_DRDY, ST_DSC,
-                   ST_ERR, Cmd, Outputs, Protocol, TaskFile)
+from .regs import (DEV_FUA, DEV_HEAD, DEV_LBA, DSM_TRIM, ER_ABRT, ER_AMNF, ER_IDNF, ER_UNC,
+                   NCQ_TAG, NCQ_TAG_SHIFT, SF_DISABLE_RLA, SF_DISABLE_WCE, SF_ENABLE_RLA,
+                   SF_ENABLE_WCE, SF_XFER_MODE, ST_DRDY, ST_DSC, ST_ERR, Cmd, Outputs, Protocol, TaskFile)
 
 __all__ = ["AtaDrive", "Command", "DriveConfig"]
 
@@ -174,11 +174,11 @@ class AtaDrive:
 
     def _lba28(self, tf: TaskFile) -> int | None:
         if tf.device & DEV_LBA:
-            return ((tf.device & 0x0F) << 24) | (tf.lba & 0xFFFFFF)
+            return ((tf.device & DEV_HEAD) << 24) | (tf.lba & 0xFFFFFF)
         # CHS addressing (ATA-5 and earlier): sector number 1-based, cylinder in LBA mid/high.
         sector = tf.lba & 0xFF
         cyl = (tf.lba >> 8) & 0xFFFF
-        head = tf.device & 0x0F
+        head = tf.device & DEV_HEAD
         cyls, heads, spt = chs_geometry(self.sectors)
         if sector == 0 or sector > spt or head >= heads:
             return None
@@ -210,7 +210,7 @@ class AtaDrive:
             proto = _P.FPDMA_IN if op == Cmd.READ_FPDMA_QUEUED else _P.FPDMA_OUT
             cmd = Command(op, proto, tf, lba, n, n * self.sector_size,
                           fua=bool(tf.device & DEV_FUA) and op == Cmd.WRITE_FPDMA_QUEUED,
-                          tag=(tf.count >> 3) & 0x1F)
+                          tag=(tf.count & NCQ_TAG) >> NCQ_TAG_SHIFT)
             if lba + n > self.sectors:
                 return self.idnf(lba)
             return cmd
