@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .devices.ata.regs import DEV_HEAD
 from .devices.fastform import to_dict
 from .devices.virtio import layout as virtio_layout
 
@@ -64,7 +65,7 @@ def ata_taskfile(tf: Any) -> dict[str, Any]:
     if "EXT" in name or "FPDMA" in name:
         lba, count, lba48 = tf.lba, tf.count or 65536, True
     else:
-        lba, count, lba48 = (tf.lba & 0xFFFFFF) | ((tf.device & 0x0F) << 24), (tf.count & 0xFF) or 256, False
+        lba, count, lba48 = (tf.lba & 0xFFFFFF) | ((tf.device & DEV_HEAD) << 24), (tf.count & 0xFF) or 256, False
     return {"command": name, "command_code": tf.command, "features": tf.features & (0xFFFF if lba48 else 0xFF),
             "count": count, "lba": lba, "device": tf.device, "lba48": lba48}
 

@@ -29,7 +29,7 @@ ATA_COMMANDS = {0x20: "READ SECTORS", 0x24: "READ SECTORS EXT", 0x25: "READ DMA 
                 0xEF: "SET FEATURES", 0x2F: "READ LOG EXT", 0x90: "EXECUTE DEVICE DIAGNOSTIC"}
 _FPDMA = (0x60, 0x61)
 _H2D_OFF = offsets(L.RegH2dFis)
-_CTBA_SHIFT = bits(L.CommandHeader.subcons[2].subcon)["ctba"][0]
+_CTBA_SHIFT = bits(L.CommandHeader.subcons[2].subcon)["ctba_31_7"][0]
 
 
 def _lba(r: Any) -> int:
@@ -62,7 +62,7 @@ def command_header(raw: bytes) -> dict[str, Any]:
     command table's address; ``fields``: the header by its declaration."""
     p = L.CommandHeader.parse(raw[:L.HDR_SIZE])
     i = p.info
-    ctba = (p.ctbau << 32) | (p.ctba.ctba << _CTBA_SHIFT)
+    ctba = (p.ctbau << 32) | (p.ctba.ctba_31_7 << _CTBA_SHIFT)
     return {"cfl": i.cfl, "atapi": i.a, "write": i.w, "prefetch": i.p, "prdtl": i.prdtl,
             "prdbc": p.prdbc, "ctba": ctba, "fields": to_dict(p)}
 

@@ -36,7 +36,7 @@ ALL = [L.Cap, L.Ghc, L.Vs, L.CccCtl, L.EmLoc, L.EmCtl, L.Cap2, L.Bohc, L.Generic
        L.PxSntf, L.PxFbs, L.PxDevslp, L.PortRegs, L.RegH2dFis, L.RegD2hFis, L.PioSetupFis,
        L.DmaSetupFis, L.SetDeviceBitsFis, L.ReceivedFis, L.CommandHeader, L.PrdEntry, L.SataCap,
        L.IndexDataPair, AL.Status, AL.Error, AL.Device, AL.DeviceControl, AL.NcqCount,
-       AL.CommandBlock, AL.OutputBlock, AL.Identify]
+       AL.CommandBlock, AL.OutputBlock, AL.DsmRange, AL.NcqErrorLog, AL.Identify]
 
 
 def test_register_offsets_match_ahci_1_3():
@@ -171,7 +171,7 @@ def test_command_header_fast_form_agrees(raw):
     assert (info & A.HDR_CFL, info >> A.HDR_PRDTL_SHIFT, prdbc) == (p.info.cfl, p.info.prdtl, p.prdbc)
     assert bool(info & L.mask(L.CmdHeaderInfo, "w")) == p.info.w
     assert (ctbau << 32) | (ctba & A.CTBA_MASK) == d.ahci_command_header(raw)["ctba"]
-    assert d.ahci_command_header(raw)["ctba"] == (p.ctbau << 32) | (p.ctba.ctba << 7)
+    assert d.ahci_command_header(raw)["ctba"] == (p.ctbau << 32) | (p.ctba.ctba_31_7 << 7)
 
 
 @settings(max_examples=200, deadline=None)
@@ -304,3 +304,24 @@ def test_sata_capability_and_index_data_pair():
     p = L.SataCap.parse(cfg[off:off + L.SATA_CAP_SIZE])
     assert (p.revision.major, p.revision.minor, p.bar.barloc, p.bar.barofst) == (1, 0, 8, 4)
     assert struct.unpack_from("<HI", cfg, off + 2) == (0x0010, 0x48)      # as before the declarations
+
+
+def test_dsm_range_and_ncq_error_log_match_the_spec():
+    """ACS-2 §7.5.3.2 LBA range entries; SATA 3.x §13.7.4 NCQ Command Error log: the drive
+    reads and writes them with the fast forms, construct reads them back."""
+    from test_ata_drive import make
+
+    from blockbed.devices.ata import Cmd, Outputs, TaskFile
+    assert AL.DSM_RANGE.format == "<Q" and (AL.DSM_LBA, AL.DSM_LENGTH_SHIFT) == ((1 << 48) - 1, 48)
+    assert R.DSM_RANGES_PER_BLOCK == 64 and AL.NcqErrorLog.sizeof() == 512
+    e = AL.DsmRange.parse(struct.pack("<Q", 10 | (3 << 48)))
+    assert (e.lba, e.length) == (10, 3)
+    drv, _ = make()
+    drv.record_ncq_error(9, Outputs(status=0x51, error=R.ER_ABRT), lba=0x123456789A)
+    buf = bytearray(512)
+    drv.execute(drv.decode(TaskFile(Cmd.READ_LOG_EXT, count=1, lba=0x10)), [memoryview(buf)])
+    log = AL.NcqErrorLog.parse(bytes(buf))
+    assert log.tag.tag == 9 and not log.tag.nq and log.regs.status.err and log.regs.error.abrt
+    assert (log.regs.lba_low, log.regs.lba_mid, log.regs.lba_high, log.regs.lba_low_exp,
+            log.regs.lba_mid_exp, log.regs.lba_high_exp) == (0x9A, 0x78, 0x56, 0x34, 0x12, 0)
+    assert buf[0] == 9 and buf[2] == 0x51 and buf[4:7] == bytes([0x9A, 0x78, 0x56]) and sum(buf) % 256 == 0

@@ -35,6 +35,11 @@ disk.
 - Interrupts: INTx level = any enabled port interrupt and GHC.IE; MSI (one
   vector) is signalled on each new enabled port interrupt.
 
+Layouts: every register offset and bit, the command header, PRD entry and FIS
+forms used here are derived from the ``construct`` declarations in
+:mod:`.ahci_layout` (and :mod:`.ata.layout`); trace events carry them parsed
+(:mod:`blockbed.trace_decode_ahci`).
+
 Departures from QEMU 7.2 on purpose: VS reads 1.3 (QEMU says 1.0), a failed
 command leaves its PxCI bit set as §6.1.2 says, WRITE DMA FUA EXT works and
 the NCQ FUA bit makes the write durable.

@@ -60,9 +60,9 @@ GenericHostControl = Struct(
 
 # --- port registers (§3.3) ----------------------------------------------------------------------
 #: PxCLB command list base (§3.3.1): 1 KiB aligned
-PxClb = le_bits("clb" / BitsInteger(22), Padding(10))
+PxClb = le_bits("clb_31_10" / BitsInteger(22), Padding(10))
 #: PxFB FIS base (§3.3.3): 256-byte aligned (FIS-based switching off)
-PxFb = le_bits("fb" / BitsInteger(24), Padding(8))
+PxFb = le_bits("fb_31_8" / BitsInteger(24), Padding(8))
 #: PxIS interrupt status (§3.3.5)
 PxIs = le_bits("cpds" / Flag, "tfes" / Flag, "hbfs" / Flag, "hbds" / Flag, "ifs" / Flag,
                "infs" / Flag, Padding(1), "ofs" / Flag, "ipms" / Flag, "prcs" / Flag, Padding(14),
@@ -192,7 +192,7 @@ CmdHeaderInfo = le_bits("prdtl" / BitsInteger(16), "pmp" / BitsInteger(4), Paddi
 CommandHeader = Struct(
     "info" / CmdHeaderInfo,
     "prdbc" / Int32ul,
-    "ctba" / le_bits("ctba" / BitsInteger(25), Padding(7)),
+    "ctba" / le_bits("ctba_31_7" / BitsInteger(25), Padding(7)),
     "ctbau" / Int32ul,
     Padding(16),
 )
@@ -248,7 +248,7 @@ _PORT = offsets(PortRegs)
 (P_CLB, P_CLBU, P_FB, P_FBU, P_IS, P_IE, P_CMD, P_TFD, P_SIG, P_SSTS, P_SCTL, P_SERR, P_SACT, P_CI,
  P_SNTF, P_FBS) = (_PORT[n] for n in
                    "clb clbu fb fbu is ie cmd tfd sig ssts sctl serr sact ci sntf fbs".split())
-CLB_MASK, FB_MASK = mask(PxClb, "clb"), mask(PxFb, "fb")
+CLB_MASK, FB_MASK = mask(PxClb, "clb_31_10"), mask(PxFb, "fb_31_8")
 
 IS_DHRS, IS_PSS, IS_DSS, IS_SDBS, IS_UFS, IS_DPS, IS_PCS = _masks(PxIs, "dhrs pss dss sdbs ufs dps pcs")
 IS_OFS, IS_INFS, IS_IFS, IS_HBDS, IS_HBFS, IS_TFES = _masks(PxIs, "ofs infs ifs hbds hbfs tfes")
@@ -298,7 +298,7 @@ HDR_PRDBC = offsets(CommandHeader)["prdbc"]
 PRDBC = fast(Struct(CommandHeader.subcons[1]))
 HDR_CFL = mask(CmdHeaderInfo, "cfl")
 HDR_PRDTL_SHIFT = bits(CmdHeaderInfo)["prdtl"][0]
-CTBA_MASK = mask(CommandHeader.subcons[2].subcon, "ctba")
+CTBA_MASK = mask(CommandHeader.subcons[2].subcon, "ctba_31_7")
 CT_CFIS_SIZE = CommandTable.subcons[0].sizeof()
 CT_PRDT = offsets(CommandTable, prdtl=0)["prdt"]
 PRD = fast(PrdEntry)

@@ -26,11 +26,11 @@ Durability (the point of this layer, see docs/ata.md):
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from ... import trace
 from ...block.backend import STOPPED
+from . import layout as L
 from .identify import IdentifyState, build_identify, chs_geometry
 from .regs import (DEV_FUA, DEV_HEAD, DEV_LBA, DSM_TRIM, ER_ABRT, ER_AMNF, ER_IDNF, ER_UNC,
                    NCQ_TAG, NCQ_TAG_SHIFT, SF_DISABLE_RLA, SF_DISABLE_WCE, SF_ENABLE_RLA,
@@ -305,8 +305,9 @@ class AtaDrive:
         data = b"".join(bytes(b) for b in bufs)
         ranges = []
         cap = self.sectors
-        for (entry,) in struct.iter_unpack("<Q", data[:len(data) & ~7]):
-            start, n = entry & 0xFFFF_FFFF_FFFF, entry >> 48
+        size = L.DSM_RANGE.size
+        for (entry,) in L.DSM_RANGE.iter_unpack(data[:len(data) - len(data) % size]):
+            start, n = entry & L.DSM_LBA, entry >> L.DSM_LENGTH_SHIFT
             if n == 0:
                 continue
             if start + n > cap:
@@ -401,10 +402,8 @@ class AtaDrive:
 
     def record_ncq_error(self, tag: int, out: Outputs, lba: int = 0) -> None:
         """Fill the NCQ Command Error log (page 10h) for READ LOG EXT (SATA §13.7.4)."""
-        log = bytearray(512)
-        log[0] = tag & 0x1F
-        log[2], log[3] = out.status, out.error
-        struct.pack_into("<HBB", log, 4, lba & 0xFFFF, (lba >> 16) & 0xFF, 0)
-        log[8:11] = ((lba >> 24) & 0xFFFFFF).to_bytes(3, "little")
-        log[511] = (-sum(log[:511])) & 0xFF
+        log = bytearray(L.NCQ_ERROR_LOG.pack(
+            tag & L.NCQ_LOG_TAG, out.status, out.error, lba & 0xFF, lba >> 8 & 0xFF,
+            lba >> 16 & 0xFF, 0, lba >> 24 & 0xFF, lba >> 32 & 0xFF, lba >> 40 & 0xFF, 0, 0, 0))
+        log[-1] = (-sum(log[:-1])) & 0xFF          # the checksum byte
         self.state.ncq_error_log = bytes(log)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from construct import Array, BitsInteger, Bytes, Flag, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
-from ..fastform import bits, fast, le_bits, offsets
+from ..fastform import bits, fast, le_bits, mask, offsets
 
 # --- task-file registers (ATA8-ACS §6) ---------------------------------------------------------
 #: Status (ATA8-ACS §6.2.?; ATA/ATAPI-7 names): BSY, DRDY, DF device fault, DSC (seek
@@ -58,6 +58,22 @@ OutputBlock = Struct(
     "lba_low" / Int8ul, "lba_mid" / Int8ul, "lba_high" / Int8ul, "device" / Device,
     "lba_low_exp" / Int8ul, "lba_mid_exp" / Int8ul, "lba_high_exp" / Int8ul, Padding(1),
     "count" / Int8ul, "count_exp" / Int8ul,
+)
+
+# --- DATA SET MANAGEMENT and the NCQ Command Error log ------------------------------------------
+#: A DATA SET MANAGEMENT LBA range entry (ACS-2 §7.5.3.2): range length in sectors
+#: (bits 63:48, 0 = unused entry) and the starting LBA (bits 47:0); 64 to a 512-byte block
+DsmRange = le_bits("length" / BitsInteger(16), "lba" / BitsInteger(48))
+#: The NCQ Command Error log, page 10h (SATA 3.x §13.7.4): NQ (the error was not for
+#: a queued command), UNL, the tag; the failed command's outputs in the order of a D2H
+#: FIS; the vendor bytes; a checksum making the byte sum 0
+NcqErrorLog = Struct(
+    "tag" / le_bits("nq" / Flag, "unl" / Flag, Padding(1), "tag" / BitsInteger(5)),
+    Padding(1),
+    "regs" / OutputBlock,
+    Padding(242),
+    Padding(255),                # vendor specific, 256-510
+    "checksum" / Int8ul,
 )
 
 # --- IDENTIFY DEVICE data (ATA8-ACS §7.16.7, table 22) ----------------------------------------
@@ -166,6 +182,10 @@ Identify = Struct(
 
 # --- fast forms, derived once ----------------------------------------------------------------
 COMMAND_BLOCK = fast(CommandBlock)
+DSM_RANGE = fast(DsmRange)
+DSM_LBA, DSM_LENGTH_SHIFT = mask(DsmRange, "lba"), bits(DsmRange)["length"][0]
+NCQ_ERROR_LOG = fast(NcqErrorLog)
+NCQ_LOG_TAG = mask(NcqErrorLog.subcons[0].subcon, "tag")
 OUTPUT_BLOCK = fast(OutputBlock)
 IDENTIFY_SIZE = Identify.sizeof()
 #: IDENTIFY as 256 little-endian words (how the builder writes it)
@@ -194,6 +214,7 @@ def field_value(con, **fields: int) -> int:
     return out
 
 
-__all__ = ["Status", "Error", "Device", "DeviceControl", "NcqCount", "CommandBlock", "OutputBlock", "Identify",
+__all__ = ["Status", "Error", "Device", "DeviceControl", "NcqCount", "CommandBlock", "OutputBlock", "DsmRange",
+           "NcqErrorLog", "Identify", "DSM_RANGE", "NCQ_ERROR_LOG",
            "COMMAND_BLOCK", "OUTPUT_BLOCK", "IDENTIFY_WORDS", "IDENTIFY_WORD", "IDENTIFY_STRINGS",
            "field_value"]

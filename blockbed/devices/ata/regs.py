@@ -46,7 +46,7 @@ SIGNATURE_ATA = 0x00000101  # LBA high:mid:low:count = 00:00:01:01
 
 # DATA SET MANAGEMENT
 DSM_TRIM = 0x01
-DSM_RANGES_PER_BLOCK = 64     # 8-byte entries per 512-byte block (ACS-2 §7.5.3.2)
+DSM_RANGES_PER_BLOCK = 512 // L.DsmRange.sizeof()   # 8-byte entries per 512-byte block (ACS-2 §7.5.3.2)
 
 # SET FEATURES subcommands used here (ATA8-ACS §7.48)
 SF_ENABLE_WCE = 0x02
