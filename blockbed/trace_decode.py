@@ -71,8 +71,10 @@ def ata_taskfile(tf: Any) -> dict[str, Any]:
 
 
 # AHCI command headers, FISes and port registers: parsed with their declarations.
-from .trace_decode_ahci import ATA_COMMANDS, fis as ahci_fis, h2d_fis, port_register as ahci_port_register  # noqa: E402,F401
+from .trace_decode_ahci import ATA_COMMANDS, h2d_fis  # noqa: E402,F401
 from .trace_decode_ahci import command_header as ahci_command_header  # noqa: E402,F401
+from .trace_decode_ahci import fis as ahci_fis  # noqa: E402,F401
+from .trace_decode_ahci import port_register as ahci_port_register  # noqa: E402,F401
 
 # SCSI CDBs, LSI registers and SCRIPTS instructions: parsed with their declarations.
 from .trace_decode_scsi import (LSI_REGISTERS, SCSI_OPCODES, lsi_insn, lsi_register,  # noqa: E402,F401

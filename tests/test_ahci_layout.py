@@ -36,7 +36,7 @@ ALL = [L.Cap, L.Ghc, L.Vs, L.CccCtl, L.EmLoc, L.EmCtl, L.Cap2, L.Bohc, L.Generic
        L.PxSntf, L.PxFbs, L.PxDevslp, L.PortRegs, L.RegH2dFis, L.RegD2hFis, L.PioSetupFis,
        L.DmaSetupFis, L.SetDeviceBitsFis, L.ReceivedFis, L.CommandHeader, L.PrdEntry, L.SataCap,
        L.IndexDataPair, AL.Status, AL.Error, AL.Device, AL.DeviceControl, AL.NcqCount,
-       AL.CommandBlock, AL.OutputBlock, AL.DsmRange, AL.NcqErrorLog, AL.Identify]
+       AL.XferMode, AL.CommandBlock, AL.OutputBlock, AL.DsmRange, AL.NcqErrorLog, AL.Identify]
 
 
 def test_register_offsets_match_ahci_1_3():
@@ -325,3 +325,76 @@ def test_dsm_range_and_ncq_error_log_match_the_spec():
     assert (log.regs.lba_low, log.regs.lba_mid, log.regs.lba_high, log.regs.lba_low_exp,
             log.regs.lba_mid_exp, log.regs.lba_high_exp) == (0x9A, 0x78, 0x56, 0x34, 0x12, 0)
     assert buf[0] == 9 and buf[2] == 0x51 and buf[4:7] == bytes([0x9A, 0x78, 0x56]) and sum(buf) % 256 == 0
+
+
+def test_guest_visible_bytes_unchanged_by_the_declarations():
+    """The received-FIS area, the command list (PRDBC) and the port registers after each
+    step of a command sequence are what the hand-written HBA produced
+    (tests/data/ahci_fis_golden.json, recorded before the declarations existed)."""
+    q = AhciQ(disks=[1 << 20])
+    q.port_start(0)
+    out = []
+
+    def snap(tag):
+        out.append([tag, q.rfis(0, 0, 256).hex(), q.pr(0, A.P_TFD), q.pr(0, A.P_IS), q.pr(0, A.P_CI),
+                    q.pr(0, A.P_SACT), q.pr(0, A.P_CMD), q.pr(0, A.P_SIG),
+                    q.qt.memread(q.clb[0], 1024).hex()])
+        q.pw(0, A.P_IS, 0xFFFFFFFF)
+
+    snap("start")
+    buf = q.alloc(8 * SEC)
+    q.run(0, h2d(0xEC), [(buf, SEC)])
+    snap("identify")
+    q.qt.memwrite(buf, bytes(range(256)) * 16)
+    q.run(0, h2d(0xCA, lba=5, count=2), [(buf, 2 * SEC)], write=True)
+    snap("write dma")
+    q.run(0, h2d(0x25, lba=0x1234, count=1), [(buf, SEC)])
+    snap("read dma ext")
+    q.run(0, h2d(0x20, lba=3, count=1), [(buf, SEC)])
+    snap("pio read")
+    q.run(0, h2d(0x30, lba=3, count=1), [(buf, SEC)], write=True)
+    snap("pio write")
+    for t in range(4):
+        q.build(0, t, h2d(0x60, lba=8 * t, count=t << 3, features=1, device=0xC0 if t & 1 else 0x40),
+                [(buf + t * SEC, SEC)])
+    q.issue(0, 0xF, sact=0xF)
+    q.wait()
+    snap("ncq")
+    q.run(0, h2d(0x25, lba=1 << 40, count=1), [(buf, SEC)])
+    snap("idnf")
+    golden = json.loads((Path(__file__).parent / "data" / "ahci_fis_golden.json").read_text())
+    for got, want in zip(out, golden):
+        assert got == want, got[0]
+    assert len(out) == len(golden)
+
+
+def test_set_transfer_mode_values_match_ata8_acs():
+    """SET FEATURES 03h: Count bits 7:3 the transfer type, 2:0 the mode (ATA8-ACS table
+    "Transfer/mode values"), for every Count value."""
+    from test_ata_drive import make
+
+    from blockbed.devices.ata import Cmd, TaskFile
+    assert bits(AL.XferMode) == {"kind": (3, 5), "mode": (0, 3)}
+    for val in range(256):
+        drv, _ = make()
+        out = drv.execute(drv.decode(TaskFile(Cmd.SET_FEATURES, features=3, count=val)))
+        kind, mode = val >> 3, val & 7
+        ok = val in (0, 1) or (kind, mode <= 4) == (1, True) or (kind, mode <= 2) == (4, True) \
+            or (kind, mode <= 5) == (8, True)
+        assert out.failed != ok, hex(val)
+        if ok and kind == 8:
+            assert (drv.state.udma_mode, drv.state.mwdma_mode) == (mode, None)
+
+
+def test_bad_fis_event_carries_the_fis_decoded():
+    q = AhciQ()
+    q.port_start(0)
+    fis = bytearray(h2d(0x25, count=1))
+    fis[0] = 0x34                                   # a D2H FIS where a command FIS belongs
+    q.build(0, 0, bytes(fis), [(q.alloc(SEC), SEC)])
+    with trace.Recorder() as rec:
+        q.issue(0, 1)
+        q.wait()
+    bad = next(e.fields for e in rec.events if e.name == "ahci.bad_fis")
+    assert bad["type"] == 0x34 and bad["fis"]["fis_type"] == "REG_D2H"
+    assert q.pr(0, A.P_IS) & A.IS_IFS

@@ -313,7 +313,8 @@ class AhciPort:
         """A Set Device Bits FIS (§10.5.7) into SDBFIS: the completed tags leave PxSACT; only
         the Status bits an SDB FIS carries change in PxTFD (BSY and DRQ keep theirs)."""
         self.sact &= ~done
-        self.tfd = (out.error << TFD_ERR_SHIFT) | (out.status & SDB_STATUS) | (self.tfd & TFD_STS & ~SDB_STATUS)
+        self.tfd = ((out.error << TFD_ERR_SHIFT) | (out.status & SDB_STATUS)
+                    | (self.tfd & TFD_STS & ~SDB_STATUS))
         if not self._post_fis(RFIS_SDBFIS, SDB, FIS_SDB, SDB_I, out.status & SDB_STATUS, out.error, done):
             return
         self.raise_is(IS_SDBS | (IS_TFES if out.status & ST_ERR else 0))
@@ -378,7 +379,9 @@ class AhciPort:
         self.cmd = (self.cmd & ~CMD_CCS) | (slot << CMD_CCS_SHIFT)
         if fis_type != FIS_REG_H2D or cfl < CFL_MIN:
             if trace.enabled:
-                trace.emit("ahci.bad_fis", port=self.index, slot=slot, type=fis_type, cfl=cfl)
+                from .. import trace_decode as d
+                trace.emit("ahci.bad_fis", port=self.index, slot=slot, type=fis_type, cfl=cfl,
+                           fis=d.ahci_fis(bytes(cfis)))
             self.fatal(IS_IFS, SERR_ERR_P)
             return False
         if not flags & H2D_C:

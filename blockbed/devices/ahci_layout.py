@@ -18,7 +18,8 @@ parses with the declarations themselves.
 
 from __future__ import annotations
 
-from construct import Array, BitsInteger, Bytes, Enum, Flag, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct, this
+from construct import (Array, BitsInteger, Bytes, Enum, Flag, Int8ul, Int16ul, Int32ul, Int64ul, Padding,
+                       Struct, this)
 
 from .ata.layout import CommandBlock, DeviceControl, Error, OutputBlock, Status, field_value
 from .fastform import bits, fast, le_bits, mask, offsets

@@ -386,14 +386,14 @@ class AtaDrive:
             return self._ok()
         if sub == SF_XFER_MODE:
             val = tf.count & 0xFF
-            kind, mode = val >> 3, val & 7
-            if val in (0x00, 0x01):              # PIO default mode (with/without IORDY)
+            kind, mode = val >> L.XFER_KIND_SHIFT, val & L.XFER_MODE
+            if kind == L.XferKind["PIO_DEFAULT"] and mode <= 1:   # PIO default (with/without IORDY)
                 st.pio_mode = 0
-            elif kind == 0x01 and mode <= 4:     # PIO flow control mode n
+            elif kind == L.XferKind["PIO"] and mode <= 4:         # PIO flow control mode n
                 st.pio_mode = mode
-            elif kind == 0x04 and mode <= 2:     # multiword DMA mode n
+            elif kind == L.XferKind["MWDMA"] and mode <= 2:       # multiword DMA mode n
                 st.mwdma_mode, st.udma_mode = mode, None
-            elif kind == 0x08 and mode <= 5:     # Ultra DMA mode n
+            elif kind == L.XferKind["UDMA"] and mode <= 5:        # Ultra DMA mode n
                 st.udma_mode, st.mwdma_mode = mode, None
             else:
                 return self.abort()

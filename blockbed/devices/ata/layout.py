@@ -18,7 +18,8 @@ the IDENTIFY DEVICE data.
 
 from __future__ import annotations
 
-from construct import Array, BitsInteger, Bytes, Flag, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
+from construct import (Array, BitsInteger, Bytes, Enum, Flag, Int8ul, Int16ul, Int32ul, Int64ul, Padding,
+                       Struct)
 
 from ..fastform import bits, fast, le_bits, mask, offsets
 
@@ -40,6 +41,12 @@ DeviceControl = le_bits("hob" / Flag, Padding(4), "srst" / Flag, "nien" / Flag, 
 #: Count of READ/WRITE FPDMA QUEUED (SATA 3.x §13.6.4.1, §13.6.5.1): PRIO, the NCQ tag in
 #: bits 7:3 (Features holds the sector count)
 NcqCount = le_bits("prio" / BitsInteger(2), Padding(6), "tag" / BitsInteger(5), Padding(3))
+
+#: Count of SET FEATURES 03h, set transfer mode (ATA8-ACS §7.48.?, table "Transfer/mode
+#: values"): the transfer type (00001b PIO flow control, 00100b multiword DMA, 01000b
+#: Ultra DMA; 00000b PIO default) and the mode number
+XferType = Enum(BitsInteger(5), PIO_DEFAULT=0x00, PIO=0x01, MWDMA=0x04, UDMA=0x08)
+XferMode = le_bits("kind" / XferType, "mode" / BitsInteger(3))
 
 #: The command-block registers as a Register H2D FIS carries them (SATA 3.x §10.5.5,
 #: bytes 2-15): the LBA low/mid/high bytes are LBA 7:0, 15:8, 23:16; their "exp"
@@ -185,6 +192,9 @@ COMMAND_BLOCK = fast(CommandBlock)
 DSM_RANGE = fast(DsmRange)
 DSM_LBA, DSM_LENGTH_SHIFT = mask(DsmRange, "lba"), bits(DsmRange)["length"][0]
 NCQ_ERROR_LOG = fast(NcqErrorLog)
+XFER_KIND_SHIFT, XFER_MODE = bits(XferMode)["kind"][0], mask(XferMode, "mode")
+#: transfer type name -> code (the drive's SET FEATURES 03h dispatch)
+XferKind = dict(XferType.encmapping)
 NCQ_LOG_TAG = mask(NcqErrorLog.subcons[0].subcon, "tag")
 OUTPUT_BLOCK = fast(OutputBlock)
 IDENTIFY_SIZE = Identify.sizeof()
@@ -214,7 +224,7 @@ def field_value(con, **fields: int) -> int:
     return out
 
 
-__all__ = ["Status", "Error", "Device", "DeviceControl", "NcqCount", "CommandBlock", "OutputBlock", "DsmRange",
-           "NcqErrorLog", "Identify", "DSM_RANGE", "NCQ_ERROR_LOG",
+__all__ = ["Status", "Error", "Device", "DeviceControl", "NcqCount", "XferMode", "CommandBlock",
+           "OutputBlock", "DsmRange", "NcqErrorLog", "Identify", "DSM_RANGE", "NCQ_ERROR_LOG",
            "COMMAND_BLOCK", "OUTPUT_BLOCK", "IDENTIFY_WORDS", "IDENTIFY_WORD", "IDENTIFY_STRINGS",
            "field_value"]
