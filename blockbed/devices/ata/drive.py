@@ -33,8 +33,9 @@ from ...block.backend import STOPPED
 from . import layout as L
 from .identify import IdentifyState, build_identify, chs_geometry
 from .regs import (DEV_FUA, DEV_HEAD, DEV_LBA, DSM_TRIM, ER_ABRT, ER_AMNF, ER_IDNF, ER_UNC,
-                   NCQ_TAG, NCQ_TAG_SHIFT, SF_DISABLE_RLA, SF_DISABLE_WCE, SF_ENABLE_RLA,
-                   SF_ENABLE_WCE, SF_XFER_MODE, ST_DRDY, ST_DSC, ST_ERR, Cmd, Outputs, Protocol, TaskFile)
+                   LOG_NCQ_COMMAND_ERROR, NCQ_TAG, NCQ_TAG_SHIFT, SF_DISABLE_RLA, SF_DISABLE_WCE,
+                   SF_ENABLE_RLA, SF_ENABLE_WCE, SF_XFER_MODE, ST_DRDY, ST_DSC, ST_ERR, Cmd, Outputs,
+                   Protocol, TaskFile)
 
 __all__ = ["AtaDrive", "Command", "DriveConfig"]
 
@@ -220,7 +221,7 @@ class AtaDrive:
             return Command(op, _P.NON_DATA, tf, lba48=True)
         if op == Cmd.READ_LOG_EXT:
             # Only the NCQ Command Error log (page 10h), one page (SATA §13.7.4).
-            if tf.lba & 0xFF != 0x10 or (tf.count & 0xFFFF) != 1 or (tf.lba >> 8) & 0xFFFF:
+            if tf.lba & 0xFF != LOG_NCQ_COMMAND_ERROR or (tf.count & 0xFFFF) != 1 or (tf.lba >> 8) & 0xFFFF:
                 return self.abort()
             return Command(op, _P.PIO_IN, tf, nbytes=512)
         if op == Cmd.DATA_SET_MANAGEMENT:

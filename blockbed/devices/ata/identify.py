@@ -85,7 +85,7 @@ def build_identify(st: IdentifyState) -> bytes:
     put("max_multiple", fv(L.IdMaxMultiple, fixed_80h=0x80, max=st.max_multiple))
     put("capabilities", fv(L.IdCapabilities, iordy=1, lba=1, dma=1))
     put("capabilities2", fv(L.IdCapabilities2, valid=1))
-    put("pio_timing", 0x0200)                         # PIO cycle timing mode 2 (obsolete)
+    put("pio_timing", fv(L.IdPioTiming, mode=2))      # PIO cycle timing mode 2 (obsolete)
     put("valid", fv(L.IdValid, w88=1, w64_70=1, w54_58=1))
     put("cur_cylinders", cyls)
     put("cur_heads", heads)
@@ -96,14 +96,14 @@ def build_identify(st: IdentifyState) -> bytes:
     put32("lba28_sectors", min(st.sectors, LBA28_MAX))
     put("mwdma", fv(L.IdModes, supported=0x07,
                     selected=(1 << st.mwdma_mode) if st.mwdma_mode is not None else 0))
-    put("pio_modes", 0x0003)                          # PIO modes 3 and 4
+    put("pio_modes", fv(L.IdPioModes, pio3=1, pio4=1))
     for name in ("mwdma_min_cycle", "mwdma_rec_cycle", "pio_min_cycle", "pio_iordy_cycle"):
         put(name, 120)                                # ns
     # word 69: no deterministic / zeroing read after TRIM promised (0 whether TRIM or not)
     if st.ncq_depth:
         put("queue_depth", st.ncq_depth - 1)
         put("sata_caps", fv(L.IdSataCaps, ncq=1, gen2=1, gen1=1))
-    put("major_version", 0x01F0)                      # ATA/ATAPI-4 .. ATA8-ACS
+    put("major_version", fv(L.IdMajorVersion, ata4=1, ata5=1, ata6=1, ata7=1, ata8_acs=1))
     put("supported1", fv(L.IdCmdSet1, nop=1, look_ahead=1, write_cache=1))
     put("supported2", fv(L.IdCmdSet2, one=1, flush_cache_ext=1, flush_cache=1, lba48=1))
     put("supported3", fv(L.IdCmdSet3, one=1, fua_ext=1, gpl=int(st.gpl)))
@@ -114,7 +114,7 @@ def build_identify(st: IdentifyState) -> bytes:
     put("udma", fv(L.IdModes, supported=0x3F,
                    selected=(1 << st.udma_mode) if st.udma_mode is not None else 0))
     if not st.ncq_depth:
-        put("reset_result", 0x6001)                   # PATA: device 0 passed, CBLID- (80-wire)
+        put("reset_result", fv(L.IdResetResult, one=1, cblid=1, dev0=1))   # PATA, 80-wire cable
     for i, s in enumerate((0, 16, 32, 48)):
         w[_W["lba48_sectors"] + i] = (st.sectors >> s) & 0xFFFF
     if st.trim:

@@ -93,15 +93,22 @@ IdCapabilities = le_bits(Padding(4), "iordy" / Flag, "iordy_disable" / Flag, "lb
                          "dma" / Flag, Padding(8))
 #: Word 50: capabilities (bits 15:14 = 01b: the word is valid)
 IdCapabilities2 = le_bits("valid" / BitsInteger(2), Padding(13), "standby_min" / Flag)
+#: Word 51 (obsolete): the PIO data transfer cycle timing mode, bits 15:8
+IdPioTiming = le_bits("mode" / BitsInteger(8), Padding(8))
 #: Word 53: which of words 54-58, 64-70 and 88 are valid
 IdValid = le_bits(Padding(13), "w88" / Flag, "w64_70" / Flag, "w54_58" / Flag)
 #: Word 59: the multiple count is valid (bit 8) and its value
 IdMultiple = le_bits(Padding(7), "valid" / Flag, "count" / BitsInteger(8))
 #: Words 63 and 88: transfer modes selected (bits 15:8) and supported (bits 7:0)
 IdModes = le_bits("selected" / BitsInteger(8), "supported" / BitsInteger(8))
+#: Word 64: advanced PIO modes supported (PIO 3 and 4)
+IdPioModes = le_bits(Padding(14), "pio4" / Flag, "pio3" / Flag)
 #: Word 76: Serial ATA capabilities: NCQ, SATA Gen2 and Gen1 signalling speeds
 IdSataCaps = le_bits(Padding(7), "ncq" / Flag, Padding(5), "gen2" / Flag, "gen1" / Flag,
                      Padding(1))
+#: Word 80: major version (bit 4 ATA/ATAPI-4 ... bit 8 ATA8-ACS, bit 9 ACS-2)
+IdMajorVersion = le_bits(Padding(6), "acs2" / Flag, "ata8_acs" / Flag, "ata7" / Flag, "ata6" / Flag,
+                         "ata5" / Flag, "ata4" / Flag, Padding(4))
 #: Words 82 and 85: command sets supported / enabled (bit 14 NOP, 6 read look-ahead,
 #: 5 volatile write cache)
 IdCmdSet1 = le_bits(Padding(1), "nop" / Flag, Padding(7), "look_ahead" / Flag,
@@ -112,6 +119,10 @@ IdCmdSet2 = le_bits(Padding(1), "one" / Flag, "flush_cache_ext" / Flag, "flush_c
 #: Words 84 and 87: bit 14 always 1, WRITE DMA FUA EXT, general purpose logging
 IdCmdSet3 = le_bits(Padding(1), "one" / Flag, Padding(7), "fua_ext" / Flag, "gpl" / Flag,
                     Padding(5))
+#: Word 93: hardware reset result (PATA only): bit 14 set, CBLID- above VIH (an 80-conductor
+#: cable), device 1 and device 0 results (bit 0: this word is for device 0)
+IdResetResult = le_bits(Padding(1), "one" / Flag, "cblid" / Flag, "dev1" / BitsInteger(5),
+                        "dev0" / BitsInteger(8))
 #: Word 106: physical / logical sector size (bits 15:14 = 01b valid, several logical
 #: sectors per physical one, logical sector longer than 256 words, log2 of the ratio)
 IdSectorSize = le_bits("valid" / BitsInteger(2), "multiple_logical" / Flag,
@@ -138,7 +149,7 @@ Identify = Struct(
     "trusted_computing" / Int16ul,              # 48
     "capabilities" / IdCapabilities,            # 49
     "capabilities2" / IdCapabilities2,          # 50
-    "pio_timing" / Int16ul,                     # 51 (obsolete)
+    "pio_timing" / IdPioTiming,                 # 51 (obsolete)
     "obsolete52" / Int16ul,                     # 52
     "valid" / IdValid,                          # 53
     "cur_cylinders" / Int16ul,                  # 54 (obsolete: current CHS)
@@ -149,7 +160,7 @@ Identify = Struct(
     "lba28_sectors" / Int32ul,                  # 60-61
     "obsolete62" / Int16ul,                     # 62
     "mwdma" / IdModes,                          # 63
-    "pio_modes" / Int16ul,                      # 64 (bits 1:0: PIO 3 and 4)
+    "pio_modes" / IdPioModes,                   # 64
     "mwdma_min_cycle" / Int16ul,                # 65
     "mwdma_rec_cycle" / Int16ul,                # 66
     "pio_min_cycle" / Int16ul,                  # 67
@@ -161,7 +172,7 @@ Identify = Struct(
     "sata_caps2" / Int16ul,                     # 77
     "sata_features" / Int16ul,                  # 78
     "sata_enabled" / Int16ul,                   # 79
-    "major_version" / Int16ul,                  # 80
+    "major_version" / IdMajorVersion,           # 80
     "minor_version" / Int16ul,                  # 81
     "supported1" / IdCmdSet1,                   # 82
     "supported2" / IdCmdSet2,                   # 83
@@ -171,7 +182,7 @@ Identify = Struct(
     "enabled3" / IdCmdSet3,                     # 87
     "udma" / IdModes,                           # 88
     "reserved89" / Bytes(8),                    # 89-92
-    "reset_result" / Int16ul,                   # 93 (PATA hardware reset result)
+    "reset_result" / IdResetResult,             # 93
     "reserved94" / Bytes(12),                   # 94-99
     "lba48_sectors" / Int64ul,                  # 100-103
     "streaming" / Int16ul,                      # 104

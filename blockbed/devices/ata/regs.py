@@ -44,6 +44,9 @@ CTL_HOB = mask(L.DeviceControl, "hob")
 # Device signature of an ATA (non-packet) device after reset/diagnostics (ATA8-ACS §9.12)
 SIGNATURE_ATA = 0x00000101  # LBA high:mid:low:count = 00:00:01:01
 
+# READ LOG EXT: the log address of the NCQ Command Error log (SATA 3.x §13.7.4)
+LOG_NCQ_COMMAND_ERROR = 0x10
+
 # DATA SET MANAGEMENT
 DSM_TRIM = 0x01
 DSM_RANGES_PER_BLOCK = 512 // L.DsmRange.sizeof()   # 8-byte entries per 512-byte block (ACS-2 §7.5.3.2)
