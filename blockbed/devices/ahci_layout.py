@@ -40,9 +40,9 @@ Vs = le_bits("mjr" / BitsInteger(16), "mnr" / BitsInteger(16))
 #: CCC_CTL command completion coalescing control (§3.1.6)
 CccCtl = le_bits("tv" / BitsInteger(16), "cc" / BitsInteger(8), "int" / BitsInteger(5),
                  Padding(2), "en" / Flag)
-#: EM_LOC enclosure management location (§3.1.7): offset and size in dwords
+#: EM_LOC enclosure management location (§3.1.8): offset and size in dwords
 EmLoc = le_bits("ofst" / BitsInteger(16), "sz" / BitsInteger(16))
-#: EM_CTL enclosure management control (§3.1.8)
+#: EM_CTL enclosure management control (§3.1.9)
 EmCtl = le_bits(Padding(5), "attr_pm" / Flag, "attr_alhd" / Flag, "attr_xmt" / Flag, Padding(4),
                 "supp_sgpio" / Flag, "supp_ses2" / Flag, "supp_safte" / Flag, "supp_led" / Flag,
                 Padding(6), "ctl_rst" / Flag, "ctl_tm" / Flag, Padding(7), "sts_mr" / Flag)
@@ -103,7 +103,7 @@ PxSerr = le_bits(Padding(5), "diag_x" / Flag, "diag_f" / Flag, "diag_t" / Flag, 
                  "diag_w" / Flag, "diag_i" / Flag, "diag_n" / Flag, Padding(4), "err_e" / Flag,
                  "err_p" / Flag, "err_c" / Flag, "err_t" / Flag, Padding(6), "err_m" / Flag,
                  "err_i" / Flag)
-#: PxSNTF SATA notification (§3.3.14)
+#: PxSNTF SATA notification (§3.3.15)
 PxSntf = le_bits(Padding(16), "pmn" / BitsInteger(16))
 #: PxFBS FIS-based switching control (§3.3.16)
 PxFbs = le_bits(Padding(12), "dwe" / BitsInteger(4), "ado" / BitsInteger(4), "dev" / BitsInteger(4),
@@ -156,7 +156,7 @@ PioSetupFis = Struct(
     Padding(1), "e_status" / Status, "transfer_count" / Int16ul, Padding(2),
 )
 #: DMA Setup FIS (§10.5.9): A auto-activate, I, D; for first-party DMA queued
-#: commands the buffer identifier is the NCQ tag (AHCI 1.3 §5.6.4.?)
+#: commands the buffer identifier is the NCQ tag (SATA 3.x §13.6, first-party DMA)
 DmaSetupFis = Struct(
     "fis_type" / FisType,
     "flags" / le_bits("a" / Flag, "i" / Flag, "d" / Flag, Padding(1), "pm_port" / BitsInteger(4)),
@@ -164,7 +164,7 @@ DmaSetupFis = Struct(
     "transfer_count" / Int32ul, Padding(4),
 )
 #: Set Device Bits FIS (§10.5.7): N notification, I; the Status bits it may change
-#: (6:4 and 2:0; BSY and DRQ stay as they are); for NCQ bytes 4-7 are SActive (§13.6.4.?)
+#: (6:4 and 2:0; BSY and DRQ stay as they are); for NCQ bytes 4-7 are SActive (§13.6)
 SetDeviceBitsFis = Struct(
     "fis_type" / FisType,
     "flags" / le_bits("n" / Flag, "i" / Flag, Padding(2), "pm_port" / BitsInteger(4)),

@@ -24,7 +24,7 @@ from construct import (Array, BitsInteger, Bytes, Enum, Flag, Int8ul, Int16ul, I
 from ..fastform import bits, fast, le_bits, mask, offsets
 
 # --- task-file registers (ATA8-ACS §6) ---------------------------------------------------------
-#: Status (ATA8-ACS §6.2.?; ATA/ATAPI-7 names): BSY, DRDY, DF device fault, DSC (seek
+#: Status (ATA8-ACS §6, normal and error outputs; ATA/ATAPI-7 names): BSY, DRDY, DF device fault, DSC (seek
 #: complete, obsolete but still reported), DRQ, CORR and IDX (obsolete), ERR
 Status = le_bits("bsy" / Flag, "drdy" / Flag, "df" / Flag, "dsc" / Flag, "drq" / Flag,
                  "corr" / Flag, "idx" / Flag, "err" / Flag)
@@ -35,14 +35,14 @@ Error = le_bits("icrc" / Flag, "unc" / Flag, "mc" / Flag, "idnf" / Flag, "mcr" /
 #: Device: bit 7 is FUA for READ/WRITE FPDMA QUEUED (SATA 3.x §13.6.4.1, §13.6.5.1),
 #: LBA addressing, DEV drive select (IDE), bits 3:0 LBA 27:24 or the CHS head
 Device = le_bits("fua" / Flag, "lba" / Flag, "obs5" / Flag, "dev" / Flag, "head" / BitsInteger(4))
-#: Device Control (ATA8-ACS §6.?): HOB high-order byte, SRST software reset, nIEN
+#: Device Control (ATA8-APT, the Device Control register): HOB high-order byte, SRST software reset, nIEN
 DeviceControl = le_bits("hob" / Flag, Padding(4), "srst" / Flag, "nien" / Flag, Padding(1))
 
 #: Count of READ/WRITE FPDMA QUEUED (SATA 3.x §13.6.4.1, §13.6.5.1): PRIO, the NCQ tag in
 #: bits 7:3 (Features holds the sector count)
 NcqCount = le_bits("prio" / BitsInteger(2), Padding(6), "tag" / BitsInteger(5), Padding(3))
 
-#: Count of SET FEATURES 03h, set transfer mode (ATA8-ACS §7.48.?, table "Transfer/mode
+#: Count of SET FEATURES 03h, set transfer mode (ATA8-ACS §7.48, table "Transfer/mode
 #: values"): the transfer type (00001b PIO flow control, 00100b multiword DMA, 01000b
 #: Ultra DMA; 00000b PIO default) and the mode number
 XferType = Enum(BitsInteger(5), PIO_DEFAULT=0x00, PIO=0x01, MWDMA=0x04, UDMA=0x08)
@@ -217,7 +217,7 @@ _IDENTIFY_FIELDS = {sc.name: sc for sc in Identify.subcons}
 #: byte offset and length of the ATA string fields
 IDENTIFY_STRINGS = {n: (offsets(Identify)[n], _IDENTIFY_FIELDS[n].sizeof())
                     for n in ("serial_number", "firmware_revision", "model_number")}
-INTEGRITY_SIGNATURE = 0xA5                 # ATA8-ACS §7.16.7.?: word 255 bits 7:0
+INTEGRITY_SIGNATURE = 0xA5                 # ATA8-ACS table 22: word 255 bits 7:0
 INTEGRITY_CHECKSUM_SHIFT = bits(IdIntegrity)["checksum"][0]
 
 
