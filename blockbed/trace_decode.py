@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .devices.ata import layout as ata_layout
 from .devices.ata.regs import DEV_HEAD
 from .devices.fastform import to_dict
 from .devices.virtio import layout as virtio_layout
@@ -60,14 +61,21 @@ def ata_taskfile(tf: Any) -> dict[str, Any]:
     """The ATA command-block registers (a :class:`~blockbed.devices.ata.regs.TaskFile`)
     as the command addresses them: a 28-bit command (ATA8-ACS §4.1) takes LBA
     bits 27:24 from the device register and an 8-bit count (0 means 256), and
-    ignores the "previous content" bytes a 48-bit command uses."""
+    ignores the "previous content" bytes a 48-bit command uses.  ``fields``: the
+    registers by the declaration :data:`~blockbed.devices.ata.layout.CommandBlock`
+    (Device and Device Control bits by name)."""
     name = ATA_COMMANDS.get(tf.command, f"{tf.command:#04x}")
     if "EXT" in name or "FPDMA" in name:
         lba, count, lba48 = tf.lba, tf.count or 65536, True
     else:
         lba, count, lba48 = (tf.lba & 0xFFFFFF) | ((tf.device & DEV_HEAD) << 24), (tf.count & 0xFF) or 256, False
     return {"command": name, "command_code": tf.command, "features": tf.features & (0xFFFF if lba48 else 0xFF),
-            "count": count, "lba": lba, "device": tf.device, "lba48": lba48}
+            "count": count, "lba": lba, "device": tf.device, "lba48": lba48,
+            "fields": to_dict(ata_layout.CommandBlock.parse(ata_layout.COMMAND_BLOCK.pack(
+                tf.command & 0xFF, tf.features & 0xFF, tf.lba & 0xFF, tf.lba >> 8 & 0xFF,
+                tf.lba >> 16 & 0xFF, tf.device & 0xFF, tf.lba >> 24 & 0xFF, tf.lba >> 32 & 0xFF,
+                tf.lba >> 40 & 0xFF, tf.features >> 8 & 0xFF, tf.count & 0xFF, tf.count >> 8 & 0xFF, 0,
+                tf.control & 0xFF)))}
 
 
 # AHCI command headers, FISes and port registers: parsed with their declarations.

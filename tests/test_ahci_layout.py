@@ -398,3 +398,17 @@ def test_bad_fis_event_carries_the_fis_decoded():
     bad = next(e.fields for e in rec.events if e.name == "ahci.bad_fis")
     assert bad["type"] == 0x34 and bad["fis"]["fis_type"] == "REG_D2H"
     assert q.pr(0, A.P_IS) & A.IS_IFS
+
+
+def test_ata_taskfile_decoder_names_the_registers():
+    """The IDE trace's task file (trace_decode.ata_taskfile) carries the command block by
+    its declaration too: the Device register's LBA bit and bits 27:24 by name."""
+    from blockbed.devices.ata import TaskFile
+    t = d.ata_taskfile(TaskFile(command=0xC8, lba=0x345678, count=2, device=0xE1, features=0))
+    assert (t["command"], t["lba"], t["count"], t["lba48"]) == ("READ DMA", 0x1345678, 2, False)
+    f = t["fields"]
+    assert f["command"] == 0xC8 and f["lba_low"] == 0x78 and f["lba_high"] == 0x34
+    assert f["device"] == {"fua": True, "lba": True, "obs5": True, "dev": False, "head": 1}
+    t48 = d.ata_taskfile(TaskFile(command=0x25, lba=0x123456789A, count=0x102, device=0x40))
+    assert t48["lba"] == 0x123456789A and t48["fields"]["lba_low_exp"] == 0x34
+    assert t48["fields"]["count_exp"] == 1
