@@ -16,19 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .devices.ata import layout as ata_layout
+from .devices.ata.regs import DEV_HEAD
 from .devices.fastform import to_dict
 from .devices.virtio import layout as virtio_layout
 
 #: virtio-blk request types (virtio 1.2 §5.2.6), from the declaration
 VIRTIO_BLK_TYPES = {v: str(k) for k, v in virtio_layout.ReqType.encmapping.items()}
-
-#: ATA commands seen in the guests (ATA8-ACS §7)
-ATA_COMMANDS = {0x20: "READ SECTORS", 0x24: "READ SECTORS EXT", 0x25: "READ DMA EXT",
-                0x30: "WRITE SECTORS", 0x34: "WRITE SECTORS EXT", 0x35: "WRITE DMA EXT",
-                0x3D: "WRITE DMA FUA EXT", 0x60: "READ FPDMA QUEUED", 0x61: "WRITE FPDMA QUEUED",
-                0x06: "DATA SET MANAGEMENT", 0xC8: "READ DMA", 0xCA: "WRITE DMA",
-                0xE7: "FLUSH CACHE", 0xEA: "FLUSH CACHE EXT", 0xEC: "IDENTIFY DEVICE",
-                0xEF: "SET FEATURES", 0x2F: "READ LOG EXT", 0x90: "EXECUTE DEVICE DIAGNOSTIC"}
 
 def op_kind(name: str) -> str:
     """The common name of an operation across controllers: read, write, flush,
@@ -67,30 +61,28 @@ def ata_taskfile(tf: Any) -> dict[str, Any]:
     """The ATA command-block registers (a :class:`~blockbed.devices.ata.regs.TaskFile`)
     as the command addresses them: a 28-bit command (ATA8-ACS §4.1) takes LBA
     bits 27:24 from the device register and an 8-bit count (0 means 256), and
-    ignores the "previous content" bytes a 48-bit command uses."""
+    ignores the "previous content" bytes a 48-bit command uses.  ``fields``: the
+    registers by the declaration :data:`~blockbed.devices.ata.layout.CommandBlock`
+    (Device and Device Control bits by name)."""
     name = ATA_COMMANDS.get(tf.command, f"{tf.command:#04x}")
     if "EXT" in name or "FPDMA" in name:
         lba, count, lba48 = tf.lba, tf.count or 65536, True
     else:
-        lba, count, lba48 = (tf.lba & 0xFFFFFF) | ((tf.device & 0x0F) << 24), (tf.count & 0xFF) or 256, False
+        lba, count, lba48 = (tf.lba & 0xFFFFFF) | ((tf.device & DEV_HEAD) << 24), (tf.count & 0xFF) or 256, False
     return {"command": name, "command_code": tf.command, "features": tf.features & (0xFFFF if lba48 else 0xFF),
-            "count": count, "lba": lba, "device": tf.device, "lba48": lba48}
+            "count": count, "lba": lba, "device": tf.device, "lba48": lba48,
+            "fields": to_dict(ata_layout.CommandBlock.parse(ata_layout.COMMAND_BLOCK.pack(
+                tf.command & 0xFF, tf.features & 0xFF, tf.lba & 0xFF, tf.lba >> 8 & 0xFF,
+                tf.lba >> 16 & 0xFF, tf.device & 0xFF, tf.lba >> 24 & 0xFF, tf.lba >> 32 & 0xFF,
+                tf.lba >> 40 & 0xFF, tf.features >> 8 & 0xFF, tf.count & 0xFF, tf.count >> 8 & 0xFF, 0,
+                tf.control & 0xFF)))}
 
 
-def h2d_fis(cfis: bytes) -> dict[str, Any]:
-    """A Register Host-to-Device FIS (SATA 3.x §10.5.5, AHCI §4.2.3.1 command FIS)."""
-    lba = int.from_bytes(cfis[4:7], "little") | (int.from_bytes(cfis[8:11], "little") << 24)
-    return {"fis_type": cfis[0], "c": bool(cfis[1] & 0x80), "pm_port": cfis[1] & 0xF,
-            "command": ATA_COMMANDS.get(cfis[2], f"{cfis[2]:#04x}"), "command_code": cfis[2],
-            "features": cfis[3] | (cfis[11] << 8), "lba": lba, "device": cfis[7],
-            "count": cfis[12] | (cfis[13] << 8), "control": cfis[15]}
-
-
-def ahci_command_header(dw0: int, prdbc: int, ctba: int) -> dict[str, Any]:
-    """An AHCI command header (AHCI 1.3 §4.2.2): CFL, A, W, P, PRDTL, PRDBC, CTBA."""
-    return {"cfl": dw0 & 0x1F, "atapi": bool(dw0 & 0x20), "write": bool(dw0 & 0x40),
-            "prefetch": bool(dw0 & 0x80), "prdtl": dw0 >> 16, "prdbc": prdbc, "ctba": ctba}
-
+# AHCI command headers, FISes and port registers: parsed with their declarations.
+from .trace_decode_ahci import ATA_COMMANDS, h2d_fis  # noqa: E402,F401
+from .trace_decode_ahci import command_header as ahci_command_header  # noqa: E402,F401
+from .trace_decode_ahci import fis as ahci_fis  # noqa: E402,F401
+from .trace_decode_ahci import port_register as ahci_port_register  # noqa: E402,F401
 
 # SCSI CDBs, LSI registers and SCRIPTS instructions: parsed with their declarations.
 from .trace_decode_scsi import (LSI_REGISTERS, SCSI_OPCODES, lsi_insn, lsi_register,  # noqa: E402,F401

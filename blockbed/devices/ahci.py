@@ -35,6 +35,11 @@ disk.
 - Interrupts: INTx level = any enabled port interrupt and GHC.IE; MSI (one
   vector) is signalled on each new enabled port interrupt.
 
+Layouts: every register offset and bit, the command header, PRD entry and FIS
+forms used here are derived from the ``construct`` declarations in
+:mod:`.ahci_layout` (and :mod:`.ata.layout`); trace events carry them parsed
+(:mod:`blockbed.trace_decode_ahci`).
+
 Departures from QEMU 7.2 on purpose: VS reads 1.3 (QEMU says 1.0), a failed
 command leaves its PxCI bit set as §6.1.2 says, WRITE DMA FUA EXT works and
 the NCQ FUA bit makes the write durable.
@@ -42,7 +47,6 @@ the NCQ FUA bit makes the write durable.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +55,23 @@ from ..machine.memory import DMAError
 from ..machine.pci import BarKind, PCIDevice
 from .ata import AtaDrive, Command, DriveConfig, Outputs, Protocol, TaskFile
 from .ata.config import default_serial, drive_config, spec_option
-from .ata.regs import (ER_ABRT, SIGNATURE_ATA, ST_BSY, ST_DRDY, ST_DRQ, ST_DSC, ST_ERR)
+from .ata.regs import ER_ABRT, ER_AMNF, SIGNATURE_ATA, ST_BSY, ST_DRDY, ST_DRQ, ST_DSC, ST_ERR
+# Every register offset, bit, FIS and memory-structure form below is derived from the
+# declarations in ahci_layout (AHCI 1.3, SATA 3.x); the names are re-exported for tests.
+from .ahci_layout import (  # noqa: F401
+    BOHC, CAP, CAP2, CAP_ISS_GEN1, CAP_NCS_SHIFT, CAP_NP_SHIFT, CAP_S64A, CAP_SAM, CAP_SCLO,
+    CAP_SNCQ, CCC_CTL, CCC_PORTS, CFL_MIN, CLB_MASK, CMD_ATAPI, CMD_CCS, CMD_CCS_SHIFT, CMD_CLO,
+    CMD_CR, CMD_DLAE, CMD_FR, CMD_FRE, CMD_POD, CMD_RW, CMD_ST, CMD_SUD, CT_CFIS_SIZE, CT_PRDT,
+    CTBA_MASK, CTL_SRST, D2H, D2H_I, DMA_A, DMA_D, DMA_SETUP, EM_CTL, EM_LOC, FATAL, FB_MASK,
+    FIS_DMA_SETUP, FIS_PIO_SETUP, FIS_REG_D2H, FIS_REG_H2D, FIS_SDB, GHC, GHC_AE, GHC_HR, GHC_IE,
+    H2D, H2D_C, HDR, HDR_PRDBC, HDR_PRDTL_SHIFT, HDR_CFL, HDR_SIZE, IDP_DATA, IDP_INDEX, IDP_SIZE,
+    IE_MASK, IS, IS_DHRS, IS_DPS, IS_DSS, IS_HBDS, IS_HBFS, IS_IFS, IS_INFS, IS_OFS, IS_PCS,
+    IS_PSS, IS_RWC, IS_SDBS, IS_TFES, IS_UFS, P_CI, P_CLB, P_CLBU, P_CMD, P_FB, P_FBS, P_FBU,
+    P_IE, P_IS, P_SACT, P_SCTL, P_SERR, P_SIG, P_SNTF, P_SSTS, P_TFD, PI, PIO_D, PIO_I,
+    PIO_SETUP, PORT_BASE, PORT_SIZE, PRD, PRD_DBC, PRD_I, PRD_SIZE, PRDBC, RFIS_DSFIS,
+    RFIS_PSFIS, RFIS_RFIS, RFIS_SDBFIS, SATA_CAP_BODY, SATA_CAP_OFF, SATA_CAP_ID, SATA_CAP_SIZE, SCTL_DET,
+    SCTL_DET_COMRESET, SCTL_RW, SDB, SDB_I, SDB_STATUS, SERR_DIAG_X, SERR_ERR_P, SSTS_UP,
+    SIG_COUNT, SIG_LBA_SHIFT, TFD_ERR_SHIFT, TFD_STS, VERSION_1_3, VS, sata_cap_values)
 
 if TYPE_CHECKING:
     from ..machine.board import Machine
@@ -59,44 +79,19 @@ if TYPE_CHECKING:
 NUM_PORTS = 6
 ABAR_SIZE = 0x1000
 
-# Generic host control (§3.1)
-CAP, GHC, IS, PI, VS, CCC_CTL, CCC_PORTS, EM_LOC, EM_CTL, CAP2, BOHC = (
-    0x00, 0x04, 0x08, 0x0C, 0x10, 0x14, 0x18, 0x1C, 0x20, 0x24, 0x28)
-CAP_S64A, CAP_SNCQ, CAP_SCLO, CAP_SAM = 1 << 31, 1 << 30, 1 << 24, 1 << 18
-CAP_ISS_GEN1 = 1 << 20
-GHC_HR, GHC_IE, GHC_AE = 1 << 0, 1 << 1, 1 << 31
-VERSION_1_3 = 0x00010300
-
-# Port registers (§3.3), offsets within the port's 0x80 bytes
-PORT_BASE, PORT_SIZE = 0x100, 0x80
-P_CLB, P_CLBU, P_FB, P_FBU, P_IS, P_IE, P_CMD, P_TFD, P_SIG, P_SSTS, P_SCTL, P_SERR, \
-    P_SACT, P_CI, P_SNTF, P_FBS = (0x00, 0x04, 0x08, 0x0C, 0x10, 0x14, 0x18, 0x20, 0x24,
-                                   0x28, 0x2C, 0x30, 0x34, 0x38, 0x3C, 0x40)
-# PxIS bits
-IS_DHRS, IS_PSS, IS_DSS, IS_SDBS, IS_UFS, IS_DPS, IS_PCS = 1, 2, 4, 8, 16, 32, 64
-IS_OFS, IS_INFS, IS_IFS, IS_HBDS, IS_HBFS, IS_TFES = 1 << 24, 1 << 26, 1 << 27, 1 << 28, 1 << 29, 1 << 30
-IS_RWC = 0xFDC000AF & ~IS_PCS          # write-1-to-clear bits (PCS, PRCS reflect PxSERR)
-IE_MASK = 0x7DC0007F                   # CPDE and DMPE are RO 0 (no cold/mechanical presence)
-FATAL = IS_TFES | IS_HBFS | IS_HBDS | IS_IFS | IS_OFS
-# PxCMD bits
-CMD_ST, CMD_SUD, CMD_POD, CMD_CLO, CMD_FRE = 1, 2, 4, 8, 16
-CMD_FR, CMD_CR = 1 << 14, 1 << 15
-CMD_ATAPI, CMD_DLAE = 1 << 24, 1 << 25
-CMD_RW = CMD_ST | CMD_FRE | CMD_ATAPI | CMD_DLAE
-# PxSERR bits
-SERR_ERR_P, SERR_DIAG_X = 1 << 10, 1 << 26
-# PxSSTS: DET=3 (device present, phy up), SPD=1 (Gen1), IPM=1 (active)
-SSTS_UP = 0x113
-
-# FIS types and received-FIS area offsets (§4.2.1)
-FIS_REG_H2D, FIS_REG_D2H, FIS_DMA_SETUP, FIS_PIO_SETUP, FIS_SDB = 0x27, 0x34, 0x41, 0x5F, 0xA1
-RFIS_DSFIS, RFIS_PSFIS, RFIS_RFIS, RFIS_SDBFIS = 0x00, 0x20, 0x40, 0x58
-
 NONQUEUED_DELAY = 2      # ticks from fetch to completion of a non-queued command
 NCQ_DELAY = (1, 12)      # jitter range for NCQ completions (out of order)
+#: PxTFD while the interface is in reset or before the first D2H FIS (§3.3.8: 7Fh)
+TFD_RESET = 0x7F
+#: PxSIG before the signature arrives (§3.3.9)
+SIG_NONE = 0xFFFFFFFF
 
-_HDR = struct.Struct("<IIQ")      # DW0 flags/PRDTL, DW1 PRDBC, CTBA (64-bit)
-_PRD = struct.Struct("<QII")      # DBA (64-bit), reserved, DW3 DBC/I
+
+def signature_outputs() -> Outputs:
+    """The D2H FIS outputs that carry the ATA signature after a reset (ATA8-ACS §9.12:
+    diagnostic code 01h in Error, the signature in LBA and Count, as PxSIG lays it out)."""
+    return Outputs(status=ST_DRDY | ST_DSC, error=ER_AMNF, lba=SIGNATURE_ATA >> SIG_LBA_SHIFT,
+                   count=SIGNATURE_ATA & SIG_COUNT)
 
 
 class HostBusError(Exception):
@@ -138,8 +133,8 @@ class AhciPort:
     def link_reset(self, initial: bool = False) -> None:
         """COMRESET / port reset: cancel everything, the device will send its signature."""
         self.gen = getattr(self, "gen", 0) + 1
-        self.tfd = 0x7F
-        self.sig = 0xFFFFFFFF
+        self.tfd = TFD_RESET
+        self.sig = SIG_NONE
         self.sact = 0
         self.ci = 0
         self.busy_slot: int | None = None
@@ -156,19 +151,17 @@ class AhciPort:
 
     @property
     def ssts(self) -> int:
-        if self.drive is None or self.sctl & 0xF == 1:
+        if self.drive is None or self.sctl & SCTL_DET == SCTL_DET_COMRESET:
             return 0
         return SSTS_UP
 
     def deliver_signature(self) -> None:
         """The device's first D2H FIS after a reset (ATA signature), once FIS receive is on."""
-        if not self.sig_pending or not self.cmd & CMD_FRE or self.sctl & 0xF == 1:
+        if not self.sig_pending or not self.cmd & CMD_FRE or self.sctl & SCTL_DET == SCTL_DET_COMRESET:
             return
         self.sig_pending = False
-        out = Outputs(status=ST_DRDY | ST_DSC, error=0x01, lba=SIGNATURE_ATA >> 8 & 0xFFFFFF,
-                      count=SIGNATURE_ATA & 0xFF)
         self.sig = SIGNATURE_ATA
-        self.post_d2h(out, interrupt=True)
+        self.post_d2h(signature_outputs(), interrupt=True)
 
     # --- register access ---------------------------------------------------------------
     def read(self, off: int) -> int:
@@ -190,13 +183,15 @@ class AhciPort:
 
     def write(self, off: int, val: int) -> None:
         if trace.enabled:
-            trace.emit("ahci.port_write", port=self.index, offset=off, value=val)
+            from .. import trace_decode as d
+            trace.emit("ahci.port_write", port=self.index, offset=off, value=val,
+                       **d.ahci_port_register(off, val))
         if off == P_CLB:
-            self.clb = val & ~0x3FF & 0xFFFFFFFF     # 1 KiB aligned
+            self.clb = val & CLB_MASK                # 1 KiB aligned
         elif off == P_CLBU:
             self.clbu = val
         elif off == P_FB:
-            self.fb = val & ~0xFF & 0xFFFFFFFF       # 256-byte aligned
+            self.fb = val & FB_MASK                  # 256-byte aligned
         elif off == P_FBU:
             self.fbu = val
         elif off == P_IS:
@@ -208,13 +203,13 @@ class AhciPort:
         elif off == P_CMD:
             self.write_cmd(val)
         elif off == P_SCTL:
-            old = self.sctl & 0xF
-            self.sctl = val & 0xFFF
-            new = self.sctl & 0xF
-            if old != 1 and new == 1:
-                self.tfd, self.sig = 0x7F, 0xFFFFFFFF   # interface in reset
+            old = self.sctl & SCTL_DET
+            self.sctl = val & SCTL_RW
+            new = self.sctl & SCTL_DET
+            if old != SCTL_DET_COMRESET and new == SCTL_DET_COMRESET:
+                self.tfd, self.sig = TFD_RESET, SIG_NONE   # interface in reset
                 self.cancel_all()
-            elif old == 1 and new != 1:
+            elif old == SCTL_DET_COMRESET and new != SCTL_DET_COMRESET:
                 self.link_reset()
                 self.hba.update_irq()
         elif off == P_SERR:
@@ -244,7 +239,7 @@ class AhciPort:
             # §3.3.7 PxCMD.ST: clearing it clears PxCI, PxSACT and PxCMD.CCS; CR follows.
             self.cancel_all()
             self.ci = self.sact = 0
-            self.cmd &= ~(CMD_CR | 0x1F00)
+            self.cmd &= ~(CMD_CR | CMD_CCS)
             self.halted = False
 
     def cancel_all(self) -> None:
@@ -266,72 +261,62 @@ class AhciPort:
         return self._dma(((self.fbu << 32) | self.fb) + off, length)
 
     # --- FISes to the host ---------------------------------------------------------------
-    def post_d2h(self, out: Outputs, interrupt: bool = True, tf: TaskFile | None = None) -> None:
-        fis = bytearray(20)
-        lba = out.lba if out.lba is not None else (tf.lba if tf else 0)
-        count = out.count if out.count is not None else (tf.count if tf else 0)
-        fis[0], fis[1], fis[2], fis[3] = FIS_REG_D2H, 0x40 if interrupt else 0, out.status, out.error
-        fis[4:7] = (lba & 0xFFFFFF).to_bytes(3, "little")
-        fis[7] = tf.device if tf else 0
-        fis[8:11] = ((lba >> 24) & 0xFFFFFF).to_bytes(3, "little")
-        fis[12:14] = (count & 0xFFFF).to_bytes(2, "little")
-        self.tfd = (out.error << 8) | out.status
+    def _post_fis(self, off: int, form: Any, *values: int) -> bool:
+        """Write a FIS (``form``, a fast form from ahci_layout) into the received-FIS area
+        at ``off`` when FIS receive is on (§4.2.1); False after a host bus error."""
         try:
-            area = self._fis_area(RFIS_RFIS, 20)
+            area = self._fis_area(off, form.size)
         except HostBusError:
             self.host_bus_fatal()
-            return
+            return False
         if area is not None:
-            area[:] = fis
+            form.pack_into(area, 0, *values)
+            if trace.enabled:
+                from .. import trace_decode as d
+                trace.emit("ahci.fis", port=self.index, fis=d.ahci_fis(bytes(area)))
+        return True
+
+    def post_d2h(self, out: Outputs, interrupt: bool = True, tf: TaskFile | None = None) -> None:
+        """A Register D2H FIS (SATA 3.x §10.5.6) into RFIS; PxTFD takes its Status/Error."""
+        lba = out.lba if out.lba is not None else (tf.lba if tf else 0)
+        count = out.count if out.count is not None else (tf.count if tf else 0)
+        self.tfd = (out.error << TFD_ERR_SHIFT) | out.status
+        if not self._post_fis(RFIS_RFIS, D2H, FIS_REG_D2H, D2H_I if interrupt else 0,
+                              out.status, out.error, lba & 0xFF, lba >> 8 & 0xFF, lba >> 16 & 0xFF,
+                              tf.device if tf else 0, lba >> 24 & 0xFF, lba >> 32 & 0xFF,
+                              lba >> 40 & 0xFF, count & 0xFF, count >> 8 & 0xFF):
+            return
         bits = (IS_DHRS if interrupt else 0) | (IS_TFES if out.status & ST_ERR else 0)
         if bits:
             self.raise_is(bits)
 
     def post_pio_setup(self, out: Outputs, nbytes: int, to_host: bool, interrupt: bool) -> None:
-        fis = bytearray(20)
-        fis[0] = FIS_PIO_SETUP
-        fis[1] = (0x20 if to_host else 0) | (0x40 if interrupt else 0)
-        fis[2] = (out.status & ~ST_BSY) | ST_DRQ     # status while data moves
-        fis[3] = out.error
-        fis[15] = out.status                         # E_Status: the status after the transfer
-        fis[16:18] = (nbytes & 0xFFFF).to_bytes(2, "little")
-        try:
-            area = self._fis_area(RFIS_PSFIS, 20)
-        except HostBusError:
-            self.host_bus_fatal()
+        """A PIO Setup FIS (§10.5.11) into PSFIS: Status while the data moves (DRQ), E_Status
+        the status after it, the transfer count."""
+        if not self._post_fis(RFIS_PSFIS, PIO_SETUP, FIS_PIO_SETUP,
+                              (PIO_D if to_host else 0) | (PIO_I if interrupt else 0),
+                              (out.status & ~ST_BSY) | ST_DRQ, out.error, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                              out.status, nbytes & 0xFFFF):
             return
-        if area is not None:
-            area[:] = fis
-        self.tfd = (out.error << 8) | out.status
+        self.tfd = (out.error << TFD_ERR_SHIFT) | out.status
         bits = (IS_PSS if interrupt else 0) | (IS_TFES if out.status & ST_ERR else 0)
         if bits:
             self.raise_is(bits)
 
-    def post_dma_setup(self, tag: int, nbytes: int, to_host: bool) -> None:
-        fis = bytearray(28)
-        fis[0] = FIS_DMA_SETUP
-        fis[1] = 0x80 | (0x20 if to_host else 0)     # auto-activate, direction
-        struct.pack_into("<Q", fis, 4, tag)          # DMA buffer identifier: the tag
-        struct.pack_into("<I", fis, 20, nbytes)
-        area = self._fis_area(RFIS_DSFIS, 28)
-        if area is not None:
-            area[:] = fis
+    def post_dma_setup(self, tag: int, nbytes: int, to_host: bool) -> bool:
+        """A DMA Setup FIS (§10.5.9) into DSFIS: auto-activate, the DMA buffer identifier is
+        the NCQ tag; False after a host bus error."""
+        return self._post_fis(RFIS_DSFIS, DMA_SETUP, FIS_DMA_SETUP, DMA_A | (DMA_D if to_host else 0),
+                              tag, 0, nbytes)
 
     def post_sdb(self, done: int, out: Outputs) -> None:
-        fis = bytearray(8)
-        fis[0], fis[1] = FIS_SDB, 0x40
-        fis[2] = out.status & 0x77
-        fis[3] = out.error
-        struct.pack_into("<I", fis, 4, done)
+        """A Set Device Bits FIS (§10.5.7) into SDBFIS: the completed tags leave PxSACT; only
+        the Status bits an SDB FIS carries change in PxTFD (BSY and DRQ keep theirs)."""
         self.sact &= ~done
-        self.tfd = (out.error << 8) | (out.status & 0x77) | (self.tfd & 0x88)
-        try:
-            area = self._fis_area(RFIS_SDBFIS, 8)
-        except HostBusError:
-            self.host_bus_fatal()
+        self.tfd = ((out.error << TFD_ERR_SHIFT) | (out.status & SDB_STATUS)
+                    | (self.tfd & TFD_STS & ~SDB_STATUS))
+        if not self._post_fis(RFIS_SDBFIS, SDB, FIS_SDB, SDB_I, out.status & SDB_STATUS, out.error, done):
             return
-        if area is not None:
-            area[:] = fis
         self.raise_is(IS_SDBS | (IS_TFES if out.status & ST_ERR else 0))
 
     def raise_is(self, bits: int) -> None:
@@ -344,12 +329,12 @@ class AhciPort:
     def host_bus_fatal(self) -> None:
         if trace.enabled:
             trace.emit("ahci.hbfs", port=self.index)
-        self.tfd = (ER_ABRT << 8) | ST_DRDY | ST_ERR
+        self.tfd = (ER_ABRT << TFD_ERR_SHIFT) | ST_DRDY | ST_ERR
         self.raise_is(IS_HBFS)
 
     def fatal(self, bit: int, serr: int = 0) -> None:
         self.serr |= serr
-        self.tfd = (ER_ABRT << 8) | ST_DRDY | ST_ERR
+        self.tfd = (ER_ABRT << TFD_ERR_SHIFT) | ST_DRDY | ST_ERR
         self.raise_is(bit)
 
     # --- command processing ---------------------------------------------------------------
@@ -379,33 +364,38 @@ class AhciPort:
         return 0 if self.busy_slot is None else 1 << self.busy_slot
 
     def header(self, slot: int) -> tuple[int, int, memoryview]:
-        base = ((self.clbu << 32) | self.clb) + slot * 32
-        dw0, _prdbc, ctba = _HDR.unpack(self._dma(base, 16))
-        return dw0, ctba & ~0x7F, self._dma(base, 32)
+        """Command header ``slot`` (§4.2.2): its DW0, the command table address, the header."""
+        hdr = self._dma(((self.clbu << 32) | self.clb) + slot * HDR_SIZE, HDR_SIZE)
+        info, _prdbc, ctba, ctbau = HDR.unpack_from(hdr)
+        return info, (ctbau << 32) | (ctba & CTBA_MASK), hdr
 
     def start(self, slot: int) -> bool:
         """Begin the command in ``slot``; False when it must wait (NCQ still draining)."""
-        dw0, ctba, hdr = self.header(slot)
-        cfl = dw0 & 0x1F
-        cfis = bytes(self._dma(ctba, 64))
-        self.cmd = (self.cmd & ~0x1F00) | (slot << 8)      # PxCMD.CCS
-        if cfis[0] != FIS_REG_H2D or cfl < 5:
+        info, ctba, hdr = self.header(slot)
+        cfl = info & HDR_CFL
+        cfis = self._dma(ctba, CT_CFIS_SIZE)
+        (fis_type, flags, command, features, lba0, lba1, lba2, device, lba3, lba4, lba5, features_exp,
+         count, count_exp, _icc, control, _aux) = H2D.unpack_from(cfis)
+        self.cmd = (self.cmd & ~CMD_CCS) | (slot << CMD_CCS_SHIFT)
+        if fis_type != FIS_REG_H2D or cfl < CFL_MIN:
             if trace.enabled:
-                trace.emit("ahci.bad_fis", port=self.index, slot=slot, type=cfis[0], cfl=cfl)
+                from .. import trace_decode as d
+                trace.emit("ahci.bad_fis", port=self.index, slot=slot, type=fis_type, cfl=cfl,
+                           fis=d.ahci_fis(bytes(cfis)))
             self.fatal(IS_IFS, SERR_ERR_P)
             return False
-        if not cfis[1] & 0x80:
-            self.control_fis(slot, cfis)
+        if not flags & H2D_C:
+            self.control_fis(slot, control)
             return True
-        tf = TaskFile(command=cfis[2], features=cfis[3] | (cfis[11] << 8),
-                      lba=int.from_bytes(cfis[4:7], "little") | (int.from_bytes(cfis[8:11], "little") << 24),
-                      device=cfis[7], count=cfis[12] | (cfis[13] << 8), control=cfis[15])
+        tf = TaskFile(command=command, features=features | features_exp << 8,
+                      lba=lba0 | lba1 << 8 | lba2 << 16 | lba3 << 24 | lba4 << 32 | lba5 << 40,
+                      device=device, count=count | count_exp << 8, control=control)
         decoded = self.drive.decode(tf)
         if trace.enabled:
             from .. import trace_decode as d
-            fis = d.h2d_fis(cfis)
+            fis = d.h2d_fis(bytes(cfis))
             trace.begin("ahci", (self, slot), port=self.index, slot=slot, op=d.op_kind(fis["command"]),
-                        header=d.ahci_command_header(dw0, 0, ctba), fis=fis)
+                        header=d.ahci_command_header(bytes(hdr)), fis=fis)
             trace.emit("ahci.cmd", port=self.index, slot=slot, cmd=tf.command,
                        ncq=isinstance(decoded, Command) and decoded.protocol.is_ncq)
         if isinstance(decoded, Command) and decoded.protocol.is_ncq:
@@ -413,14 +403,14 @@ class AhciPort:
         if self.ncq:
             return False          # a non-queued command waits until the NCQ queue drains
         self.busy_slot = slot
-        self.tfd = (self.tfd & 0xFF00) | ST_BSY | ST_DRDY
+        self.tfd = (self.tfd & ~TFD_STS) | ST_BSY | ST_DRDY
         self.hba.machine.events.schedule(NONQUEUED_DELAY, self.complete, self.gen, slot, decoded, tf,
                                          name="ahci.complete")
         return True
 
-    def control_fis(self, slot: int, cfis: bytes) -> None:
+    def control_fis(self, slot: int, control: int) -> None:
         """A Register H2D FIS with C=0 updates the Device Control register: SRST (§10.4.1)."""
-        srst = bool(cfis[15] & 0x04)
+        srst = bool(control & CTL_SRST)
         self.ci &= ~(1 << slot)
         if srst:
             self.srst = True
@@ -429,8 +419,7 @@ class AhciPort:
             self.srst = False
             self.drive.reset()
             self.sig = SIGNATURE_ATA
-            self.post_d2h(Outputs(status=ST_DRDY | ST_DSC, error=0x01, lba=0x000001, count=1),
-                          interrupt=True)
+            self.post_d2h(signature_outputs(), interrupt=True)
 
     def start_ncq(self, slot: int, cmd: Command) -> bool:
         tag = cmd.tag
@@ -440,7 +429,7 @@ class AhciPort:
             self.ncq_error(tag, Outputs(status=ST_DRDY | ST_ERR, error=ER_ABRT))
             return False
         self.ncq[tag] = _Ncq(slot, cmd, self.gen)
-        self.tfd = (self.tfd & 0xFF00) | ST_DRDY | ST_DSC
+        self.tfd = (self.tfd & ~TFD_STS) | ST_DRDY | ST_DSC
         ev = self.hba.machine.events
         ev.schedule(ev.jitter(*NCQ_DELAY), self.complete_ncq, self.gen, tag, name="ahci.ncq")
         return True
@@ -455,11 +444,11 @@ class AhciPort:
         if nbytes == 0:
             return views
         need = nbytes
-        table = self._dma(ctba + 0x80, prdtl * 16) if prdtl else b""
-        for dba, _rsv, dw3 in _PRD.iter_unpack(table):
-            n = min((dw3 & 0x3FFFFF) + 1, need)
+        table = self._dma(ctba + CT_PRDT, prdtl * PRD_SIZE) if prdtl else b""
+        for dba, dbc in PRD.iter_unpack(table):
+            n = min((dbc & PRD_DBC) + 1, need)
             views.append(self._dma(dba, n))
-            if dw3 & 0x80000000:
+            if dbc & PRD_I:
                 self.dps = True
             need -= n
             if need == 0:
@@ -468,9 +457,9 @@ class AhciPort:
 
     def run_with_data(self, slot: int, cmd: Command) -> Outputs | None:
         """Move the command's data through its PRDT; None after a fatal HBA error."""
-        dw0, ctba, hdr = self.header(slot)
+        info, ctba, hdr = self.header(slot)
         try:
-            views = self.prdt_views(ctba, dw0 >> 16, cmd.nbytes)
+            views = self.prdt_views(ctba, info >> HDR_PRDTL_SHIFT, cmd.nbytes)
         except PrdtTooShort:
             if trace.enabled:
                 trace.emit("ahci.prdt_short", port=self.index, slot=slot)
@@ -478,7 +467,7 @@ class AhciPort:
             return None
         out = self.drive.execute(cmd, views)
         if not out.stopped:
-            struct.pack_into("<I", hdr, 4, 0 if out.failed else cmd.nbytes)   # PRDBC
+            PRDBC.pack_into(hdr, HDR_PRDBC, 0 if out.failed else cmd.nbytes)
             if self.dps and not out.failed:
                 self.raise_is(IS_DPS)          # a PRD with the I bit was processed
         return out
@@ -525,7 +514,8 @@ class AhciPort:
         if trace.enabled:
             trace.enter((self, q.slot))
         try:
-            self.post_dma_setup(tag, q.cmd.nbytes, to_host=q.cmd.protocol is Protocol.FPDMA_IN)
+            if not self.post_dma_setup(tag, q.cmd.nbytes, to_host=q.cmd.protocol is Protocol.FPDMA_IN):
+                return
             out = self.run_with_data(q.slot, q.cmd)
         except HostBusError:
             self.host_bus_fatal()
@@ -589,16 +579,16 @@ class _Idp:
         self.index = 0
 
     def read(self, offset: int, size: int) -> int:
-        if offset == 0x10:
+        if offset == IDP_INDEX:
             return self.index
-        if offset == 0x14:
+        if offset == IDP_DATA:
             return self.hba.abar.read(self.index, size)
         return 0
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset == 0x10:
+        if offset == IDP_INDEX:
             self.index = value & (ABAR_SIZE - 1) & ~3
-        elif offset == 0x14:
+        elif offset == IDP_DATA:
             self.hba.abar.write(self.index, size, value)
 
 
@@ -616,17 +606,17 @@ class AhciController(PCIDevice):
         self.nslots = slots
         self.slot_mask = (1 << slots) - 1
         self.cap = (CAP_S64A | CAP_SNCQ | CAP_SCLO | CAP_ISS_GEN1 | CAP_SAM
-                    | ((slots - 1) << 8) | (ports - 1))
+                    | ((slots - 1) << CAP_NCS_SHIFT) | ((ports - 1) << CAP_NP_SHIFT))
         self.pi = (1 << ports) - 1
         self.ports = [AhciPort(self, i) for i in range(ports)]
         self.ghc = GHC_AE
         self.irq_level = 0
         self.abar = _Abar(self)
-        self.add_bar(4, 32, BarKind.IO, _Idp(self), name="ahci.idp")
+        self.add_bar(4, IDP_SIZE, BarKind.IO, _Idp(self), name="ahci.idp")
         self.add_bar(5, ABAR_SIZE, BarKind.MEM32, self.abar, name="ahci.abar")
         self.add_msi(1)
-        sata = self.add_capability(0x12, 8)            # SATA capability (ICH9 §14.1.?)
-        struct.pack_into("<HI", self.config, sata + 2, 0x0010, 0x8 | (4 << 4))  # rev 1.0; BAR4+10h
+        sata = self.add_capability(SATA_CAP_ID, SATA_CAP_SIZE)   # SATA capability (AHCI 1.3 §2.4)
+        SATA_CAP_BODY.pack_into(self.config, sata + SATA_CAP_OFF, *sata_cap_values(4, IDP_INDEX))
 
     # --- wiring -----------------------------------------------------------------------------
     def attach_drive(self, port: int, backend, config: DriveConfig | None = None,

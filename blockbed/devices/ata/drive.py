@@ -26,15 +26,16 @@ Durability (the point of this layer, see docs/ata.md):
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from ... import trace
 from ...block.backend import STOPPED
+from . import layout as L
 from .identify import IdentifyState, build_identify, chs_geometry
-from .regs import (DEV_FUA, DEV_LBA, DSM_TRIM, ER_ABRT, ER_AMNF, ER_IDNF, ER_UNC, SF_DISABLE_RLA,
-                   SF_DISABLE_WCE, SF_ENABLE_RLA, SF_ENABLE_WCE, SF_XFER_MODE, ST_DRDY, ST_DSC,
-                   ST_ERR, Cmd, Outputs, Protocol, TaskFile)
+from .regs import (DEV_FUA, DEV_HEAD, DEV_LBA, DSM_TRIM, ER_ABRT, ER_AMNF, ER_IDNF, ER_UNC,
+                   LOG_NCQ_COMMAND_ERROR, NCQ_TAG, NCQ_TAG_SHIFT, SF_DISABLE_RLA, SF_DISABLE_WCE,
+                   SF_ENABLE_RLA, SF_ENABLE_WCE, SF_XFER_MODE, ST_DRDY, ST_DSC, ST_ERR, Cmd, Outputs,
+                   Protocol, TaskFile)
 
 __all__ = ["AtaDrive", "Command", "DriveConfig"]
 
@@ -174,11 +175,11 @@ class AtaDrive:
 
     def _lba28(self, tf: TaskFile) -> int | None:
         if tf.device & DEV_LBA:
-            return ((tf.device & 0x0F) << 24) | (tf.lba & 0xFFFFFF)
+            return ((tf.device & DEV_HEAD) << 24) | (tf.lba & 0xFFFFFF)
         # CHS addressing (ATA-5 and earlier): sector number 1-based, cylinder in LBA mid/high.
         sector = tf.lba & 0xFF
         cyl = (tf.lba >> 8) & 0xFFFF
-        head = tf.device & 0x0F
+        head = tf.device & DEV_HEAD
         cyls, heads, spt = chs_geometry(self.sectors)
         if sector == 0 or sector > spt or head >= heads:
             return None
@@ -210,7 +211,7 @@ class AtaDrive:
             proto = _P.FPDMA_IN if op == Cmd.READ_FPDMA_QUEUED else _P.FPDMA_OUT
             cmd = Command(op, proto, tf, lba, n, n * self.sector_size,
                           fua=bool(tf.device & DEV_FUA) and op == Cmd.WRITE_FPDMA_QUEUED,
-                          tag=(tf.count >> 3) & 0x1F)
+                          tag=(tf.count & NCQ_TAG) >> NCQ_TAG_SHIFT)
             if lba + n > self.sectors:
                 return self.idnf(lba)
             return cmd
@@ -220,7 +221,7 @@ class AtaDrive:
             return Command(op, _P.NON_DATA, tf, lba48=True)
         if op == Cmd.READ_LOG_EXT:
             # Only the NCQ Command Error log (page 10h), one page (SATA §13.7.4).
-            if tf.lba & 0xFF != 0x10 or (tf.count & 0xFFFF) != 1 or (tf.lba >> 8) & 0xFFFF:
+            if tf.lba & 0xFF != LOG_NCQ_COMMAND_ERROR or (tf.count & 0xFFFF) != 1 or (tf.lba >> 8) & 0xFFFF:
                 return self.abort()
             return Command(op, _P.PIO_IN, tf, nbytes=512)
         if op == Cmd.DATA_SET_MANAGEMENT:
@@ -305,8 +306,9 @@ class AtaDrive:
         data = b"".join(bytes(b) for b in bufs)
         ranges = []
         cap = self.sectors
-        for (entry,) in struct.iter_unpack("<Q", data[:len(data) & ~7]):
-            start, n = entry & 0xFFFF_FFFF_FFFF, entry >> 48
+        size = L.DSM_RANGE.size
+        for (entry,) in L.DSM_RANGE.iter_unpack(data[:len(data) - len(data) % size]):
+            start, n = entry & L.DSM_LBA, entry >> L.DSM_LENGTH_SHIFT
             if n == 0:
                 continue
             if start + n > cap:
@@ -385,14 +387,14 @@ class AtaDrive:
             return self._ok()
         if sub == SF_XFER_MODE:
             val = tf.count & 0xFF
-            kind, mode = val >> 3, val & 7
-            if val in (0x00, 0x01):              # PIO default mode (with/without IORDY)
+            kind, mode = val >> L.XFER_KIND_SHIFT, val & L.XFER_MODE
+            if kind == L.XferKind["PIO_DEFAULT"] and mode <= 1:   # PIO default (with/without IORDY)
                 st.pio_mode = 0
-            elif kind == 0x01 and mode <= 4:     # PIO flow control mode n
+            elif kind == L.XferKind["PIO"] and mode <= 4:         # PIO flow control mode n
                 st.pio_mode = mode
-            elif kind == 0x04 and mode <= 2:     # multiword DMA mode n
+            elif kind == L.XferKind["MWDMA"] and mode <= 2:       # multiword DMA mode n
                 st.mwdma_mode, st.udma_mode = mode, None
-            elif kind == 0x08 and mode <= 5:     # Ultra DMA mode n
+            elif kind == L.XferKind["UDMA"] and mode <= 5:        # Ultra DMA mode n
                 st.udma_mode, st.mwdma_mode = mode, None
             else:
                 return self.abort()
@@ -401,10 +403,8 @@ class AtaDrive:
 
     def record_ncq_error(self, tag: int, out: Outputs, lba: int = 0) -> None:
         """Fill the NCQ Command Error log (page 10h) for READ LOG EXT (SATA §13.7.4)."""
-        log = bytearray(512)
-        log[0] = tag & 0x1F
-        log[2], log[3] = out.status, out.error
-        struct.pack_into("<HBB", log, 4, lba & 0xFFFF, (lba >> 16) & 0xFF, 0)
-        log[8:11] = ((lba >> 24) & 0xFFFFFF).to_bytes(3, "little")
-        log[511] = (-sum(log[:511])) & 0xFF
+        log = bytearray(L.NCQ_ERROR_LOG.pack(
+            tag & L.NCQ_LOG_TAG, out.status, out.error, lba & 0xFF, lba >> 8 & 0xFF,
+            lba >> 16 & 0xFF, 0, lba >> 24 & 0xFF, lba >> 32 & 0xFF, lba >> 40 & 0xFF, 0, 0, 0))
+        log[-1] = (-sum(log[:-1])) & 0xFF          # the checksum byte
         self.state.ncq_error_log = bytes(log)

@@ -7,8 +7,12 @@ IDENTIFY: a guest that turns the write cache off sees word 85 bit 5 clear.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
+
+from . import layout as L
+from .layout import field_value as fv
+
+_W = L.IDENTIFY_WORD
 
 LBA28_MAX = 0x0FFFFFFF
 
@@ -63,62 +67,75 @@ def chs_geometry(sectors: int) -> tuple[int, int, int]:
 
 
 def build_identify(st: IdentifyState) -> bytes:
-    w = [0] * 256
+    """The IDENTIFY DEVICE data for ``st``: every word number and bit position comes from
+    the declaration :data:`.layout.Identify` (ATA8-ACS table 22)."""
+    w = [0] * (L.IDENTIFY_SIZE // 2)
+
+    def put(name: str, value: int) -> None:
+        w[_W[name]] = value
+
+    def put32(name: str, value: int) -> None:       # two words, least significant first
+        w[_W[name]], w[_W[name] + 1] = value & 0xFFFF, value >> 16
+
     cyls, heads, spt = chs_geometry(st.sectors)
-    w[0] = 0x0040                       # fixed, non-removable ATA device
-    w[1], w[3], w[6] = cyls, heads, spt
-    w[47] = 0x8000 | st.max_multiple    # READ/WRITE MULTIPLE: max sectors per DRQ block
-    w[49] = (1 << 11) | (1 << 9) | (1 << 8)  # IORDY, LBA, DMA
-    w[50] = 0x4000
-    w[51] = 0x0200                      # PIO data transfer cycle timing mode (obsolete)
-    w[53] = 0x0007                      # words 54-58, 64-70 and 88 are valid
-    w[54], w[55], w[56] = cyls, heads, spt
-    chs_cap = cyls * heads * spt
-    w[57], w[58] = chs_cap & 0xFFFF, chs_cap >> 16
+    put("general", fv(L.IdGeneral, fixed=1))         # fixed, non-removable ATA device
+    put("cylinders", cyls)
+    put("heads", heads)
+    put("sectors_per_track", spt)
+    put("max_multiple", fv(L.IdMaxMultiple, fixed_80h=0x80, max=st.max_multiple))
+    put("capabilities", fv(L.IdCapabilities, iordy=1, lba=1, dma=1))
+    put("capabilities2", fv(L.IdCapabilities2, valid=1))
+    put("pio_timing", fv(L.IdPioTiming, mode=2))      # PIO cycle timing mode 2 (obsolete)
+    put("valid", fv(L.IdValid, w88=1, w64_70=1, w54_58=1))
+    put("cur_cylinders", cyls)
+    put("cur_heads", heads)
+    put("cur_sectors_per_track", spt)
+    put32("cur_capacity", cyls * heads * spt)
     if st.multiple_count:
-        w[59] = 0x0100 | st.multiple_count
-    lba28 = min(st.sectors, LBA28_MAX)
-    w[60], w[61] = lba28 & 0xFFFF, lba28 >> 16
-    w[63] = 0x0007 | ((1 << (8 + st.mwdma_mode)) if st.mwdma_mode is not None else 0)
-    w[64] = 0x0003                      # PIO modes 3 and 4
-    w[65] = w[66] = w[67] = w[68] = 120
-    if st.trim:
-        w[69] = 0                       # no deterministic/zeroing read after TRIM promised
+        put("multiple", fv(L.IdMultiple, valid=1, count=st.multiple_count))
+    put32("lba28_sectors", min(st.sectors, LBA28_MAX))
+    put("mwdma", fv(L.IdModes, supported=0x07,
+                    selected=(1 << st.mwdma_mode) if st.mwdma_mode is not None else 0))
+    put("pio_modes", fv(L.IdPioModes, pio3=1, pio4=1))
+    for name in ("mwdma_min_cycle", "mwdma_rec_cycle", "pio_min_cycle", "pio_iordy_cycle"):
+        put(name, 120)                                # ns
+    # word 69: no deterministic / zeroing read after TRIM promised (0 whether TRIM or not)
     if st.ncq_depth:
-        w[75] = st.ncq_depth - 1        # queue depth - 1
-        w[76] = (1 << 8) | (1 << 2) | (1 << 1)  # NCQ; SATA Gen1 and Gen2 signalling
-    w[80] = 0x01F0                      # ATA/ATAPI-4 .. ATA8-ACS
-    w[81] = 0
-    w[82] = (1 << 14) | (1 << 6) | (1 << 5)  # NOP, read look-ahead, volatile write cache
-    w[83] = (1 << 14) | (1 << 13) | (1 << 12) | (1 << 10)  # FLUSH CACHE EXT, FLUSH CACHE, LBA48
-    w[84] = (1 << 14) | (1 << 6) | ((1 << 5) if st.gpl else 0)  # WRITE DMA FUA EXT, GPL
-    w[85] = (1 << 14) | ((1 << 6) if st.read_look_ahead else 0) | \
-        ((1 << 5) if st.write_cache_enabled else 0)
-    w[86] = (1 << 13) | (1 << 12) | (1 << 10)
-    w[87] = (1 << 14) | (1 << 6) | ((1 << 5) if st.gpl else 0)
-    w[88] = 0x003F | ((1 << (8 + st.udma_mode)) if st.udma_mode is not None else 0)
-    w[93] = 0x6001 if not st.ncq_depth else 0
-    w[100:104] = [(st.sectors >> s) & 0xFFFF for s in (0, 16, 32, 48)]
+        put("queue_depth", st.ncq_depth - 1)
+        put("sata_caps", fv(L.IdSataCaps, ncq=1, gen2=1, gen1=1))
+    put("major_version", fv(L.IdMajorVersion, ata4=1, ata5=1, ata6=1, ata7=1, ata8_acs=1))
+    put("supported1", fv(L.IdCmdSet1, nop=1, look_ahead=1, write_cache=1))
+    put("supported2", fv(L.IdCmdSet2, one=1, flush_cache_ext=1, flush_cache=1, lba48=1))
+    put("supported3", fv(L.IdCmdSet3, one=1, fua_ext=1, gpl=int(st.gpl)))
+    put("enabled1", fv(L.IdCmdSet1, nop=1, look_ahead=int(st.read_look_ahead),
+                       write_cache=int(st.write_cache_enabled)))
+    put("enabled2", fv(L.IdCmdSet2, flush_cache_ext=1, flush_cache=1, lba48=1))
+    put("enabled3", fv(L.IdCmdSet3, one=1, fua_ext=1, gpl=int(st.gpl)))
+    put("udma", fv(L.IdModes, supported=0x3F,
+                   selected=(1 << st.udma_mode) if st.udma_mode is not None else 0))
+    if not st.ncq_depth:
+        put("reset_result", fv(L.IdResetResult, one=1, cblid=1, dev0=1))   # PATA, 80-wire cable
+    for i, s in enumerate((0, 16, 32, 48)):
+        w[_W["lba48_sectors"] + i] = (st.sectors >> s) & 0xFFFF
     if st.trim:
-        w[105] = st.dsm_max_blocks
-    # Words 106, 117-118: sector sizes (ATA8-ACS §7.16.7.?)
-    w106 = 0x4000
+        put("dsm_max_blocks", st.dsm_max_blocks)
     ratio = st.physical_sector_size // st.logical_sector_size
-    if ratio > 1:
-        w106 |= (1 << 13) | (ratio.bit_length() - 1)
-    if st.logical_sector_size != 512:
-        w106 |= 1 << 12
-        words = st.logical_sector_size // 2
-        w[117], w[118] = words & 0xFFFF, words >> 16
-    w[106] = w106
+    long_logical = st.logical_sector_size != 512
+    put("sector_size", fv(L.IdSectorSize, valid=1, multiple_logical=int(ratio > 1),
+                          long_logical=int(long_logical),
+                          log2_per_physical=ratio.bit_length() - 1 if ratio > 1 else 0))
+    if long_logical:
+        put32("logical_sector_words", st.logical_sector_size // 2)
     if st.trim:
-        w[169] = 0x0001                 # DATA SET MANAGEMENT TRIM supported
-    w[217] = st.rotation_rate
-    data = bytearray(struct.pack("<256H", *w))
-    data[20:40] = ata_string(st.serial, 20)
-    data[46:54] = ata_string(st.firmware, 8)
-    data[54:94] = ata_string(st.model, 40)
+        put("dsm", fv(L.IdDsm, trim=1))
+    put("rotation_rate", st.rotation_rate)
+    data = bytearray(L.IDENTIFY_WORDS.pack(*w))
+    for name, text in (("serial_number", st.serial), ("firmware_revision", st.firmware),
+                       ("model_number", st.model)):
+        off, n = L.IDENTIFY_STRINGS[name]
+        data[off:off + n] = ata_string(text, n)
     # Word 255: integrity word, signature A5h and a checksum making the byte sum 0.
-    data[510] = 0xA5
-    data[511] = (-sum(data[:511])) & 0xFF
+    integrity = 2 * _W["integrity"]
+    data[integrity:integrity + 2] = fv(L.IdIntegrity, signature=L.INTEGRITY_SIGNATURE).to_bytes(2, "little")
+    data[integrity + 1] = (-sum(data[:integrity + 1])) & 0xFF
     return bytes(data)

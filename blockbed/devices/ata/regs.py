@@ -11,32 +11,45 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-# Status register (ATA8-ACS §6.2.?; bit names as in ATA/ATAPI-7)
-ST_ERR = 0x01    # an error occurred; see the error register
-ST_DRQ = 0x08    # data request: the device is ready to move a PIO data block
-ST_DSC = 0x10    # device seek complete (obsolete, still reported by drives and QEMU)
-ST_DF = 0x20     # device fault
-ST_DRDY = 0x40   # device ready
-ST_BSY = 0x80    # busy
+from ..fastform import bits, mask
+from . import layout as L
 
-# Error register
-ER_AMNF = 0x01   # (obsolete) also the "diagnostic passed" code 01h after reset
-ER_ABRT = 0x04   # command aborted: unsupported command/feature, bad parameter
-ER_IDNF = 0x10   # ID not found: the LBA is out of range
-ER_UNC = 0x40    # uncorrectable data: a media (read) error
-ER_ICRC = 0x80
+# Status, Error and Device register bits, from the declarations in :mod:`.layout`
+ST_ERR = mask(L.Status, "err")     # an error occurred; see the error register
+ST_DRQ = mask(L.Status, "drq")     # data request: the device is ready to move a PIO data block
+ST_DSC = mask(L.Status, "dsc")     # device seek complete (obsolete, still reported by drives and QEMU)
+ST_DF = mask(L.Status, "df")       # device fault
+ST_DRDY = mask(L.Status, "drdy")   # device ready
+ST_BSY = mask(L.Status, "bsy")     # busy
 
-# Device register
-DEV_LBA = 0x40
-DEV_FUA = 0x80   # FPDMA QUEUED: Forced Unit Access (SATA §13.6.4.1 / §13.6.5.1)
-DEV_DEV = 0x10   # IDE: drive select (0 master, 1 slave)
+ER_AMNF = mask(L.Error, "amnf")    # (obsolete) also the "diagnostic passed" code 01h after reset
+ER_ABRT = mask(L.Error, "abrt")    # command aborted: unsupported command/feature, bad parameter
+ER_IDNF = mask(L.Error, "idnf")    # ID not found: the LBA is out of range
+ER_UNC = mask(L.Error, "unc")      # uncorrectable data: a media (read) error
+ER_ICRC = mask(L.Error, "icrc")
+
+DEV_LBA = mask(L.Device, "lba")
+DEV_FUA = mask(L.Device, "fua")    # FPDMA QUEUED: Forced Unit Access (SATA §13.6.4.1 / §13.6.5.1)
+DEV_DEV = mask(L.Device, "dev")    # IDE: drive select (0 master, 1 slave)
+DEV_HEAD = mask(L.Device, "head")  # LBA 27:24 of a 28-bit command (or the CHS head)
+
+# Count of an FPDMA QUEUED command: the NCQ tag
+NCQ_TAG, NCQ_TAG_SHIFT = mask(L.NcqCount, "tag"), bits(L.NcqCount)["tag"][0]
+
+# Device Control register bits
+CTL_SRST = mask(L.DeviceControl, "srst")
+CTL_NIEN = mask(L.DeviceControl, "nien")
+CTL_HOB = mask(L.DeviceControl, "hob")
 
 # Device signature of an ATA (non-packet) device after reset/diagnostics (ATA8-ACS §9.12)
 SIGNATURE_ATA = 0x00000101  # LBA high:mid:low:count = 00:00:01:01
 
+# READ LOG EXT: the log address of the NCQ Command Error log (SATA 3.x §13.7.4)
+LOG_NCQ_COMMAND_ERROR = 0x10
+
 # DATA SET MANAGEMENT
 DSM_TRIM = 0x01
-DSM_RANGES_PER_BLOCK = 64     # 8-byte entries per 512-byte block (ACS-2 §7.5.3.2)
+DSM_RANGES_PER_BLOCK = 512 // L.DsmRange.sizeof()   # 8-byte entries per 512-byte block (ACS-2 §7.5.3.2)
 
 # SET FEATURES subcommands used here (ATA8-ACS §7.48)
 SF_ENABLE_WCE = 0x02
