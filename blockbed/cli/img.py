@@ -445,8 +445,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     from ..block.qcow2.check import check_image
     fmt = a.f or _probe_format(a.filename)
     if fmt != "qcow2":
-        print(f"qemu-img: This image format does not support checks", file=sys.stderr)
-        return 63
+        return _fail("This image format does not support checks", 63)
     try:
         node, _ = open_img(a.filename, "qcow2", read_only=not a.r, force_share=a.U and not a.r,
                            no_backing=True, extra={"x-check": True})
@@ -459,8 +458,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     for m in res.messages:
         print(m, file=sys.stderr)
     if res.failed:
-        print(f"qemu-img: Check failed: {res.failed}", file=sys.stderr)
-        return 1
+        return _fail(f"Check failed: {res.failed}")
     if a.output == "json":
         d: dict[str, Any] = {"filename": a.filename, "format": "qcow2",
                              "check-errors": res.check_errors}
@@ -588,9 +586,7 @@ def cmd_map(a: argparse.Namespace) -> int:
         for e in entries:
             if e.data and e.offset is None:
                 sys.stdout.flush()
-                print("qemu-img: File contains external, encrypted or compressed clusters.",
-                      file=sys.stderr)
-                return 1
+                return _fail("File contains external, encrypted or compressed clusters.")
             if e.data and not e.zero and e.offset is not None:
                 print(f"{_cx(e.start):<16}{_cx(e.length):<16}{_cx(e.offset):<16}"
                       f"{e.filename or a.filename}")
@@ -954,14 +950,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
     try:
         n1, _ = open_img(a.img1, a.f, force_share=a.U)
     except BlockError as e:
-        print(_open_msg(a.img1, e), file=sys.stderr)
-        return 2
+        return _fail(_open_msg(a.img1, e), 2)
     try:
         n2, _ = open_img(a.img2, a.F, force_share=a.U)
     except BlockError as e:
         n1.close()
-        print(_open_msg(a.img2, e), file=sys.stderr)
-        return 2
+        return _fail(_open_msg(a.img2, e), 2)
     try:
         s1, s2 = n1.length(), n2.length()
         if s1 != s2 and a.s:
@@ -1030,13 +1024,17 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
                 end = text.find("\nFormat specific information:")
                 print(text[start:end if end >= 0 else None])
             return 0
+        verb, name = action
+        if verb != "create" and not any(name in (s.id_str, s.name) for s in node.snapshots):
+            # qemu-img: delete looks the tag up itself; apply fails in bdrv_snapshot_goto
+            return _fail(f"Could not {verb} snapshot '{name}': " +
+                         ("snapshot not found" if verb == "delete"
+                          else "Failed to load snapshot: No such file or directory"))
         try:
-            verb, name = action
             {"create": snap.create_snapshot, "apply": snap.apply_snapshot,
              "delete": snap.delete_snapshot}[verb](node, name)
         except BlockError as e:
-            print(f"qemu-img: Could not {verb} snapshot '{name}': {e}", file=sys.stderr)
-            return 1
+            return _fail(f"Could not {verb} snapshot '{name}': {e}")
         return 0
     finally:
         node.close()
@@ -1071,6 +1069,11 @@ def cmd_resize(a: argparse.Namespace) -> int:
 
 
 # --- wiring -----------------------------------------------------------------------------------
+FMT_HELP = "format of the image (probed if omitted)"
+OUTPUT_HELP = "human (default) or json, as qemu-img"
+SHARE_HELP = "open without locking out other users of the image (qemu-img -U)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .imageopts import add_arguments as add_image_arguments
     p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
@@ -1078,103 +1081,114 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
 
     c = s.add_parser("create", help="create an image")
-    c.add_argument("-f")
-    c.add_argument("-o", action="append")
-    c.add_argument("-b")
-    c.add_argument("-F")
-    c.add_argument("-u", action="store_true")
-    c.add_argument("-q", action="store_true")
-    c.add_argument("filename")
-    c.add_argument("size", nargs="?")
+    c.add_argument("-f", metavar="FMT", help="format of the new image: raw (default) or qcow2")
+    c.add_argument("-o", action="append", metavar="OPTIONS",
+                   help="format options, key=value[,key=value...] (repeatable)")
+    c.add_argument("-b", metavar="BACKING_FILE", help="backing file of the new qcow2 image")
+    c.add_argument("-F", metavar="BACKING_FMT", help="format of the backing file (required with -b)")
+    c.add_argument("-u", action="store_true", help="unsafe: do not open the backing file (SIZE "
+                                                   "is then required)")
+    c.add_argument("-q", action="store_true", help="quiet: no 'Formatting' line")
+    c.add_argument("filename", help="the image to create")
+    c.add_argument("size", nargs="?", help="virtual size in bytes (k, M, G, T, P, E suffixes); "
+                                           "default: the backing file's")
     add_image_arguments(c, image_opts=False)
     c.set_defaults(func=_guard(cmd_create))
 
     i = s.add_parser("info", help="show image information")
-    i.add_argument("-f")
-    i.add_argument("--output", choices=("human", "json"), default="human")
-    i.add_argument("--backing-chain", action="store_true")
-    i.add_argument("-U", "--force-share", dest="U", action="store_true")
-    i.add_argument("filename")
+    i.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    i.add_argument("--output", choices=("human", "json"), default="human", help=OUTPUT_HELP)
+    i.add_argument("--backing-chain", action="store_true",
+                   help="also show every image of the backing chain")
+    i.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
+    i.add_argument("filename", help="the image")
     add_image_arguments(i, image_opts=True)
     i.set_defaults(func=_guard(cmd_info))
 
     k = s.add_parser("check", help="check (and repair) an image")
-    k.add_argument("-f")
-    k.add_argument("--output", choices=("human", "json"), default="human")
-    k.add_argument("-r", choices=("leaks", "all"))
-    k.add_argument("-q", action="store_true")
-    k.add_argument("-U", "--force-share", dest="U", action="store_true")
-    k.add_argument("filename")
+    k.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    k.add_argument("--output", choices=("human", "json"), default="human", help=OUTPUT_HELP)
+    k.add_argument("-r", choices=("leaks", "all"),
+                   help="repair: leaked clusters only, or all errors (opens read-write)")
+    k.add_argument("-q", action="store_true", help="quiet: print errors only")
+    k.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
+    k.add_argument("filename", help="the image")
     add_image_arguments(k, image_opts=True)
     k.set_defaults(func=_guard(cmd_check, 1))
 
     m = s.add_parser("map", help="show the image's allocation map")
-    m.add_argument("-f")
-    m.add_argument("--output", choices=("human", "json"), default="human")
-    m.add_argument("--start-offset", type=int)
-    m.add_argument("--max-length", type=int)
-    m.add_argument("-U", "--force-share", dest="U", action="store_true")
+    m.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    m.add_argument("--output", choices=("human", "json"), default="human", help=OUTPUT_HELP)
+    m.add_argument("--start-offset", type=int, metavar="OFFSET",
+                   help="first guest byte to map (default 0)")
+    m.add_argument("--max-length", type=int, metavar="LEN",
+                   help="map at most LEN bytes (default: to the end)")
+    m.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
     m.add_argument("--picture", metavar="OUT", help="draw the qcow2 file's layout into OUT (.svg/.png)")
-    m.add_argument("filename")
+    m.add_argument("filename", help="the image")
     add_image_arguments(m, image_opts=True)
     m.set_defaults(func=_guard(cmd_map))
 
     v = s.add_parser("convert", help="convert an image")
-    v.add_argument("-f")
-    v.add_argument("-O")
-    v.add_argument("-o", action="append")
-    v.add_argument("-p", action="store_true")
-    v.add_argument("-S")
-    v.add_argument("-c", action="store_true")
+    v.add_argument("-f", metavar="FMT", help="format of the source (probed if omitted)")
+    v.add_argument("-O", metavar="OUTPUT_FMT", help="format of the output: raw (default) or qcow2")
+    v.add_argument("-o", action="append", metavar="OPTIONS",
+                   help="options of the output format, key=value[,key=value...] (repeatable)")
+    v.add_argument("-p", action="store_true", help="show progress")
+    v.add_argument("-S", metavar="SPARSE_SIZE", help="zero runs this long (default 4k) are "
+                                                      "left unwritten; 0 writes every byte")
+    v.add_argument("-c", action="store_true", help="compress the output (qcow2)")
     v.add_argument("-m", metavar="NUM_COROUTINES",
                    help="parallel requests, 1-16 (default 8): -c compresses on that many "
                         "threads")
     v.add_argument("-W", action="store_true",
                    help="allow out-of-order writes (accepted: the output is written in "
                         "order, so it is the same with or without)")
-    v.add_argument("-n", action="store_true")
-    v.add_argument("-t", help="cache mode of the output (default unsafe, as qemu-img)")
-    v.add_argument("-U", "--force-share", dest="U", action="store_true")
+    v.add_argument("-n", action="store_true", help="do not create the output: write into an "
+                                                   "existing image")
+    v.add_argument("-t", metavar="CACHE", help="cache mode of the output (default unsafe, as qemu-img)")
+    v.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
     v.add_argument("--bitmaps", action="store_true",
                    help="copy the persistent bitmaps (qcow2 to qcow2)")
     v.add_argument("--skip-broken-bitmaps", action="store_true",
                    help="with --bitmaps: skip inconsistent bitmaps instead of failing")
-    v.add_argument("src")
-    v.add_argument("dst")
+    v.add_argument("src", help="the source image")
+    v.add_argument("dst", help="the output image")
     add_image_arguments(v, image_opts=True)
     v.set_defaults(func=_guard(cmd_convert))
 
     q = s.add_parser("compare", help="compare two images' contents")
-    q.add_argument("-f")
-    q.add_argument("-F")
-    q.add_argument("-s", action="store_true")
-    q.add_argument("-p", action="store_true")
-    q.add_argument("-q", action="store_true")
-    q.add_argument("-U", "--force-share", dest="U", action="store_true")
-    q.add_argument("img1")
-    q.add_argument("img2")
+    q.add_argument("-f", metavar="FMT", help="format of the first image (probed if omitted)")
+    q.add_argument("-F", metavar="FMT", help="format of the second image (probed if omitted)")
+    q.add_argument("-s", action="store_true", help="strict: images of different sizes differ")
+    q.add_argument("-p", action="store_true", help="show progress (accepted)")
+    q.add_argument("-q", action="store_true", help="quiet: the exit status only")
+    q.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
+    q.add_argument("img1", help="the first image")
+    q.add_argument("img2", help="the second image")
     add_image_arguments(q, image_opts=True)
     q.set_defaults(func=_guard(cmd_compare, 2))
 
     n = s.add_parser("snapshot", help="list, create, apply or delete internal snapshots")
     g = n.add_mutually_exclusive_group()
-    g.add_argument("-l", action="store_true")
-    g.add_argument("-c", metavar="SNAPSHOT")
-    g.add_argument("-a", metavar="SNAPSHOT")
-    g.add_argument("-d", metavar="SNAPSHOT")
-    n.add_argument("-f")
-    n.add_argument("-q", action="store_true")
-    n.add_argument("-U", "--force-share", dest="U", action="store_true")
-    n.add_argument("filename")
+    g.add_argument("-l", action="store_true", help="list the snapshots (the default)")
+    g.add_argument("-c", metavar="SNAPSHOT", help="create a snapshot named SNAPSHOT")
+    g.add_argument("-a", metavar="SNAPSHOT", help="revert the image to SNAPSHOT")
+    g.add_argument("-d", metavar="SNAPSHOT", help="delete SNAPSHOT")
+    n.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    n.add_argument("-q", action="store_true", help="quiet")
+    n.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
+    n.add_argument("filename", help="the image")
     add_image_arguments(n, image_opts=True)
     n.set_defaults(func=_guard(cmd_snapshot))
 
     r = s.add_parser("resize", help="resize an image")
-    r.add_argument("-f")
-    r.add_argument("--shrink", action="store_true")
-    r.add_argument("-q", action="store_true")
-    r.add_argument("filename")
-    r.add_argument("size")
+    r.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    r.add_argument("--shrink", action="store_true", help="allow a smaller size (data past it "
+                                                        "is lost)")
+    r.add_argument("-q", action="store_true", help="quiet")
+    r.add_argument("filename", help="the image")
+    r.add_argument("size", help="new size, or +SIZE / -SIZE relative to the current one")
     add_image_arguments(r, image_opts=True)
     r.set_defaults(func=_guard(cmd_resize))
 
