@@ -4,6 +4,7 @@ words, each error line carrying exactly one ``blockbed img:`` prefix where qemu-
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -50,3 +51,53 @@ def images(qemu_img, tmp_path, monkeypatch):
 def test_error_matches_qemu_img_with_one_prefix(qemu_img, images, capsys, argv):
     err = _same_as_qemu(qemu_img, capsys, argv, images)
     assert err.startswith("blockbed img: ")
+
+
+CREATE_CASES = [
+    "-b base.qcow2 ov.qcow2",                    # no -F: refused, naming the detected format
+    "-b base.qcow2 ov.qcow2 1M",
+    "-o backing_file=base.qcow2 ov.qcow2",
+    "-u -b base.qcow2 ov.qcow2 1M",              # -u without -F: refused too (was created)
+    "-u -b base.qcow2 ov.qcow2",
+    "-u -b base.qcow2 -F qcow2 ov.qcow2",        # -u: no size from the backing file
+    "-b nonexist.qcow2 ov.qcow2 1M",             # + "Could not open backing image."
+    "-b nonexist.qcow2 -F qcow2 sub/ov.qcow2",   # relative to the new image's directory
+    "-b ov.qcow2 -F qcow2 ov.qcow2 1M",          # its own backing file
+    "-o backing_file= ov.qcow2 1M",              # empty name
+    "-b r196.raw -F raw ov.qcow2",               # size: the backing file's, whole sectors
+    "-F qcow2 ov.qcow2 1M",                      # a format without a file
+    "-o cluster_size=3x -b nonexist ov.qcow2",   # option values are checked first
+    "ov.qcow2",
+    "-b ../base.qcow2 -F qcow2 sub/ov.qcow2",
+]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+@pytest.mark.parametrize("args", CREATE_CASES)
+def test_create_with_backing_file_as_qemu_img(qemu_img, tmp_path, monkeypatch, capsys, fmt,
+                                              args):
+    """The checks of QEMU 7.2 bdrv_img_create, in its order and words; raw refuses -b, -F
+    and the backing options as qemu-img does."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "base.qcow2", "1M"], check=True)
+    (tmp_path / "r196.raw").write_bytes(bytes(196616))
+    argv = ["create", "-f", fmt, *args.split()]
+    made = [p for p in ("ov.qcow2", "sub/ov.qcow2") if p in argv]
+    results = []
+    for tool in ("qemu", "blockbed"):
+        if tool == "qemu":
+            p = subprocess.run([qemu_img, *argv], capture_output=True, text=True)
+            rc, out, err = p.returncode, p.stdout, p.stderr
+        else:
+            capsys.readouterr()
+            rc = blockbed_main(["img", *argv])
+            out, err = capsys.readouterr()
+            assert "qemu-img" not in err
+            err = err.replace("blockbed img: ", "qemu-img: ")
+        results.append((rc, out, err.strip(), [os.path.exists(m) for m in made]))
+        for m in made:
+            if os.path.exists(m):
+                os.unlink(m)
+    assert results[1] == results[0]

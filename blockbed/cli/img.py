@@ -143,126 +143,6 @@ def _parse_o(values: list[str] | None) -> dict:
     return opts
 
 
-# --- create -----------------------------------------------------------------------------------
-def _backing_fmt_missing(filename: str, detected: str) -> int:
-    """qemu-img 7.2 (block.c bdrv_img_create) no longer probes a backing file's format for a
-    new image: probing raw data is how a guest could make the host open any file.  It refuses,
-    naming what it detected, and creates nothing."""
-    return _fail(f"{filename}: Backing file specified without backing format\n"
-                 f"Detected format of {detected}.")
-
-
-def cmd_create(a: argparse.Namespace) -> int:
-    from ..block import registry
-    from ..block.qcow2.imagecreate import parse_size
-    fmt = a.f or "raw"
-    opts = _parse_o(a.o)
-    if a.b:
-        opts["backing_file"] = a.b
-    if a.F:
-        opts["backing_fmt"] = a.F
-    size = parse_size(a.size) if a.size is not None else None
-    if fmt != "qcow2" and ("backing_file" in opts or "backing_fmt" in opts):
-        return _fail(f"Format '{fmt}' does not support backing files")
-    if size is None:
-        bf = opts.get("backing_file")
-        if not bf:
-            return _fail("Image creation needs a size parameter")
-        path = bf if os.path.isabs(bf) else os.path.join(os.path.dirname(a.filename), bf)
-        b, bfmt = open_img(path, opts.get("backing_fmt"), force_share=True)
-        try:
-            size = b.length()
-        finally:
-            b.close()
-        if not opts.get("backing_fmt"):
-            return _backing_fmt_missing(a.filename, bfmt)
-    elif opts.get("backing_file") and not a.u:
-        bf = opts["backing_file"]
-        path = bf if os.path.isabs(bf) else os.path.join(os.path.dirname(a.filename), bf)
-        b, bfmt = open_img(path, opts.get("backing_fmt"), force_share=True)
-        b.close()
-        if not opts.get("backing_fmt"):
-            return _backing_fmt_missing(a.filename, bfmt)
-    if fmt == "qcow2":
-        bad = _bad_option_value(opts)
-        if bad:
-            return _fail(f"{a.filename}: {bad}")
-    if not a.q:
-        print(f"Formatting '{a.filename}', " + _format_line(fmt, size, opts))
-    registry.create_image(a.filename, fmt, size, opts)
-    return 0
-
-
-_SIZE_OPTS = ("cluster_size",)
-_NUMBER_OPTS = ("refcount_bits",)
-_BOOL_OPTS = ("lazy_refcounts", "extended_l2", "data_file_raw", "encryption")
-
-
-def _bad_option_value(opts: dict) -> str | None:
-    """QemuOpts' type check of the qcow2 create options, which fails before qemu-img
-    prints its "Formatting" line, with its messages."""
-    from ..block.qcow2.imagecreate import _bool, parse_size
-    for k in _SIZE_OPTS:
-        if k in opts:
-            try:
-                parse_size(opts[k])
-            except BlockError:
-                return (f"Parameter '{k}' expects a non-negative number below 2^64\n"
-                        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
-                        "peta-\nand exabytes, respectively.")
-    for k in _NUMBER_OPTS:
-        if k in opts:
-            try:
-                int(str(opts[k]), 0)
-            except ValueError:
-                return f"Parameter '{k}' expects a number"
-    for k in _BOOL_OPTS:
-        if k in opts:
-            try:
-                _bool(opts[k], k)
-            except BlockError as e:
-                return str(e)
-    return None
-
-
-def _format_line(fmt: str, size: int, opts: dict) -> str:
-    if fmt != "qcow2":
-        extra = "".join(f" {k}={v}" for k, v in opts.items())
-        return f"fmt={fmt} size={size}{extra}"
-    parts = [f"fmt=qcow2"]
-    if any(k == "encryption" or k.startswith("encrypt.") for k in opts):
-        from ..block.qcow2.encryption import CREATE_KEYS
-        parts += [f"{k}={opts[k]}" for k in CREATE_KEYS if k in opts]
-    parts += [f"cluster_size={_normalised(opts.get('cluster_size', 65536), size=True)}",
-              f"extended_l2={opts.get('extended_l2', 'off')}"]
-    if "preallocation" in opts:
-        parts.append(f"preallocation={opts['preallocation']}")
-    parts.append(f"compression_type={opts.get('compression_type', 'zlib')}")
-    parts.append(f"size={size}")
-    if opts.get("backing_file"):
-        parts.append(f"backing_file={opts['backing_file']}")
-    if opts.get("backing_fmt"):
-        parts.append(f"backing_fmt={opts['backing_fmt']}")
-    if opts.get("data_file"):
-        parts.append(f"data_file={opts['data_file']}")
-        parts.append(f"data_file_raw={opts.get('data_file_raw', 'off')}")
-    if "compat" in opts:
-        parts.append(f"compat={opts['compat']}")
-    parts.append(f"lazy_refcounts={opts.get('lazy_refcounts', 'off')}")
-    parts.append(f"refcount_bits={_normalised(opts.get('refcount_bits', 16))}")
-    return " ".join(parts)
-
-
-def _normalised(value, size: bool = False) -> str:
-    """QemuOpts prints size and number options normalised (16K -> 16384, 0x10 -> 16); a
-    value that does not parse is printed as given (creation then reports it)."""
-    from ..block.qcow2.imagecreate import parse_size
-    try:
-        return str(parse_size(value) if size else int(str(value), 0))
-    except (BlockError, ValueError):
-        return str(value)
-
-
 # --- info -------------------------------------------------------------------------------------
 def _resolve_path(arg: str) -> str:
     from .imageopts import resolve
@@ -1093,6 +973,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("size", nargs="?", help="virtual size in bytes (k, M, G, T, P, E suffixes); "
                                            "default: the backing file's")
     add_image_arguments(c, image_opts=False)
+    from .img_create import cmd_create
     c.set_defaults(func=_guard(cmd_create))
 
     i = s.add_parser("info", help="show image information")
