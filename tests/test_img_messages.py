@@ -5,6 +5,7 @@ words, each error line carrying exactly one ``blockbed img:`` prefix where qemu-
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 
 import pytest
@@ -101,3 +102,46 @@ def test_create_with_backing_file_as_qemu_img(qemu_img, tmp_path, monkeypatch, c
             if os.path.exists(m):
                 os.unlink(m)
     assert results[1] == results[0]
+
+
+def _damage(p: str, kind: str) -> None:
+    """The three header damages of issue #12, as struct edits of a qemu-img image."""
+    with open(p, "r+b") as f:
+        if kind == "backing-offset-1TiB":
+            f.seek(8)
+            f.write(struct.pack(">QI", 1 << 40, 10))
+        elif kind == "unknown-extension-1MiB":
+            f.seek(100)
+            f.seek(struct.unpack(">I", f.read(4))[0])
+            f.write(struct.pack(">II", 0x12345678, 1 << 20))
+        else:
+            f.truncate(100)
+
+
+OPENERS = [["info", "{}"], ["check", "{}"], ["map", "{}"], ["convert", "-O", "raw", "{}", "o.raw"],
+           ["compare", "{}", "{}"], ["snapshot", "-l", "{}"], ["resize", "{}", "2M"],
+           ["bitmap", "--add", "{}", "b0"]]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("argv", OPENERS, ids=lambda a: a[0])
+@pytest.mark.parametrize("kind", ["missing", "backing-offset-1TiB", "unknown-extension-1MiB",
+                                  "100-bytes"])
+def test_open_errors_as_qemu_img(qemu_img, tmp_path, monkeypatch, capsys, kind, argv):
+    """Every subcommand names the image as qemu-img's img_open does, "Could not open 'X': "
+    before the reason -- for a missing file the reason names it again, as in qemu-img --
+    and the reason names the field that is wrong."""
+    monkeypatch.chdir(tmp_path)
+    if kind != "missing":
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "x.qcow2", "1M"], check=True)
+        _damage("x.qcow2", kind)
+    _same_as_qemu(qemu_img, capsys, [a.replace("{}", "x.qcow2") for a in argv], tmp_path)
+
+
+@pytest.mark.qemu
+def test_convert_cannot_create_output(qemu_img, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "x.qcow2", "1M"], check=True)
+    for fmt in ("qcow2", "raw"):
+        _same_as_qemu(qemu_img, capsys, ["convert", "-O", fmt, "x.qcow2",
+                                         str(tmp_path / "no" / "o")], tmp_path)

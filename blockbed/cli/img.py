@@ -125,6 +125,17 @@ def _open_msg(arg: str, e: BlockError) -> str:
     return str(e) if isinstance(e, ImageOpenError) else f"Could not open '{arg}': {e}"
 
 
+def open_arg(path: str, fmt: str | None, **kw) -> tuple[BlockDriver, str]:
+    """:func:`open_img` for an image named on the command line: a failure reads as
+    qemu-img's img_open reports one, "Could not open 'ARG': " before the block layer's
+    reason (which, for a missing file, names the file again, as in qemu-img)."""
+    from .imageopts import ImageOpenError
+    try:
+        return open_img(path, fmt, **kw)
+    except BlockError as e:
+        raise ImageOpenError(e.errno or errno.EIO, _open_msg(path, e)) from None
+
+
 def _fail(msg: str, code: int = 1) -> int:
     print(f"blockbed img: {msg}", file=sys.stderr)
     return code
@@ -233,7 +244,7 @@ def _chain(path: str, fmt: str | None, force_share: bool) -> Iterator[tuple[dict
         if real in seen:
             raise BlockError(errno.ELOOP, f"Backing file '{path}' creates an infinite loop.")
         seen.add(real)
-        node, f = open_img(path, fmt, force_share=force_share, no_backing=True, no_io=True)
+        node, f = open_arg(path, fmt, force_share=force_share, no_backing=True, no_io=True)
         try:
             info = image_info(node, f, path)
             from .imageopts import display_name
@@ -323,7 +334,10 @@ def _dump_qobject(obj: Any, indent: int, lines: list[str]) -> None:
 # --- check ----------------------------------------------------------------------------------
 def cmd_check(a: argparse.Namespace) -> int:
     from ..block.qcow2.check import check_image
-    fmt = a.f or _probe_format(a.filename)
+    try:
+        fmt = a.f or _probe_format(a.filename)
+    except BlockError as e:
+        return _fail(_open_msg(a.filename, e), 1)
     if fmt != "qcow2":
         return _fail("This image format does not support checks", 63)
     try:
@@ -437,7 +451,7 @@ def cmd_map(a: argparse.Namespace) -> int:
     if a.picture:                    # a layout drawing instead of the map (own module)
         from .img_picture import map_picture
         return map_picture(a)
-    node, _ = open_img(a.filename, a.f, force_share=a.U)
+    node, _ = open_arg(a.filename, a.f, force_share=a.U)
     try:
         size = node.length()
         start = a.start_offset or 0
@@ -549,7 +563,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         return _fail("Invalid number of coroutines. Allowed number of coroutines is between "
                      "1 and 16")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
-    src, _ = open_img(a.src, a.f, force_share=a.U)
+    src, _ = open_arg(a.src, a.f, force_share=a.U)
     try:
         if a.bitmaps:
             from .img_bitmap import convert_bitmaps_refusal
@@ -558,7 +572,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
                 return _fail(why)
         size = src.length()
         if not a.n:
-            registry.create_image(a.dst, out_fmt, size, opts)
+            try:
+                registry.create_image(a.dst, out_fmt, size, opts)
+            except BlockError as e:           # qemu-img convert's wording
+                return _fail(f"{a.dst}: error while converting {out_fmt}: {e}")
         unsafe = (a.t or "unsafe") == "unsafe"     # qemu-img convert's default cache mode
         dst, writer = _open_output(a.dst, out_fmt, unsafe, opts.get("encrypt.key-secret"))
         try:
@@ -885,7 +902,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 # --- snapshot -------------------------------------------------------------------------------
 def cmd_snapshot(a: argparse.Namespace) -> int:
     from ..block.qcow2 import snapshot as snap
-    fmt = a.f or _probe_format(a.filename)
+    try:
+        fmt = a.f or _probe_format(a.filename)
+    except BlockError as e:
+        return _fail(_open_msg(a.filename, e))
     if fmt != "qcow2":
         return _fail(f"Format '{fmt}' does not support internal snapshots")
     # An empty tag is a tag: qemu-img creates (or looks up) the snapshot named "", so the
@@ -893,7 +913,7 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
     action = next(((verb, name) for verb, name in (("create", a.c), ("apply", a.a),
                                                    ("delete", a.d)) if name is not None), None)
     listing = action is None
-    node, _ = open_img(a.filename, "qcow2", read_only=listing, force_share=a.U and listing,
+    node, _ = open_arg(a.filename, "qcow2", read_only=listing, force_share=a.U and listing,
                        no_backing=True)
     try:
         if listing:
@@ -923,7 +943,7 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
 # --- resize ---------------------------------------------------------------------------------
 def cmd_resize(a: argparse.Namespace) -> int:
     from ..block.qcow2.imagecreate import parse_size
-    node, fmt = open_img(a.filename, a.f, read_only=False)
+    node, fmt = open_arg(a.filename, a.f, read_only=False)
     try:
         cur = node.length()
         s = a.size

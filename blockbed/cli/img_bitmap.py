@@ -93,7 +93,7 @@ def _run(op: str, arg: str | None, node: BlockDriver, src: BlockDriver, name: st
 
 
 def cmd_bitmap(a: argparse.Namespace) -> int:
-    from .img import open_img
+    from .img import open_arg
     actions: list[tuple[str, str | None]] = getattr(a, "actions", None) or []
     if not actions:
         return _err("Need at least one of --add, --remove, --clear, --enable, --disable, "
@@ -115,11 +115,11 @@ def cmd_bitmap(a: argparse.Namespace) -> int:
     if len(a.args) != 2:
         return _err("Expecting filename and bitmap name")
     filename, name = a.args
-    node, _ = open_img(filename, a.f, read_only=False, no_backing=True)
+    node, _ = open_arg(filename, a.f, read_only=False, no_backing=True)
     src = None
     try:
         if a.b:
-            src, _ = open_img(a.b, a.F, read_only=True, no_backing=True)
+            src, _ = open_arg(a.b, a.F, read_only=True, no_backing=True)
         for op, arg in actions:
             try:
                 _run(op, arg, node, src or node, name, granularity)
