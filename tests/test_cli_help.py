@@ -63,8 +63,8 @@ def test_help_output_has_no_rest_markup(path, parser, capsys):
 
 def test_plain_strips_rest_inline_markup():
     assert plain("``blockbed run``: see :func:`blockbed.trace.emit`, :data:`~a.b.C`, "
-                 ":ref:`the guide <guide>` and `QEMU`_.") == \
-        "blockbed run: see blockbed.trace.emit, C, the guide and QEMU."
+                 ":ref:`the guide <guide>` and `make linux-guest`.") == \
+        "blockbed run: see blockbed.trace.emit, C, the guide and 'make linux-guest'."
     assert plain("no markup, a 'quote' and a `` lone pair") == \
         "no markup, a 'quote' and a `` lone pair"
 

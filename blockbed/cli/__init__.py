@@ -49,7 +49,7 @@ _REST = re.compile(r"``(.+?)``|:[\w:.-]+:`~?(?:([^`<]*?)\s*<[^`>]*>|([^`]*))`|`(
 
 def plain(text: str | None) -> str | None:
     """``text`` without reST inline markup, for --help (``x`` -> x, :func:`a.b` -> a.b,
-    :func:`~a.b` -> b)."""
+    :func:`~a.b` -> b); single-quoted `x` (a command in a help string) -> 'x'."""
     if not text:
         return text
 
@@ -57,7 +57,9 @@ def plain(text: str | None) -> str | None:
         lit, title, target, interp = m.groups()
         if target is not None and m.group(0).split("`", 1)[1].startswith("~"):
             return target.rsplit(".", 1)[-1]
-        return next(g for g in (lit, title, target, interp) if g is not None)
+        if interp is not None:
+            return f"'{interp}'"
+        return next(g for g in (lit, title, target) if g is not None)
     return _REST.sub(one, text)
 
 
