@@ -4,6 +4,7 @@ words, each error line carrying exactly one ``blockbed img:`` prefix where qemu-
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -26,6 +27,26 @@ def _same_as_qemu(qemu_img: str, capsys, argv: list[str], cwd) -> str:
     assert (rc, err.replace("blockbed img: ", "qemu-img: ").strip()) == \
         (q.returncode, q.stderr.strip()), argv
     return err
+
+
+def _both(qemu_img: str, capsys, argv_of, after) -> None:
+    """Run qemu-img, then blockbed img, with ``argv_of(tool)``; the exit status, stdout,
+    stderr (prefix and ``tool`` in file names normalised) and ``after(tool)`` -- the state
+    of the files, which it may clean up -- must be the same."""
+    results = []
+    for tool in ("q", "b"):
+        argv = argv_of(tool)
+        if tool == "q":
+            p = subprocess.run([qemu_img, *argv], capture_output=True, text=True)
+            rc, out, err = p.returncode, p.stdout, p.stderr
+        else:
+            capsys.readouterr()
+            rc = blockbed_main(["img", *argv])
+            out, err = capsys.readouterr()
+            assert "qemu-img" not in err and "blockbed img: blockbed img:" not in err, err
+            err = err.replace("blockbed img: ", "qemu-img: ")
+        results.append((rc, out, err.replace(f"{tool}-x", "X").strip(), after(tool)))
+    assert results[1] == results[0]
 
 
 @pytest.fixture
@@ -86,22 +107,14 @@ def test_create_with_backing_file_as_qemu_img(qemu_img, tmp_path, monkeypatch, c
     (tmp_path / "r196.raw").write_bytes(bytes(196616))
     argv = ["create", "-f", fmt, *args.split()]
     made = [p for p in ("ov.qcow2", "sub/ov.qcow2") if p in argv]
-    results = []
-    for tool in ("qemu", "blockbed"):
-        if tool == "qemu":
-            p = subprocess.run([qemu_img, *argv], capture_output=True, text=True)
-            rc, out, err = p.returncode, p.stdout, p.stderr
-        else:
-            capsys.readouterr()
-            rc = blockbed_main(["img", *argv])
-            out, err = capsys.readouterr()
-            assert "qemu-img" not in err
-            err = err.replace("blockbed img: ", "qemu-img: ")
-        results.append((rc, out, err.strip(), [os.path.exists(m) for m in made]))
-        for m in made:
-            if os.path.exists(m):
+
+    def after(tool):
+        there = [os.path.exists(m) for m in made]
+        for m, e in zip(made, there):
+            if e:
                 os.unlink(m)
-    assert results[1] == results[0]
+        return there
+    _both(qemu_img, capsys, lambda tool: argv, after)
 
 
 def _damage(p: str, kind: str) -> None:
@@ -145,3 +158,31 @@ def test_convert_cannot_create_output(qemu_img, tmp_path, monkeypatch, capsys):
     for fmt in ("qcow2", "raw"):
         _same_as_qemu(qemu_img, capsys, ["convert", "-O", fmt, "x.qcow2",
                                          str(tmp_path / "no" / "o")], tmp_path)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("argv", [
+    ["info", "-f", "foo", "x.qcow2"],                # "Unknown driver" (was format=foo: ...)
+    ["create", "-f", "foo", "n.img", "1M"],          # "n.img: Unknown file format 'foo'"
+    ["convert", "-O", "foo", "x.qcow2", "o.img"],    # checked after the source is open
+    ["convert", "-O", "foo", "nope", "o.img"],
+    ["create", "-f", "qcow2", "n.img", "abc"],       # img_create's cvtnum message
+    ["resize", "x.qcow2", "abc"],                    # resize's QemuOpts message
+    ["resize", "x.qcow2", "-512k"],                  # a relative size, not an option
+    ["resize", "x.qcow2", "+1.5M"],
+], ids=lambda a: " ".join(a))
+def test_format_and_size_errors_as_qemu_img(qemu_img, tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    for name in ("q-x.qcow2", "b-x.qcow2"):
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", name, "1M"], check=True)
+
+    def after(tool):
+        info = subprocess.run([qemu_img, "info", "--output=json", f"{tool}-x.qcow2"],
+                              capture_output=True, text=True, check=True).stdout
+        made = os.path.exists("n.img")
+        for junk in ("n.img", "o.img"):
+            if os.path.exists(junk):
+                os.unlink(junk)
+        return json.loads(info)["virtual-size"], made
+    _both(qemu_img, capsys, lambda tool: [a.replace("x.qcow2", f"{tool}-x.qcow2") for a in argv],
+          after)

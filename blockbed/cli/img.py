@@ -91,6 +91,14 @@ def _probe_format(path: str) -> str:
     return registry.probe_other_format(head) or "raw"
 
 
+def unknown_format(fmt: str | None) -> bool:
+    """``fmt`` names no format blockbed knows, not even one it only recognises (QEMU's
+    bdrv_find_format failing: "Unknown driver", "Unknown file format")."""
+    from ..block import foreign, registry
+    return fmt is not None and fmt not in registry.available_formats() \
+        and fmt not in foreign.PROBES
+
+
 def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share: bool = False,
              no_backing: bool = False, extra: dict | None = None,
              no_io: bool = False, cache: str = "writeback") -> tuple[BlockDriver, str]:
@@ -101,6 +109,8 @@ def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share:
     from .imageopts import open_error, resolve
     arg = path
     path, fmt, image_opts = resolve(arg, fmt)
+    if unknown_format(fmt):
+        raise BlockError(errno.EINVAL, f"Unknown driver '{fmt}'")
     if fmt is None:
         fmt = _probe_format(path)
     opts = dict(extra or {})
@@ -564,6 +574,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
                      "1 and 16")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
     src, _ = open_arg(a.src, a.f, force_share=a.U)
+    if unknown_format(out_fmt):            # after the source, as qemu-img convert
+        src.close()
+        return _fail(f"Unknown file format '{out_fmt}'")
     try:
         if a.bitmaps:
             from .img_bitmap import convert_bitmaps_refusal
@@ -947,12 +960,16 @@ def cmd_resize(a: argparse.Namespace) -> int:
     try:
         cur = node.length()
         s = a.size
-        if s.startswith("+"):
-            new = cur + parse_size(s[1:])
-        elif s.startswith("-"):
-            new = cur - parse_size(s[1:])
-        else:
-            new = parse_size(s)
+        try:
+            if s.startswith("+"):
+                new = cur + parse_size(s[1:])
+            elif s.startswith("-"):
+                new = cur - parse_size(s[1:])
+            else:
+                new = parse_size(s)
+        except BlockError:
+            return _fail("Parameter 'size' expects a non-negative number below 2^64\n"
+                         + SIZE_SUFFIX_HINT)
         if new <= 0:
             return _fail("New image size must be positive")
         if new < cur and not a.shrink:
@@ -966,6 +983,10 @@ def cmd_resize(a: argparse.Namespace) -> int:
         node.close()
     print("Image resized.")
     return 0
+
+
+SIZE_SUFFIX_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
+                    "peta-\nand exabytes, respectively.")
 
 
 # --- wiring -----------------------------------------------------------------------------------
@@ -1090,6 +1111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("-q", action="store_true", help="quiet")
     r.add_argument("filename", help="the image")
     r.add_argument("size", help="new size, or +SIZE / -SIZE relative to the current one")
+    # qemu-img resize IMG -2M: "-2M" is the size, not an option (argparse takes only
+    # plain negative numbers for values when the parser has no such option)
+    r._negative_number_matcher = re.compile(r"^-\d+(\.\d+)?[bkKmMgGtTpPeE]?$")
     add_image_arguments(r, image_opts=True)
     r.set_defaults(func=_guard(cmd_resize))
 

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ..block.driver import BlockError
-from .img import _fail, _parse_o, open_img
+from .img import SIZE_SUFFIX_HINT, _fail, _parse_o, open_img, unknown_format
 
 
 def _create_error(a: argparse.Namespace, msg: str, hint: str = "") -> int:
@@ -25,7 +25,14 @@ def cmd_create(a: argparse.Namespace) -> int:
     from ..block.qcow2.imagecreate import parse_size
     fmt = a.f or "raw"
     opts = _parse_o(a.o)
-    size = parse_size(a.size) if a.size is not None else None
+    try:
+        size = parse_size(a.size) if a.size is not None else None
+    except BlockError:                      # qemu-img img_create's cvtnum check
+        return _fail("Invalid image size specified. You may use k, M, G, T, P or E suffixes "
+                     "for\nblockbed img: kilobytes, megabytes, gigabytes, terabytes, petabytes "
+                     "and exabytes.")
+    if unknown_format(fmt):
+        return _create_error(a, f"Unknown file format '{fmt}'")
     if fmt == "raw":
         # the -o options are parsed first (QemuOpts of file-posix's create options) ...
         for key in opts:
@@ -93,9 +100,8 @@ def _bad_option_value(opts: dict) -> str | None:
             try:
                 parse_size(opts[k])
             except BlockError:
-                return (f"Parameter '{k}' expects a non-negative number below 2^64\n"
-                        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
-                        "peta-\nand exabytes, respectively.")
+                return f"Parameter '{k}' expects a non-negative number below 2^64\n" \
+                    + SIZE_SUFFIX_HINT
     for k in _NUMBER_OPTS:
         if k in opts:
             try:
