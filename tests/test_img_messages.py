@@ -186,3 +186,23 @@ def test_format_and_size_errors_as_qemu_img(qemu_img, tmp_path, monkeypatch, cap
         return json.loads(info)["virtual-size"], made
     _both(qemu_img, capsys, lambda tool: [a.replace("x.qcow2", f"{tool}-x.qcow2") for a in argv],
           after)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("field,offset,width,value", [
+    ("crypt_method", 32, 4, 7),                   # "Unsupported encryption method 7"
+    ("crypt_method", 32, 4, 0xFFFFFFFF),          # printed as a C int: -1
+    ("nb_snapshots", 60, 4, 0x10001),             # "Snapshot table too large"
+    ("compression_type", 104, 1, 1),              # zstd without its incompatible bit
+], ids=lambda v: str(v))
+def test_header_field_messages_as_qemu_img(qemu_img, tmp_path, monkeypatch, capsys, field,
+                                           offset, width, value):
+    """A header field edited with struct in a qemu-img image is refused in qemu-img's
+    words (they were blockbed's own: "method: 7", "Too many snapshots", "compression_type
+    field is set but ...")."""
+    monkeypatch.chdir(tmp_path)
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "x.qcow2", "1M"], check=True)
+    with open("x.qcow2", "r+b") as f:
+        f.seek(offset)
+        f.write(value.to_bytes(width, "big"))
+    _same_as_qemu(qemu_img, capsys, ["info", "x.qcow2"], tmp_path)

@@ -297,12 +297,12 @@ def _validate(hdr: Header, file_length: int | None) -> None:
         hdr.autoclear_features &= ~AUTOCLEAR_DATA_FILE_RAW     # meaningless without a data file
     if hdr.incompatible_features & INCOMPAT_COMPRESSION:
         if hdr.compression_type not in (COMPRESSION_ZLIB, COMPRESSION_ZSTD):
-            raise ImageFormatError(f"Unknown compression type {hdr.compression_type}")
+            raise ImageFormatError(f"qcow2: unknown compression type: {hdr.compression_type}")
     elif hdr.compression_type != COMPRESSION_ZLIB:
-        raise ImageFormatError("compression_type field is set but the compression type "
-                               "incompatible bit is not")
+        raise ImageFormatError("qcow2: Compression type incompatible feature bit must be set")
     if hdr.crypt_method not in (CRYPT_NONE, CRYPT_AES, CRYPT_LUKS):
-        raise ImageFormatError(f"Unsupported encryption method: {hdr.crypt_method}")
+        raise ImageFormatError("Unsupported encryption method "       # QEMU prints it as int
+                               f"{hdr.crypt_method - (hdr.crypt_method >> 31 << 32)}")
     if hdr.crypt_method == CRYPT_LUKS and hdr.crypto is None:
         raise ImageFormatError("qcow2: LUKS encryption (crypt_method 2) without the full disk "
                                "encryption header extension")
@@ -320,7 +320,7 @@ def _validate(hdr: Header, file_length: int | None) -> None:
     if hdr.l1_size * 8 > MAX_L1_BYTES:
         raise ImageFormatError("Active L1 table too large")
     if hdr.nb_snapshots > MAX_SNAPSHOTS:
-        raise ImageFormatError("Too many snapshots")
+        raise ImageFormatError("Snapshot table too large")
     l2_bits = hdr.cluster_bits - 3 - hdr.extended_l2
     if hdr.extended_l2 and cs // 32 < 512:
         # 32 subclusters per cluster, each at least a sector (QEMU qcow2_do_open)
