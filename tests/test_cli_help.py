@@ -57,6 +57,8 @@ def test_help_output_has_no_rest_markup(path, parser, capsys):
     assert ex.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: {' '.join(path)}"), out[:200]
+    if len(path) > 1:                    # what the subcommand does, under its usage
+        assert parser.description and parser.description.split()[0] in out, out[:300]
     bad = [line for line in out.splitlines() if REST.search(line)]
     assert not bad, f"{' '.join(path)} --help shows reST markup: {bad}"
 

@@ -77,6 +77,9 @@ def _finish(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for choice in action._choices_actions:
                 choice.help = plain(choice.help)
+                sub = action.choices[choice.dest]
+                if not sub.description:      # its --help then says what it does, too
+                    sub.description = choice.help
             for sub in action.choices.values():
                 _finish(sub)
 
