@@ -914,17 +914,29 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 # --- snapshot -------------------------------------------------------------------------------
 def cmd_snapshot(a: argparse.Namespace) -> int:
+    """qemu-img snapshot.  An empty tag is a tag: qemu-img creates (or looks up) the
+    snapshot named "", so the action is chosen by which option was given."""
     from ..block.qcow2 import snapshot as snap
+    actions = a.snapshot_actions or [("list", None)]
+    if len(actions) > 1:                 # img_snapshot's check, before opening anything
+        _fail("Cannot mix '-l', '-a', '-c', '-d'")
+        print("Try 'blockbed img --help' for more information", file=sys.stderr)
+        return 1
+    action = None if actions[0][0] == "list" else actions[0]
     try:
         fmt = a.f or _probe_format(a.filename)
     except BlockError as e:
         return _fail(_open_msg(a.filename, e))
     if fmt != "qcow2":
-        return _fail(f"Format '{fmt}' does not support internal snapshots")
-    # An empty tag is a tag: qemu-img creates (or looks up) the snapshot named "", so the
-    # action is chosen by which option was given, not by the truth of its value.
-    action = next(((verb, name) for verb, name in (("create", a.c), ("apply", a.a),
-                                                   ("delete", a.d)) if name is not None), None)
+        # raw: an empty list, or each action's failure as QEMU's block/snapshot.c words it
+        open_arg(a.filename, fmt, read_only=action is None, force_share=a.U)[0].close()
+        if action is None:
+            return 0
+        verb, name = action
+        return _fail(f"Could not {verb} snapshot '{name}': " + {
+            "create": "-95 (Operation not supported)",
+            "apply": "Block driver does not support snapshots",
+            "delete": "snapshot not found"}[verb])
     listing = action is None
     node, _ = open_arg(a.filename, "qcow2", read_only=listing, force_share=a.U and listing,
                        no_backing=True)
@@ -1092,11 +1104,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_guard(cmd_compare, 2))
 
     n = s.add_parser("snapshot", help="list, create, apply or delete internal snapshots")
-    g = n.add_mutually_exclusive_group()
-    g.add_argument("-l", action="store_true", help="list the snapshots (the default)")
-    g.add_argument("-c", metavar="SNAPSHOT", help="create a snapshot named SNAPSHOT")
-    g.add_argument("-a", metavar="SNAPSHOT", help="revert the image to SNAPSHOT")
-    g.add_argument("-d", metavar="SNAPSHOT", help="delete SNAPSHOT")
+    for flag, verb, what in (("-l", "list", "list the snapshots (the default)"),
+                             ("-c", "create", "create a snapshot named SNAPSHOT"),
+                             ("-a", "apply", "revert the image to SNAPSHOT"),
+                             ("-d", "delete", "delete SNAPSHOT")):
+        n.add_argument(flag, dest="snapshot_actions", action=_SnapshotAction, const=verb,
+                       nargs=0 if verb == "list" else None, help=what,
+                       **({} if verb == "list" else {"metavar": "SNAPSHOT"}))
     n.add_argument("-f", metavar="FMT", help=FMT_HELP)
     n.add_argument("-q", action="store_true", help="quiet")
     n.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
@@ -1121,6 +1135,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_bitmap(s, _guard)
     from .img_extra import register as register_extra
     register_extra(s, _guard)
+
+
+class _SnapshotAction(argparse.Action):
+    """-l/-c/-a/-d: each given one is recorded, so that two are refused as qemu-img
+    refuses them ("Cannot mix"), even the same one twice."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        done = list(getattr(namespace, self.dest, None) or [])
+        done.append((self.const, None if self.nargs == 0 else values))
+        setattr(namespace, self.dest, done)
 
 
 def _guard(fn, code: int = 1):
