@@ -1,6 +1,7 @@
 """``blockbed img``: qemu-img's syntax and output over blockbed's block layer.
 
-Subcommands: create, info, check, map, convert, compare, resize, snapshot, bitmap.  JSON output
+Subcommands: create (img_create.py), info, check, map, convert, compare, resize, snapshot
+(img_snapshot.py), bitmap and the rest (img_extra.py).  JSON output
 matches ``qemu-img … --output=json`` of QEMU 7.2 field for field; key order
 follows QEMU's QDict hash order so even the text is the same.
 """
@@ -912,59 +913,6 @@ def cmd_compare(a: argparse.Namespace) -> int:
         n2.close()
 
 
-# --- snapshot -------------------------------------------------------------------------------
-def cmd_snapshot(a: argparse.Namespace) -> int:
-    """qemu-img snapshot.  An empty tag is a tag: qemu-img creates (or looks up) the
-    snapshot named "", so the action is chosen by which option was given."""
-    from ..block.qcow2 import snapshot as snap
-    actions = a.snapshot_actions or [("list", None)]
-    if len(actions) > 1:                 # img_snapshot's check, before opening anything
-        _fail("Cannot mix '-l', '-a', '-c', '-d'")
-        print("Try 'blockbed img --help' for more information", file=sys.stderr)
-        return 1
-    action = None if actions[0][0] == "list" else actions[0]
-    try:
-        fmt = a.f or _probe_format(a.filename)
-    except BlockError as e:
-        return _fail(_open_msg(a.filename, e))
-    if fmt != "qcow2":
-        # raw: an empty list, or each action's failure as QEMU's block/snapshot.c words it
-        open_arg(a.filename, fmt, read_only=action is None, force_share=a.U)[0].close()
-        if action is None:
-            return 0
-        verb, name = action
-        return _fail(f"Could not {verb} snapshot '{name}': " + {
-            "create": "-95 (Operation not supported)",
-            "apply": "Block driver does not support snapshots",
-            "delete": "snapshot not found"}[verb])
-    listing = action is None
-    node, _ = open_arg(a.filename, "qcow2", read_only=listing, force_share=a.U and listing,
-                       no_backing=True)
-    try:
-        if listing:
-            info = image_info(node, "qcow2", a.filename)
-            if info.get("snapshots"):
-                text = _human_info(info)
-                start = text.index("Snapshot list:")
-                end = text.find("\nFormat specific information:")
-                print(text[start:end if end >= 0 else None])
-            return 0
-        verb, name = action
-        if verb != "create" and not any(name in (s.id_str, s.name) for s in node.snapshots):
-            # qemu-img: delete looks the tag up itself; apply fails in bdrv_snapshot_goto
-            return _fail(f"Could not {verb} snapshot '{name}': " +
-                         ("snapshot not found" if verb == "delete"
-                          else "Failed to load snapshot: No such file or directory"))
-        try:
-            {"create": snap.create_snapshot, "apply": snap.apply_snapshot,
-             "delete": snap.delete_snapshot}[verb](node, name)
-        except BlockError as e:
-            return _fail(f"Could not {verb} snapshot '{name}': {e}")
-        return 0
-    finally:
-        node.close()
-
-
 # --- resize ---------------------------------------------------------------------------------
 def cmd_resize(a: argparse.Namespace) -> int:
     from ..block.qcow2.imagecreate import parse_size
@@ -1103,12 +1051,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_image_arguments(q, image_opts=True)
     q.set_defaults(func=_guard(cmd_compare, 2))
 
+    from .img_snapshot import SnapshotAction, cmd_snapshot
     n = s.add_parser("snapshot", help="list, create, apply or delete internal snapshots")
     for flag, verb, what in (("-l", "list", "list the snapshots (the default)"),
                              ("-c", "create", "create a snapshot named SNAPSHOT"),
                              ("-a", "apply", "revert the image to SNAPSHOT"),
                              ("-d", "delete", "delete SNAPSHOT")):
-        n.add_argument(flag, dest="snapshot_actions", action=_SnapshotAction, const=verb,
+        n.add_argument(flag, dest="snapshot_actions", action=SnapshotAction, const=verb,
                        nargs=0 if verb == "list" else None, help=what,
                        **({} if verb == "list" else {"metavar": "SNAPSHOT"}))
     n.add_argument("-f", metavar="FMT", help=FMT_HELP)
@@ -1135,16 +1084,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_bitmap(s, _guard)
     from .img_extra import register as register_extra
     register_extra(s, _guard)
-
-
-class _SnapshotAction(argparse.Action):
-    """-l/-c/-a/-d: each given one is recorded, so that two are refused as qemu-img
-    refuses them ("Cannot mix"), even the same one twice."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        done = list(getattr(namespace, self.dest, None) or [])
-        done.append((self.const, None if self.nargs == 0 else values))
-        setattr(namespace, self.dest, done)
 
 
 def _guard(fn, code: int = 1):
