@@ -194,6 +194,8 @@ def test_format_and_size_errors_as_qemu_img(qemu_img, tmp_path, monkeypatch, cap
     ("crypt_method", 32, 4, 0xFFFFFFFF),          # printed as a C int: -1
     ("nb_snapshots", 60, 4, 0x10001),             # "Snapshot table too large"
     ("compression_type", 104, 1, 1),              # zstd without its incompatible bit
+    ("header_length", 100, 4, 0xFFFF),            # an extension header across the end
+    ("header_length", 100, 4, 0xFFFC),
 ], ids=lambda v: str(v))
 def test_header_field_messages_as_qemu_img(qemu_img, tmp_path, monkeypatch, capsys, field,
                                            offset, width, value):
