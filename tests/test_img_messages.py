@@ -196,6 +196,8 @@ def test_format_and_size_errors_as_qemu_img(qemu_img, tmp_path, monkeypatch, cap
     ("compression_type", 104, 1, 1),              # zstd without its incompatible bit
     ("header_length", 100, 4, 0xFFFF),            # an extension header across the end
     ("header_length", 100, 4, 0xFFFC),
+    ("incompatible_features", 72, 8, 0x64),       # unknown bits as one mask: "... 60"
+    ("incompatible_features", 72, 8, 1 << 63),
 ], ids=lambda v: str(v))
 def test_header_field_messages_as_qemu_img(qemu_img, tmp_path, monkeypatch, capsys, field,
                                            offset, width, value):

@@ -284,10 +284,13 @@ def _validate(hdr: Header, file_length: int | None) -> None:
     cs = hdr.cluster_size
     if hdr.incompatible_features & ~INCOMPAT_SUPPORTED:
         bad = hdr.incompatible_features & ~INCOMPAT_SUPPORTED
-        names = []
-        for bit in range(64):
-            if bad >> bit & 1:
-                names.append(hdr.feature_names.get((0, bit), f"Unknown incompatible feature: {1 << bit:x}"))
+        names = []                    # QEMU report_unsupported_feature: table order, then
+        for (kind, bit), name in hdr.feature_names.items():        # the rest as one mask
+            if kind == 0 and bit < 64 and bad >> bit & 1:
+                names.append(name[:46])
+                bad &= ~(1 << bit)
+        if bad:
+            names.append(f"Unknown incompatible feature: {bad:x}")
         raise ImageFormatError("Unsupported qcow2 feature(s): " + ", ".join(names))
     if hdr.incompatible_features & INCOMPAT_DATA_FILE and hdr.data_file is None:
         raise ImageFormatError("qcow2: the image uses an external data file but its header "
