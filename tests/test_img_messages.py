@@ -91,6 +91,10 @@ CREATE_CASES = [
     "-o cluster_size=3x -b nonexist ov.qcow2",   # option values are checked first
     "ov.qcow2",
     "-b ../base.qcow2 -F qcow2 sub/ov.qcow2",
+    "-o size=2M ov.qcow2",                       # -o size: the other way to say the size
+    "-o size=2M ov.qcow2 1M",                    # ... but only one of them
+    "-o size=abc ov.qcow2",
+    "-o size=2M -b base.qcow2 -F qcow2 ov.qcow2",
 ]
 
 

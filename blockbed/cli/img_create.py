@@ -50,6 +50,15 @@ def cmd_create(a: argparse.Namespace) -> int:
         bad = _bad_option_value(opts)
         if bad:
             return _create_error(a, bad)
+    if "size" in opts:                      # -o size=N, the other way to give the size
+        try:
+            osize = parse_size(opts.pop("size"))
+        except BlockError:
+            return _create_error(a, "Parameter 'size' expects a non-negative number below "
+                                    "2^64\n" + SIZE_SUFFIX_HINT)
+        if size is not None:
+            return _create_error(a, "The image size must be specified only once")
+        size = osize
     bf, bfmt = opts.get("backing_file"), opts.get("backing_fmt") or None
     if bf is not None:
         if bf == a.filename:
