@@ -320,6 +320,7 @@ def test_img_bitmap_matches_qemu_img(qemu_img, qemu_io, tmp_path, capsys, args):
             rc, err = p.returncode, p.stderr
         else:
             rc, _, err = bb(capsys, "bitmap", *opts, *tail)
+            err = err.replace("blockbed img: ", "qemu-img: ")
         err = re.sub(r"#block\d+", "#blockN", err.replace(str(img), "IMG"))
         info = run(qemu_img, "info", "--output=json", img).stdout.replace(str(img), "IMG")
         dirty = [qemu_dirty_or_none(img, b) for b in ("b0", "off", "new", "y")]

@@ -78,7 +78,7 @@ CORRUPTIONS = {
     "reftable-past-eof": (lambda p: _put(p, 48, ">Q", 1 << 40), "past the end"),
     "reftable-zero-clusters": (lambda p: _put(p, 56, ">I", 0), "reference count table"),
     "reftable-huge": (lambda p: _put(p, 56, ">I", 0xFFFFFF), "too large"),
-    "snapshots-huge": (lambda p: _put(p, 60, ">I", 0xFFFFFFF), "snapshots"),
+    "snapshots-huge": (lambda p: _put(p, 60, ">I", 0xFFFFFFF), "snapshot table"),
     "unknown-incompat": (lambda p: _put(p, 72, ">Q", 1 << 7), "Unknown incompatible feature: 80"),
     "unknown-incompat-named": (_with_feature_name, "quantum entanglement"),
     # extended L2 entries need subclusters of at least 512 bytes (cluster_size >= 16K)

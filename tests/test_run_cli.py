@@ -104,3 +104,22 @@ def test_closed_stdout_is_not_success():
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 125, err
     assert "broken pipe" in err and "Traceback" not in err
+
+
+def test_reader_leaving_a_running_guest_is_status_125(tmp_path):
+    """`blockbed run … | head -c 10` while the guest is still working (flushtest with far more
+    operations than the timeout allows): the run ends at the first write after head left,
+    with the documented 125 -- not 0, and not after the 60 s timeout."""
+    import time
+    img = tmp_path / "disk.raw"
+    img.write_bytes(bytes(64 << 20))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    start = time.monotonic()
+    sh = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | head -c 10 >/dev/null', "sh", sys.executable,
+         "-m", "blockbed", "run", "--kernel", str(guest_elf("flushtest")), "--drive",
+         f"file={img},format=raw,if=virtio", "--append", "dev=virtio ops=100000000",
+         "--timeout", "60"], capture_output=True, text=True, env=env, timeout=120)
+    assert sh.returncode == 125, sh.stderr
+    assert time.monotonic() - start < 50
+    assert "broken pipe" in sh.stderr and "Traceback" not in sh.stderr

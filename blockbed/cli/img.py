@@ -1,6 +1,7 @@
 """``blockbed img``: qemu-img's syntax and output over blockbed's block layer.
 
-Subcommands: create, info, check, map, convert, compare, resize, snapshot, bitmap.  JSON output
+Subcommands: create (img_create.py), info, check, map, convert, compare, resize, snapshot
+(img_snapshot.py), bitmap and the rest (img_extra.py).  JSON output
 matches ``qemu-img … --output=json`` of QEMU 7.2 field for field; key order
 follows QEMU's QDict hash order so even the text is the same.
 """
@@ -91,6 +92,14 @@ def _probe_format(path: str) -> str:
     return registry.probe_other_format(head) or "raw"
 
 
+def unknown_format(fmt: str | None) -> bool:
+    """``fmt`` names no format blockbed knows, not even one it only recognises (QEMU's
+    bdrv_find_format failing: "Unknown driver", "Unknown file format")."""
+    from ..block import foreign, registry
+    return fmt is not None and fmt not in registry.available_formats() \
+        and fmt not in foreign.PROBES
+
+
 def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share: bool = False,
              no_backing: bool = False, extra: dict | None = None,
              no_io: bool = False, cache: str = "writeback") -> tuple[BlockDriver, str]:
@@ -101,6 +110,8 @@ def open_img(path: str, fmt: str | None, *, read_only: bool = True, force_share:
     from .imageopts import open_error, resolve
     arg = path
     path, fmt, image_opts = resolve(arg, fmt)
+    if unknown_format(fmt):
+        raise BlockError(errno.EINVAL, f"Unknown driver '{fmt}'")
     if fmt is None:
         fmt = _probe_format(path)
     opts = dict(extra or {})
@@ -125,6 +136,17 @@ def _open_msg(arg: str, e: BlockError) -> str:
     return str(e) if isinstance(e, ImageOpenError) else f"Could not open '{arg}': {e}"
 
 
+def open_arg(path: str, fmt: str | None, **kw) -> tuple[BlockDriver, str]:
+    """:func:`open_img` for an image named on the command line: a failure reads as
+    qemu-img's img_open reports one, "Could not open 'ARG': " before the block layer's
+    reason (which, for a missing file, names the file again, as in qemu-img)."""
+    from .imageopts import ImageOpenError
+    try:
+        return open_img(path, fmt, **kw)
+    except BlockError as e:
+        raise ImageOpenError(e.errno or errno.EIO, _open_msg(path, e)) from None
+
+
 def _fail(msg: str, code: int = 1) -> int:
     print(f"blockbed img: {msg}", file=sys.stderr)
     return code
@@ -141,126 +163,6 @@ def _parse_o(values: list[str] | None) -> dict:
                 raise BlockError(errno.EINVAL, f"Invalid option '{kv}': expected key=value")
             opts[k] = val
     return opts
-
-
-# --- create -----------------------------------------------------------------------------------
-def _backing_fmt_missing(filename: str, detected: str) -> int:
-    """qemu-img 7.2 (block.c bdrv_img_create) no longer probes a backing file's format for a
-    new image: probing raw data is how a guest could make the host open any file.  It refuses,
-    naming what it detected, and creates nothing."""
-    return _fail(f"{filename}: Backing file specified without backing format\n"
-                 f"Detected format of {detected}.")
-
-
-def cmd_create(a: argparse.Namespace) -> int:
-    from ..block import registry
-    from ..block.qcow2.imagecreate import parse_size
-    fmt = a.f or "raw"
-    opts = _parse_o(a.o)
-    if a.b:
-        opts["backing_file"] = a.b
-    if a.F:
-        opts["backing_fmt"] = a.F
-    size = parse_size(a.size) if a.size is not None else None
-    if fmt != "qcow2" and ("backing_file" in opts or "backing_fmt" in opts):
-        return _fail(f"Format '{fmt}' does not support backing files")
-    if size is None:
-        bf = opts.get("backing_file")
-        if not bf:
-            return _fail("Image creation needs a size parameter")
-        path = bf if os.path.isabs(bf) else os.path.join(os.path.dirname(a.filename), bf)
-        b, bfmt = open_img(path, opts.get("backing_fmt"), force_share=True)
-        try:
-            size = b.length()
-        finally:
-            b.close()
-        if not opts.get("backing_fmt"):
-            return _backing_fmt_missing(a.filename, bfmt)
-    elif opts.get("backing_file") and not a.u:
-        bf = opts["backing_file"]
-        path = bf if os.path.isabs(bf) else os.path.join(os.path.dirname(a.filename), bf)
-        b, bfmt = open_img(path, opts.get("backing_fmt"), force_share=True)
-        b.close()
-        if not opts.get("backing_fmt"):
-            return _backing_fmt_missing(a.filename, bfmt)
-    if fmt == "qcow2":
-        bad = _bad_option_value(opts)
-        if bad:
-            return _fail(f"{a.filename}: {bad}")
-    if not a.q:
-        print(f"Formatting '{a.filename}', " + _format_line(fmt, size, opts))
-    registry.create_image(a.filename, fmt, size, opts)
-    return 0
-
-
-_SIZE_OPTS = ("cluster_size",)
-_NUMBER_OPTS = ("refcount_bits",)
-_BOOL_OPTS = ("lazy_refcounts", "extended_l2", "data_file_raw", "encryption")
-
-
-def _bad_option_value(opts: dict) -> str | None:
-    """QemuOpts' type check of the qcow2 create options, which fails before qemu-img
-    prints its "Formatting" line, with its messages."""
-    from ..block.qcow2.imagecreate import _bool, parse_size
-    for k in _SIZE_OPTS:
-        if k in opts:
-            try:
-                parse_size(opts[k])
-            except BlockError:
-                return (f"Parameter '{k}' expects a non-negative number below 2^64\n"
-                        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
-                        "peta-\nand exabytes, respectively.")
-    for k in _NUMBER_OPTS:
-        if k in opts:
-            try:
-                int(str(opts[k]), 0)
-            except ValueError:
-                return f"Parameter '{k}' expects a number"
-    for k in _BOOL_OPTS:
-        if k in opts:
-            try:
-                _bool(opts[k], k)
-            except BlockError as e:
-                return str(e)
-    return None
-
-
-def _format_line(fmt: str, size: int, opts: dict) -> str:
-    if fmt != "qcow2":
-        extra = "".join(f" {k}={v}" for k, v in opts.items())
-        return f"fmt={fmt} size={size}{extra}"
-    parts = [f"fmt=qcow2"]
-    if any(k == "encryption" or k.startswith("encrypt.") for k in opts):
-        from ..block.qcow2.encryption import CREATE_KEYS
-        parts += [f"{k}={opts[k]}" for k in CREATE_KEYS if k in opts]
-    parts += [f"cluster_size={_normalised(opts.get('cluster_size', 65536), size=True)}",
-              f"extended_l2={opts.get('extended_l2', 'off')}"]
-    if "preallocation" in opts:
-        parts.append(f"preallocation={opts['preallocation']}")
-    parts.append(f"compression_type={opts.get('compression_type', 'zlib')}")
-    parts.append(f"size={size}")
-    if opts.get("backing_file"):
-        parts.append(f"backing_file={opts['backing_file']}")
-    if opts.get("backing_fmt"):
-        parts.append(f"backing_fmt={opts['backing_fmt']}")
-    if opts.get("data_file"):
-        parts.append(f"data_file={opts['data_file']}")
-        parts.append(f"data_file_raw={opts.get('data_file_raw', 'off')}")
-    if "compat" in opts:
-        parts.append(f"compat={opts['compat']}")
-    parts.append(f"lazy_refcounts={opts.get('lazy_refcounts', 'off')}")
-    parts.append(f"refcount_bits={_normalised(opts.get('refcount_bits', 16))}")
-    return " ".join(parts)
-
-
-def _normalised(value, size: bool = False) -> str:
-    """QemuOpts prints size and number options normalised (16K -> 16384, 0x10 -> 16); a
-    value that does not parse is printed as given (creation then reports it)."""
-    from ..block.qcow2.imagecreate import parse_size
-    try:
-        return str(parse_size(value) if size else int(str(value), 0))
-    except (BlockError, ValueError):
-        return str(value)
 
 
 # --- info -------------------------------------------------------------------------------------
@@ -353,7 +255,7 @@ def _chain(path: str, fmt: str | None, force_share: bool) -> Iterator[tuple[dict
         if real in seen:
             raise BlockError(errno.ELOOP, f"Backing file '{path}' creates an infinite loop.")
         seen.add(real)
-        node, f = open_img(path, fmt, force_share=force_share, no_backing=True, no_io=True)
+        node, f = open_arg(path, fmt, force_share=force_share, no_backing=True, no_io=True)
         try:
             info = image_info(node, f, path)
             from .imageopts import display_name
@@ -443,10 +345,12 @@ def _dump_qobject(obj: Any, indent: int, lines: list[str]) -> None:
 # --- check ----------------------------------------------------------------------------------
 def cmd_check(a: argparse.Namespace) -> int:
     from ..block.qcow2.check import check_image
-    fmt = a.f or _probe_format(a.filename)
+    try:
+        fmt = a.f or _probe_format(a.filename)
+    except BlockError as e:
+        return _fail(_open_msg(a.filename, e), 1)
     if fmt != "qcow2":
-        print(f"qemu-img: This image format does not support checks", file=sys.stderr)
-        return 63
+        return _fail("This image format does not support checks", 63)
     try:
         node, _ = open_img(a.filename, "qcow2", read_only=not a.r, force_share=a.U and not a.r,
                            no_backing=True, extra={"x-check": True})
@@ -459,8 +363,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     for m in res.messages:
         print(m, file=sys.stderr)
     if res.failed:
-        print(f"qemu-img: Check failed: {res.failed}", file=sys.stderr)
-        return 1
+        return _fail(f"Check failed: {res.failed}")
     if a.output == "json":
         d: dict[str, Any] = {"filename": a.filename, "format": "qcow2",
                              "check-errors": res.check_errors}
@@ -559,7 +462,7 @@ def cmd_map(a: argparse.Namespace) -> int:
     if a.picture:                    # a layout drawing instead of the map (own module)
         from .img_picture import map_picture
         return map_picture(a)
-    node, _ = open_img(a.filename, a.f, force_share=a.U)
+    node, _ = open_arg(a.filename, a.f, force_share=a.U)
     try:
         size = node.length()
         start = a.start_offset or 0
@@ -588,9 +491,7 @@ def cmd_map(a: argparse.Namespace) -> int:
         for e in entries:
             if e.data and e.offset is None:
                 sys.stdout.flush()
-                print("qemu-img: File contains external, encrypted or compressed clusters.",
-                      file=sys.stderr)
-                return 1
+                return _fail("File contains external, encrypted or compressed clusters.")
             if e.data and not e.zero and e.offset is not None:
                 print(f"{_cx(e.start):<16}{_cx(e.length):<16}{_cx(e.offset):<16}"
                       f"{e.filename or a.filename}")
@@ -673,7 +574,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
         return _fail("Invalid number of coroutines. Allowed number of coroutines is between "
                      "1 and 16")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
-    src, _ = open_img(a.src, a.f, force_share=a.U)
+    src, _ = open_arg(a.src, a.f, force_share=a.U)
+    if unknown_format(out_fmt):            # after the source, as qemu-img convert
+        src.close()
+        return _fail(f"Unknown file format '{out_fmt}'")
     try:
         if a.bitmaps:
             from .img_bitmap import convert_bitmaps_refusal
@@ -682,7 +586,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
                 return _fail(why)
         size = src.length()
         if not a.n:
-            registry.create_image(a.dst, out_fmt, size, opts)
+            try:
+                registry.create_image(a.dst, out_fmt, size, opts)
+            except BlockError as e:           # qemu-img convert's wording
+                return _fail(f"{a.dst}: error while converting {out_fmt}: {e}")
         unsafe = (a.t or "unsafe") == "unsafe"     # qemu-img convert's default cache mode
         dst, writer = _open_output(a.dst, out_fmt, unsafe, opts.get("encrypt.key-secret"))
         try:
@@ -954,14 +861,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
     try:
         n1, _ = open_img(a.img1, a.f, force_share=a.U)
     except BlockError as e:
-        print(_open_msg(a.img1, e), file=sys.stderr)
-        return 2
+        return _fail(_open_msg(a.img1, e), 2)
     try:
         n2, _ = open_img(a.img2, a.F, force_share=a.U)
     except BlockError as e:
         n1.close()
-        print(_open_msg(a.img2, e), file=sys.stderr)
-        return 2
+        return _fail(_open_msg(a.img2, e), 2)
     try:
         s1, s2 = n1.length(), n2.length()
         if s1 != s2 and a.s:
@@ -1008,53 +913,23 @@ def cmd_compare(a: argparse.Namespace) -> int:
         n2.close()
 
 
-# --- snapshot -------------------------------------------------------------------------------
-def cmd_snapshot(a: argparse.Namespace) -> int:
-    from ..block.qcow2 import snapshot as snap
-    fmt = a.f or _probe_format(a.filename)
-    if fmt != "qcow2":
-        return _fail(f"Format '{fmt}' does not support internal snapshots")
-    # An empty tag is a tag: qemu-img creates (or looks up) the snapshot named "", so the
-    # action is chosen by which option was given, not by the truth of its value.
-    action = next(((verb, name) for verb, name in (("create", a.c), ("apply", a.a),
-                                                   ("delete", a.d)) if name is not None), None)
-    listing = action is None
-    node, _ = open_img(a.filename, "qcow2", read_only=listing, force_share=a.U and listing,
-                       no_backing=True)
-    try:
-        if listing:
-            info = image_info(node, "qcow2", a.filename)
-            if info.get("snapshots"):
-                text = _human_info(info)
-                start = text.index("Snapshot list:")
-                end = text.find("\nFormat specific information:")
-                print(text[start:end if end >= 0 else None])
-            return 0
-        try:
-            verb, name = action
-            {"create": snap.create_snapshot, "apply": snap.apply_snapshot,
-             "delete": snap.delete_snapshot}[verb](node, name)
-        except BlockError as e:
-            print(f"qemu-img: Could not {verb} snapshot '{name}': {e}", file=sys.stderr)
-            return 1
-        return 0
-    finally:
-        node.close()
-
-
 # --- resize ---------------------------------------------------------------------------------
 def cmd_resize(a: argparse.Namespace) -> int:
     from ..block.qcow2.imagecreate import parse_size
-    node, fmt = open_img(a.filename, a.f, read_only=False)
+    node, fmt = open_arg(a.filename, a.f, read_only=False)
     try:
         cur = node.length()
         s = a.size
-        if s.startswith("+"):
-            new = cur + parse_size(s[1:])
-        elif s.startswith("-"):
-            new = cur - parse_size(s[1:])
-        else:
-            new = parse_size(s)
+        try:
+            if s.startswith("+"):
+                new = cur + parse_size(s[1:])
+            elif s.startswith("-"):
+                new = cur - parse_size(s[1:])
+            else:
+                new = parse_size(s)
+        except BlockError:
+            return _fail("Parameter 'size' expects a non-negative number below 2^64\n"
+                         + SIZE_SUFFIX_HINT)
         if new <= 0:
             return _fail("New image size must be positive")
         if new < cur and not a.shrink:
@@ -1070,7 +945,16 @@ def cmd_resize(a: argparse.Namespace) -> int:
     return 0
 
 
+SIZE_SUFFIX_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, "
+                    "peta-\nand exabytes, respectively.")
+
+
 # --- wiring -----------------------------------------------------------------------------------
+FMT_HELP = "format of the image (probed if omitted)"
+OUTPUT_HELP = "human (default) or json, as qemu-img"
+SHARE_HELP = "open without locking out other users of the image (qemu-img -U)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .imageopts import add_arguments as add_image_arguments
     p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
@@ -1078,103 +962,121 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
 
     c = s.add_parser("create", help="create an image")
-    c.add_argument("-f")
-    c.add_argument("-o", action="append")
-    c.add_argument("-b")
-    c.add_argument("-F")
-    c.add_argument("-u", action="store_true")
-    c.add_argument("-q", action="store_true")
-    c.add_argument("filename")
-    c.add_argument("size", nargs="?")
+    c.add_argument("-f", metavar="FMT", help="format of the new image: raw (default) or qcow2")
+    c.add_argument("-o", action="append", metavar="OPTIONS",
+                   help="format options, key=value[,key=value...] (repeatable)")
+    c.add_argument("-b", metavar="BACKING_FILE", help="backing file of the new qcow2 image")
+    c.add_argument("-F", metavar="BACKING_FMT", help="format of the backing file (required with -b)")
+    c.add_argument("-u", action="store_true", help="unsafe: do not open the backing file (SIZE "
+                                                   "is then required)")
+    c.add_argument("-q", action="store_true", help="quiet: no 'Formatting' line")
+    c.add_argument("filename", help="the image to create")
+    c.add_argument("size", nargs="?", help="virtual size in bytes (k, M, G, T, P, E suffixes); "
+                                           "default: the backing file's")
     add_image_arguments(c, image_opts=False)
+    from .img_create import cmd_create
     c.set_defaults(func=_guard(cmd_create))
 
     i = s.add_parser("info", help="show image information")
-    i.add_argument("-f")
-    i.add_argument("--output", choices=("human", "json"), default="human")
-    i.add_argument("--backing-chain", action="store_true")
-    i.add_argument("-U", "--force-share", dest="U", action="store_true")
-    i.add_argument("filename")
+    i.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    i.add_argument("--output", choices=("human", "json"), default="human", help=OUTPUT_HELP)
+    i.add_argument("--backing-chain", action="store_true",
+                   help="also show every image of the backing chain")
+    i.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
+    i.add_argument("filename", help="the image")
     add_image_arguments(i, image_opts=True)
     i.set_defaults(func=_guard(cmd_info))
 
     k = s.add_parser("check", help="check (and repair) an image")
-    k.add_argument("-f")
-    k.add_argument("--output", choices=("human", "json"), default="human")
-    k.add_argument("-r", choices=("leaks", "all"))
-    k.add_argument("-q", action="store_true")
-    k.add_argument("-U", "--force-share", dest="U", action="store_true")
-    k.add_argument("filename")
+    k.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    k.add_argument("--output", choices=("human", "json"), default="human", help=OUTPUT_HELP)
+    k.add_argument("-r", choices=("leaks", "all"),
+                   help="repair: leaked clusters only, or all errors (opens read-write)")
+    k.add_argument("-q", action="store_true", help="quiet: print errors only")
+    k.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
+    k.add_argument("filename", help="the image")
     add_image_arguments(k, image_opts=True)
     k.set_defaults(func=_guard(cmd_check, 1))
 
     m = s.add_parser("map", help="show the image's allocation map")
-    m.add_argument("-f")
-    m.add_argument("--output", choices=("human", "json"), default="human")
-    m.add_argument("--start-offset", type=int)
-    m.add_argument("--max-length", type=int)
-    m.add_argument("-U", "--force-share", dest="U", action="store_true")
+    m.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    m.add_argument("--output", choices=("human", "json"), default="human", help=OUTPUT_HELP)
+    m.add_argument("--start-offset", type=int, metavar="OFFSET",
+                   help="first guest byte to map (default 0)")
+    m.add_argument("--max-length", type=int, metavar="LEN",
+                   help="map at most LEN bytes (default: to the end)")
+    m.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
     m.add_argument("--picture", metavar="OUT", help="draw the qcow2 file's layout into OUT (.svg/.png)")
-    m.add_argument("filename")
+    m.add_argument("filename", help="the image")
     add_image_arguments(m, image_opts=True)
     m.set_defaults(func=_guard(cmd_map))
 
     v = s.add_parser("convert", help="convert an image")
-    v.add_argument("-f")
-    v.add_argument("-O")
-    v.add_argument("-o", action="append")
-    v.add_argument("-p", action="store_true")
-    v.add_argument("-S")
-    v.add_argument("-c", action="store_true")
+    v.add_argument("-f", metavar="FMT", help="format of the source (probed if omitted)")
+    v.add_argument("-O", metavar="OUTPUT_FMT", help="format of the output: raw (default) or qcow2")
+    v.add_argument("-o", action="append", metavar="OPTIONS",
+                   help="options of the output format, key=value[,key=value...] (repeatable)")
+    v.add_argument("-p", action="store_true", help="show progress")
+    v.add_argument("-S", metavar="SPARSE_SIZE", help="zero runs this long (default 4k) are "
+                                                      "left unwritten; 0 writes every byte")
+    v.add_argument("-c", action="store_true", help="compress the output (qcow2)")
     v.add_argument("-m", metavar="NUM_COROUTINES",
                    help="parallel requests, 1-16 (default 8): -c compresses on that many "
                         "threads")
     v.add_argument("-W", action="store_true",
                    help="allow out-of-order writes (accepted: the output is written in "
                         "order, so it is the same with or without)")
-    v.add_argument("-n", action="store_true")
-    v.add_argument("-t", help="cache mode of the output (default unsafe, as qemu-img)")
-    v.add_argument("-U", "--force-share", dest="U", action="store_true")
+    v.add_argument("-n", action="store_true", help="do not create the output: write into an "
+                                                   "existing image")
+    v.add_argument("-t", metavar="CACHE", help="cache mode of the output (default unsafe, as qemu-img)")
+    v.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
     v.add_argument("--bitmaps", action="store_true",
                    help="copy the persistent bitmaps (qcow2 to qcow2)")
     v.add_argument("--skip-broken-bitmaps", action="store_true",
                    help="with --bitmaps: skip inconsistent bitmaps instead of failing")
-    v.add_argument("src")
-    v.add_argument("dst")
+    v.add_argument("src", help="the source image")
+    v.add_argument("dst", help="the output image")
     add_image_arguments(v, image_opts=True)
     v.set_defaults(func=_guard(cmd_convert))
 
     q = s.add_parser("compare", help="compare two images' contents")
-    q.add_argument("-f")
-    q.add_argument("-F")
-    q.add_argument("-s", action="store_true")
-    q.add_argument("-p", action="store_true")
-    q.add_argument("-q", action="store_true")
-    q.add_argument("-U", "--force-share", dest="U", action="store_true")
-    q.add_argument("img1")
-    q.add_argument("img2")
+    q.add_argument("-f", metavar="FMT", help="format of the first image (probed if omitted)")
+    q.add_argument("-F", metavar="FMT", help="format of the second image (probed if omitted)")
+    q.add_argument("-s", action="store_true", help="strict: images of different sizes differ")
+    q.add_argument("-p", action="store_true", help="show progress (accepted)")
+    q.add_argument("-q", action="store_true", help="quiet: the exit status only")
+    q.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
+    q.add_argument("img1", help="the first image")
+    q.add_argument("img2", help="the second image")
     add_image_arguments(q, image_opts=True)
     q.set_defaults(func=_guard(cmd_compare, 2))
 
+    from .img_snapshot import SnapshotAction, cmd_snapshot
     n = s.add_parser("snapshot", help="list, create, apply or delete internal snapshots")
-    g = n.add_mutually_exclusive_group()
-    g.add_argument("-l", action="store_true")
-    g.add_argument("-c", metavar="SNAPSHOT")
-    g.add_argument("-a", metavar="SNAPSHOT")
-    g.add_argument("-d", metavar="SNAPSHOT")
-    n.add_argument("-f")
-    n.add_argument("-q", action="store_true")
-    n.add_argument("-U", "--force-share", dest="U", action="store_true")
-    n.add_argument("filename")
+    for flag, verb, what in (("-l", "list", "list the snapshots (the default)"),
+                             ("-c", "create", "create a snapshot named SNAPSHOT"),
+                             ("-a", "apply", "revert the image to SNAPSHOT"),
+                             ("-d", "delete", "delete SNAPSHOT")):
+        n.add_argument(flag, dest="snapshot_actions", action=SnapshotAction, const=verb,
+                       nargs=0 if verb == "list" else None, help=what,
+                       **({} if verb == "list" else {"metavar": "SNAPSHOT"}))
+    n.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    n.add_argument("-q", action="store_true", help="quiet")
+    n.add_argument("-U", "--force-share", dest="U", action="store_true", help=SHARE_HELP)
+    n.add_argument("filename", help="the image")
     add_image_arguments(n, image_opts=True)
     n.set_defaults(func=_guard(cmd_snapshot))
 
     r = s.add_parser("resize", help="resize an image")
-    r.add_argument("-f")
-    r.add_argument("--shrink", action="store_true")
-    r.add_argument("-q", action="store_true")
-    r.add_argument("filename")
-    r.add_argument("size")
+    r.add_argument("-f", metavar="FMT", help=FMT_HELP)
+    r.add_argument("--shrink", action="store_true", help="allow a smaller size (data past it "
+                                                        "is lost)")
+    r.add_argument("-q", action="store_true", help="quiet")
+    r.add_argument("filename", help="the image")
+    r.add_argument("size", help="new size, or +SIZE / -SIZE relative to the current one")
+    # qemu-img resize IMG -2M: "-2M" is the size, not an option (argparse takes only
+    # plain negative numbers for values when the parser has no such option)
+    r._negative_number_matcher = re.compile(r"^-\d+(\.\d+)?[bkKmMgGtTpPeE]?$")
     add_image_arguments(r, image_opts=True)
     r.set_defaults(func=_guard(cmd_resize))
 

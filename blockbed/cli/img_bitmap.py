@@ -42,8 +42,8 @@ def _cvtnum(name: str, text: str) -> int | None:
             else int(m.group(1)) * _UNITS[m.group(2).lower()]
         if val == int(val) and val < 1 << 63:
             return int(val)
-    print(f"qemu-img: Invalid {name} specified. You may use k, M, G, T, P or E suffixes for\n"
-          "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+    print(f"blockbed img: Invalid {name} specified. You may use k, M, G, T, P or E suffixes for\n"
+          "blockbed img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
           file=sys.stderr)
     return None
 
@@ -59,7 +59,7 @@ def _store(node: BlockDriver) -> BitmapStore | None:
 
 
 def _err(msg: str) -> int:
-    print(f"qemu-img: {msg}", file=sys.stderr)
+    print(f"blockbed img: {msg}", file=sys.stderr)
     return 1
 
 
@@ -93,7 +93,7 @@ def _run(op: str, arg: str | None, node: BlockDriver, src: BlockDriver, name: st
 
 
 def cmd_bitmap(a: argparse.Namespace) -> int:
-    from .img import open_img
+    from .img import open_arg
     actions: list[tuple[str, str | None]] = getattr(a, "actions", None) or []
     if not actions:
         return _err("Need at least one of --add, --remove, --clear, --enable, --disable, "
@@ -115,16 +115,16 @@ def cmd_bitmap(a: argparse.Namespace) -> int:
     if len(a.args) != 2:
         return _err("Expecting filename and bitmap name")
     filename, name = a.args
-    node, _ = open_img(filename, a.f, read_only=False, no_backing=True)
+    node, _ = open_arg(filename, a.f, read_only=False, no_backing=True)
     src = None
     try:
         if a.b:
-            src, _ = open_img(a.b, a.F, read_only=True, no_backing=True)
+            src, _ = open_arg(a.b, a.F, read_only=True, no_backing=True)
         for op, arg in actions:
             try:
                 _run(op, arg, node, src or node, name, granularity)
             except BitmapError as e:
-                print(f"qemu-img: Operation {op} on bitmap {name} failed: {e}", file=sys.stderr)
+                print(f"blockbed img: Operation {op} on bitmap {name} failed: {e}", file=sys.stderr)
                 if e.hint:
                     print(e.hint, file=sys.stderr)
                 return 1
@@ -138,16 +138,24 @@ def cmd_bitmap(a: argparse.Namespace) -> int:
 def register(s: argparse._SubParsersAction, guard) -> None:
     b = s.add_parser("bitmap", help="add, remove, clear, enable, disable or merge "
                                     "persistent bitmaps")
-    for op in ("add", "remove", "clear", "enable", "disable"):
-        b.add_argument(f"--{op}", nargs=0, action=_Act, const=op)
-    b.add_argument("--merge", metavar="SOURCE", action=_Act, const="merge")
-    b.add_argument("-b", "--source-file", dest="b", metavar="SOURCE_FILE")
-    b.add_argument("-F", "--source-format", dest="F", metavar="SOURCE_FMT")
-    b.add_argument("-g", "--granularity", dest="g", metavar="GRANULARITY")
+    for op, what in (("add", "create BITMAP (persistent, enabled)"), ("remove", "delete BITMAP"),
+                     ("clear", "clear every bit of BITMAP"),
+                     ("enable", "let BITMAP track writes again"),
+                     ("disable", "stop BITMAP tracking writes")):
+        b.add_argument(f"--{op}", nargs=0, action=_Act, const=op, help=what)
+    b.add_argument("--merge", metavar="SOURCE", action=_Act, const="merge",
+                   help="set in BITMAP every bit set in bitmap SOURCE")
+    b.add_argument("-b", "--source-file", dest="b", metavar="SOURCE_FILE",
+                   help="with --merge: the image holding SOURCE (default: FILE)")
+    b.add_argument("-F", "--source-format", dest="F", metavar="SOURCE_FMT",
+                   help="format of SOURCE_FILE")
+    b.add_argument("-g", "--granularity", dest="g", metavar="GRANULARITY",
+                   help="with --add: bytes per bit (power of two; default: the cluster size "
+                        "within 4k..64k)")
     b.add_argument("--object", action="append", help="accepted and ignored (no objects "
                                                      "are needed by blockbed)")
-    b.add_argument("-f")
-    b.add_argument("args", nargs="*", metavar="FILE BITMAP")
+    b.add_argument("-f", metavar="FMT", help="format of FILE (probed if omitted)")
+    b.add_argument("args", nargs="*", metavar="FILE BITMAP", help="the image and the bitmap")
     b.set_defaults(func=guard(cmd_bitmap))
 
 

@@ -56,12 +56,14 @@ def cmd_io(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from .imageopts import add_arguments
     p = sub.add_parser("io", help="qemu-io's commands on an image (read/write/flush/length)")
-    p.add_argument("-f")
-    p.add_argument("-c", action="append")
-    p.add_argument("-r", action="store_true")
-    p.add_argument("-n", action="store_true")
-    p.add_argument("-t")
-    p.add_argument("-U", action="store_true")
-    p.add_argument("filename")
+    p.add_argument("-f", metavar="FMT", help="format of the image (probed if omitted)")
+    p.add_argument("-c", action="append", metavar="CMD",
+                   help="run CMD (repeatable, in order); without -c commands come from stdin")
+    p.add_argument("-r", action="store_true", help="open the image read-only")
+    p.add_argument("-n", action="store_true", help="cache=none (as qemu-io -n)")
+    p.add_argument("-t", metavar="CACHE", help="cache mode (default writeback)")
+    p.add_argument("-U", action="store_true", help="open without locking out other users "
+                                                   "of the image (qemu-io -U)")
+    p.add_argument("filename", help="the image")
     add_arguments(p, image_opts=True)
     p.set_defaults(func=cmd_io, parser=p)

@@ -127,11 +127,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--nocache", action="store_true", help="--cache=none")
     p.add_argument("--discard", default="ignore", choices=("ignore", "unmap"),
                    help="pass trims down (unmap) or drop them (ignore, default)")
-    p.add_argument("--detect-zeroes", default="off", choices=("off", "on", "unmap"))
+    p.add_argument("--detect-zeroes", default="off", choices=("off", "on", "unmap"),
+                   help="turn all-zero writes into write-zeroes requests (unmap: which may "
+                        "unmap with --discard unmap)")
     p.add_argument("--fork", action="store_true",
                    help="return once the server listens; it keeps running in the background")
     p.add_argument("--pid-file", help="write the server's process id here")
     p.add_argument("-v", "--verbose", action="store_true", help="accepted, no effect")
-    p.add_argument("filename", metavar="IMAGE")
+    p.add_argument("filename", metavar="IMAGE", help="the image to export")
     add_arguments(p, image_opts=True)
     p.set_defaults(func=cmd_nbd, parser=p)

@@ -243,8 +243,8 @@ def _parse_extensions(hdr: Header, raw: bytes, start: int, end: int) -> None:
         if off + 8 > end:
             if off >= end:
                 return  # v2 images may end without an end marker when a backing name follows
-            raise ImageFormatError("qcow2_read_extension: ERROR: pread fail from offset "
-                                   f"{off}")
+            # QEMU reads the 8 bytes past the end anyway, then finds them "too large"
+            raise ImageFormatError("Header extension too large")
         ext = ExtensionHeader.parse(raw[off:off + 8])
         off += 8
         if ext.type == EXT_END:
@@ -284,10 +284,13 @@ def _validate(hdr: Header, file_length: int | None) -> None:
     cs = hdr.cluster_size
     if hdr.incompatible_features & ~INCOMPAT_SUPPORTED:
         bad = hdr.incompatible_features & ~INCOMPAT_SUPPORTED
-        names = []
-        for bit in range(64):
-            if bad >> bit & 1:
-                names.append(hdr.feature_names.get((0, bit), f"Unknown incompatible feature: {1 << bit:x}"))
+        names = []                    # QEMU report_unsupported_feature: table order, then
+        for (kind, bit), name in hdr.feature_names.items():        # the rest as one mask
+            if kind == 0 and bit < 64 and bad >> bit & 1:
+                names.append(name[:46])
+                bad &= ~(1 << bit)
+        if bad:
+            names.append(f"Unknown incompatible feature: {bad:x}")
         raise ImageFormatError("Unsupported qcow2 feature(s): " + ", ".join(names))
     if hdr.incompatible_features & INCOMPAT_DATA_FILE and hdr.data_file is None:
         raise ImageFormatError("qcow2: the image uses an external data file but its header "
@@ -297,12 +300,12 @@ def _validate(hdr: Header, file_length: int | None) -> None:
         hdr.autoclear_features &= ~AUTOCLEAR_DATA_FILE_RAW     # meaningless without a data file
     if hdr.incompatible_features & INCOMPAT_COMPRESSION:
         if hdr.compression_type not in (COMPRESSION_ZLIB, COMPRESSION_ZSTD):
-            raise ImageFormatError(f"Unknown compression type {hdr.compression_type}")
+            raise ImageFormatError(f"qcow2: unknown compression type: {hdr.compression_type}")
     elif hdr.compression_type != COMPRESSION_ZLIB:
-        raise ImageFormatError("compression_type field is set but the compression type "
-                               "incompatible bit is not")
+        raise ImageFormatError("qcow2: Compression type incompatible feature bit must be set")
     if hdr.crypt_method not in (CRYPT_NONE, CRYPT_AES, CRYPT_LUKS):
-        raise ImageFormatError(f"Unsupported encryption method: {hdr.crypt_method}")
+        raise ImageFormatError("Unsupported encryption method "       # QEMU prints it as int
+                               f"{hdr.crypt_method - (hdr.crypt_method >> 31 << 32)}")
     if hdr.crypt_method == CRYPT_LUKS and hdr.crypto is None:
         raise ImageFormatError("qcow2: LUKS encryption (crypt_method 2) without the full disk "
                                "encryption header extension")
@@ -320,7 +323,7 @@ def _validate(hdr: Header, file_length: int | None) -> None:
     if hdr.l1_size * 8 > MAX_L1_BYTES:
         raise ImageFormatError("Active L1 table too large")
     if hdr.nb_snapshots > MAX_SNAPSHOTS:
-        raise ImageFormatError("Too many snapshots")
+        raise ImageFormatError("Snapshot table too large")
     l2_bits = hdr.cluster_bits - 3 - hdr.extended_l2
     if hdr.extended_l2 and cs // 32 < 512:
         # 32 subclusters per cluster, each at least a sector (QEMU qcow2_do_open)
