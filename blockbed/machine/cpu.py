@@ -214,6 +214,14 @@ class CPU:
                 cpu._replay = (_PIO, True, port, size, value, None, cpu._io_key())
 
         def on_intr(uc, intno, ud):
+            if cpu._exception is not None:
+                # A second report in the same slice: unicorn went on after our stop
+                # request and ran the faulting instruction again, and QEMU's
+                # double-fault rule (the first is still "in flight") turned it into
+                # #DF.  The first one is what the guest did; it is delivered, and the
+                # instruction then runs again.
+                uc.emu_stop()
+                return
             cpu._exception = intno
             if cpu._uc_exc.ok:
                 cpu._exc_error, cpu._exc_software = cpu._uc_exc.read(uc)
@@ -704,6 +712,14 @@ class CPU:
         counts every instruction, which halves the speed of tight loops, so the
         machine asks for it only when an instruction budget is set).
         """
+        if self._uc_exc.ok:
+            # A stop request pending when an exception is raised makes unicorn leave
+            # without calling the interrupt hook and with QEMU's exception-in-flight
+            # marker set (measured under Linux: a #PF dropped after an interrupt kick).
+            # The instruction runs again and faults afresh, which the stale marker
+            # would turn into #DF, then a silent triple-fault halt.  Between slices
+            # nothing is in flight: clear it (about 2 us).
+            self._uc_exc.clear_in_flight(self.uc)
         self.stop_reason = StopReason.NONE
         self._exception = None
         self._cr2_at_slice = self.uc.reg_read(X.UC_X86_REG_CR2)
