@@ -122,6 +122,11 @@ class SparseExtent:
         self.gd = array.array("I", read_exact(node, h.gd_offset * SECTOR, gd_entries * 4))
         if sys.byteorder == "big":
             self.gd.byteswap()
+        gt_bytes = h.gtes_per_gt * 4
+        for i, sector in enumerate(self.gd):           # every grain table inside the file
+            if sector and sector * SECTOR + gt_bytes > self.file_len:
+                check_range(FMT, f"'{where}': grain table {i}", sector * SECTOR, gt_bytes,
+                            self.file_len)
         self.zero_grain = bool(h.flags & FLAG_ZERO_GRAIN)
         self.marker = bool(h.flags & FLAG_MARKER)
         self._cache: dict[int, array.array] = {}
@@ -147,9 +152,7 @@ class SparseExtent:
         sector = self.gd[index]
         if sector == 0:
             return None
-        size = self.h.gtes_per_gt * 4
-        check_range(FMT, f"'{self.where}': grain table {index}", sector * SECTOR, size,
-                    self.file_len)
+        size = self.h.gtes_per_gt * 4                   # in the file: checked at open
         gt = array.array("I", read_exact(self.node, sector * SECTOR, size))
         if sys.byteorder == "big":
             gt.byteswap()
