@@ -52,7 +52,8 @@ def check_against_qemu(capsys, qemu_img: str, tmp_path: Path, img: Path, raw: Pa
     assert (mine["virtual-size"], mine["format"]) == (ref["virtual-size"], ref["format"])
     if raw is not None:
         rc, out, err = bb(capsys, "compare", *fmt, "-F", "raw", str(img), str(raw))
-        assert (rc, out.strip()) == (0, "Images are identical."), err
+        # a size mismatch (VHD sizes round up to the CHS geometry) is only a warning
+        assert (rc, out.strip().splitlines()[-1]) == (0, "Images are identical."), err
     ours, theirs = tmp_path / "bb.raw", tmp_path / "qemu.raw"
     rc, _, err = bb(capsys, "convert", *fmt, "-O", "raw", str(img), str(ours))
     assert rc == 0, err
