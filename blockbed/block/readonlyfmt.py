@@ -149,6 +149,17 @@ class ReadOnlyFormat(BlockDriver):
         return (self.file,)
 
 
+def chunks(offset: int, length: int, unit: int):
+    """``(index, offset, n)`` for each piece of ``[offset, offset+length)`` in one ``unit``
+    (grain, cluster, block): the table walk every format does."""
+    end = offset + length
+    while offset < end:
+        index = offset // unit
+        n = min(end, (index + 1) * unit) - offset
+        yield index, offset, n
+        offset += n
+
+
 def merge_runs(runs: list[Run]) -> list[Run]:
     """Join neighbouring runs of one kind (and contiguous host offsets)."""
     out: list[Run] = []

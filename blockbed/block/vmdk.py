@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from .driver import BlockDriver, BlockError, ImageFormatError
 from .foreign import _vmdk as _probe
 from .readonlyfmt import (DATA, RECURSE, SPECIAL, UNALLOCATED, ZERO, ReadOnlyFormat, Run,
-                          check_field, check_range, merge_runs, node_path, read_exact)
+                          check_field, check_range, chunks, merge_runs, node_path, read_exact)
 
 FMT = "vmdk"
 SECTOR = 512
@@ -176,11 +176,8 @@ class SparseExtent:
     def runs(self, base: int, offset: int, length: int) -> list[Run]:
         """Runs for extent bytes ``[offset, offset+length)``, guest offsets shifted by ``base``."""
         out = []
-        end = offset + length
         gb = self.grain_bytes
-        while offset < end:
-            grain = offset // gb
-            n = min(end, (grain + 1) * gb) - offset
+        for grain, offset, n in chunks(offset, length, gb):
             gt = self._gt(grain // self.h.gtes_per_gt)
             e = 0 if gt is None else gt[grain % self.h.gtes_per_gt]
             if e == 0:
@@ -191,7 +188,6 @@ class SparseExtent:
                 out.append(Run(base + offset, n, SPECIAL, self.node, token=(self, e, base)))
             else:
                 out.append(Run(base + offset, n, DATA, self.node, e * SECTOR + offset % gb))
-            offset += n
         return out
 
     def read_compressed(self, grain_sector: int, offset_in_grain: int, buf: memoryview) -> None:

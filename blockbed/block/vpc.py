@@ -37,7 +37,7 @@ import struct
 from .driver import BlockDriver, BlockError
 from .foreign import _vpc as _probe
 from .readonlyfmt import (DATA, RECURSE, ZERO, ReadOnlyFormat, Run, check_field, check_range,
-                          merge_runs, read_exact)
+                          chunks, merge_runs, read_exact)
 
 FMT = "vpc"
 SECTOR = 512
@@ -150,18 +150,14 @@ class VpcDriver(ReadOnlyFormat):
         if self.disk_type == FIXED:
             return [Run(offset, length, RECURSE, self.file, offset)]
         out = []
-        end = offset + length
         bs = self.block_size
-        while offset < end:
-            i = offset // bs
-            n = min(end, (i + 1) * bs) - offset
+        for i, offset, n in chunks(offset, length, bs):
             sector = self.bat[i]
             if sector == UNALLOCATED_BLOCK:
                 out.append(Run(offset, n, ZERO))     # QEMU: BDRV_BLOCK_ZERO, no backing
             else:
                 out.append(Run(offset, n, DATA, self.file,
                                sector * SECTOR + self.bitmap_size + offset % bs))
-            offset += n
         return merge_runs(out)
 
 
