@@ -1,6 +1,6 @@
 """Foreign image formats are recognised as qemu-img recognises them — never opened as raw
 (which would show the container's metadata as disk data and let the first write destroy
-the image).  Those with a read-only driver (vmdk, vpc) open read-only and refuse a
+the image).  Those with a read-only driver (vmdk, vpc, vdi, qed) open read-only and refuse a
 read-write open; the others are refused with a clear error.  ``-f raw`` still opens
 them raw."""
 
@@ -23,11 +23,11 @@ READABLE = [
     ("vmdk", ["-o", "subformat=monolithicFlat"], "vmdk"),       # a text descriptor
     ("vmdk", ["-o", "subformat=twoGbMaxExtentSparse"], "vmdk"),
     ("vpc", [], "vpc"),
+    ("vdi", [], "vdi"),
+    ("qed", [], "qed"),
 ]
 KINDS = [
     ("vhdx", [], "vhdx"),
-    ("vdi", [], "vdi"),
-    ("qed", [], "qed"),
     ("qcow", [], "qcow"),
     ("parallels", [], "parallels"),
     ("luks", ["--object", "secret,id=s,data=x", "-o", "key-secret=s,iter-time=10"], "luks"),

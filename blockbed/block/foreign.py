@@ -1,7 +1,7 @@
 """Foreign image formats: recognised (never mistaken for raw), some of them read.
 
-vmdk and vpc have read-only drivers (:mod:`blockbed.block.vmdk`,
-:mod:`blockbed.block.vpc`, listed in ``IMPLEMENTED``); the others are only
+vmdk, vpc, qed and vdi have read-only drivers (:mod:`blockbed.block.vmdk` …,
+listed in ``IMPLEMENTED``, see docs/foreign-formats.md); the others are only
 recognised and refused with a clear error.
 
 Opening a VMDK or VHDX as raw shows the guest the container's metadata as disk
@@ -118,7 +118,8 @@ def _refuse_create(name: str):
 
 
 # Formats read by their own read-only driver (imported on first use by the registry).
-IMPLEMENTED = {"vmdk": "blockbed.block.vmdk", "vpc": "blockbed.block.vpc"}
+IMPLEMENTED = {"vmdk": "blockbed.block.vmdk", "vpc": "blockbed.block.vpc",
+               "qed": "blockbed.block.qed", "vdi": "blockbed.block.vdi"}
 RECOGNISED_ONLY = frozenset(PROBES) - frozenset(IMPLEMENTED)
 
 
