@@ -69,14 +69,6 @@ QED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", QED_CASES, ids=lambda c: c[0])
-def test_malformed_qed(capsys, qemu_img, tmp_path, raw, case):
-    _, off, fmt, value, words = case
-    img = _image(qemu_img, tmp_path, raw, "qed")
-    _patch(img, off, fmt, value)
-    expect_clear_error(capsys, img, [], "qed", *words)
-
-
 def test_qed_tables_past_eof(capsys, qemu_img, tmp_path, raw):
     img = _image(qemu_img, tmp_path, raw, "qed")
     l1 = struct.unpack_from("<Q", img.read_bytes(), 40)[0]
@@ -112,12 +104,14 @@ VDI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", VDI_CASES, ids=lambda c: c[0])
-def test_malformed_vdi(capsys, qemu_img, tmp_path, raw, case):
+@pytest.mark.parametrize("image_format,case",
+                         [("qed", c) for c in QED_CASES] + [("vdi", c) for c in VDI_CASES],
+                         ids=lambda v: v if isinstance(v, str) else v[0])
+def test_malformed_header(capsys, qemu_img, tmp_path, raw, image_format, case):
     _, off, fmt, value, words = case
-    img = _image(qemu_img, tmp_path, raw, "vdi")
+    img = _image(qemu_img, tmp_path, raw, image_format)
     _patch(img, off, fmt, value)
-    expect_clear_error(capsys, img, [], "vdi", *words)
+    expect_clear_error(capsys, img, [], image_format, *words)
 
 
 def test_vdi_block_past_eof_and_truncated(capsys, qemu_img, tmp_path, raw):
