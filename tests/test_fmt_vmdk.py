@@ -249,3 +249,15 @@ def test_descriptor_with_rdonly_and_zero_extents(capsys, tmp_path):
         assert buf == b"\x11" * 2048 + bytes(2048)
     finally:
         node.close()
+
+
+def test_descriptor_without_a_host_directory(tmp_path):
+    """A descriptor read from a node with no host path (an NBD export) cannot name extents
+    relative to itself (QEMU: "Cannot use relative paths with VMDK descriptor file")."""
+    from blockbed.block.memory import MemoryDriver
+    from blockbed.block.vmdk import VmdkDriver
+    text = b'version=1\ncreateType="monolithicFlat"\nRW 1 FLAT "x-flat.vmdk" 0\n'
+    mem = MemoryDriver(len(text))
+    mem.write(0, memoryview(text))
+    with pytest.raises(BlockError, match="cannot use relative paths"):
+        VmdkDriver(mem, read_only=True)

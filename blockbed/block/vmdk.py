@@ -346,6 +346,9 @@ class VmdkDriver(ReadOnlyFormat):
     def _open_extent_file(self, name: str, base_dir: str, where: str) -> BlockDriver:
         check_field(FMT, not name.startswith(("nbd:", "nbd+", "blkdebug:", "json:")),
                     f"'{where}': extent file '{name}' names a protocol; only files are allowed")
+        check_field(FMT, os.path.isabs(name) or node_path(self.file) is not None,
+                    f"cannot use relative paths with VMDK descriptor file '{where}' (it has "
+                    "no directory on this host)")
         path = name if os.path.isabs(name) else os.path.join(base_dir, name)
         check_field(FMT, os.path.realpath(path) != os.path.realpath(where),
                     f"'{where}': the descriptor names itself as an extent")
