@@ -98,6 +98,14 @@ class QedDriver(ReadOnlyFormat):
         if t is not None or not self.l1[index]:
             return t
         t = self._read_table(self.l1[index])
+        if any(t):                              # (an all-unallocated table needs no check)
+            self._check_l2(index, t)
+        if len(self._cache) >= L2_CACHE:
+            self._cache.clear()
+        self._cache[index] = t
+        return t
+
+    def _check_l2(self, index: int, t: array.array) -> None:
         span = self.entries * self.cluster
         for i, off in enumerate(t):
             start = index * span + i * self.cluster
@@ -107,22 +115,22 @@ class QedDriver(ReadOnlyFormat):
                         f"cluster {start // self.cluster} offset {off} is invalid")
             check_range(FMT, f"cluster {start // self.cluster}", off,
                         min(self.cluster, self.size - start), self.file_len)
-        if len(self._cache) >= L2_CACHE:
-            self._cache.clear()
-        self._cache[index] = t
-        return t
 
     def _runs(self, offset: int, length: int) -> list[Run]:
         out = []
-        for c, pos, n in chunks(offset, length, self.cluster):
-            l2 = self._l2(c // self.entries)
-            e = 0 if l2 is None else l2[c % self.entries]
-            if e == 0:
-                out.append(Run(pos, n, UNALLOCATED))
-            elif e == CLUSTER_ZERO:
-                out.append(Run(pos, n, ZERO))
-            else:
-                out.append(Run(pos, n, DATA, self.file, e + pos % self.cluster))
+        for index, start, span in chunks(offset, length, self.entries * self.cluster):
+            l2 = self._l2(index)
+            if l2 is None:                      # a whole unallocated L2 table: one run
+                out.append(Run(start, span, UNALLOCATED))
+                continue
+            for c, pos, n in chunks(start, span, self.cluster):
+                e = l2[c % self.entries]
+                if e == 0:
+                    out.append(Run(pos, n, UNALLOCATED))
+                elif e == CLUSTER_ZERO:
+                    out.append(Run(pos, n, ZERO))
+                else:
+                    out.append(Run(pos, n, DATA, self.file, e + pos % self.cluster))
         return merge_runs(out)
 
 

@@ -16,8 +16,9 @@ QEMU has a message.
 from __future__ import annotations
 
 import errno
+from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .driver import (BlockDriver, BlockError, Buffer, Extent, ImageFormatError,
                      ReadOnlyError, check_request)
@@ -158,6 +159,28 @@ def chunks(offset: int, length: int, unit: int):
         n = min(end, (index + 1) * unit) - offset
         yield index, offset, n
         offset += n
+
+
+def block_map_runs(offset: int, length: int, block_size: int, allocated: list[int],
+                   host_of: Callable[[int, int], int], node: BlockDriver, kind: int,
+                   hole_kind: int) -> list[Run]:
+    """Runs of a one-level block map (VHD BAT, VDI block map).  ``allocated``: the sorted
+    indexes of allocated blocks, so a run of holes is one step however long it is;
+    ``host_of(index, offset)``: where guest ``offset`` of allocated block ``index`` is."""
+    out: list[Run] = []
+    end = offset + length
+    while offset < end:
+        i = offset // block_size
+        k = bisect_left(allocated, i)
+        if k < len(allocated) and allocated[k] == i:
+            n = min(end, (i + 1) * block_size) - offset
+            out.append(Run(offset, n, kind, node, host_of(i, offset)))
+        else:
+            nxt = allocated[k] * block_size if k < len(allocated) else end
+            n = min(end, nxt) - offset
+            out.append(Run(offset, n, hole_kind))
+        offset += n
+    return merge_runs(out)
 
 
 def merge_runs(runs: list[Run]) -> list[Run]:

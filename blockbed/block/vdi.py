@@ -23,8 +23,8 @@ import sys
 
 from .driver import BlockDriver, BlockError
 from .foreign import _vdi as _probe
-from .readonlyfmt import (DATA, RECURSE, ZERO, ReadOnlyFormat, Run, check_field, check_range,
-                          chunks, merge_runs, read_exact)
+from .readonlyfmt import (DATA, RECURSE, ZERO, ReadOnlyFormat, Run, block_map_runs,
+                          check_field, check_range, read_exact)
 
 FMT = "vdi"
 SECTOR = 512
@@ -85,22 +85,18 @@ class VdiDriver(ReadOnlyFormat):
                             off_data + entry * block_size,
                             min(block_size, disk_size - i * block_size), flen)
         self.bmap = bmap
+        self.allocated = [i for i, entry in enumerate(bmap) if entry < DISCARDED]
         self.data_offset = off_data
         self.static = itype == TYPE_STATIC
         self.size = disk_size
 
     def _runs(self, offset: int, length: int) -> list[Run]:
-        out = []
-        # QEMU: BDRV_BLOCK_DATA | OFFSET_VALID, and RECURSE for static images
-        kind = RECURSE if self.static else DATA
-        for i, pos, n in chunks(offset, length, BLOCK_SIZE):
-            entry = self.bmap[i]
-            if entry >= DISCARDED:
-                out.append(Run(pos, n, ZERO))      # QEMU: BDRV_BLOCK_ZERO
-            else:
-                out.append(Run(pos, n, kind, self.file,
-                               self.data_offset + entry * BLOCK_SIZE + pos % BLOCK_SIZE))
-        return merge_runs(out)
+        # QEMU: DATA | OFFSET_VALID (and RECURSE for static images); holes BDRV_BLOCK_ZERO
+        return block_map_runs(offset, length, BLOCK_SIZE, self.allocated, self._host,
+                              self.file, RECURSE if self.static else DATA, ZERO)
+
+    def _host(self, index: int, offset: int) -> int:
+        return self.data_offset + self.bmap[index] * BLOCK_SIZE + offset % BLOCK_SIZE
 
 
 def open(file_node: BlockDriver, *, read_only: bool, options: dict, opener=None) -> BlockDriver:

@@ -129,7 +129,7 @@ class SparseExtent:
                             self.file_len)
         self.zero_grain = bool(h.flags & FLAG_ZERO_GRAIN)
         self.marker = bool(h.flags & FLAG_MARKER)
-        self._cache: dict[int, array.array] = {}
+        self._cache: dict[int, array.array | None] = {}
 
     def _footer_header(self, h: SparseHeader) -> SparseHeader:
         """streamOptimized: the header with the real GD offset is the footer at EOF-1536."""
@@ -146,9 +146,8 @@ class SparseExtent:
 
     def _gt(self, index: int) -> array.array | None:
         """Grain table ``index`` (None: not allocated), its entries checked against the file."""
-        gt = self._cache.get(index)
-        if gt is not None:
-            return gt
+        if index in self._cache:
+            return self._cache[index]
         sector = self.gd[index]
         if sector == 0:
             return None
@@ -156,6 +155,17 @@ class SparseExtent:
         gt = array.array("I", read_exact(self.node, sector * SECTOR, size))
         if sys.byteorder == "big":
             gt.byteswap()
+        if not any(gt):
+            gt = None                                   # all unallocated: one run in runs()
+        elif (max(gt) + 1) * SECTOR + self.grain_bytes > self.file_len:
+            self._check_gt(index, gt)                   # (the fast path: all entries fit)
+        if len(self._cache) >= GT_CACHE:
+            self._cache.clear()
+        self._cache[index] = gt
+        return gt
+
+    def _check_gt(self, index: int, gt: array.array) -> None:
+        """Every grain of table ``index`` the capacity covers lies inside the file."""
         base = index * self.gt_span
         for i, e in enumerate(gt):
             if e == 0 or (e == 1 and self.zero_grain):
@@ -168,26 +178,26 @@ class SparseExtent:
             check_range(FMT, f"'{self.where}': grain {base // self.h.grain_sectors + i} "
                              f"(grain table {index} entry {i})", e * SECTOR, need,
                         self.file_len)
-        if len(self._cache) >= GT_CACHE:
-            self._cache.clear()
-        self._cache[index] = gt
-        return gt
 
     def runs(self, base: int, offset: int, length: int) -> list[Run]:
         """Runs for extent bytes ``[offset, offset+length)``, guest offsets shifted by ``base``."""
         out = []
         gb = self.grain_bytes
-        for grain, offset, n in chunks(offset, length, gb):
-            gt = self._gt(grain // self.h.gtes_per_gt)
-            e = 0 if gt is None else gt[grain % self.h.gtes_per_gt]
-            if e == 0:
-                out.append(Run(base + offset, n, UNALLOCATED))
-            elif e == 1 and self.zero_grain:
-                out.append(Run(base + offset, n, ZERO))
-            elif self.h.compressed:
-                out.append(Run(base + offset, n, SPECIAL, self.node, token=(self, e, base)))
-            else:
-                out.append(Run(base + offset, n, DATA, self.node, e * SECTOR + offset % gb))
+        for index, start, span in chunks(offset, length, self.gt_span * SECTOR):
+            gt = self._gt(index)
+            if gt is None:                      # a whole unallocated grain table: one run
+                out.append(Run(base + start, span, UNALLOCATED))
+                continue
+            for grain, pos, n in chunks(start, span, gb):
+                e = gt[grain % self.h.gtes_per_gt]
+                if e == 0:
+                    out.append(Run(base + pos, n, UNALLOCATED))
+                elif e == 1 and self.zero_grain:
+                    out.append(Run(base + pos, n, ZERO))
+                elif self.h.compressed:
+                    out.append(Run(base + pos, n, SPECIAL, self.node, token=(self, e, base)))
+                else:
+                    out.append(Run(base + pos, n, DATA, self.node, e * SECTOR + pos % gb))
         return out
 
     def read_compressed(self, grain_sector: int, offset_in_grain: int, buf: memoryview) -> None:

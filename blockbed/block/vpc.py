@@ -36,8 +36,8 @@ import struct
 
 from .driver import BlockDriver, BlockError
 from .foreign import _vpc as _probe
-from .readonlyfmt import (DATA, RECURSE, ZERO, ReadOnlyFormat, Run, check_field, check_range,
-                          chunks, merge_runs, read_exact)
+from .readonlyfmt import (DATA, RECURSE, ZERO, ReadOnlyFormat, Run, block_map_runs,
+                          check_field, check_range, read_exact)
 
 FMT = "vpc"
 SECTOR = 512
@@ -140,6 +140,7 @@ class VpcDriver(ReadOnlyFormat):
         self.bitmap_size = -(-(block_size // (8 * SECTOR)) // SECTOR) * SECTOR
         bat = struct.unpack(f">{entries}I", read_exact(self.file, table_offset, entries * 4))
         self.bat = bat
+        self.allocated = [i for i, sector in enumerate(bat) if sector != UNALLOCATED_BLOCK]
         for i, sector in enumerate(bat):
             if sector != UNALLOCATED_BLOCK and i * block_size < self.size:
                 check_range(FMT, f"block {i} (BAT entry {sector})", sector * SECTOR,
@@ -149,16 +150,12 @@ class VpcDriver(ReadOnlyFormat):
     def _runs(self, offset: int, length: int) -> list[Run]:
         if self.disk_type == FIXED:
             return [Run(offset, length, RECURSE, self.file, offset)]
-        out = []
-        bs = self.block_size
-        for i, offset, n in chunks(offset, length, bs):
-            sector = self.bat[i]
-            if sector == UNALLOCATED_BLOCK:
-                out.append(Run(offset, n, ZERO))     # QEMU: BDRV_BLOCK_ZERO, no backing
-            else:
-                out.append(Run(offset, n, DATA, self.file,
-                               sector * SECTOR + self.bitmap_size + offset % bs))
-        return merge_runs(out)
+        # QEMU: an unallocated block is BDRV_BLOCK_ZERO (vpc has no backing file)
+        return block_map_runs(offset, length, self.block_size, self.allocated, self._host,
+                              self.file, DATA, ZERO)
+
+    def _host(self, index: int, offset: int) -> int:
+        return self.bat[index] * SECTOR + self.bitmap_size + offset % self.block_size
 
 
 def open(file_node: BlockDriver, *, read_only: bool, options: dict, opener=None) -> BlockDriver:
