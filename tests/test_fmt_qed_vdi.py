@@ -126,3 +126,12 @@ def test_vdi_block_past_eof_and_truncated(capsys, qemu_img, tmp_path, raw):
     expect_clear_error(capsys, img, ["-f", "vdi"], "too small")
     _patch(img, 64, "<I", 0x12345678)
     expect_clear_error(capsys, img, ["-f", "vdi"], "is not a vdi image")
+
+
+@pytest.mark.parametrize("fmt", ["vmdk", "vpc", "vdi", "qed"])
+def test_create_is_refused(capsys, tmp_path, fmt):
+    from fmt_helpers import bb
+    rc, _, err = bb(capsys, "create", "-f", fmt, str(tmp_path / "x"), "1M")
+    assert rc == 1 and err.count("\n") == 1
+    assert f"image format '{fmt}' cannot be created by blockbed" in err
+    assert not (tmp_path / "x").exists()

@@ -18,14 +18,14 @@ Every field is checked in :meth:`QedDriver.__init__` (header) and
 from __future__ import annotations
 
 import array
-import errno
 import struct
 import sys
 
-from .driver import BlockDriver, BlockError
+from .driver import BlockDriver
 from .foreign import _qed as _probe
 from .readonlyfmt import (DATA, UNALLOCATED, ZERO, ReadOnlyFormat, Run, check_field,
-                          check_range, chunks, merge_runs, read_exact)
+                          check_range, chunks, merge_runs, open_without_options, read_exact,
+                          refuse_create)
 
 FMT = "qed"
 HEADER = struct.Struct("<4sIIIQQQQQII")
@@ -134,12 +134,5 @@ class QedDriver(ReadOnlyFormat):
         return merge_runs(out)
 
 
-def open(file_node: BlockDriver, *, read_only: bool, options: dict, opener=None) -> BlockDriver:
-    if options:
-        raise BlockError(errno.EINVAL, f"qed: unknown option '{next(iter(options))}'")
-    return QedDriver(file_node, read_only=read_only)
-
-
-def create(path: str, size: int, options: dict) -> None:
-    raise BlockError(errno.ENOTSUP, "image format 'qed' cannot be created by blockbed "
-                                    "(raw and qcow2 can); blockbed reads QED images only")
+open = open_without_options(FMT, QedDriver)
+create = refuse_create(FMT)

@@ -196,3 +196,21 @@ def merge_runs(runs: list[Run]) -> list[Run]:
                 continue
         out.append(r)
     return out
+
+
+def refuse_create(fmt: str) -> Callable[[str, int, dict], None]:
+    """The registry's ``create`` for a read-only format: a clear refusal."""
+    def create(path: str, size: int, options: dict) -> None:
+        raise BlockError(errno.ENOTSUP, f"image format '{fmt}' cannot be created by blockbed "
+                                        f"(raw and qcow2 can); blockbed reads {fmt} images only")
+    return create
+
+
+def open_without_options(fmt: str, cls: type) -> Callable[..., BlockDriver]:
+    """The registry's ``open`` for a driver class that takes no options."""
+    def open_(file_node: BlockDriver, *, read_only: bool, options: dict,
+              opener=None) -> BlockDriver:
+        if options:
+            raise BlockError(errno.EINVAL, f"{fmt}: unknown option '{next(iter(options))}'")
+        return cls(file_node, read_only=read_only)
+    return open_

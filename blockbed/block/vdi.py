@@ -17,14 +17,14 @@ never supported it).  Every field is checked in :meth:`VdiDriver.__init__`.
 from __future__ import annotations
 
 import array
-import errno
 import struct
 import sys
 
-from .driver import BlockDriver, BlockError
+from .driver import BlockDriver
 from .foreign import _vdi as _probe
 from .readonlyfmt import (DATA, RECURSE, ZERO, ReadOnlyFormat, Run, block_map_runs,
-                          check_field, check_range, read_exact)
+                          check_field, check_range, open_without_options, read_exact,
+                          refuse_create)
 
 FMT = "vdi"
 SECTOR = 512
@@ -99,12 +99,5 @@ class VdiDriver(ReadOnlyFormat):
         return self.data_offset + self.bmap[index] * BLOCK_SIZE + offset % BLOCK_SIZE
 
 
-def open(file_node: BlockDriver, *, read_only: bool, options: dict, opener=None) -> BlockDriver:
-    if options:
-        raise BlockError(errno.EINVAL, f"vdi: unknown option '{next(iter(options))}'")
-    return VdiDriver(file_node, read_only=read_only)
-
-
-def create(path: str, size: int, options: dict) -> None:
-    raise BlockError(errno.ENOTSUP, "image format 'vdi' cannot be created by blockbed "
-                                    "(raw and qcow2 can); blockbed reads VDI images only")
+open = open_without_options(FMT, VdiDriver)
+create = refuse_create(FMT)

@@ -36,10 +36,11 @@ import sys
 import zlib
 from dataclasses import dataclass
 
-from .driver import BlockDriver, BlockError, ImageFormatError
+from .driver import BlockDriver, BlockError
 from .foreign import _vmdk as _probe
 from .readonlyfmt import (DATA, RECURSE, SPECIAL, UNALLOCATED, ZERO, ReadOnlyFormat, Run,
-                          check_field, check_range, chunks, merge_runs, node_path, read_exact)
+                          check_field, check_range, chunks, merge_runs, node_path, read_exact,
+                          refuse_create)
 
 FMT = "vmdk"
 SECTOR = 512
@@ -412,9 +413,4 @@ def open(file_node: BlockDriver, *, read_only: bool, options: dict, opener=None)
     return VmdkDriver(file_node, read_only=read_only, opener=opener)
 
 
-def create(path: str, size: int, options: dict) -> None:
-    raise BlockError(errno.ENOTSUP, "image format 'vmdk' cannot be created by blockbed "
-                                    "(raw and qcow2 can); blockbed reads VMDK images only")
-
-
-__all__ = ["probe", "open", "create", "VmdkDriver", "ImageFormatError"]
+create = refuse_create(FMT)

@@ -37,7 +37,8 @@ import struct
 from .driver import BlockDriver, BlockError
 from .foreign import _vpc as _probe
 from .readonlyfmt import (DATA, RECURSE, ZERO, ReadOnlyFormat, Run, block_map_runs,
-                          check_field, check_range, read_exact)
+                          check_field, check_range, read_exact,
+                          refuse_create)
 
 FMT = "vpc"
 SECTOR = 512
@@ -167,6 +168,4 @@ def open(file_node: BlockDriver, *, read_only: bool, options: dict, opener=None)
     return VpcDriver(file_node, read_only=read_only, size_calc=size_calc)
 
 
-def create(path: str, size: int, options: dict) -> None:
-    raise BlockError(errno.ENOTSUP, "image format 'vpc' cannot be created by blockbed "
-                                    "(raw and qcow2 can); blockbed reads VHD images only")
+create = refuse_create(FMT)
