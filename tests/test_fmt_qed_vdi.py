@@ -58,7 +58,7 @@ def _image(qemu_img, tmp_path, raw, fmt):
 # QED header: cluster 4, table 8, header 12, features 16, l1 40, image size 48
 QED_CASES = [
     ("features", 16, "<Q", 1 << 9, ["unsupported QED features: 0x200"]),
-    ("backing", 16, "<Q", 1, ["backing files are not supported"]),
+    ("backing", 16, "<Q", 1, ["backing file name", "outside the header"]),
     ("cluster", 4, "<I", 3000, ["invalid cluster size 3000"]),
     ("cluster-huge", 4, "<I", 1 << 30, ["invalid cluster size"]),
     ("table", 8, "<I", 32, ["invalid table size 32"]),
@@ -135,3 +135,31 @@ def test_create_is_refused(capsys, tmp_path, fmt):
     assert rc == 1 and err.count("\n") == 1
     assert f"image format '{fmt}' cannot be created by blockbed" in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("backing_fmt", ["raw", "qed"])
+def test_qed_backing_file(capsys, qemu_img, qemu_io, tmp_path, raw, backing_fmt):
+    """Unallocated clusters come from the backing file (raw: no-probe bit; qed: probed);
+    map descends into it as qemu-img's does."""
+    base = raw
+    if backing_fmt == "qed":
+        base = tmp_path / "base.qed"
+        qemu(qemu_img, "convert", "-f", "raw", "-O", "qed", str(raw), str(base))
+    child = tmp_path / "child.qed"
+    qemu(qemu_img, "create", "-q", "-f", "qed", "-b", base.name, "-F", backing_fmt,
+         str(child))
+    subprocess.run([qemu_io, "-f", "qed", "-c", "write -P 0x77 60k 72k", "-c",
+                    "write -z 3M 64k", str(child)], check=True, capture_output=True)
+    check_against_qemu(capsys, qemu_img, tmp_path, child, None)
+
+
+def test_qed_backing_faults(capsys, qemu_img, tmp_path):
+    a, b = tmp_path / "a.qed", tmp_path / "b.qed"
+    qemu(qemu_img, "create", "-q", "-f", "qed", str(b), "1M")
+    qemu(qemu_img, "create", "-q", "-f", "qed", "-b", "b.qed", "-F", "qed", str(a))
+    qemu(qemu_img, "create", "-q", "-f", "qed", "-b", "a.qed", "-F", "qed", str(b))
+    expect_clear_error(capsys, a, [], "creates an infinite loop")
+    b.unlink()
+    expect_clear_error(capsys, a, [], "could not open backing file", "b.qed")
+    _patch(a, 56, "<I", 1 << 20)                        # the name outside the header
+    expect_clear_error(capsys, a, [], "backing file name", "outside the header")

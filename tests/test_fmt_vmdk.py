@@ -224,13 +224,13 @@ def test_malformed_descriptor(capsys, tmp_path, case):
     expect_clear_error(capsys, img, [], "vmdk", *words)
 
 
-def test_delta_link_and_unknown_type_refused(capsys, tmp_path):
+def test_missing_parent_and_unknown_type_refused(capsys, tmp_path):
     (tmp_path / "d-flat.vmdk").write_bytes(bytes(512))
     img = tmp_path / "d.vmdk"
     ext = 'RW 1 FLAT "d-flat.vmdk" 0\n'
     img.write_text('version=1\nparentCID=1234abcd\nparentFileNameHint="p.vmdk"\n'
                    f'createType="monolithicFlat"\n{ext}')
-    expect_clear_error(capsys, img, [], "delta links are not supported", "p.vmdk")
+    expect_clear_error(capsys, img, [], "could not open backing file", "p.vmdk")
     img.write_text(f'version=1\ncreateType="custom"\n{ext}')
     expect_clear_error(capsys, img, [], "unsupported image type 'custom'")
 
@@ -261,3 +261,36 @@ def test_descriptor_without_a_host_directory(tmp_path):
     mem.write(0, memoryview(text))
     with pytest.raises(BlockError, match="cannot use relative paths"):
         VmdkDriver(mem, read_only=True)
+
+
+def _delta(qemu_img, qemu_io, tmp_path, raw):
+    base, child = tmp_path / "base.vmdk", tmp_path / "child.vmdk"
+    qemu(qemu_img, "convert", "-f", "raw", "-O", "vmdk", str(raw), str(base))
+    qemu(qemu_img, "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(child))
+    subprocess.run([qemu_io, "-f", "vmdk", "-c", "write -P 0x77 60k 72k", "-c",
+                    "write -P 0x66 3M 4k", str(child)], check=True, capture_output=True)
+    return base, child
+
+
+def test_delta_link_reads_through_the_parent(capsys, qemu_img, qemu_io, tmp_path, raw):
+    """A child made by qemu-img create -b: unallocated grains come from the parent, map
+    descends into it (depth 1), as qemu-img's."""
+    _, child = _delta(qemu_img, qemu_io, tmp_path, raw)
+    check_against_qemu(capsys, qemu_img, tmp_path, child, None)
+    rc, out, _ = bb(capsys, "map", "--output=json", str(child))
+    assert '"depth": 1' in out
+
+
+def test_delta_link_faults(capsys, qemu_img, qemu_io, tmp_path, raw):
+    base, child = _delta(qemu_img, qemu_io, tmp_path, raw)
+    data = base.read_bytes()
+    i = data.index(b"CID=")
+    base.write_bytes(data[:i + 4] + b"0badc0de" + data[i + 12:])       # the parent changed
+    expect_clear_error(capsys, child, [], "has CID 0badc0de", "parentCID=")
+    base.write_bytes(data)
+    cdata = child.read_bytes()
+    child.write_bytes(cdata.replace(b'parentFileNameHint="base.vmdk"',
+                                    b'parentFileNameHint="chil.vmdk"').replace(
+                                        b"parentCID", b"parentCID", 1))
+    (tmp_path / "chil.vmdk").symlink_to(child)                       # a loop: child -> itself
+    expect_clear_error(capsys, child, [], "creates an infinite loop")

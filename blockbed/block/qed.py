@@ -6,10 +6,11 @@ size in clusters, feature bits, L1 table offset, image size); a two-level
 table like qcow2's, both levels ``table_size`` clusters of 64-bit byte
 offsets.  An entry 0 is unallocated, an L2 entry 1 a zero cluster.
 
-Refused: unknown feature bits (QEMU: "Unsupported QED features") and backing
-files (an unallocated cluster would have to come from the backing image).  A
-set need-check bit only matters to writers (QEMU checks the image when it
-opens it read-write) and is ignored here.
+A backing file (feature bit 1) is named in the header clusters, relative to
+the image's directory; it is probed unless the no-probe bit says raw, and
+unallocated clusters read from it.  Refused: unknown feature bits (QEMU:
+"Unsupported QED features").  A set need-check bit only matters to writers
+(QEMU checks the image when it opens it read-write) and is ignored here.
 
 Every field is checked in :meth:`QedDriver.__init__` (header) and
 :meth:`QedDriver._l2` (a table's entries, when the table is loaded).
@@ -18,14 +19,15 @@ Every field is checked in :meth:`QedDriver.__init__` (header) and
 from __future__ import annotations
 
 import array
+import os
 import struct
 import sys
 
 from .driver import BlockDriver
 from .foreign import _qed as _probe
 from .readonlyfmt import (DATA, UNALLOCATED, ZERO, ReadOnlyFormat, Run, check_field,
-                          check_range, chunks, merge_runs, open_without_options, read_exact,
-                          refuse_create)
+                          check_range, chunks, merge_runs, node_path, open_backing,
+                          read_exact, refuse_create)
 
 FMT = "qed"
 HEADER = struct.Struct("<4sIIIQQQQQII")
@@ -47,17 +49,15 @@ def _power_of_2(v: int) -> bool:
 class QedDriver(ReadOnlyFormat):
     driver_name = "qed"
 
-    def __init__(self, file: BlockDriver, *, read_only: bool):
+    def __init__(self, file: BlockDriver, *, read_only: bool, opener=None):
         super().__init__(file, read_only)
         self.file_len = flen = file.length()
         check_field(FMT, flen >= HEADER.size, "file is too small, not a valid image")
         (magic, cluster, table_size, header_size, features, _compat, _autoclear, l1_offset,
-         image_size, _bf_off, _bf_size) = HEADER.unpack(read_exact(file, 0, HEADER.size))
+         image_size, bf_off, bf_size) = HEADER.unpack(read_exact(file, 0, HEADER.size))
         check_field(FMT, magic == b"QED\0", "image not in QED format")
         check_field(FMT, not features & ~FEATURE_MASK,
                     f"unsupported QED features: {features & ~FEATURE_MASK:#x}")
-        check_field(FMT, not features & F_BACKING_FILE, "backing files are not supported; "
-                                                        "convert the image with qemu-img")
         check_field(FMT, _power_of_2(cluster) and MIN_CLUSTER <= cluster <= MAX_CLUSTER,
                     f"invalid cluster size {cluster}")
         check_field(FMT, _power_of_2(table_size) and table_size <= 16,
@@ -80,6 +80,22 @@ class QedDriver(ReadOnlyFormat):
             if self.l1[i]:
                 self._check_table(f"L2 table {i}", self.l1[i])
         self._cache: dict[int, array.array] = {}
+        if features & F_BACKING_FILE:
+            self._open_backing(bf_off, bf_size, features, opener)
+
+    def _open_backing(self, offset: int, size: int, features: int, opener) -> None:
+        """The backing file name lies in the header clusters (QEMU: at most 4095 bytes);
+        its format is raw with the no-probe bit, else probed, as QEMU does."""
+        check_field(FMT, 0 < size < 4096 and offset + size <= self.header_bytes,
+                    f"backing file name (offset {offset}, {size} bytes) is outside the header")
+        name = read_exact(self.file, offset, size).decode("utf-8", "replace")
+        where = node_path(self.file) or self.file.describe()
+        check_field(FMT, os.path.isabs(name) or node_path(self.file) is not None,
+                    f"cannot use a relative backing file name for '{where}'")
+        path = name if os.path.isabs(name) else os.path.join(os.path.dirname(where), name)
+        fmt = "raw" if features & F_BACKING_FORMAT_NO_PROBE else None
+        self.backing = open_backing(opener, path, fmt, FMT, where)
+        self.backing_filename = name
 
     def _check_table(self, what: str, offset: int) -> None:
         check_field(FMT, offset % self.cluster == 0 and offset >= self.header_bytes,
@@ -134,5 +150,7 @@ class QedDriver(ReadOnlyFormat):
         return merge_runs(out)
 
 
-open = open_without_options(FMT, QedDriver)
+def open(file_node: BlockDriver, *, read_only: bool, options: dict, opener=None) -> BlockDriver:
+    check_field(FMT, not options, f"unknown option '{next(iter(options), '')}'")
+    return QedDriver(file_node, read_only=read_only, opener=opener)   # backing opened last
 create = refuse_create(FMT)

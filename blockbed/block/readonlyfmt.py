@@ -16,6 +16,7 @@ QEMU has a message.
 from __future__ import annotations
 
 import errno
+import os
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -73,11 +74,43 @@ def node_path(node: BlockDriver) -> str | None:
     return None
 
 
+_opening: set[str] = set()           # backing files being opened now (loop guard)
+
+
+def open_backing(opener, path: str, fmt: str | None, fmt_name: str, where: str) -> BlockDriver:
+    """Open the backing file ``path`` read-only through the registry's ``opener``.
+
+    A chain that leads back to a file being opened fails with QEMU's "Backing file
+    ... creates an infinite loop" instead of recursing forever.
+    """
+    real = os.path.realpath(path)
+    check_field(fmt_name, real not in _opening and real != os.path.realpath(where)
+                and len(_opening) < 64,
+                f"'{where}': backing file '{path}' creates an infinite loop")
+    if opener is None:
+        raise BlockError(errno.ENOTSUP, f"{fmt_name}: '{where}' has a backing file "
+                                        f"'{path}'; it can only be opened through open_image")
+    _opening.add(real)
+    try:
+        return opener(path, fmt, read_only=True)
+    except BlockError as e:
+        raise BlockError(e.errno or errno.EIO, f"{fmt_name}: could not open backing file "
+                                               f"'{path}' of '{where}': {e}") from None
+    finally:
+        _opening.discard(real)
+
+
 class ReadOnlyFormat(BlockDriver):
-    """A format node that only reads: subclasses set ``size`` and implement ``_runs``."""
+    """A format node that only reads: subclasses set ``size`` and implement ``_runs``.
+
+    ``backing``: where unallocated runs come from (QEMU's backing file); without
+    one they read as zeros.  ``block_status`` reports them unallocated, so
+    ``img map`` descends into the backing node as qemu-img does.
+    """
 
     read_only = True
     size = 0
+    backing: BlockDriver | None = None
 
     def __init__(self, file: BlockDriver, read_only: bool):
         self.file = file
@@ -104,19 +137,35 @@ class ReadOnlyFormat(BlockDriver):
         buf = memoryview(buf).cast("B")
         for r in self._runs(offset, len(buf)):
             piece = buf[r.offset - offset:r.offset - offset + r.length]
-            if r.kind in (UNALLOCATED, ZERO):
+            if r.kind == UNALLOCATED and self.backing is not None:
+                self._read_backing(r.offset, piece)
+            elif r.kind in (UNALLOCATED, ZERO):
                 piece[:] = bytes(r.length)
             elif r.kind == SPECIAL:
                 self._read_special(r, r.offset, piece)
             else:
                 r.node.read(r.host_offset, piece)
 
+    def _read_backing(self, offset: int, piece: memoryview) -> None:
+        """Backing data for ``piece``; zeros past the end of a shorter backing file."""
+        inside = max(0, min(len(piece), self.backing.length() - offset))
+        if inside:
+            self.backing.read(offset, piece[:inside])
+        piece[inside:] = bytes(len(piece) - inside)
+
     def block_status(self, offset: int, length: int) -> list[Extent]:
         check_request(self, offset, length)
         out: list[Extent] = []
+        blen = self.backing.length() if self.backing is not None else 0
         for r in self._runs(offset, length):
             if r.kind == UNALLOCATED:
-                out.append(Extent(r.offset, r.length, data=False, zero=False, allocated=False))
+                inside = max(0, min(r.length, blen - r.offset))
+                if inside:
+                    out.append(Extent(r.offset, inside, data=False, zero=False,
+                                      allocated=False))
+                if inside < r.length:            # past the backing file (or none): zeros
+                    out.append(Extent(r.offset + inside, r.length - inside, data=False,
+                                      zero=self.backing is not None, allocated=False))
             elif r.kind == ZERO:
                 out.append(Extent(r.offset, r.length, data=False, zero=True))
             elif r.kind == SPECIAL:
@@ -147,7 +196,7 @@ class ReadOnlyFormat(BlockDriver):
         pass
 
     def children(self) -> Sequence[BlockDriver]:
-        return (self.file,)
+        return (self.file,) if self.backing is None else (self.file, self.backing)
 
 
 def chunks(offset: int, length: int, unit: int):

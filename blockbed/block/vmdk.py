@@ -17,10 +17,15 @@ Layouts (VMware "Virtual Disk Format 1.1"; behaviour as QEMU 7.2 block/vmdk.c):
   file) or ZERO; FILE is relative to the descriptor's directory
   (monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat, vmfs).
 
+A **delta link** (``parentCID`` other than ``ffffffff``, in a descriptor file
+or the descriptor embedded in a sparse extent) names its parent in
+``parentFileNameHint``; the parent is opened as the backing node (format vmdk,
+as QEMU does) and its ``CID`` must equal ``parentCID``.
+
 Differences from QEMU: QEMU skips RDONLY and ZERO extent lines (their sectors
-vanish from the disk); blockbed reads them as VMware does.  Delta links
-(``parentCID`` other than ``ffffffff``) and ESX ``COWD``/seSparse extents are
-refused with a clear message.
+vanish from the disk); blockbed reads them as VMware does.  A parent whose CID
+does not match fails at open (QEMU fails the first read that needs it).  ESX
+``COWD``/seSparse extents are refused with a clear message.
 
 Every header field is validated in :func:`_parse_sparse_header` and every
 table entry where its table is loaded (:meth:`SparseExtent._gt`).
@@ -36,11 +41,11 @@ import sys
 import zlib
 from dataclasses import dataclass
 
-from .driver import BlockDriver, BlockError
+from .driver import BlockDriver, BlockError, ImageFormatError
 from .foreign import _vmdk as _probe
 from .readonlyfmt import (DATA, RECURSE, SPECIAL, UNALLOCATED, ZERO, ReadOnlyFormat, Run,
-                          check_field, check_range, chunks, merge_runs, node_path, read_exact,
-                          refuse_create)
+                          check_field, check_range, chunks, merge_runs, node_path, open_backing,
+                          read_exact, refuse_create)
 
 FMT = "vmdk"
 SECTOR = 512
@@ -243,8 +248,8 @@ class ZeroExtent:
         return [Run(base + offset, length, ZERO)]
 
 
-def parse_descriptor(text: str, where: str) -> tuple[str, list[tuple[str, int, str, str, int]]]:
-    """(createType, extents as (access, sectors, type, file, offset)) of a text descriptor."""
+def descriptor_fields(text: str, where: str) -> tuple[dict[str, str], list[tuple]]:
+    """``key=value`` fields and extent lines (access, sectors, type, file, offset)."""
     fields: dict[str, str] = {}
     extents = []
     for line in text.splitlines():
@@ -257,13 +262,15 @@ def parse_descriptor(text: str, where: str) -> tuple[str, list[tuple[str, int, s
         key, sep, value = line.partition("=")
         if sep:
             fields[key.strip()] = value.strip().strip('"')
+    return fields, extents
+
+
+def parse_descriptor(text: str, where: str) -> tuple[dict[str, str], list[tuple]]:
+    """The fields and extents of a descriptor file, its createType and extent count checked."""
+    fields, extents = descriptor_fields(text, where)
     create_type = fields.get("createType")
     check_field(FMT, create_type is not None, f"'{where}': invalid VMDK image descriptor "
                                               "(no createType)")
-    parent = fields.get("parentCID", "ffffffff").lower()
-    check_field(FMT, parent == "ffffffff",
-                f"'{where}': delta links are not supported (parentCID={parent}, parent "
-                f"'{fields.get('parentFileNameHint', '')}'); convert the chain with qemu-img")
     check_field(FMT, create_type in ("monolithicFlat", "vmfs", "twoGbMaxExtentSparse",
                                      "twoGbMaxExtentFlat", "monolithicSparse",
                                      "streamOptimized"),
@@ -271,7 +278,14 @@ def parse_descriptor(text: str, where: str) -> tuple[str, list[tuple[str, int, s
     check_field(FMT, 0 < len(extents) <= MAX_EXTENTS,
                 f"'{where}': the descriptor lists {len(extents)} extents (1 to {MAX_EXTENTS} "
                 "allowed)")
-    return create_type, extents
+    return fields, extents
+
+
+def _cid(value: str, where: str) -> int:
+    try:
+        return int(value, 16)
+    except ValueError:
+        raise ImageFormatError(f"{FMT}: '{where}': invalid CID '{value}'") from None
 
 
 def _parse_extent_line(line: str, where: str) -> tuple[str, int, str, str, int]:
@@ -307,6 +321,8 @@ class VmdkDriver(ReadOnlyFormat):
         except BaseException:
             for n in self.extent_nodes:
                 n.close()
+            if self.backing is not None:
+                self.backing.close()
             raise
         self.size = sum(e.sectors for e in self.extents) * SECTOR
         self.starts = []
@@ -328,24 +344,59 @@ class VmdkDriver(ReadOnlyFormat):
                 return
             self.create_type = "streamOptimized" if ext.h.compressed else "monolithicSparse"
             self.extents = [ext]
+            fields: dict[str, str] = {}
+            if ext.h.desc_offset and ext.h.desc_size:       # the embedded descriptor
+                check_range(FMT, f"'{where}': embedded descriptor", ext.h.desc_offset * SECTOR,
+                            min(ext.h.desc_size * SECTOR, MAX_DESCRIPTOR), flen)
+                fields, _ = descriptor_fields(self._read_text(
+                    ext.h.desc_offset * SECTOR, flen, ext.h.desc_size * SECTOR), where)
+            self._open_parent(fields, where)
             return
         check_field(FMT, head[:4] != b"COWD", f"'{where}': ESX COWD (vmfsSparse) extents "
                                               "are not supported")
         self._open_descriptor(self._read_text(0, flen), where)
 
-    def _read_text(self, offset: int, flen: int) -> str:
-        raw = read_exact(self.file, offset, max(0, min(MAX_DESCRIPTOR, flen - offset)))
+    def _read_text(self, offset: int, flen: int, size: int = MAX_DESCRIPTOR) -> str:
+        size = max(0, min(MAX_DESCRIPTOR, size, flen - offset))
+        raw = read_exact(self.file, offset, size)
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
+    def _open_parent(self, fields: dict[str, str], where: str) -> None:
+        """A delta link (parentCID other than ffffffff): open parentFileNameHint as the
+        backing node; its CID must be our parentCID (QEMU's vmdk_is_cid_valid)."""
+        self.cid = fields.get("CID")
+        parent = fields.get("parentCID", "ffffffff")
+        if _cid(parent, where) == 0xFFFFFFFF:
+            return
+        hint = fields.get("parentFileNameHint")
+        check_field(FMT, bool(hint), f"'{where}': parentCID={parent} but no "
+                                     "parentFileNameHint")
+        path = self._host_path(hint, where)
+        self.backing = open_backing(self._opener, path, "vmdk", FMT, where)
+        theirs = getattr(self.backing, "cid", None)
+        check_field(FMT, theirs is not None and _cid(theirs, path) == _cid(parent, where),
+                    f"'{where}': parent '{hint}' has CID {theirs}, the image expects "
+                    f"parentCID={parent} (the parent was changed after the delta link "
+                    "was made)")
+
+    def _host_path(self, name: str, where: str) -> str:
+        """``name`` from a descriptor, relative to the descriptor's directory."""
+        check_field(FMT, not name.startswith(("nbd:", "nbd+", "blkdebug:", "json:")),
+                    f"'{where}': file '{name}' names a protocol; only files are allowed")
+        check_field(FMT, os.path.isabs(name) or node_path(self.file) is not None,
+                    f"cannot use relative paths with VMDK descriptor file '{where}' (it has "
+                    "no directory on this host)")
+        return name if os.path.isabs(name) else os.path.join(os.path.dirname(where), name)
+
     def _open_descriptor(self, text: str, where: str) -> None:
-        self.create_type, lines = parse_descriptor(text, where)
-        base_dir = os.path.dirname(where)
+        fields, lines = parse_descriptor(text, where)
+        self.create_type = fields["createType"]
         self.extents = []
         for access, sectors, kind, name, offset in lines:
             if kind == "ZERO":
                 self.extents.append(ZeroExtent(sectors))
                 continue
-            node = self._open_extent_file(name, base_dir, where)
+            node = self._open_extent_file(name, where)
             path = node_path(node) or name
             if kind in ("FLAT", "VMFS"):
                 self.extents.append(FlatExtent(node, sectors, offset * SECTOR, path))
@@ -353,14 +404,10 @@ class VmdkDriver(ReadOnlyFormat):
             ext = SparseExtent(node, path)      # QEMU sizes it by its header's capacity
             check_field(FMT, ext.h.capacity != 0, f"'{path}': sparse extent has no capacity")
             self.extents.append(ext)
+        self._open_parent(fields, where)
 
-    def _open_extent_file(self, name: str, base_dir: str, where: str) -> BlockDriver:
-        check_field(FMT, not name.startswith(("nbd:", "nbd+", "blkdebug:", "json:")),
-                    f"'{where}': extent file '{name}' names a protocol; only files are allowed")
-        check_field(FMT, os.path.isabs(name) or node_path(self.file) is not None,
-                    f"cannot use relative paths with VMDK descriptor file '{where}' (it has "
-                    "no directory on this host)")
-        path = name if os.path.isabs(name) else os.path.join(base_dir, name)
+    def _open_extent_file(self, name: str, where: str) -> BlockDriver:
+        path = self._host_path(name, where)
         check_field(FMT, os.path.realpath(path) != os.path.realpath(where),
                     f"'{where}': the descriptor names itself as an extent")
         try:
@@ -376,12 +423,8 @@ class VmdkDriver(ReadOnlyFormat):
         return node
 
     def children(self):
-        return (self.file, *self.extent_nodes)
-
-    def close(self) -> None:
-        for n in self.extent_nodes:
-            n.close()
-        self.file.close()
+        return (self.file, *self.extent_nodes, *(() if self.backing is None else
+                                                 (self.backing,)))
 
     def _runs(self, offset: int, length: int) -> list[Run]:
         out: list[Run] = []
