@@ -279,6 +279,16 @@ def test_delta_link_reads_through_the_parent(capsys, qemu_img, qemu_io, tmp_path
     check_against_qemu(capsys, qemu_img, tmp_path, child, None)
     rc, out, _ = bb(capsys, "map", "--output=json", str(child))
     assert '"depth": 1' in out
+    rc, out, _ = bb(capsys, "map", str(child))          # the File column names the parent
+    assert out == qemu(qemu_img, "map", str(child)).stdout and "base.vmdk" in out
+
+
+def test_human_map_names_the_extent_files(capsys, qemu_img, tmp_path, raw):
+    img = tmp_path / "two.vmdk"
+    qemu(qemu_img, "convert", "-f", "raw", "-O", "vmdk", "-o",
+         "subformat=twoGbMaxExtentSparse", str(raw), str(img))
+    rc, out, _ = bb(capsys, "map", str(img))
+    assert out == qemu(qemu_img, "map", str(img)).stdout and "two-s001.vmdk" in out
 
 
 def test_delta_link_faults(capsys, qemu_img, qemu_io, tmp_path, raw):
