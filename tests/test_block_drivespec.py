@@ -193,10 +193,10 @@ def test_unavailable_format_is_a_clear_error(monkeypatch, img):
 
 def test_unknown_format(img):
     with pytest.raises(BlockError, match="format=bogus: unknown format; allowed: qcow2, qed, "
-                                         "raw, vdi, vmdk, vpc"):
+                                         "raw, vdi, vhdx, vmdk, vpc"):
         open_image(img, "bogus")
     # foreign formats (read-only or only recognised) are not "unknown" (test_foreign_probe.py)
-    for fmt in ("vmdk", "vhdx"):
+    for fmt in ("vmdk", "parallels"):
         with pytest.raises(BlockError, match=f"is not a {fmt} image"):
             open_image(img, fmt)
 

@@ -14,7 +14,8 @@ from fmt_helpers import qemu
 
 MiB = 1 << 20
 KINDS = [("vmdk", "subformat=monolithicSparse"), ("vmdk", "subformat=streamOptimized"),
-         ("vpc", "subformat=dynamic"), ("vdi", "static=off"), ("qed", "cluster_size=4096")]
+         ("vpc", "subformat=dynamic"), ("vdi", "static=off"), ("qed", "cluster_size=4096"),
+         ("vhdx", "block_size=1M")]
 
 
 def _source(tmp_path):

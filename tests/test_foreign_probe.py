@@ -1,6 +1,6 @@
 """Foreign image formats are recognised as qemu-img recognises them — never opened as raw
 (which would show the container's metadata as disk data and let the first write destroy
-the image).  Those with a read-only driver (vmdk, vpc, vdi, qed) open read-only and refuse a
+the image).  Those with a read-only driver (vmdk, vpc, vdi, qed, vhdx) open read-only and refuse a
 read-write open; the others are refused with a clear error.  ``-f raw`` still opens
 them raw."""
 
@@ -25,9 +25,9 @@ READABLE = [
     ("vpc", [], "vpc"),
     ("vdi", [], "vdi"),
     ("qed", [], "qed"),
+    ("vhdx", [], "vhdx"),
 ]
 KINDS = [
-    ("vhdx", [], "vhdx"),
     ("qcow", [], "qcow"),
     ("parallels", [], "parallels"),
     ("luks", ["--object", "secret,id=s,data=x", "-o", "key-secret=s,iter-time=10"], "luks"),

@@ -1,6 +1,6 @@
 """Foreign image formats: recognised (never mistaken for raw), some of them read.
 
-vmdk, vpc, qed and vdi have read-only drivers (:mod:`blockbed.block.vmdk` …,
+vmdk, vpc, vhdx, qed and vdi have read-only drivers (:mod:`blockbed.block.vmdk` …,
 listed in ``IMPLEMENTED``, see docs/foreign-formats.md); the others are only
 recognised and refused with a clear error.
 
@@ -119,7 +119,8 @@ def _refuse_create(name: str):
 
 # Formats read by their own read-only driver (imported on first use by the registry).
 IMPLEMENTED = {"vmdk": "blockbed.block.vmdk", "vpc": "blockbed.block.vpc",
-               "qed": "blockbed.block.qed", "vdi": "blockbed.block.vdi"}
+               "qed": "blockbed.block.qed", "vdi": "blockbed.block.vdi",
+               "vhdx": "blockbed.block.vhdx"}
 RECOGNISED_ONLY = frozenset(PROBES) - frozenset(IMPLEMENTED)
 
 
