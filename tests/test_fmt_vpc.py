@@ -92,6 +92,7 @@ TABLE_OFFSET, ENTRIES, BLOCK_SIZE = DYN + 16, DYN + 28, DYN + 32
 CASES = [
     ("differencing", TYPE, ">I", 4, ["differencing", "parent"]),
     ("type", TYPE, ">I", 9, ["unknown disk type 9"]),
+    ("fixed-at-0", TYPE, ">I", 2, ["fixed disk with its footer at offset 0"]),
     ("dyn-magic", DYN, "8s", b"cxsparsx", ["invalid header magic"]),
     ("block-size", BLOCK_SIZE, ">I", 3000, ["invalid block size 3000"]),
     ("block-size0", BLOCK_SIZE, ">I", 0, ["invalid block size 0"]),

@@ -100,8 +100,9 @@ class VpcDriver(ReadOnlyFormat):
                                                 "supported: they need their parent; convert "
                                                 "the chain with qemu-img")
         check_field(FMT, dtype in (FIXED, DYNAMIC), f"unknown disk type {dtype}")
-        if self.disk_type == DYNAMIC and dtype == FIXED:
-            self.disk_type = FIXED              # a footer copy at 0 of a fixed disk
+        check_field(FMT, not (self.disk_type == DYNAMIC and dtype == FIXED),
+                    "a fixed disk with its footer at offset 0 (its data would start with "
+                    "the footer); QEMU reads the footer at 0 as a dynamic disk's")
         self.creator = creator
         self.size = self._size(cyls, heads, secs, current, creator, size_calc)
         if self.disk_type == FIXED:
