@@ -129,7 +129,8 @@ class SparseExtent:
         if sys.byteorder == "big":
             self.gd.byteswap()
         gt_bytes = h.gtes_per_gt * 4
-        for i, sector in enumerate(self.gd):           # every grain table inside the file
+        over = self.gd and max(self.gd) * SECTOR + gt_bytes > self.file_len
+        for i, sector in enumerate(self.gd if over else ()):   # every GT inside the file
             if sector and sector * SECTOR + gt_bytes > self.file_len:
                 check_range(FMT, f"'{where}': grain table {i}", sector * SECTOR, gt_bytes,
                             self.file_len)
@@ -201,7 +202,8 @@ class SparseExtent:
                 elif e == 1 and self.zero_grain:
                     out.append(Run(base + pos, n, ZERO))
                 elif self.h.compressed:
-                    out.append(Run(base + pos, n, SPECIAL, self.node, token=(self, e, base)))
+                    out.append(Run(base + pos, n, SPECIAL, self.node,
+                                   token=(self, e, base + grain * gb)))
                 else:
                     out.append(Run(base + pos, n, DATA, self.node, e * SECTOR + pos % gb))
         return out
@@ -438,17 +440,8 @@ class VmdkDriver(ReadOnlyFormat):
         return merge_runs(out)
 
     def _read_special(self, run: Run, offset: int, buf: memoryview) -> None:
-        ext, _, base = run.token
-        pos = 0
-        while pos < len(buf):                  # a SPECIAL run covers at most one grain
-            rel = offset + pos - base
-            grain = rel // ext.grain_bytes
-            gt = ext._gt(grain // ext.h.gtes_per_gt)
-            sector = gt[grain % ext.h.gtes_per_gt]
-            n = min(len(buf) - pos, (grain + 1) * ext.grain_bytes - rel)
-            ext.read_compressed(sector, rel % ext.grain_bytes, buf[pos:pos + n])
-            pos += n
-
+        ext, sector, grain_start = run.token       # a SPECIAL run is (part of) one grain
+        ext.read_compressed(sector, offset - grain_start, buf)
 
 def open(file_node: BlockDriver, *, read_only: bool, options: dict, opener=None) -> BlockDriver:
     if options:
