@@ -304,3 +304,17 @@ def test_delta_link_faults(capsys, qemu_img, qemu_io, tmp_path, raw):
                                         b"parentCID", b"parentCID", 1))
     (tmp_path / "chil.vmdk").symlink_to(child)                       # a loop: child -> itself
     expect_clear_error(capsys, child, [], "creates an infinite loop")
+
+
+def test_vmfs_descriptor(capsys, qemu_img, tmp_path, raw):
+    """createType vmfs with a VMFS extent (ESX's flat disk), as qemu-img reads it.  (No
+    blank line before the extent line: QEMU 7.2's sscanf reads across it and adds the
+    extent twice, doubling the disk; blockbed reads such a descriptor correctly.)"""
+    size = raw.stat().st_size
+    flat = tmp_path / "esx-flat.vmdk"
+    flat.write_bytes(raw.read_bytes())
+    img = tmp_path / "esx.vmdk"
+    img.write_text('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+                   'createType="vmfs"\n# Extent description\n'
+                   f'RW {size // 512} VMFS "esx-flat.vmdk"\n')
+    check_against_qemu(capsys, qemu_img, tmp_path, img, raw)
