@@ -62,16 +62,18 @@ def test_zero_grains_read_as_zeros(capsys, qemu_img, qemu_io, tmp_path, raw):
            '"data": false' in out
 
 
-def test_several_extents_across_the_2g_boundary(capsys, qemu_img, qemu_io, tmp_path):
-    """twoGbMaxExtentSparse of 5 GiB: three extent files; data on both sides of each seam."""
+@pytest.mark.parametrize("kind", ["Sparse", "Flat"])
+def test_several_extents_across_the_2g_boundary(capsys, qemu_img, qemu_io, tmp_path, kind):
+    """twoGbMaxExtent{Sparse,Flat} of 5 GiB: three extent files; data on both sides of each
+    seam."""
     img = tmp_path / "big.vmdk"
-    qemu(qemu_img, "create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse",
+    qemu(qemu_img, "create", "-q", "-f", "vmdk", "-o", f"subformat=twoGbMaxExtent{kind}",
          str(img), "5G")
     seams = [(2 << 30) - 4096, (4 << 30) - 4096, (5 << 30) - 12288]
     for n, off in enumerate(seams):
         subprocess.run([qemu_io, "-f", "vmdk", "-c", f"write -P {n + 0x41} {off} 8k",
                         str(img)], check=True, capture_output=True)
-    assert len(list(tmp_path.glob("big-s*.vmdk"))) == 3
+    assert len(list(tmp_path.glob(f"big-{kind[0].lower()}*.vmdk"))) == 3
     rc, out, err = bb(capsys, "map", "--output=json", str(img))
     assert rc == 0, err
     assert out == qemu(qemu_img, "map", "--output=json", str(img)).stdout
