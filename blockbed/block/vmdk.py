@@ -12,9 +12,11 @@ Layouts (VMware "Virtual Disk Format 1.1"; behaviour as QEMU 7.2 block/vmdk.c):
 * **streamOptimized**: the same header with compression = 1 (deflate) and
   markers; each grain is ``lba (u64), size (u32), zlib data``.  A gdOffset of
   ``GD_AT_END`` means the real header is the footer 1536 bytes from the end.
+* an ESX ``COWD`` extent (vmfsSparse, QEMU's VMDK3) has the same two-level
+  table with 4096-entry grain tables and no zero grains or compression.
 * a **text descriptor** lists extents: ``RW|RDONLY SECTORS TYPE "FILE" [OFFSET]``
-  with TYPE FLAT/VMFS (raw bytes at OFFSET sectors), SPARSE (a hosted sparse
-  file) or ZERO; FILE is relative to the descriptor's directory
+  with TYPE FLAT/VMFS (raw bytes at OFFSET sectors), SPARSE/VMFSSPARSE (a
+  hosted sparse or COWD file) or ZERO; FILE is relative to the descriptor's directory
   (monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat, vmfs).
 
 A **delta link** (``parentCID`` other than ``ffffffff``, in a descriptor file
@@ -25,7 +27,7 @@ as QEMU does) and its ``CID`` must equal ``parentCID``.
 Differences from QEMU: QEMU skips RDONLY and ZERO extent lines (their sectors
 vanish from the disk); blockbed reads them as VMware does.  A parent whose CID
 does not match fails at open (QEMU fails the first read that needs it).  ESX
-``COWD``/seSparse extents are refused with a clear message.
+seSparse extents are refused with a clear message.
 
 Every header field is validated in :func:`_parse_sparse_header` and every
 table entry where its table is loaded (:meth:`SparseExtent._gt`).
@@ -105,6 +107,25 @@ def _parse_sparse_header(raw: bytes, file_len: int, where: str) -> SparseHeader:
                         grain_off, compress == 1)
 
 
+COWD_HEADER = struct.Struct("<4sIIIIII")          # VMDK3 (ESX vmfsSparse) header start
+COWD_GTES = 4096                                   # a COWD grain table's fixed size
+
+
+def _parse_cowd_header(raw: bytes, file_len: int, where: str) -> SparseHeader:
+    """Decode and validate an ESX ``COWD`` (vmfsSparse) header, as QEMU's
+    vmdk_open_vmfs_sparse reads it: 4096-entry grain tables, no zero grains."""
+    check_field(FMT, len(raw) >= COWD_HEADER.size, f"'{where}': file is too small, not a "
+                                                   "valid image")
+    _magic, version, flags, sectors, grain, gd_off, gd_size = COWD_HEADER.unpack_from(raw)
+    check_field(FMT, grain != 0, f"'{where}': L1 entry size is invalid")
+    check_field(FMT, grain <= MAX_GRAIN_SECTORS, f"'{where}': invalid granularity, image may "
+                                                 "be corrupt")
+    check_field(FMT, gd_size * COWD_GTES * grain >= sectors,
+                f"'{where}': the grain directory ({gd_size} entries) does not cover the "
+                f"{sectors} sectors of the disk")
+    return SparseHeader(version, flags, sectors, grain, 0, 0, COWD_GTES, gd_off, 0, False)
+
+
 class SparseExtent:
     """One hosted sparse extent file: GD loaded at open, GTs loaded (and checked) on use."""
 
@@ -114,8 +135,10 @@ class SparseExtent:
         self.file_len = node.length()
         if head is None:
             head = read_exact(node, 0, min(SECTOR, self.file_len))
-        h = _parse_sparse_header(head, self.file_len, where)
-        if h.gd_offset == GD_AT_END:
+        self.cowd = head[:4] == b"COWD"
+        h = (_parse_cowd_header if self.cowd else _parse_sparse_header)(head, self.file_len,
+                                                                         where)
+        if h.gd_offset == GD_AT_END and not self.cowd:
             h = self._footer_header(h)
         self.h = h
         self.sectors = h.capacity
@@ -134,7 +157,7 @@ class SparseExtent:
             if sector and sector * SECTOR + gt_bytes > self.file_len:
                 check_range(FMT, f"'{where}': grain table {i}", sector * SECTOR, gt_bytes,
                             self.file_len)
-        self.zero_grain = bool(h.flags & FLAG_ZERO_GRAIN)
+        self.zero_grain = bool(h.flags & FLAG_ZERO_GRAIN) and not self.cowd
         self.marker = bool(h.flags & FLAG_MARKER)
         self._cache: dict[int, array.array | None] = {}
 
@@ -273,7 +296,8 @@ def parse_descriptor(text: str, where: str) -> tuple[dict[str, str], list[tuple]
     create_type = fields.get("createType")
     check_field(FMT, create_type is not None, f"'{where}': invalid VMDK image descriptor "
                                               "(no createType)")
-    check_field(FMT, create_type in ("monolithicFlat", "vmfs", "twoGbMaxExtentSparse",
+    check_field(FMT, create_type in ("monolithicFlat", "vmfs", "vmfsSparse",
+                                     "twoGbMaxExtentSparse",
                                      "twoGbMaxExtentFlat", "monolithicSparse",
                                      "streamOptimized"),
                 f"'{where}': unsupported image type '{create_type}'")
@@ -305,7 +329,7 @@ def _parse_extent_line(line: str, where: str) -> tuple[str, int, str, str, int]:
         offset = int(tail)
     else:
         check_field(FMT, tail == "", bad)
-    check_field(FMT, kind in ("FLAT", "VMFS", "SPARSE", "ZERO"),
+    check_field(FMT, kind in ("FLAT", "VMFS", "SPARSE", "VMFSSPARSE", "ZERO"),
                 f"'{where}': unsupported extent type '{kind}'")
     check_field(FMT, access != "NOACCESS", f"'{where}': extent '{name}' is NOACCESS")
     return access, int(sectors_s), kind, name, offset
@@ -354,8 +378,11 @@ class VmdkDriver(ReadOnlyFormat):
                     ext.h.desc_offset * SECTOR, flen, ext.h.desc_size * SECTOR), where)
             self._open_parent(fields, where)
             return
-        check_field(FMT, head[:4] != b"COWD", f"'{where}': ESX COWD (vmfsSparse) extents "
-                                              "are not supported")
+        if head[:4] == b"COWD":
+            self.create_type = "vmfsSparse"
+            self.extents = [SparseExtent(self.file, where, head)]
+            self.cid = None
+            return
         self._open_descriptor(self._read_text(0, flen), where)
 
     def _read_text(self, offset: int, flen: int, size: int = MAX_DESCRIPTOR) -> str:
