@@ -73,3 +73,31 @@ def test_damaged_metadata_never_crashes(qemu_img, tmp_path, fmt, opts):
         finally:
             node.close()
     assert errors                                   # the damage was noticed sometimes
+
+
+def test_random_descriptors_never_crash(tmp_path):
+    """Descriptor text assembled from plausible and broken pieces: BlockError or a node."""
+    (tmp_path / "f.vmdk").write_bytes(bytes(4096))
+    rnd = random.Random(11)
+    pieces = ['createType="monolithicFlat"', 'createType="twoGbMaxExtentSparse"',
+              'createType="vmfs"', 'createType=', 'parentCID=ffffffff', 'parentCID=zz',
+              'parentCID=12345678', 'parentFileNameHint="f.vmdk"', 'CID=1', 'version=1',
+              'RW 8 FLAT "f.vmdk" 0', 'RW 8 FLAT "f.vmdk" 99', 'RW 8 SPARSE "f.vmdk"',
+              'RDONLY 4 ZERO "z"', 'RW -1 FLAT "f.vmdk" 0', 'RW 8 FLAT "f.vmdk', 'RW',
+              'NOACCESS 8 FLAT "f.vmdk" 0', 'RW 8 VMFS "f.vmdk"', 'RW 8 VMFS "/nonexistent"',
+              '# comment', '', '\x00', 'ddb.geometry.cylinders = "20"', '"', '==']
+    img = tmp_path / "d.vmdk"
+    for _ in range(int(os.environ.get("FMT_FUZZ_N", "150")) * 2):
+        lines = [rnd.choice(pieces) for _ in range(rnd.randint(1, 8))]
+        img.write_text("# Disk DescriptorFile\n" + "\n".join(lines) + "\n")
+        try:
+            node = registry.open_image(str(img), "vmdk", read_only=True)
+        except BlockError as e:
+            assert "\n" not in str(e)
+            continue
+        try:
+            _read_all(node)
+        except BlockError as e:
+            assert "\n" not in str(e)
+        finally:
+            node.close()
