@@ -192,11 +192,13 @@ def test_unavailable_format_is_a_clear_error(monkeypatch, img):
 
 
 def test_unknown_format(img):
-    with pytest.raises(BlockError, match="format=bogus: unknown format; allowed: qcow2, raw"):
+    with pytest.raises(BlockError, match="format=bogus: unknown format; allowed: qcow2, qed, "
+                                         "raw, vdi, vhdx, vmdk, vpc"):
         open_image(img, "bogus")
-    # formats blockbed recognises but does not read are not "unknown" (test_foreign_probe.py)
-    with pytest.raises(BlockError, match="is not a vmdk image"):
-        open_image(img, "vmdk")
+    # foreign formats (read-only or only recognised) are not "unknown" (test_foreign_probe.py)
+    for fmt in ("vmdk", "parallels"):
+        with pytest.raises(BlockError, match=f"is not a {fmt} image"):
+            open_image(img, fmt)
 
 
 # --- raw offset/size, against qemu-io ------------------------------------------------

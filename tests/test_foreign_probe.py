@@ -1,6 +1,8 @@
-"""Foreign image formats are recognised as qemu-img recognises them and refused with a
-clear error — never opened as raw (which would show the container's metadata as disk
-data and let the first write destroy the image).  ``-f raw`` still opens them raw."""
+"""Foreign image formats are recognised as qemu-img recognises them — never opened as raw
+(which would show the container's metadata as disk data and let the first write destroy
+the image).  Those with a read-only driver (vmdk, vpc, vdi, qed, vhdx) open read-only and refuse a
+read-write open; the others are refused with a clear error.  ``-f raw`` still opens
+them raw."""
 
 from __future__ import annotations
 
@@ -15,15 +17,17 @@ from blockbed.cli import main as blockbed_main
 from conftest import run_qemu_pbkdf
 
 # (qemu-img create -f FMT, extra options, the format name qemu-img info reports)
-KINDS = [
+READABLE = [
     ("vmdk", [], "vmdk"),
     ("vmdk", ["-o", "subformat=streamOptimized"], "vmdk"),
     ("vmdk", ["-o", "subformat=monolithicFlat"], "vmdk"),       # a text descriptor
     ("vmdk", ["-o", "subformat=twoGbMaxExtentSparse"], "vmdk"),
     ("vpc", [], "vpc"),
-    ("vhdx", [], "vhdx"),
     ("vdi", [], "vdi"),
     ("qed", [], "qed"),
+    ("vhdx", [], "vhdx"),
+]
+KINDS = [
     ("qcow", [], "qcow"),
     ("parallels", [], "parallels"),
     ("luks", ["--object", "secret,id=s,data=x", "-o", "key-secret=s,iter-time=10"], "luks"),
@@ -50,6 +54,27 @@ def test_foreign_image_is_detected_and_refused(qemu_img, tmp_path, capsys, fmt, 
             registry.open_image(str(img), f, read_only=False)
     assert img.read_bytes() == before
     # explicitly raw: opens, as in QEMU
+    assert blockbed_main(["img", "info", "-f", "raw", str(img)]) == 0
+    assert "file format: raw" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt,extra,name", READABLE, ids=lambda v: v if isinstance(v, str)
+                         else "")
+def test_readable_foreign_image_opens_read_only(qemu_img, tmp_path, capsys, fmt, extra, name):
+    img = tmp_path / f"disk.{fmt}"
+    p = run_qemu_pbkdf(qemu_img, "create", "-q", "-f", fmt, *extra, str(img), "10M")
+    assert p.returncode == 0, p.stderr
+    before = img.read_bytes()
+    capsys.readouterr()
+    assert blockbed_main(["img", "info", str(img)]) == 0
+    assert f"file format: {name}" in capsys.readouterr().out
+    with open(img, "rb") as f:
+        assert registry.probe_other_format(f.read(registry.PROBE_BYTES)) == name
+    for f in (None, name):
+        with pytest.raises(BlockError, match="read-only"):
+            registry.open_image(str(img), f, read_only=False)
+        registry.open_image(str(img), f, read_only=True).close()
+    assert img.read_bytes() == before
     assert blockbed_main(["img", "info", "-f", "raw", str(img)]) == 0
     assert "file format: raw" in capsys.readouterr().out
 

@@ -1,4 +1,8 @@
-"""Image formats blockbed recognises but does not read: never mistaken for raw.
+"""Foreign image formats: recognised (never mistaken for raw), some of them read.
+
+vmdk, vpc, vhdx, qed and vdi have read-only drivers (:mod:`blockbed.block.vmdk` …,
+listed in ``IMPLEMENTED``, see docs/foreign-formats.md); the others are only
+recognised and refused with a clear error.
 
 Opening a VMDK or VHDX as raw shows the guest the container's metadata as disk
 data, and the first write destroys the image.  QEMU avoids that by probing every
@@ -113,6 +117,13 @@ def _refuse_create(name: str):
     return create
 
 
+# Formats read by their own read-only driver (imported on first use by the registry).
+IMPLEMENTED = {"vmdk": "blockbed.block.vmdk", "vpc": "blockbed.block.vpc",
+               "qed": "blockbed.block.qed", "vdi": "blockbed.block.vdi",
+               "vhdx": "blockbed.block.vhdx"}
+RECOGNISED_ONLY = frozenset(PROBES) - frozenset(IMPLEMENTED)
+
+
 def register(register_format) -> None:
-    for name, probe in PROBES.items():
-        register_format(name, probe, _refuse_open(name), _refuse_create(name))
+    for name in sorted(RECOGNISED_ONLY):
+        register_format(name, PROBES[name], _refuse_open(name), _refuse_create(name))

@@ -169,7 +169,8 @@ register_format("raw", _raw.probe, _raw_open, _raw_create)
 # formats recognised (never opened as raw by mistake) but not read: see foreign.py
 from . import foreign as _foreign  # noqa: E402
 _foreign.register(register_format)
-_recognised_only.update(_foreign.PROBES)
+_recognised_only.update(_foreign.RECOGNISED_ONLY)
+_lazy.update(_foreign.IMPLEMENTED)          # read-only drivers of foreign formats
 
 
 def is_nbd_filename(name: str) -> bool:
