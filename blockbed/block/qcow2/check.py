@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .cache import load_be_array
+from .corrupt import c_hex
 from .cluster import (L1E_OFFSET_MASK, L1E_RESERVED, L2E_OFFSET_MASK, L2E_STD_RESERVED,
                       OFLAG_COPIED, OFLAG_ZERO, ClusterType)
 from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, BitmapDirEntry
@@ -99,6 +100,7 @@ class _Checker:
         self.fix_errors = False
         self.broken: set[int] = set()
         self.rebuild = False          # QEMU check_refblocks' *rebuild
+        self.unreadable: set[int] = set()    # table indices whose block gives EIO
 
     def msg(self, s: str) -> None:
         self.res.messages.append(s)
@@ -353,10 +355,15 @@ class _Checker:
         out = [0] * n
         broken: set[int] = set()
         table = self.drv.refcounts.table
+        self.unreadable = set()
         for ti in range(min(len(table), (n >> self.rb_bits) + 1)):
             off = table[ti]
             if not off:
                 continue
+            if off & REFT_OFFSET_MASK & (self.cs - 1):
+                # QEMU qcow2_get_refcount masks the reserved bits and refuses an
+                # unaligned block with EIO: its clusters have no stored refcount
+                self.unreadable.add(ti)
             if off % self.cs or off >= self.flen:
                 broken.add(ti)
                 continue
@@ -396,6 +403,8 @@ def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bo
     n = max(ck.nb, ck.refs.n)
     refs_list.extend([0] * (n - len(refs_list)))
     stored.extend([0] * (n - len(stored)))
+    if ck.unreadable:
+        _unreadable_blocks(drv, res, ck, n, refs_list, stored)
     # QEMU: the highest cluster with a stored refcount or a reference
     highest = -1
     for base in range(((n - 1) // 4096) * 4096 if n else 0, -1, -4096):
@@ -405,6 +414,8 @@ def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bo
         if any(chunk) or any(schunk):
             highest = base + max(j for j in range(len(chunk)) if chunk[j] or schunk[j])
             break
+    if ck.unreadable:
+        highest = max(highest, 0)      # QEMU's highest_cluster starts at cluster 0
     rebuild = False
     rc = drv.refcounts
     fixed_any = False
@@ -452,6 +463,30 @@ def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bo
     return rebuild, stored, highest
 
 
+def _unreadable_blocks(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", n: int,
+                       refs_list: list[int], stored: list[int]) -> None:
+    """QEMU compare_refcounts on clusters whose refcount block is unaligned: the
+    first lookup signals corruption (marking a writable image corrupt), each
+    cluster is "Can't get refcount" (an internal error) and is not compared."""
+    ti0 = min(ck.unreadable)
+    off = drv.refcounts.table[ti0] & REFT_OFFSET_MASK
+    why = f"Refblock offset {c_hex(off)} unaligned (reftable index: {c_hex(ti0)})"
+    if drv.read_only:
+        res.messages.append(f"qcow2: Image is corrupt: {why}; further non-fatal corruption "
+                            "events will be suppressed")
+    else:
+        res.messages.append(f"qcow2: Marking image as corrupt: {why}; further corruption "
+                            "events will be suppressed")
+        drv.header.incompatible_features |= INCOMPAT_CORRUPT
+        drv._write_features()
+        drv.corrupt = True
+    for ti in sorted(ck.unreadable):
+        for i in range(ti << ck.rb_bits, min(n, (ti + 1) << ck.rb_bits)):
+            res.messages.append(f"Can't get refcount for cluster {i}: Input/output error")
+            res.check_errors += 1
+            refs_list[i] = stored[i] = 0      # neither compared nor the highest cluster
+
+
 def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> CheckResult:
     """One pass of QEMU's qcow2_check_refcounts + check_oflag_copied."""
     h = drv.header
@@ -469,11 +504,18 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     pre = (res.corruptions, res.leaks)
     rebuild, stored, highest = _compare(drv, res, ck, False, False)
     rebuild = rebuild or ck.rebuild
+    rebuilt = False
     if rebuild and fix_errors:
         old = (res.corruptions, res.leaks)
         res.messages.append("Rebuilding refcount structure")
         refs = ck.refs.a
-        _rebuild_refcounts(drv, [refs[i] for i in range(ck.refs.n)])
+        try:
+            _rebuild_refcounts(drv, [refs[i] for i in range(ck.refs.n)])
+        except _RebuildFailed as e:
+            res.messages.append(f"qemu-img: {e}")
+            res.failed = "Input/output error"
+            return res
+        rebuilt = True
         res.corruptions = res.leaks = 0
         scratch = CheckResult()
         ck2 = _Checker(drv, scratch)
@@ -498,7 +540,8 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     # QEMU check_oflag_copied: -r all always repairs; -r leaks only when nothing else is wrong
     copied_fix = fix_errors or (fix_leaks and not (res.check_errors or res.corruptions
                                                    or res.leaks))
-    _check_copied(drv, res, stored, copied_fix)
+    _check_copied(drv, res, stored, copied_fix, ck.unreadable if not rebuilt else set(),
+                  ck.rb_bits)
     # QEMU qcow2_co_check_locked: a repair that leaves no corruption marks the image
     # clean (dirty bit) and consistent (corrupt bit)
     if repair and not res.corruptions and not res.check_errors and not drv.read_only:
@@ -511,14 +554,20 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     return res
 
 
-def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: bool) -> None:
-    """OFLAG_COPIED must be set exactly when the refcount is 1 (QEMU check_oflag_copied)."""
+def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: bool,
+                  unreadable: set[int], rb_bits: int) -> None:
+    """OFLAG_COPIED must be set exactly when the refcount is 1 (QEMU check_oflag_copied).
+    A cluster whose refcount cannot be read (``unreadable`` refcount blocks) is
+    skipped silently, as QEMU does; an L1 table the driver refuses to use
+    (``mapping.damage``) is not written."""
     cb, cs = drv.cluster_bits, drv.cluster_size
     mp = drv.mapping
     flen = drv.file.length()
 
-    def rc(off: int) -> int:
+    def rc(off: int) -> int | None:
         ci = off >> cb
+        if ci >> rb_bits in unreadable:
+            return None
         return stored[ci] if ci < len(stored) else 0
 
     for l1i, e in enumerate(mp.l1):
@@ -526,11 +575,12 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: 
         if not l2off or e & 0x1FF:
             continue
         r = rc(l2off)
-        if (r == 1) != bool(e & OFLAG_COPIED):
-            word = "Repairing" if fix else "ERROR"
+        if r is not None and (r == 1) != bool(e & OFLAG_COPIED):
+            fix_l1 = fix and not mp.damage
+            word = "Repairing" if fix_l1 else "ERROR"
             res.messages.append(f"{word} OFLAG_COPIED L2 cluster: l1_index={l1i} "
                                 f"l1_entry={e:x} refcount={r}")
-            if fix:
+            if fix_l1:
                 mp.l1[l1i] = (e | OFLAG_COPIED) if r == 1 else (e & ~OFLAG_COPIED)
                 mp.write_l1_entry(l1i)
                 res.corruptions_fixed += 1
@@ -548,7 +598,7 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: 
                     or drv.has_data_file:
                 continue
             r = rc(le & L2E_OFFSET_MASK)
-            if (r == 1) != bool(le & OFLAG_COPIED):
+            if r is not None and (r == 1) != bool(le & OFLAG_COPIED):
                 word = "Repairing" if fix else "ERROR"
                 res.messages.append(f"{word} OFLAG_COPIED data cluster: l2_entry={le:x} "
                                     f"refcount={r}")
@@ -563,6 +613,10 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: 
             from .cache import dump_be_array
             drv.file.write(l2off, dump_be_array(table))
             drv.file.flush()
+
+
+class _RebuildFailed(Exception):
+    """rebuild_refcount_structure failed before writing anything (qemu-img's message)."""
 
 
 def _rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
@@ -632,6 +686,19 @@ def _rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
         write_refblocks(0, len(vals))
     t = table_clusters
     start = table_at
+    # QEMU writes the new blocks and table through qcow2_pre_write_overlap_check,
+    # which still sees the old refcount table's entries: a new block or table on a
+    # cluster an old (broken, so uncounted) entry points into fails the rebuild
+    old = [e & REFT_OFFSET_MASK for e in drv.refcounts.table if e & REFT_OFFSET_MASK]
+
+    def hits_old(ci: int, n: int) -> bool:
+        lo, hi = ci << cb, (ci + n) << cb
+        return any(o < hi and lo < o + cs for o in old)
+
+    if any(hits_old(ci, 1) for ci in blocks_at.values()):
+        raise _RebuildFailed("ERROR writing refblock: Input/output error")
+    if hits_old(start, t):
+        raise _RebuildFailed("ERROR writing reftable: Input/output error")
     table = [0] * (t * cs // 8)
     f = drv.file
     for ti, ci in sorted(blocks_at.items()):

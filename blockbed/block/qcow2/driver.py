@@ -123,7 +123,7 @@ class Qcow2Driver(BlockDriver):
             raise ImageFormatError(f"Unsupported cluster size: 2^{cb}")
         raw = bytearray(min(flen, 1 << cb))
         file.read(0, memoryview(raw))
-        self.header: Header = parse_header(bytes(raw), flen)
+        self.header: Header = parse_header(bytes(raw))
         h = self.header
         self.cluster_bits = h.cluster_bits
         self.cluster_size = h.cluster_size
@@ -430,7 +430,7 @@ class Qcow2Driver(BlockDriver):
         if n and (offset & cmask) + n <= self.cluster_size:
             mp = self.mapping
             l1i = offset >> (cb + self.l2_bits)
-            if l1i < len(mp.l1):
+            if l1i < len(mp.l1) and not mp.damage:
                 e1 = mp.l1[l1i]
                 # cluster-aligned L2 table and data cluster only; anything else takes
                 # the slow path, which signals corruption (qcow2_get_host_offset)
@@ -619,7 +619,7 @@ class Qcow2Driver(BlockDriver):
             # fast path: overwrite in place (OFLAG_COPIED: the cluster is ours alone)
             mp = self.mapping
             l1i = offset >> (cb + self.l2_bits)
-            if l1i < len(mp.l1):
+            if l1i < len(mp.l1) and not mp.damage:
                 e1 = mp.l1[l1i]
                 # only cluster-aligned tables/clusters; the slow path signals corruption
                 if e1 & OFLAG_COPIED and e1 & cmask == 0:
