@@ -1,6 +1,7 @@
 """qcow2 images whose L1, refcount or snapshot table lies at offset 0 or past the end
 of the file, or whose refcount table has an unaligned entry (issue #12), against
-qemu-img 7.2 on the same file.
+qemu-img 7.2 on the same file.  (A snapshot table past the end reads as one
+all-zero entry, which ``check`` reports as incomplete and ``-r all`` rewrites.)
 
 QEMU opens all of them (it validates only a table's alignment and size at open),
 so ``info`` and ``check`` must give qemu-img's output and exit status, and
@@ -34,7 +35,7 @@ from qcow2_corpus import KINDS, SIZE, build_base, make
 
 CASES = ["hdr-l1-offset-past-eof", "hdr-l1-offset-zero", "hdr-reftable-past-eof",
          "hdr-reftable-zero", "reftable-entry-unaligned", "reftable-entry-past-eof",
-         "reftable-entry-zero"]
+         "reftable-entry-zero", "hdr-snapshots-past-eof"]
 BY_NAME = {k.name: k for k in KINDS}
 L1_DAMAGE = {"hdr-l1-offset-past-eof", "hdr-l1-offset-zero"}
 REFTABLE_DAMAGE = {"hdr-reftable-past-eof", "hdr-reftable-zero"}
@@ -101,6 +102,8 @@ def test_repair_repairs_what_qemu_img_repairs(base, tmp_path, capsys, qemu_img, 
     after_b = _qemu(qemu_img, ["check", str(ours_img)])
     assert (after_b[0] == 0) == (after_q[0] == 0), after_b
     assert after_b[0] == after_q[0]
+    assert _qemu(qemu_img, ["snapshot", "-l", str(ours_img)]) == \
+        _qemu(qemu_img, ["snapshot", "-l", str(theirs)])
     if after_q[0] == 0:
         qd, bd = tmp_path / "q.raw", tmp_path / "b.raw"
         subprocess.run([qemu_img, "convert", "-O", "raw", str(theirs), str(qd)], check=True)

@@ -25,6 +25,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..driver import BlockError
 from .cache import load_be_array
 from .corrupt import c_hex
 from .cluster import (L1E_OFFSET_MASK, L1E_RESERVED, L2E_OFFSET_MASK, L2E_STD_RESERVED,
@@ -488,12 +489,26 @@ def _unreadable_blocks(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", n: 
             refs_list[i] = stored[i] = 0      # neither compared nor the highest cluster
 
 
+def _incomplete_snapshots(drv: "Qcow2Driver", res: CheckResult, fix: bool) -> int:
+    """QEMU qcow2_check_read_snapshot_table (run before the refcount check): in a v3
+    image every snapshot entry needs at least 16 bytes of extra data (the large VM
+    state size and the disk size); returns how many entries lack them."""
+    if drv.header.version < 3:
+        return 0
+    bad = [i for i, sn in enumerate(drv.snapshots) if sn.disk_size is None]
+    for i in bad:
+        res.messages.append(f"{'Repairing' if fix else 'ERROR'} snapshot table entry {i} "
+                            "is incomplete")
+    return len(bad)
+
+
 def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> CheckResult:
     """One pass of QEMU's qcow2_check_refcounts + check_oflag_copied."""
     h = drv.header
     res.total_clusters = -(-h.size // drv.cluster_size)
     ck = _Checker(drv, res)
     ck.fix_errors = repair == "all" and not drv.read_only
+    incomplete = _incomplete_snapshots(drv, res, ck.fix_errors)
     try:
         ck.walk_everything()
     except (OSError, ValueError) as e:
@@ -543,6 +558,20 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
                                                    or res.leaks))
     _check_copied(drv, res, stored, copied_fix, ck.unreadable if not rebuilt else set(),
                   ck.rb_bits)
+    if incomplete and ck.fix_errors:
+        try:
+            from .snapshot import rewrite_table
+            why = rewrite_table(drv)
+        except BlockError as e:
+            res.messages.append(f"ERROR failed to update snapshot table: {e}")
+            res.check_errors += 1
+            res.corruptions += incomplete
+        else:
+            if why:
+                res.messages.append(why)
+            res.corruptions_fixed += incomplete
+    else:
+        res.corruptions += incomplete
     # QEMU qcow2_co_check_locked: a repair that leaves no corruption marks the image
     # clean (dirty bit) and consistent (corrupt bit)
     if repair and not res.corruptions and not res.check_errors and not drv.read_only:

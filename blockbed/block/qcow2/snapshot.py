@@ -112,13 +112,14 @@ def validate_snapshot_l1(snap: Snapshot, cluster_size: int, file_length: int) ->
 # --- writing the table and changing snapshots (QEMU block/qcow2-snapshot.c) ---------------
 
 def encode_snapshots(snaps: list[Snapshot]) -> bytes:
-    """The snapshot table as QEMU 7.2 writes it (24 bytes of extra data per entry)."""
+    """The snapshot table as QEMU 7.2 writes it (24 bytes of extra data per entry; an
+    unknown icount is written as -1, QEMU's "none")."""
     out = bytearray()
     for s in snaps:
         idb, nameb = s.id_str.encode(), s.name.encode()
         extra = (s.vm_state_size.to_bytes(8, "big")
                  + (s.disk_size or 0).to_bytes(8, "big")
-                 + ((s.icount if s.icount is not None else 0) & (2**64 - 1)).to_bytes(8, "big"))
+                 + ((s.icount if s.icount is not None else -1) & (2**64 - 1)).to_bytes(8, "big"))
         out += SnapshotEntryHeader.build(dict(
             l1_table_offset=s.l1_table_offset, l1_size=s.l1_size, id_str_size=len(idb),
             name_size=len(nameb), date_sec=s.date_sec, date_nsec=s.date_nsec,
@@ -209,8 +210,12 @@ def _write_l1_whole(drv) -> None:
     drv.file.flush()
 
 
-def _write_table(drv, snaps: list[Snapshot]) -> None:
-    """Write a new snapshot table, switch the header to it, free the old one."""
+def _write_table(drv, snaps: list[Snapshot], checked_free: bool = False) -> str | None:
+    """Write a new snapshot table, switch the header to it, free the old one.
+
+    ``checked_free``: an old table whose clusters have no refcount (it lay past the
+    end of the file) is not freed; QEMU's qcow2_free_clusters fails and reverts,
+    and its message is returned."""
     import struct
     h, cs = drv.header, drv.cluster_size
     raw = encode_snapshots(snaps)
@@ -230,7 +235,22 @@ def _write_table(drv, snaps: list[Snapshot]) -> None:
     drv.snapshot_table_bytes = len(raw)
     if old_len:
         drv.overlap.remove(old_off, old_len)
-        drv.refcounts.free(old_off, -(-old_len // cs))
+        n_old = -(-old_len // cs)
+        if checked_free and not all(drv.refcounts.get((old_off >> drv.cluster_bits) + k)
+                                    for k in range(n_old)):
+            return "qcow2_free_clusters failed: Invalid argument"
+        drv.refcounts.free(old_off, n_old)
+    return None
+
+
+def rewrite_table(drv) -> str | None:
+    """Write the snapshot table again with complete extra data (QEMU
+    qcow2_check_fix_snapshot_table, for ``check -r all``): an entry without a
+    disk size gets the image's size, as QEMU's reader fills it in."""
+    from dataclasses import replace
+    snaps = [replace(s, disk_size=drv.header.size if s.disk_size is None else s.disk_size)
+             for s in drv.snapshots]
+    return _write_table(drv, snaps, checked_free=True)
 
 
 def create_snapshot(drv, name: str) -> Snapshot:
