@@ -64,25 +64,31 @@ class CheckResult:
         return 0
 
 
+_WIDTH_TYPECODE = {3: "B", 4: "H", 5: "I", 6: "Q"}
+
+
 class _Refs:
     """Reference counts per cluster.  The array covers the file (and grows a little past
     its end); references far beyond it go to a dict, so a hostile L2 entry pointing
     at 2^55 costs one dict entry, not gigabytes."""
 
-    def __init__(self, n: int):
-        self.a = array("I", bytes(4 * n))
+    def __init__(self, n: int, typecode: str = "I"):
+        self.a = array(typecode, bytes(array(typecode).itemsize * n))
         self.n = n
         self.limit = 2 * n + (1 << 16)
         self.extra: dict[int, int] = {}
+
+    def grow_to(self, n: int) -> None:
+        if n > self.n:
+            self.a.extend(array(self.a.typecode, bytes(self.a.itemsize * (n - self.n))))
+            self.n = n
 
     def inc(self, ci: int) -> None:
         if ci >= self.n:
             if ci >= self.limit:
                 self.extra[ci] = self.extra.get(ci, 0) + 1
                 return
-            grow = min(self.limit, max(ci + 1, self.n + (self.n >> 2) + 16))
-            self.a.extend(array("I", bytes(4 * (grow - self.n))))
-            self.n = grow
+            self.grow_to(min(self.limit, max(ci + 1, self.n + (self.n >> 2) + 16)))
         self.a[ci] += 1
 
 
@@ -95,9 +101,13 @@ class _Checker:
         self.cs = drv.cluster_size
         self.flen = drv.file.length()
         self.nb = -(-self.flen // self.cs)
-        self.refs = _Refs(self.nb)
-        self.max_ref = -1
         self.codec = RefcountCodec(drv.header.refcount_order, self.cs)
+        # counts never exceed the refcount width (inc_range stops at its maximum), so
+        # references and stored refcounts are arrays of that width: a sparse file of
+        # 1 TiB costs 2 bytes per cluster with 16-bit refcounts, as in QEMU
+        self.tc = _WIDTH_TYPECODE[max(3, drv.header.refcount_order)]
+        self.refs = _Refs(self.nb, self.tc)
+        self.max_ref = -1
         self.rb_bits = self.codec.entries.bit_length() - 1
         self.fix_errors = False
         self.broken: set[int] = set()
@@ -351,10 +361,13 @@ class _Checker:
         blk = self.codec.load(self.read(off, self.cs))
         return self.codec.get(blk, ci & ((1 << self.rb_bits) - 1))
 
-    def stored(self) -> tuple[list[int], set[int]]:
+    def zeros(self, n: int) -> array:
+        return array(self.tc, bytes(array(self.tc).itemsize * n))
+
+    def stored(self) -> tuple[array, set[int]]:
         """Stored refcounts for clusters [0, n) and the table indices whose block is unusable."""
         n = max(self.nb, self.refs.n)
-        out = [0] * n
+        out = self.zeros(n)
         broken: set[int] = set()
         table = self.drv.refcounts.table
         self.unreadable = set()
@@ -369,7 +382,8 @@ class _Checker:
             if off % self.cs or off >= self.flen:
                 broken.add(ti)
                 continue
-            vals = self.codec.all_values(self.codec.load(self.read(off, self.cs)))
+            blk = self.codec.load(self.read(off, self.cs))
+            vals = blk if self.codec.order >= 3 else array(self.tc, self.codec.all_values(blk))
             base = ti << self.rb_bits
             k = min(len(vals), n - base)
             if k > 0:
@@ -396,25 +410,27 @@ def check_image(drv: "Qcow2Driver", repair: str | None = None) -> CheckResult:
 
 
 def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bool,
-             fix_errors: bool) -> tuple[bool, list[int], int]:
+             fix_errors: bool) -> tuple[bool, array, int]:
     """QEMU compare_refcounts: report (and, where allowed, fix) every mismatch.
 
     Returns (rebuild needed, stored refcounts, highest referenced cluster)."""
     stored, _ = ck.stored()
-    refs_list = ck.refs.a.tolist()
     n = max(ck.nb, ck.refs.n)
-    refs_list.extend([0] * (n - len(refs_list)))
-    stored.extend([0] * (n - len(stored)))
+    ck.refs.grow_to(n)
+    refs_list = ck.refs.a
+    stored.extend(ck.zeros(n - len(stored)))
     if ck.unreadable:
+        refs_list = array(ck.tc, refs_list)      # a copy: the rebuild needs them all
         _unreadable_blocks(drv, res, ck, n, refs_list, stored)
-    # QEMU: the highest cluster with a stored refcount or a reference
+    # QEMU: the highest cluster with a stored refcount or a reference (stored
+    # refcounts count only inside the file)
     highest = -1
     for base in range(((n - 1) // 4096) * 4096 if n else 0, -1, -4096):
         chunk = refs_list[base:base + 4096]
-        schunk = stored[base:min(base + 4096, ck.nb)] if base < ck.nb else []
-        schunk = schunk + [0] * (len(chunk) - len(schunk))
-        if any(chunk) or any(schunk):
-            highest = base + max(j for j in range(len(chunk)) if chunk[j] or schunk[j])
+        schunk = stored[base:min(base + 4096, ck.nb)] if base < ck.nb else ck.zeros(0)
+        if chunk.count(0) < len(chunk) or schunk.count(0) < len(schunk):
+            highest = base + max(j for j in range(len(chunk))
+                                 if chunk[j] or (j < len(schunk) and schunk[j]))
             break
     if ck.unreadable:
         highest = max(highest, 0)      # QEMU's highest_cluster starts at cluster 0
@@ -466,7 +482,7 @@ def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bo
 
 
 def _unreadable_blocks(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", n: int,
-                       refs_list: list[int], stored: list[int]) -> None:
+                       refs_list: array, stored: array) -> None:
     """QEMU compare_refcounts on clusters whose refcount block is unaligned: the
     first lookup signals corruption (marking a writable image corrupt), each
     cluster is "Can't get refcount" (an internal error) and is not compared."""
@@ -526,7 +542,7 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
         res.messages.append("Rebuilding refcount structure")
         refs = ck.refs.a
         try:
-            rebuild_refcounts(drv, [refs[i] for i in range(ck.refs.n)])
+            rebuild_refcounts(drv, refs[:ck.refs.n])
         except RebuildFailed as e:
             res.messages.append(f"qemu-img: {e}")
             res.failed = "Input/output error"
@@ -584,7 +600,7 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     return res
 
 
-def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: bool,
+def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: array, fix: bool,
                   unreadable: set[int], rb_bits: int) -> None:
     """OFLAG_COPIED must be set exactly when the refcount is 1 (QEMU check_oflag_copied).
     A cluster whose refcount cannot be read (``unreadable`` refcount blocks) is

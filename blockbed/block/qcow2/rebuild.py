@@ -5,6 +5,7 @@ missing or broken)."""
 from __future__ import annotations
 
 import struct
+from array import array
 from typing import TYPE_CHECKING
 
 from .refcount import REFT_OFFSET_MASK, RefcountCodec
@@ -17,7 +18,7 @@ class RebuildFailed(Exception):
     """rebuild_refcount_structure failed before writing anything (qemu-img's message)."""
 
 
-def rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
+def rebuild_refcounts(drv: "Qcow2Driver", target: array) -> None:
     """Write a fresh refcount table and blocks holding ``target`` (QEMU
     rebuild_refcount_structure): refcount blocks and then the table go to the
     first free clusters; the header switches to them last."""
@@ -25,7 +26,7 @@ def rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
     codec = RefcountCodec(drv.header.refcount_order, cs)
     per = codec.entries
     rbb = per.bit_length() - 1
-    vals = list(target)
+    vals = array(target.typecode, target)     # 1 TiB sparse file: not a list of 16M ints
 
     def alloc(n: int, first_free: list[int]) -> int:
         """QEMU alloc_clusters_imrt: first run of ``n`` free clusters from the hint; the
