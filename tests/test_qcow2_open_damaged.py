@@ -35,7 +35,7 @@ from qcow2_corpus import KINDS, SIZE, build_base, make
 
 CASES = ["hdr-l1-offset-past-eof", "hdr-l1-offset-zero", "hdr-reftable-past-eof",
          "hdr-reftable-zero", "reftable-entry-unaligned", "reftable-entry-past-eof",
-         "reftable-entry-zero", "hdr-snapshots-past-eof"]
+         "reftable-entry-zero", "hdr-snapshots-past-eof", "file-truncated-mid-l2"]
 BY_NAME = {k.name: k for k in KINDS}
 L1_DAMAGE = {"hdr-l1-offset-past-eof", "hdr-l1-offset-zero"}
 REFTABLE_DAMAGE = {"hdr-reftable-past-eof", "hdr-reftable-zero"}

@@ -23,7 +23,7 @@ import itertools
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..driver import BlockError
 from .cache import load_be_array
@@ -573,7 +573,7 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     copied_fix = fix_errors or (fix_leaks and not (res.check_errors or res.corruptions
                                                    or res.leaks))
     _check_copied(drv, res, stored, copied_fix, ck.unreadable if not rebuilt else set(),
-                  ck.rb_bits)
+                  ck.rb_bits, ck.stored_one)
     if incomplete and ck.fix_errors:
         try:
             from .snapshot import rewrite_table
@@ -601,7 +601,8 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
 
 
 def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: array, fix: bool,
-                  unreadable: set[int], rb_bits: int) -> None:
+                  unreadable: set[int], rb_bits: int,
+                  stored_one: Callable[[int], int]) -> None:
     """OFLAG_COPIED must be set exactly when the refcount is 1 (QEMU check_oflag_copied).
     A cluster whose refcount cannot be read (``unreadable`` refcount blocks) is
     skipped silently, as QEMU does; an L1 table the driver refuses to use
@@ -614,7 +615,8 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: array, fix: bool
         ci = off >> cb
         if ci >> rb_bits in unreadable:
             return None
-        return stored[ci] if ci < len(stored) else 0
+        # past the counted range (a truncated file): what the refcount block says
+        return stored[ci] if ci < len(stored) else stored_one(ci)
 
     for l1i, e in enumerate(mp.l1):
         l2off = e & L1E_OFFSET_MASK
