@@ -36,6 +36,12 @@ from qcow2_corpus import KINDS, SIZE, build_base, make
 CASES = ["hdr-l1-offset-past-eof", "hdr-l1-offset-zero", "hdr-reftable-past-eof",
          "hdr-reftable-zero", "reftable-entry-unaligned", "reftable-entry-past-eof",
          "reftable-entry-zero", "hdr-snapshots-past-eof", "file-truncated-mid-l2"]
+#: damage qemu-img refuses to open except for ``check`` (QEMU's BDRV_O_CHECK skips
+#: these checks and qcow2_check_read_snapshot_table reports the snapshot table)
+CHECK_ONLY = ["hdr-reftable-clusters-zero", "hdr-snapshots-unaligned", "snap-extra-size-huge"]
+#: ``-r all`` of too much extra snapshot metadata (QEMU discards it) is not done yet
+REPAIRS = [(n, m) for n in CASES + CHECK_ONLY for m in ("leaks", "all")
+           if (n, m) != ("snap-extra-size-huge", "all")]
 BY_NAME = {k.name: k for k in KINDS}
 L1_DAMAGE = {"hdr-l1-offset-past-eof", "hdr-l1-offset-zero"}
 REFTABLE_DAMAGE = {"hdr-reftable-past-eof", "hdr-reftable-zero"}
@@ -75,7 +81,7 @@ def test_info_opens_what_qemu_img_opens(base, tmp_path, capsys, qemu_img, name):
     assert ours[:2] == q[:2], ours[2]
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASES + CHECK_ONLY)
 def test_check_reports_what_qemu_img_reports(base, tmp_path, capsys, qemu_img, name):
     img = _damaged(base, tmp_path, name)
     q = _qemu(qemu_img, ["check", str(img)])
@@ -85,11 +91,13 @@ def test_check_reports_what_qemu_img_reports(base, tmp_path, capsys, qemu_img, n
     q = _qemu(qemu_img, ["check", "--output=json", str(img)])
     ours = _ours(capsys, ["img", "check", "--output=json", str(img)])
     assert ours[0] == q[0]
-    assert json.loads(ours[1]) == json.loads(q[1])
+    if q[1]:                # a check that failed prints no result
+        assert json.loads(ours[1]) == json.loads(q[1])
+    else:
+        assert ours[1:] == q[1:]
 
 
-@pytest.mark.parametrize("mode", ["leaks", "all"])
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name,mode", REPAIRS)
 def test_repair_repairs_what_qemu_img_repairs(base, tmp_path, capsys, qemu_img, name, mode):
     theirs = _damaged(base, tmp_path, name, "q")
     ours_img = tmp_path / "b.qcow2"
@@ -102,8 +110,9 @@ def test_repair_repairs_what_qemu_img_repairs(base, tmp_path, capsys, qemu_img, 
     after_b = _qemu(qemu_img, ["check", str(ours_img)])
     assert (after_b[0] == 0) == (after_q[0] == 0), after_b
     assert after_b[0] == after_q[0]
-    assert _qemu(qemu_img, ["snapshot", "-l", str(ours_img)]) == \
-        _qemu(qemu_img, ["snapshot", "-l", str(theirs)])
+    sb = _qemu(qemu_img, ["snapshot", "-l", str(ours_img)])
+    sq = _qemu(qemu_img, ["snapshot", "-l", str(theirs)])
+    assert sb[:2] == sq[:2] and sb[2].replace(str(ours_img), "X") == sq[2].replace(str(theirs), "X")
     if after_q[0] == 0:
         qd, bd = tmp_path / "q.raw", tmp_path / "b.raw"
         subprocess.run([qemu_img, "convert", "-O", "raw", str(theirs), str(qd)], check=True)

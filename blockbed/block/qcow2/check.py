@@ -30,7 +30,8 @@ from .cache import load_be_array
 from .corrupt import c_hex
 from .cluster import (L1E_OFFSET_MASK, L1E_RESERVED, L2E_OFFSET_MASK, L2E_STD_RESERVED,
                       OFLAG_COPIED, OFLAG_ZERO, ClusterType)
-from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, BitmapDirEntry
+from .header import (AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_SNAPSHOTS,
+                     BitmapDirEntry)
 from .rebuild import RebuildFailed, rebuild_refcounts
 from .refcount import REFT_OFFSET_MASK, RefcountCodec
 
@@ -505,6 +506,28 @@ def _unreadable_blocks(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", n: 
             refs_list[i] = stored[i] = 0      # neither compared nor the highest cluster
 
 
+def _snapshot_table_unusable(drv: "Qcow2Driver", res: CheckResult) -> bool:
+    """QEMU qcow2_check_read_snapshot_table's failures (the open in check mode does
+    not read the table): a bad table pointer or an unreadable table ends the check."""
+    h = drv.header
+    if not h.nb_snapshots:
+        return False
+    if h.snapshots_offset % drv.cluster_size or h.nb_snapshots > MAX_SNAPSHOTS:
+        # qcow2_validate_table; discarding overhanging snapshots (-r all) is not done
+        what = "offset invalid" if h.snapshots_offset % drv.cluster_size else "too large"
+        res.messages.append(f"qemu-img: ERROR snapshot table {what}")
+        res.failed = "Invalid argument"
+    elif drv.snapshot_error:
+        res.messages.append(f"qemu-img: ERROR failed to read the snapshot table: "
+                            f"{drv.snapshot_error}")
+        res.failed = "File too large" if "too much" in drv.snapshot_error.lower() or \
+            "too large" in drv.snapshot_error else "Invalid argument"
+    else:
+        return False
+    res.check_errors += 1
+    return True
+
+
 def _incomplete_snapshots(drv: "Qcow2Driver", res: CheckResult, fix: bool) -> int:
     """QEMU qcow2_check_read_snapshot_table (run before the refcount check): in a v3
     image every snapshot entry needs at least 16 bytes of extra data (the large VM
@@ -524,6 +547,8 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     res.total_clusters = -(-h.size // drv.cluster_size)
     ck = _Checker(drv, res)
     ck.fix_errors = repair == "all" and not drv.read_only
+    if _snapshot_table_unusable(drv, res):
+        return res
     incomplete = _incomplete_snapshots(drv, res, ck.fix_errors)
     try:
         ck.walk_everything()

@@ -123,13 +123,13 @@ class Qcow2Driver(BlockDriver):
             raise ImageFormatError(f"Unsupported cluster size: 2^{cb}")
         raw = bytearray(min(flen, 1 << cb))
         file.read(0, memoryview(raw))
-        self.header: Header = parse_header(bytes(raw))
+        self.check_mode = bool(opts.get("x-check", False))   # qemu-img check: allow repair
+        self.header: Header = parse_header(bytes(raw), check=self.check_mode)
         h = self.header
         self.cluster_bits = h.cluster_bits
         self.cluster_size = h.cluster_size
         self.l2_bits = h.cluster_bits - 3 - h.extended_l2
         self.corrupt = bool(h.incompatible_features & INCOMPAT_CORRUPT)
-        self.check_mode = bool(opts.get("x-check", False))   # qemu-img check: allow repair
         if self.corrupt and not self.read_only and not self.check_mode:
             raise ImageFormatError("qcow2: Image is corrupt; cannot be opened read/write")
         self.data_node: BlockDriver | None = None
@@ -154,9 +154,15 @@ class Qcow2Driver(BlockDriver):
         self.snapshots: list[Snapshot] = []
         snap_bytes = 0
         self.snapshot_table_bytes = 0
+        self.snapshot_error: str | None = None    # check mode: why the table is unreadable
         if h.nb_snapshots:
-            self.snapshots, snap_bytes = read_snapshots(file, h.snapshots_offset, h.nb_snapshots,
-                                                        cs, flen)
+            try:
+                self.snapshots, snap_bytes = read_snapshots(file, h.snapshots_offset,
+                                                            h.nb_snapshots, cs, flen)
+            except ImageFormatError as e:
+                if not self.check_mode:
+                    raise
+                self.snapshot_error = str(e)     # reported by check (as QEMU's)
             self.snapshot_table_bytes = snap_bytes
         self.bitmaps = BitmapStore(self)
         self._build_overlap_map(snap_bytes)

@@ -172,8 +172,11 @@ def _pad8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def parse_header(raw: bytes) -> Header:
+def parse_header(raw: bytes, check: bool = False) -> Header:
     """Decode and validate the header in ``raw`` (the first cluster, or more).
+
+    ``check``: opened for ``check`` (QEMU's BDRV_O_CHECK): an image without a
+    refcount table and a bad snapshot table pointer are left to the check.
 
     Every field is range-checked here so the rest of the driver can trust it;
     errors are :class:`ImageFormatError` with the field named.
@@ -230,7 +233,7 @@ def parse_header(raw: bytes) -> Header:
             hdr.backing_file = name.decode("utf-8")
         except UnicodeDecodeError:
             raise ImageFormatError("Backing file name is not valid UTF-8") from None
-    _validate(hdr)
+    _validate(hdr, check)
     return hdr
 
 
@@ -280,7 +283,7 @@ def _parse_extensions(hdr: Header, raw: bytes, start: int, end: int) -> None:
             hdr.unknown_extensions.append((ext.type, data))
 
 
-def _validate(hdr: Header) -> None:
+def _validate(hdr: Header, check: bool) -> None:
     cs = hdr.cluster_size
     if hdr.incompatible_features & ~INCOMPAT_SUPPORTED:
         bad = hdr.incompatible_features & ~INCOMPAT_SUPPORTED
@@ -313,15 +316,15 @@ def _validate(hdr: Header) -> None:
     for name, what in (("refcount_table_offset", "Reference count table"),
                        ("snapshots_offset", "Snapshot table"),
                        ("l1_table_offset", "Active L1 table")):
-        if getattr(hdr, name) % cs:
+        if getattr(hdr, name) % cs and not (check and name == "snapshots_offset"):
             raise ImageFormatError(f"{what} offset invalid")
-    if hdr.refcount_table_clusters == 0:
+    if hdr.refcount_table_clusters == 0 and not check:
         raise ImageFormatError("Image does not contain a reference count table")
     if hdr.refcount_table_clusters * cs > MAX_REFTABLE_BYTES:
         raise ImageFormatError("Reference count table too large")
     if hdr.l1_size * 8 > MAX_L1_BYTES:
         raise ImageFormatError("Active L1 table too large")
-    if hdr.nb_snapshots > MAX_SNAPSHOTS:
+    if hdr.nb_snapshots > MAX_SNAPSHOTS and not check:
         raise ImageFormatError("Too many snapshots")
     l2_bits = hdr.cluster_bits - 3 - hdr.extended_l2
     if hdr.extended_l2 and cs // 32 < 512:

@@ -79,7 +79,9 @@ def read_snapshots(file: BlockDriver, offset: int, count: int, cluster_size: int
         pos += _HDR
         extra_len = h.extra_data_size
         if extra_len > 1024:
-            raise ImageFormatError(f"Too much extra metadata in snapshot table entry {i}")
+            raise ImageFormatError(f"Too much extra metadata in snapshot table entry {i}\n"
+                                   "You can force-remove this extra metadata with qemu-img "
+                                   "check -r all")
         total = extra_len + h.id_str_size + h.name_size
         body = _read_zero_padded(file, pos, total, file_length)
         pos += total
