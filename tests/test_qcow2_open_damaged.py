@@ -81,7 +81,7 @@ def test_info_opens_what_qemu_img_opens(base, tmp_path, capsys, qemu_img, name):
     assert ours[:2] == q[:2], ours[2]
 
 
-@pytest.mark.parametrize("name", CASES + CHECK_ONLY)
+@pytest.mark.parametrize("name", CASES + CHECK_ONLY + ["hdr-l1-size-65536"])
 def test_check_reports_what_qemu_img_reports(base, tmp_path, capsys, qemu_img, name):
     img = _damaged(base, tmp_path, name)
     q = _qemu(qemu_img, ["check", str(img)])

@@ -645,7 +645,7 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: array, fix: bool
 
     for l1i, e in enumerate(mp.l1):
         l2off = e & L1E_OFFSET_MASK
-        if not l2off or e & 0x1FF:
+        if not l2off:
             continue
         r = rc(l2off)
         if r is not None and (r == 1) != bool(e & OFLAG_COPIED):
