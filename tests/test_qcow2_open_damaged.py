@@ -38,10 +38,12 @@ CASES = ["hdr-l1-offset-past-eof", "hdr-l1-offset-zero", "hdr-reftable-past-eof"
          "reftable-entry-zero", "hdr-snapshots-past-eof", "file-truncated-mid-l2"]
 #: damage qemu-img refuses to open except for ``check`` (QEMU's BDRV_O_CHECK skips
 #: these checks and qcow2_check_read_snapshot_table reports the snapshot table)
-CHECK_ONLY = ["hdr-reftable-clusters-zero", "hdr-snapshots-unaligned", "snap-extra-size-huge"]
-#: ``-r all`` of too much extra snapshot metadata (QEMU discards it) is not done yet
+CHECK_ONLY = ["hdr-reftable-clusters-zero", "hdr-snapshots-unaligned", "snap-extra-size-huge",
+              "hdr-nb-snapshots-huge"]
+#: not compared: -r all of 65535 garbage snapshot entries (both fail to rewrite the
+#: table, but qemu-img keeps the unknown extra data, so its failed table is bigger)
 REPAIRS = [(n, m) for n in CASES + CHECK_ONLY for m in ("leaks", "all")
-           if (n, m) != ("snap-extra-size-huge", "all")]
+           if (n, m) != ("hdr-nb-snapshots-huge", "all")]
 BY_NAME = {k.name: k for k in KINDS}
 L1_DAMAGE = {"hdr-l1-offset-past-eof", "hdr-l1-offset-zero"}
 REFTABLE_DAMAGE = {"hdr-reftable-past-eof", "hdr-reftable-zero"}

@@ -25,13 +25,12 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from ..driver import BlockError
 from .cache import load_be_array
 from .corrupt import c_hex
 from .cluster import (L1E_OFFSET_MASK, L1E_RESERVED, L2E_OFFSET_MASK, L2E_STD_RESERVED,
                       OFLAG_COPIED, OFLAG_ZERO, ClusterType)
-from .header import (AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_SNAPSHOTS,
-                     BitmapDirEntry)
+from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, BitmapDirEntry
+from .checksnap import fix_snapshot_table, incomplete_snapshots, snapshot_table_unusable
 from .rebuild import RebuildFailed, rebuild_refcounts
 from .refcount import REFT_OFFSET_MASK, RefcountCodec
 
@@ -250,9 +249,8 @@ class _Checker:
             self.inc_range(h.l1_table_offset, h.l1_size * 8)        # active L1
         self.walk_l1(drv.mapping.l1, active=True)
         if h.nb_snapshots:
-            from .snapshot import read_snapshots
-            snaps, nbytes = read_snapshots(self.file, h.snapshots_offset, h.nb_snapshots,
-                                           cs, self.flen)
+            # as read at open (or repaired by _snapshot_table_unusable)
+            snaps, nbytes = drv.snapshots, drv.snapshot_table_bytes
             if drv.has_data_file:
                 self.msg(f"ERROR {len(snaps)} snapshots in image with data file")
                 self.res.corruptions += 1
@@ -506,50 +504,16 @@ def _unreadable_blocks(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", n: 
             refs_list[i] = stored[i] = 0      # neither compared nor the highest cluster
 
 
-def _snapshot_table_unusable(drv: "Qcow2Driver", res: CheckResult) -> bool:
-    """QEMU qcow2_check_read_snapshot_table's failures (the open in check mode does
-    not read the table): a bad table pointer or an unreadable table ends the check."""
-    h = drv.header
-    if not h.nb_snapshots:
-        return False
-    if h.snapshots_offset % drv.cluster_size or h.nb_snapshots > MAX_SNAPSHOTS:
-        # qcow2_validate_table; discarding overhanging snapshots (-r all) is not done
-        what = "offset invalid" if h.snapshots_offset % drv.cluster_size else "too large"
-        res.messages.append(f"qemu-img: ERROR snapshot table {what}")
-        res.failed = "Invalid argument"
-    elif drv.snapshot_error:
-        res.messages.append(f"qemu-img: ERROR failed to read the snapshot table: "
-                            f"{drv.snapshot_error}")
-        res.failed = "File too large" if "too much" in drv.snapshot_error.lower() or \
-            "too large" in drv.snapshot_error else "Invalid argument"
-    else:
-        return False
-    res.check_errors += 1
-    return True
-
-
-def _incomplete_snapshots(drv: "Qcow2Driver", res: CheckResult, fix: bool) -> int:
-    """QEMU qcow2_check_read_snapshot_table (run before the refcount check): in a v3
-    image every snapshot entry needs at least 16 bytes of extra data (the large VM
-    state size and the disk size); returns how many entries lack them."""
-    if drv.header.version < 3:
-        return 0
-    bad = [i for i, sn in enumerate(drv.snapshots) if sn.disk_size is None]
-    for i in bad:
-        res.messages.append(f"{'Repairing' if fix else 'ERROR'} snapshot table entry {i} "
-                            "is incomplete")
-    return len(bad)
-
-
 def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> CheckResult:
     """One pass of QEMU's qcow2_check_refcounts + check_oflag_copied."""
     h = drv.header
     res.total_clusters = -(-h.size // drv.cluster_size)
     ck = _Checker(drv, res)
     ck.fix_errors = repair == "all" and not drv.read_only
-    if _snapshot_table_unusable(drv, res):
+    cut = snapshot_table_unusable(drv, res, ck.fix_errors)
+    if cut is True:
         return res
-    incomplete = _incomplete_snapshots(drv, res, ck.fix_errors)
+    incomplete = incomplete_snapshots(drv, res, ck.fix_errors) + cut
     try:
         ck.walk_everything()
     except (OSError, ValueError) as e:
@@ -599,20 +563,8 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
                                                    or res.leaks))
     _check_copied(drv, res, stored, copied_fix, ck.unreadable if not rebuilt else set(),
                   ck.rb_bits, ck.stored_one)
-    if incomplete and ck.fix_errors:
-        try:
-            from .snapshot import rewrite_table
-            why = rewrite_table(drv)
-        except BlockError as e:
-            res.messages.append(f"ERROR failed to update snapshot table: {e}")
-            res.check_errors += 1
-            res.corruptions += incomplete
-        else:
-            if why:
-                res.messages.append(why)
-            res.corruptions_fixed += incomplete
-    else:
-        res.corruptions += incomplete
+    if fix_snapshot_table(drv, res, incomplete, ck.fix_errors):
+        return res
     # QEMU qcow2_co_check_locked: a repair that leaves no corruption marks the image
     # clean (dirty bit) and consistent (corrupt bit)
     if repair and not res.corruptions and not res.check_errors and not drv.read_only:
