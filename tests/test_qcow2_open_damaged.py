@@ -167,6 +167,19 @@ def test_reads_work_and_allocation_is_refused_with_a_damaged_refcount_table(base
     assert [i for i in _changed(before, img.read_bytes()) if not 72 <= i < 80] == []
 
 
+@pytest.mark.parametrize("name", ["hdr-size-huge", "hdr-l1-offset-unaligned",
+                                  "hdr-reftable-unaligned", "hdr-snapshots-unaligned"])
+def test_open_refusal_gives_qemu_img_reason(base, tmp_path, capsys, qemu_img, name):
+    """What qemu-img refuses to open is refused with its reason (after 'Could not
+    open 'FILE': ', which the CLI words)."""
+    img = _damaged(base, tmp_path, name)
+    q = _qemu(qemu_img, ["info", str(img)])
+    assert q[0] == 1
+    reason = q[2].strip().split(f"Could not open '{img}': ", 1)[1]
+    rc, _, err = _ours(capsys, ["img", "info", str(img)])
+    assert rc == 1 and err.strip().endswith(reason), err
+
+
 def test_unaligned_refcount_block_is_refused_when_needed(base, tmp_path):
     """QEMU qcow2_get_refcount: "Refblock offset 0x... unaligned (reftable index: 0)"."""
     img = _damaged(base, tmp_path, "reftable-entry-unaligned")

@@ -331,9 +331,11 @@ def _validate(hdr: Header, check: bool) -> None:
         # 32 subclusters per cluster, each at least a sector (QEMU qcow2_do_open)
         raise ImageFormatError(f"Unsupported subcluster size: {cs // 32}")
     needed = -(-hdr.size // (1 << (hdr.cluster_bits + l2_bits))) if hdr.size else 0
-    if hdr.size > (1 << 63) - 1 or needed > hdr.l1_size:
-        raise ImageFormatError("L1 table is too small" if hdr.size <= (1 << 63) - 1
-                               else "Image is too big")
+    # QEMU qcow2_do_open: size_to_l1() beyond INT_MAX is "Image is too big"
+    if hdr.size > (1 << 63) - 1 or needed > 0x7FFFFFFF:
+        raise ImageFormatError("Image is too big")
+    if needed > hdr.l1_size:
+        raise ImageFormatError("L1 table is too small")
     # QEMU 7.2 checks only alignment and overflow here: a table at offset 0 or past
     # the end of the file opens (it reads as the header bytes or as zeros); the
     # driver refuses I/O through it (Qcow2Driver.l1_damage, RefcountManager.damage)
