@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,20 @@ def test_open_refusal_gives_qemu_img_reason(base, tmp_path, capsys, qemu_img, na
     reason = q[2].strip().split(f"Could not open '{img}': ", 1)[1]
     rc, _, err = _ours(capsys, ["img", "info", str(img)])
     assert rc == 1 and err.strip().endswith(reason), err
+
+
+def test_read_only_corruption_is_worded_as_qemu(base, tmp_path, qemu_io):
+    """qcow2_signal_corruption on a read-only image is not fatal: 'Image is corrupt:
+    ...; further non-fatal corruption events will be suppressed' (qemu-io -r)."""
+    img = _damaged(base, tmp_path, "l2-unaligned")
+    q = subprocess.run([qemu_io, "-r", "-c", "read 0 4k", str(img)], capture_output=True,
+                       text=True)
+    want = next(ln for ln in q.stderr.splitlines() if ln.startswith("qcow2: "))
+    assert "non-fatal" in want
+    ours = subprocess.run([sys.executable, "-m", "blockbed", "img", "convert", "-O", "raw",
+                           str(img), str(tmp_path / "o.raw")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert ours.returncode == 1 and want in ours.stderr.splitlines(), ours.stderr
 
 
 def test_unaligned_refcount_block_is_refused_when_needed(base, tmp_path):

@@ -384,12 +384,17 @@ class Qcow2Driver(BlockDriver):
 
     def signal_corruption(self, msg: str) -> None:
         """Mark the image corrupt (v3 header bit) and refuse further writes (QEMU
-        qcow2_signal_corruption).  Always raises CorruptImageError."""
+        qcow2_signal_corruption; on a read-only image the event is not fatal and is
+        worded so).  Always raises CorruptImageError."""
         first = not self.corrupt
         self.corrupt = True
         if first:
-            _log().error("qcow2: Marking image as corrupt: %s; further corruption events "
-                      "will be suppressed", msg)
+            if self.read_only:
+                _log().error("qcow2: Image is corrupt: %s; further non-fatal corruption "
+                             "events will be suppressed", msg)
+            else:
+                _log().error("qcow2: Marking image as corrupt: %s; further corruption "
+                             "events will be suppressed", msg)
             if trace.enabled:
                 trace.emit("qcow2.corrupt", message=msg)
             if not self.read_only and self.header.version >= 3:
