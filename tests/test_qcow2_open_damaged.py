@@ -147,6 +147,22 @@ def test_io_through_a_damaged_l1_table_is_refused(base, tmp_path, name):
     assert img.read_bytes()[79] & 2          # marked corrupt
 
 
+@pytest.mark.parametrize("argv", [["snapshot", "-c", "s2"], ["resize", "--shrink", "-", "2M"],
+                                  ["resize", "-", "8M"]], ids=["snapshot", "shrink", "grow"])
+@pytest.mark.parametrize("name", sorted(L1_DAMAGE))
+def test_whole_table_operations_refuse_a_damaged_l1_table(base, tmp_path, capsys, name, argv):
+    """A snapshot of an L1 table QEMU reads as zeros would be a snapshot of an empty
+    disk; a resize would rewrite the table: both are refused like I/O."""
+    img = _damaged(base, tmp_path, name)
+    before = img.read_bytes()
+    argv = [str(img) if a == "-" else a for a in argv]
+    if argv[0] == "snapshot":
+        argv.append(str(img))
+    rc, _, err = _ours(capsys, ["img", *argv])
+    assert rc == 1 and "Active L1 table offset" in err, err
+    assert [i for i in _changed(before, img.read_bytes()) if not 72 <= i < 80] == []
+
+
 @pytest.mark.parametrize("name", sorted(REFTABLE_DAMAGE))
 def test_reads_work_and_allocation_is_refused_with_a_damaged_refcount_table(base, tmp_path,
                                                                             name):

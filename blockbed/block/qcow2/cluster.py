@@ -155,10 +155,16 @@ class Mapping:
         self.file.read(off, memoryview(buf))     # past the end of the file: zeros
         self.l1 = load_be_array("Q", buf)
 
-    def l2_offset(self, l1_index: int) -> int:
-        """The L2 table offset for an L1 index (0 = none); checks alignment."""
+    def check_usable(self) -> None:
+        """Refuse (EIO, corrupt bit) any use of an L1 table :meth:`load_l1` found damaged:
+        every lookup, and operations that take the table whole (snapshots, resize,
+        amend)."""
         if self.damage:
             self.drv.signal_corruption(self.damage)
+
+    def l2_offset(self, l1_index: int) -> int:
+        """The L2 table offset for an L1 index (0 = none); checks alignment."""
+        self.check_usable()
         if l1_index >= len(self.l1):
             return 0
         e = self.l1[l1_index]

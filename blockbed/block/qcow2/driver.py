@@ -1238,6 +1238,7 @@ class Qcow2Driver(BlockDriver):
         """Grow or shrink the virtual disk (QEMU qcow2_co_truncate; the caller decides
         whether shrinking is wanted, as ``qemu-img resize --shrink``)."""
         self._check_writable()
+        self.mapping.check_usable()
         h = self.header
         if length % 512:
             raise BlockError(errno.EINVAL, "The new size must be a multiple of 512")

@@ -300,6 +300,7 @@ def create_snapshot(drv, name: str) -> Snapshot:
     import time
     from .cache import dump_be_array
     drv._check_writable()
+    drv.mapping.check_usable()
     drv.flush()
     cs = drv.cluster_size
     mp = drv.mapping
@@ -359,6 +360,7 @@ def _read_l1(drv, snap: Snapshot) -> "object":
 def apply_snapshot(drv, ident: str) -> None:
     """Revert the active image to a snapshot (qemu-img snapshot -a)."""
     from array import array
+    drv.mapping.check_usable()
     snap = find_snapshot(drv, ident)
     validate_snapshot_l1(snap, drv.cluster_size, drv.file.length())
     drv._check_writable()
@@ -404,6 +406,7 @@ def _after_refcount_drop(drv) -> None:
 
 def delete_snapshot(drv, ident: str) -> None:
     """Delete a snapshot (qemu-img snapshot -d)."""
+    drv.mapping.check_usable()
     snap = find_snapshot(drv, ident)
     validate_snapshot_l1(snap, drv.cluster_size, drv.file.length())
     drv._check_writable()
