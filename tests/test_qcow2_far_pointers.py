@@ -67,13 +67,16 @@ def baseline_kb(qemu_img, tmp_path) -> int:
     return _measured("img", "info", str(img))["maxrss_kb"]
 
 
+@pytest.mark.parametrize("flag", [COPIED, 0], ids=["copied", "shared"])
 @pytest.mark.parametrize("opts", [(), ("-o", "extended_l2=on")], ids=["std", "extl2"])
 @pytest.mark.parametrize("length", ["4k", "64k"])
 def test_write_through_an_l2_entry_at_1tib_is_refused(qemu_img, qemu_io, tmp_path,
-                                                      baseline_kb, opts, length):
+                                                      baseline_kb, opts, length, flag):
+    """In place (COPIED) or copy-on-write (shared: the old cluster would be freed
+    after the copy, which fails, leaving the new cluster leaked): refused first."""
     img = tmp_path / "far.qcow2"
     l2 = _image(qemu_img, qemu_io, img, *opts)
-    _poke(img, l2, COPIED | TIB)
+    _poke(img, l2, flag | TIB)
     size = img.stat().st_size
     r = _measured("io", "-c", f"write -P 0x22 0 {length}", str(img))
     assert "beyond the end of the image file" in r["err"], r

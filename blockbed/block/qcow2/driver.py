@@ -713,6 +713,19 @@ class Qcow2Driver(BlockDriver):
         self.signal_corruption(f"{what} cluster offset {c_hex(e & L2E_OFFSET_MASK)} "
                                f"unaligned (guest offset: {c_hex(guest)})")
 
+    def _refuse_far_old(self, entries: Sequence[int], c0: int) -> None:
+        """Before copy-on-write replaces ``entries`` (guest clusters c0..): a cluster
+        they hold that starts past the end of the file was never written, so the
+        entry is damaged, and freeing it after the copy would fail (QEMU copies, then
+        logs 'qcow2_free_clusters failed'); refuse before allocating anything."""
+        if self.has_data_file:
+            return
+        flen = self.file.length()
+        for i, e in enumerate(entries):
+            if e & L2E_OFFSET_MASK >= flen and self._ctype(e) in (
+                    ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+                self._past_eof_desc(e, (c0 + i) << self.cluster_bits)
+
     def _past_eof_desc(self, e: int, guest: int) -> None:
         """An in-place write to a data cluster that starts past the end of the file:
         the L2 entry is damaged (every allocated cluster was written).  QEMU writes
@@ -823,6 +836,7 @@ class Qcow2Driver(BlockDriver):
         l2_mask = (1 << self.l2_bits) - 1
         table, l2off = self._l2_for_write(l1i)
         old_entries = [table[(c0 + i) & l2_mask] for i in range(n)]
+        self._refuse_far_old(old_entries, c0)
         # with an external data file a guest cluster lives at its own offset, unrefcounted
         host = (c0 << cb) if self.has_data_file else self.refcounts.alloc(n)
         self.file.debug_event("cluster_alloc_space")

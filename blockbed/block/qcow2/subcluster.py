@@ -332,6 +332,8 @@ class ExtL2Driver(Qcow2Driver):
             elif self.has_data_file:
                 self._alloc_and_write_sc(l1i, c, k - c, rs, piece, c << cb)
             else:
+                if table is not None:
+                    self._refuse_far_old([table[2 * (x & mask)] for x in range(c, k)], c)
                 self._l2_for_write(l1i)      # the L2 table is allocated before the data
                 host = None
                 hint = self._host_hint
