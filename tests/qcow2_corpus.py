@@ -102,15 +102,17 @@ def locate(path: Path) -> Layout:
                   data0=entries[0] & OFF_MASK)
 
 
-def build_base(qemu_img: str, qemu_io: str, path: Path) -> bytes:
-    """Create the base image; return its guest content (qemu-img convert -O raw)."""
+def build_base(qemu_img: str, qemu_io: str, path: Path, bitmap: bool = True) -> bytes:
+    """Create the base image; return its guest content (qemu-img convert -O raw).
+    ``bitmap=False``: without the persistent bitmap."""
     subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(path), str(SIZE)], check=True)
     args = [qemu_io]
     for c in BUILD_COMMANDS:
         args += ["-c", c]
     subprocess.run(args + [str(path)], check=True, capture_output=True)
     subprocess.run([qemu_img, "snapshot", "-c", "s1", str(path)], check=True)
-    subprocess.run([qemu_img, "bitmap", "--add", str(path), "b0"], check=True)
+    if bitmap:
+        subprocess.run([qemu_img, "bitmap", "--add", str(path), "b0"], check=True)
     args = [qemu_io]
     for c in AFTER_SNAPSHOT:
         args += ["-c", c]

@@ -403,6 +403,8 @@ def cmd_check(a: argparse.Namespace) -> int:
                   f"{res.compressed_clusters * 100 / res.allocated_clusters:0.2f}% compressed clusters")
         if res.image_end_offset:
             print(f"Image end offset: {res.image_end_offset}")
+    if res.check_errors:
+        print("qemu-img: Check failed", file=sys.stderr)
     return res.exit_code()
 
 

@@ -234,6 +234,7 @@ def downgrade(drv) -> None:
 
 def _l1_tables(drv) -> list[list[int]]:
     """The active L1 table and every snapshot's, as lists of entries."""
+    drv.mapping.check_usable()
     tables = [list(drv.mapping.l1)]
     for s in drv.snapshots:
         if s.l1_size:

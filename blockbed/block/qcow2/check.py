@@ -23,12 +23,15 @@ import itertools
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .cache import load_be_array
+from .corrupt import c_hex
 from .cluster import (L1E_OFFSET_MASK, L1E_RESERVED, L2E_OFFSET_MASK, L2E_STD_RESERVED,
                       OFLAG_COPIED, OFLAG_ZERO, ClusterType)
 from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, BitmapDirEntry
+from .checksnap import fix_snapshot_table, incomplete_snapshots, snapshot_table_unusable
+from .rebuild import RebuildFailed, rebuild_refcounts
 from .refcount import REFT_OFFSET_MASK, RefcountCodec
 
 if TYPE_CHECKING:
@@ -61,25 +64,31 @@ class CheckResult:
         return 0
 
 
+_WIDTH_TYPECODE = {3: "B", 4: "H", 5: "I", 6: "Q"}
+
+
 class _Refs:
     """Reference counts per cluster.  The array covers the file (and grows a little past
     its end); references far beyond it go to a dict, so a hostile L2 entry pointing
     at 2^55 costs one dict entry, not gigabytes."""
 
-    def __init__(self, n: int):
-        self.a = array("I", bytes(4 * n))
+    def __init__(self, n: int, typecode: str = "I"):
+        self.a = array(typecode, bytes(array(typecode).itemsize * n))
         self.n = n
         self.limit = 2 * n + (1 << 16)
         self.extra: dict[int, int] = {}
+
+    def grow_to(self, n: int) -> None:
+        if n > self.n:
+            self.a.extend(array(self.a.typecode, bytes(self.a.itemsize * (n - self.n))))
+            self.n = n
 
     def inc(self, ci: int) -> None:
         if ci >= self.n:
             if ci >= self.limit:
                 self.extra[ci] = self.extra.get(ci, 0) + 1
                 return
-            grow = min(self.limit, max(ci + 1, self.n + (self.n >> 2) + 16))
-            self.a.extend(array("I", bytes(4 * (grow - self.n))))
-            self.n = grow
+            self.grow_to(min(self.limit, max(ci + 1, self.n + (self.n >> 2) + 16)))
         self.a[ci] += 1
 
 
@@ -92,13 +101,18 @@ class _Checker:
         self.cs = drv.cluster_size
         self.flen = drv.file.length()
         self.nb = -(-self.flen // self.cs)
-        self.refs = _Refs(self.nb)
-        self.max_ref = -1
         self.codec = RefcountCodec(drv.header.refcount_order, self.cs)
+        # counts never exceed the refcount width (inc_range stops at its maximum), so
+        # references and stored refcounts are arrays of that width: a sparse file of
+        # 1 TiB costs 2 bytes per cluster with 16-bit refcounts, as in QEMU
+        self.tc = _WIDTH_TYPECODE[max(3, drv.header.refcount_order)]
+        self.refs = _Refs(self.nb, self.tc)
+        self.max_ref = -1
         self.rb_bits = self.codec.entries.bit_length() - 1
         self.fix_errors = False
         self.broken: set[int] = set()
         self.rebuild = False          # QEMU check_refblocks' *rebuild
+        self.unreadable: set[int] = set()    # table indices whose block gives EIO
 
     def msg(self, s: str) -> None:
         self.res.messages.append(s)
@@ -235,9 +249,8 @@ class _Checker:
             self.inc_range(h.l1_table_offset, h.l1_size * 8)        # active L1
         self.walk_l1(drv.mapping.l1, active=True)
         if h.nb_snapshots:
-            from .snapshot import read_snapshots
-            snaps, nbytes = read_snapshots(self.file, h.snapshots_offset, h.nb_snapshots,
-                                           cs, self.flen)
+            # as read at open (or repaired by _snapshot_table_unusable)
+            snaps, nbytes = drv.snapshots, drv.snapshot_table_bytes
             if drv.has_data_file:
                 self.msg(f"ERROR {len(snaps)} snapshots in image with data file")
                 self.res.corruptions += 1
@@ -347,20 +360,29 @@ class _Checker:
         blk = self.codec.load(self.read(off, self.cs))
         return self.codec.get(blk, ci & ((1 << self.rb_bits) - 1))
 
-    def stored(self) -> tuple[list[int], set[int]]:
+    def zeros(self, n: int) -> array:
+        return array(self.tc, bytes(array(self.tc).itemsize * n))
+
+    def stored(self) -> tuple[array, set[int]]:
         """Stored refcounts for clusters [0, n) and the table indices whose block is unusable."""
         n = max(self.nb, self.refs.n)
-        out = [0] * n
+        out = self.zeros(n)
         broken: set[int] = set()
         table = self.drv.refcounts.table
+        self.unreadable = set()
         for ti in range(min(len(table), (n >> self.rb_bits) + 1)):
             off = table[ti]
             if not off:
                 continue
+            if off & REFT_OFFSET_MASK & (self.cs - 1):
+                # QEMU qcow2_get_refcount masks the reserved bits and refuses an
+                # unaligned block with EIO: its clusters have no stored refcount
+                self.unreadable.add(ti)
             if off % self.cs or off >= self.flen:
                 broken.add(ti)
                 continue
-            vals = self.codec.all_values(self.codec.load(self.read(off, self.cs)))
+            blk = self.codec.load(self.read(off, self.cs))
+            vals = blk if self.codec.order >= 3 else array(self.tc, self.codec.all_values(blk))
             base = ti << self.rb_bits
             k = min(len(vals), n - base)
             if k > 0:
@@ -387,24 +409,30 @@ def check_image(drv: "Qcow2Driver", repair: str | None = None) -> CheckResult:
 
 
 def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bool,
-             fix_errors: bool) -> tuple[bool, list[int], int]:
+             fix_errors: bool) -> tuple[bool, array, int]:
     """QEMU compare_refcounts: report (and, where allowed, fix) every mismatch.
 
     Returns (rebuild needed, stored refcounts, highest referenced cluster)."""
     stored, _ = ck.stored()
-    refs_list = ck.refs.a.tolist()
     n = max(ck.nb, ck.refs.n)
-    refs_list.extend([0] * (n - len(refs_list)))
-    stored.extend([0] * (n - len(stored)))
-    # QEMU: the highest cluster with a stored refcount or a reference
+    ck.refs.grow_to(n)
+    refs_list = ck.refs.a
+    stored.extend(ck.zeros(n - len(stored)))
+    if ck.unreadable:
+        refs_list = array(ck.tc, refs_list)      # a copy: the rebuild needs them all
+        _unreadable_blocks(drv, res, ck, n, refs_list, stored)
+    # QEMU: the highest cluster with a stored refcount or a reference (stored
+    # refcounts count only inside the file)
     highest = -1
     for base in range(((n - 1) // 4096) * 4096 if n else 0, -1, -4096):
         chunk = refs_list[base:base + 4096]
-        schunk = stored[base:min(base + 4096, ck.nb)] if base < ck.nb else []
-        schunk = schunk + [0] * (len(chunk) - len(schunk))
-        if any(chunk) or any(schunk):
-            highest = base + max(j for j in range(len(chunk)) if chunk[j] or schunk[j])
+        schunk = stored[base:min(base + 4096, ck.nb)] if base < ck.nb else ck.zeros(0)
+        if chunk.count(0) < len(chunk) or schunk.count(0) < len(schunk):
+            highest = base + max(j for j in range(len(chunk))
+                                 if chunk[j] or (j < len(schunk) and schunk[j]))
             break
+    if ck.unreadable:
+        highest = max(highest, 0)      # QEMU's highest_cluster starts at cluster 0
     rebuild = False
     rc = drv.refcounts
     fixed_any = False
@@ -452,12 +480,40 @@ def _compare(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", fix_leaks: bo
     return rebuild, stored, highest
 
 
+def _unreadable_blocks(drv: "Qcow2Driver", res: CheckResult, ck: "_Checker", n: int,
+                       refs_list: array, stored: array) -> None:
+    """QEMU compare_refcounts on clusters whose refcount block is unaligned: the
+    first lookup signals corruption (marking a writable image corrupt), each
+    cluster is "Can't get refcount" (an internal error) and is not compared."""
+    ti0 = min(ck.unreadable)
+    off = drv.refcounts.table[ti0] & REFT_OFFSET_MASK
+    why = f"Refblock offset {c_hex(off)} unaligned (reftable index: {c_hex(ti0)})"
+    if drv.read_only:
+        res.messages.append(f"qcow2: Image is corrupt: {why}; further non-fatal corruption "
+                            "events will be suppressed")
+    else:
+        res.messages.append(f"qcow2: Marking image as corrupt: {why}; further corruption "
+                            "events will be suppressed")
+        drv.header.incompatible_features |= INCOMPAT_CORRUPT
+        drv._write_features()
+        drv.corrupt = True
+    for ti in sorted(ck.unreadable):
+        for i in range(ti << ck.rb_bits, min(n, (ti + 1) << ck.rb_bits)):
+            res.messages.append(f"Can't get refcount for cluster {i}: Input/output error")
+            res.check_errors += 1
+            refs_list[i] = stored[i] = 0      # neither compared nor the highest cluster
+
+
 def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> CheckResult:
     """One pass of QEMU's qcow2_check_refcounts + check_oflag_copied."""
     h = drv.header
     res.total_clusters = -(-h.size // drv.cluster_size)
     ck = _Checker(drv, res)
     ck.fix_errors = repair == "all" and not drv.read_only
+    cut = snapshot_table_unusable(drv, res, ck.fix_errors)
+    if cut is True:
+        return res
+    incomplete = incomplete_snapshots(drv, res, ck.fix_errors) + cut
     try:
         ck.walk_everything()
     except (OSError, ValueError) as e:
@@ -469,11 +525,18 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     pre = (res.corruptions, res.leaks)
     rebuild, stored, highest = _compare(drv, res, ck, False, False)
     rebuild = rebuild or ck.rebuild
+    rebuilt = False
     if rebuild and fix_errors:
         old = (res.corruptions, res.leaks)
         res.messages.append("Rebuilding refcount structure")
         refs = ck.refs.a
-        _rebuild_refcounts(drv, [refs[i] for i in range(ck.refs.n)])
+        try:
+            rebuild_refcounts(drv, refs[:ck.refs.n])
+        except RebuildFailed as e:
+            res.messages.append(f"qemu-img: {e}")
+            res.failed = "Input/output error"
+            return res
+        rebuilt = True
         res.corruptions = res.leaks = 0
         scratch = CheckResult()
         ck2 = _Checker(drv, scratch)
@@ -498,7 +561,10 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     # QEMU check_oflag_copied: -r all always repairs; -r leaks only when nothing else is wrong
     copied_fix = fix_errors or (fix_leaks and not (res.check_errors or res.corruptions
                                                    or res.leaks))
-    _check_copied(drv, res, stored, copied_fix)
+    _check_copied(drv, res, stored, copied_fix, ck.unreadable if not rebuilt else set(),
+                  ck.rb_bits, ck.stored_one)
+    if fix_snapshot_table(drv, res, incomplete, ck.fix_errors):
+        return res
     # QEMU qcow2_co_check_locked: a repair that leaves no corruption marks the image
     # clean (dirty bit) and consistent (corrupt bit)
     if repair and not res.corruptions and not res.check_errors and not drv.read_only:
@@ -511,26 +577,35 @@ def _check_once(drv: "Qcow2Driver", res: CheckResult, repair: str | None) -> Che
     return res
 
 
-def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: bool) -> None:
-    """OFLAG_COPIED must be set exactly when the refcount is 1 (QEMU check_oflag_copied)."""
+def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: array, fix: bool,
+                  unreadable: set[int], rb_bits: int,
+                  stored_one: Callable[[int], int]) -> None:
+    """OFLAG_COPIED must be set exactly when the refcount is 1 (QEMU check_oflag_copied).
+    A cluster whose refcount cannot be read (``unreadable`` refcount blocks) is
+    skipped silently, as QEMU does; an L1 table the driver refuses to use
+    (``mapping.damage``) is not written."""
     cb, cs = drv.cluster_bits, drv.cluster_size
     mp = drv.mapping
     flen = drv.file.length()
 
-    def rc(off: int) -> int:
+    def rc(off: int) -> int | None:
         ci = off >> cb
-        return stored[ci] if ci < len(stored) else 0
+        if ci >> rb_bits in unreadable:
+            return None
+        # past the counted range (a truncated file): what the refcount block says
+        return stored[ci] if ci < len(stored) else stored_one(ci)
 
     for l1i, e in enumerate(mp.l1):
         l2off = e & L1E_OFFSET_MASK
-        if not l2off or e & 0x1FF:
+        if not l2off:
             continue
         r = rc(l2off)
-        if (r == 1) != bool(e & OFLAG_COPIED):
-            word = "Repairing" if fix else "ERROR"
+        if r is not None and (r == 1) != bool(e & OFLAG_COPIED):
+            fix_l1 = fix and not mp.damage
+            word = "Repairing" if fix_l1 else "ERROR"
             res.messages.append(f"{word} OFLAG_COPIED L2 cluster: l1_index={l1i} "
                                 f"l1_entry={e:x} refcount={r}")
-            if fix:
+            if fix_l1:
                 mp.l1[l1i] = (e | OFLAG_COPIED) if r == 1 else (e & ~OFLAG_COPIED)
                 mp.write_l1_entry(l1i)
                 res.corruptions_fixed += 1
@@ -548,7 +623,7 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: 
                     or drv.has_data_file:
                 continue
             r = rc(le & L2E_OFFSET_MASK)
-            if (r == 1) != bool(le & OFLAG_COPIED):
+            if r is not None and (r == 1) != bool(le & OFLAG_COPIED):
                 word = "Repairing" if fix else "ERROR"
                 res.messages.append(f"{word} OFLAG_COPIED data cluster: l2_entry={le:x} "
                                     f"refcount={r}")
@@ -563,105 +638,3 @@ def _check_copied(drv: "Qcow2Driver", res: CheckResult, stored: list[int], fix: 
             from .cache import dump_be_array
             drv.file.write(l2off, dump_be_array(table))
             drv.file.flush()
-
-
-def _rebuild_refcounts(drv: "Qcow2Driver", target: list[int]) -> None:
-    """Write a fresh refcount table and blocks holding ``target`` (QEMU
-    rebuild_refcount_structure): refcount blocks and then the table go to the
-    first free clusters; the header switches to them last."""
-    cs, cb = drv.cluster_size, drv.cluster_bits
-    codec = RefcountCodec(drv.header.refcount_order, cs)
-    per = codec.entries
-    rbb = per.bit_length() - 1
-    vals = list(target)
-
-    def alloc(n: int, first_free: list[int]) -> int:
-        """QEMU alloc_clusters_imrt: first run of ``n`` free clusters from the hint; the
-        hint moves to the first gap seen."""
-        i = first_free[0]
-        run = 0
-        first_gap = True
-        while run < n:
-            if i >= len(vals) or not vals[i]:
-                run += 1
-                if first_gap:
-                    first_free[0] = i
-                    first_gap = False
-            else:
-                run = 0
-            i += 1
-        start = i - n
-        if i > len(vals):
-            vals.extend([0] * (i - len(vals)))
-        for k in range(start, i):
-            vals[k] = 1
-        return start
-
-    blocks_at: dict[int, int] = {}
-    table_at, table_clusters = -1, 0
-
-    def write_refblocks(first: int, end: int) -> None:
-        """Allocate the refcount block of every used range in [first, end), scanning in
-        cluster order; a block never goes into a range whose block is already placed."""
-        first_free = [0]          # the scan's own hint, as in QEMU
-        ci = first
-        while ci < min(end, len(vals)):
-            if not vals[ci]:
-                ci += 1
-                continue
-            ti = ci >> rbb
-            if ti not in blocks_at:
-                if first_free[0] < ti << rbb:
-                    first_free[0] = ti << rbb
-                blocks_at[ti] = alloc(1, first_free)
-            ci = (ti + 1) << rbb
-
-    write_refblocks(0, len(vals))
-    table_hint = [0]
-    while True:
-        need = -(-((max(blocks_at) + 1) * 8) // cs)
-        if table_at >= 0 and need <= table_clusters:
-            break
-        if table_at >= 0:
-            for k in range(table_at, table_at + table_clusters):
-                vals[k] = 0
-        table_clusters = need
-        table_at = alloc(need, table_hint)
-        write_refblocks(table_at, table_at + need)
-        # blocks placed just now may sit in ranges without a block of their own
-        write_refblocks(0, len(vals))
-    t = table_clusters
-    start = table_at
-    table = [0] * (t * cs // 8)
-    f = drv.file
-    for ti, ci in sorted(blocks_at.items()):
-        table[ti] = ci << cb
-        blk = codec.new()
-        base = ti << rbb
-        for j in range(per):
-            v = vals[base + j] if base + j < len(vals) else 0
-            if v:
-                codec.set(blk, j, min(v, codec.max))
-        f.write(ci << cb, codec.dump(blk))
-    nblocks = len(blocks_at)
-    f.write(start << cb, struct.pack(f">{len(table)}Q", *table))
-    f.flush()
-    f.write(48, struct.pack(">QI", start << cb, t))
-    f.flush()
-    drv.header.refcount_table_offset = start << cb
-    drv.header.refcount_table_clusters = t
-    # reload the refcount state and the overlap map
-    rc = drv.refcounts
-    for off in list(rc.cache.tables):
-        rc.cache.forget(off)
-    rc.load_table()
-    rc.free_cluster_index = 0
-    rc.max_allocated = max(rc.max_allocated, len(vals) - 1)
-    ov = drv.overlap
-    for ci, kind in list(ov.kinds.items()):
-        if kind in ("reftable", "refblock"):
-            del ov.kinds[ci]
-    ov.add(start << cb, t * cs, "reftable")
-    for off in rc.table:
-        if off:
-            ov.add(off, cs, "refblock")

@@ -88,6 +88,7 @@ class Mapping:
         self.l2_bits = self.cb - 3 - (self.stride - 1)
         self.l2_size = 1 << self.l2_bits
         self.l1: array = array("Q")       # native-endian copy of the on-disk table
+        self.damage: str | None = None    # why the table cannot be used (load_l1)
         self.cache = MetadataCache(self.file, "l2", self.cs, l2_cache_entries,
                                    lambda b: load_be_array("Q", b), dump_be_array,
                                    "l2_update", "l2_load",
@@ -132,17 +133,38 @@ class Mapping:
         return "?"
 
     def load_l1(self) -> None:
+        """Read the active L1 table (QEMU qcow2_do_open).
+
+        QEMU 7.2 opens an image whose L1 table lies at offset 0 (the header is read
+        as L1 entries) or past the end of the file (zeros: the whole disk reads as
+        unallocated, silently).  blockbed opens it too, so ``info`` and ``check``
+        work, but records the damage in :attr:`damage` and refuses every lookup
+        through the table with EIO (and the corrupt bit), never zeros for data."""
         h = self.drv.header
         n = h.l1_size
+        self.damage = None
         if not n:
             self.l1 = array("Q")
             return
+        off = h.l1_table_offset
+        if off == 0:
+            self.damage = "Active L1 table offset 0 overlaps with qcow2_header"
+        elif off + n * 8 > -(-self.file.length() // self.cs) * self.cs:
+            self.damage = f"Active L1 table offset {off:#x} is beyond the end of the image file"
         buf = bytearray(n * 8)
-        self.file.read(h.l1_table_offset, memoryview(buf))
+        self.file.read(off, memoryview(buf))     # past the end of the file: zeros
         self.l1 = load_be_array("Q", buf)
+
+    def check_usable(self) -> None:
+        """Refuse (EIO, corrupt bit) any use of an L1 table :meth:`load_l1` found damaged:
+        every lookup, and operations that take the table whole (snapshots, resize,
+        amend)."""
+        if self.damage:
+            self.drv.signal_corruption(self.damage)
 
     def l2_offset(self, l1_index: int) -> int:
         """The L2 table offset for an L1 index (0 = none); checks alignment."""
+        self.check_usable()
         if l1_index >= len(self.l1):
             return 0
         e = self.l1[l1_index]

@@ -123,13 +123,13 @@ class Qcow2Driver(BlockDriver):
             raise ImageFormatError(f"Unsupported cluster size: 2^{cb}")
         raw = bytearray(min(flen, 1 << cb))
         file.read(0, memoryview(raw))
-        self.header: Header = parse_header(bytes(raw), flen)
+        self.check_mode = bool(opts.get("x-check", False))   # qemu-img check: allow repair
+        self.header: Header = parse_header(bytes(raw), check=self.check_mode)
         h = self.header
         self.cluster_bits = h.cluster_bits
         self.cluster_size = h.cluster_size
         self.l2_bits = h.cluster_bits - 3 - h.extended_l2
         self.corrupt = bool(h.incompatible_features & INCOMPAT_CORRUPT)
-        self.check_mode = bool(opts.get("x-check", False))   # qemu-img check: allow repair
         if self.corrupt and not self.read_only and not self.check_mode:
             raise ImageFormatError("qcow2: Image is corrupt; cannot be opened read/write")
         self.data_node: BlockDriver | None = None
@@ -154,9 +154,15 @@ class Qcow2Driver(BlockDriver):
         self.snapshots: list[Snapshot] = []
         snap_bytes = 0
         self.snapshot_table_bytes = 0
+        self.snapshot_error: str | None = None    # check mode: why the table is unreadable
         if h.nb_snapshots:
-            self.snapshots, snap_bytes = read_snapshots(file, h.snapshots_offset, h.nb_snapshots,
-                                                        cs, flen)
+            try:
+                self.snapshots, snap_bytes = read_snapshots(file, h.snapshots_offset,
+                                                            h.nb_snapshots, cs, flen)
+            except ImageFormatError as e:
+                if not self.check_mode:
+                    raise
+                self.snapshot_error = str(e)     # reported by check (as QEMU's)
             self.snapshot_table_bytes = snap_bytes
         self.bitmaps = BitmapStore(self)
         self._build_overlap_map(snap_bytes)
@@ -378,12 +384,17 @@ class Qcow2Driver(BlockDriver):
 
     def signal_corruption(self, msg: str) -> None:
         """Mark the image corrupt (v3 header bit) and refuse further writes (QEMU
-        qcow2_signal_corruption).  Always raises CorruptImageError."""
+        qcow2_signal_corruption; on a read-only image the event is not fatal and is
+        worded so).  Always raises CorruptImageError."""
         first = not self.corrupt
         self.corrupt = True
         if first:
-            _log().error("qcow2: Marking image as corrupt: %s; further corruption events "
-                      "will be suppressed", msg)
+            if self.read_only:
+                _log().error("qcow2: Image is corrupt: %s; further non-fatal corruption "
+                             "events will be suppressed", msg)
+            else:
+                _log().error("qcow2: Marking image as corrupt: %s; further corruption "
+                             "events will be suppressed", msg)
             if trace.enabled:
                 trace.emit("qcow2.corrupt", message=msg)
             if not self.read_only and self.header.version >= 3:
@@ -430,7 +441,7 @@ class Qcow2Driver(BlockDriver):
         if n and (offset & cmask) + n <= self.cluster_size:
             mp = self.mapping
             l1i = offset >> (cb + self.l2_bits)
-            if l1i < len(mp.l1):
+            if l1i < len(mp.l1) and not mp.damage:
                 e1 = mp.l1[l1i]
                 # cluster-aligned L2 table and data cluster only; anything else takes
                 # the slow path, which signals corruption (qcow2_get_host_offset)
@@ -619,7 +630,7 @@ class Qcow2Driver(BlockDriver):
             # fast path: overwrite in place (OFLAG_COPIED: the cluster is ours alone)
             mp = self.mapping
             l1i = offset >> (cb + self.l2_bits)
-            if l1i < len(mp.l1):
+            if l1i < len(mp.l1) and not mp.damage:
                 e1 = mp.l1[l1i]
                 # only cluster-aligned tables/clusters; the slow path signals corruption
                 if e1 & OFLAG_COPIED and e1 & cmask == 0:
@@ -701,6 +712,19 @@ class Qcow2Driver(BlockDriver):
         what = "Preallocated zero" if e & OFLAG_ZERO and not self.header.extended_l2 else "Data"
         self.signal_corruption(f"{what} cluster offset {c_hex(e & L2E_OFFSET_MASK)} "
                                f"unaligned (guest offset: {c_hex(guest)})")
+
+    def _refuse_far_old(self, entries: Sequence[int], c0: int) -> None:
+        """Before copy-on-write replaces ``entries`` (guest clusters c0..): a cluster
+        they hold that starts past the end of the file was never written, so the
+        entry is damaged, and freeing it after the copy would fail (QEMU copies, then
+        logs 'qcow2_free_clusters failed'); refuse before allocating anything."""
+        if self.has_data_file:
+            return
+        flen = self.file.length()
+        for i, e in enumerate(entries):
+            if e & L2E_OFFSET_MASK >= flen and self._ctype(e) in (
+                    ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+                self._past_eof_desc(e, (c0 + i) << self.cluster_bits)
 
     def _past_eof_desc(self, e: int, guest: int) -> None:
         """An in-place write to a data cluster that starts past the end of the file:
@@ -812,6 +836,7 @@ class Qcow2Driver(BlockDriver):
         l2_mask = (1 << self.l2_bits) - 1
         table, l2off = self._l2_for_write(l1i)
         old_entries = [table[(c0 + i) & l2_mask] for i in range(n)]
+        self._refuse_far_old(old_entries, c0)
         # with an external data file a guest cluster lives at its own offset, unrefcounted
         host = (c0 << cb) if self.has_data_file else self.refcounts.alloc(n)
         self.file.debug_event("cluster_alloc_space")
@@ -1227,6 +1252,7 @@ class Qcow2Driver(BlockDriver):
         """Grow or shrink the virtual disk (QEMU qcow2_co_truncate; the caller decides
         whether shrinking is wanted, as ``qemu-img resize --shrink``)."""
         self._check_writable()
+        self.mapping.check_usable()
         h = self.header
         if length % 512:
             raise BlockError(errno.EINVAL, "The new size must be a multiple of 512")

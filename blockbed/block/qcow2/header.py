@@ -172,8 +172,11 @@ def _pad8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def parse_header(raw: bytes, file_length: int | None = None) -> Header:
+def parse_header(raw: bytes, check: bool = False) -> Header:
     """Decode and validate the header in ``raw`` (the first cluster, or more).
+
+    ``check``: opened for ``check`` (QEMU's BDRV_O_CHECK): an image without a
+    refcount table and a bad snapshot table pointer are left to the check.
 
     Every field is range-checked here so the rest of the driver can trust it;
     errors are :class:`ImageFormatError` with the field named.
@@ -230,7 +233,7 @@ def parse_header(raw: bytes, file_length: int | None = None) -> Header:
             hdr.backing_file = name.decode("utf-8")
         except UnicodeDecodeError:
             raise ImageFormatError("Backing file name is not valid UTF-8") from None
-    _validate(hdr, file_length)
+    _validate(hdr, check)
     return hdr
 
 
@@ -280,7 +283,7 @@ def _parse_extensions(hdr: Header, raw: bytes, start: int, end: int) -> None:
             hdr.unknown_extensions.append((ext.type, data))
 
 
-def _validate(hdr: Header, file_length: int | None) -> None:
+def _validate(hdr: Header, check: bool) -> None:
     cs = hdr.cluster_size
     if hdr.incompatible_features & ~INCOMPAT_SUPPORTED:
         bad = hdr.incompatible_features & ~INCOMPAT_SUPPORTED
@@ -312,40 +315,38 @@ def _validate(hdr: Header, file_length: int | None) -> None:
     if hdr.crypto is not None and hdr.crypt_method != CRYPT_LUKS:
         raise ImageFormatError("CRYPTO header extension only expected with LUKS encryption "
                                "method")
-    for name in ("l1_table_offset", "refcount_table_offset", "snapshots_offset"):
-        if getattr(hdr, name) % cs:
-            raise ImageFormatError(f"Invalid {name.replace('_offset', '')} offset: "
-                                   f"{getattr(hdr, name):#x} is not cluster aligned")
-    if hdr.refcount_table_clusters == 0:
+    # QEMU qcow2_validate_table: a table must start on a cluster boundary
+    for name, what in (("refcount_table_offset", "Reference count table"),
+                       ("snapshots_offset", "Snapshot table"),
+                       ("l1_table_offset", "Active L1 table")):
+        if getattr(hdr, name) % cs and not (check and name == "snapshots_offset"):
+            raise ImageFormatError(f"{what} offset invalid")
+    if hdr.refcount_table_clusters == 0 and not check:
         raise ImageFormatError("Image does not contain a reference count table")
     if hdr.refcount_table_clusters * cs > MAX_REFTABLE_BYTES:
         raise ImageFormatError("Reference count table too large")
     if hdr.l1_size * 8 > MAX_L1_BYTES:
         raise ImageFormatError("Active L1 table too large")
-    if hdr.nb_snapshots > MAX_SNAPSHOTS:
+    if hdr.nb_snapshots > MAX_SNAPSHOTS and not check:
         raise ImageFormatError("Snapshot table too large")
     l2_bits = hdr.cluster_bits - 3 - hdr.extended_l2
     if hdr.extended_l2 and cs // 32 < 512:
         # 32 subclusters per cluster, each at least a sector (QEMU qcow2_do_open)
         raise ImageFormatError(f"Unsupported subcluster size: {cs // 32}")
     needed = -(-hdr.size // (1 << (hdr.cluster_bits + l2_bits))) if hdr.size else 0
-    if hdr.size > (1 << 63) - 1 or needed > hdr.l1_size:
-        raise ImageFormatError("L1 table is too small" if hdr.size <= (1 << 63) - 1
-                               else "Image is too big")
-    if hdr.l1_size and hdr.l1_table_offset == 0:
-        raise ImageFormatError("Invalid L1 table offset")
+    # QEMU qcow2_do_open: size_to_l1() beyond INT_MAX is "Image is too big"
+    if hdr.size > (1 << 63) - 1 or needed > 0x7FFFFFFF:
+        raise ImageFormatError("Image is too big")
+    if needed > hdr.l1_size:
+        raise ImageFormatError("L1 table is too small")
+    # QEMU 7.2 checks only alignment and overflow here: a table at offset 0 or past
+    # the end of the file opens (it reads as the header bytes or as zeros); the
+    # driver refuses I/O through it (Qcow2Driver.l1_damage, RefcountManager.damage)
     for name, off, length in (
-            ("L1 table", hdr.l1_table_offset, hdr.l1_size * 8),
+            ("Active L1 table", hdr.l1_table_offset, hdr.l1_size * 8),
             ("Reference count table", hdr.refcount_table_offset, hdr.refcount_table_clusters * cs)):
         if off + length > MAX_HOST_OFFSET:
             raise ImageFormatError(f"{name} offset invalid")
-        if file_length is not None and length and off + length > _round_up(file_length, cs):
-            raise ImageFormatError(f"{name} is past the end of the image file "
-                                   f"(offset {off:#x}, {length} bytes, file is {file_length} bytes)")
-
-
-def _round_up(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
 
 
 FEATURE_TABLE_MIN_CLUSTER = 8192

@@ -57,7 +57,7 @@ def read_layout(path: str) -> Layout:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        hdr = parse_header(os.pread(fd, 1 << 16, 0), size)
+        hdr = parse_header(os.pread(fd, 1 << 16, 0))
         cs = hdr.cluster_size
         lay = Layout(cs, size)
 

@@ -52,7 +52,7 @@ def completely_empty_file(path: str) -> None:
     try:
         length = os.fstat(fd).st_size
         raw = os.pread(fd, min(length, 2 << 20), 0)
-        h = parse_header(raw, length)
+        h = parse_header(raw)
         cs = h.cluster_size
         l1_clusters = -(-(h.l1_size * 8) // cs)
         # 1. the L1 table: nothing is mapped any more

@@ -20,8 +20,9 @@ from array import array
 from typing import TYPE_CHECKING, Callable
 
 from ... import trace
-from ..driver import BlockError, CorruptImageError
+from ..driver import BlockError
 from .cache import MetadataCache, dump_be_array, load_be_array
+from .corrupt import c_hex
 
 if TYPE_CHECKING:
     from .driver import Qcow2Driver
@@ -119,29 +120,44 @@ class RefcountManager:
         self.max_allocated = 0            # highest cluster given out in this session
         self.pending_discards: list[tuple[int, int]] = []
         self.free_byte_offset = 0          # where the next compressed cluster may go
+        self.damage: str | None = None     # why the table cannot be used (load_table)
 
     # --- table ------------------------------------------------------------
     def load_table(self) -> None:
+        """Read the refcount table (QEMU qcow2_refcount_init).
+
+        As QEMU 7.2, neither the table's place nor its entries are validated at open,
+        so an image whose refcounts are damaged still opens and its data reads.  A
+        table at offset 0 (the header read as entries) or past the end of the file
+        (zeros: every cluster would look free) is recorded in :attr:`damage` and
+        refused at the first refcount access; a bad entry is refused when its block
+        is needed (:meth:`_block`).  QEMU would instead allocate over the header or
+        other metadata and then mark the image corrupt."""
         h = self.drv.header
         n = h.refcount_table_clusters * self.cs
+        off = h.refcount_table_offset
+        flen = self.file.length()
+        self.damage = None
+        if off == 0:
+            self.damage = "Reference count table offset 0 overlaps with qcow2_header"
+        elif off + n > -(-flen // self.cs) * self.cs:
+            self.damage = (f"Reference count table offset {off:#x} is beyond the end of "
+                           "the image file")
         buf = bytearray(n)
         self.file.debug_event("reftable_load")
-        self.file.read(h.refcount_table_offset, memoryview(buf))
+        self.file.read(off, memoryview(buf))     # past the end of the file: zeros
         self.table = load_be_array("Q", buf)
-        if getattr(self.drv, "check_mode", False):
-            return                   # qemu-img check reports bad entries itself
-        for i, e in enumerate(self.table):
-            if e & ~REFT_OFFSET_MASK:
-                raise CorruptImageError(f"Refblock offset {e:#x} of refcount table entry {i} "
-                                        "has reserved bits set")
-            if e and e % self.cs:
-                raise CorruptImageError(f"Refblock offset {e:#x} unaligned (reftable index: {i:#x})")
+
+    def _usable(self) -> None:
+        if self.damage:
+            self.drv.signal_corruption(self.damage)
 
     def block_offset(self, ti: int) -> int:
         return self.table[ti] if ti < len(self.table) else 0
 
     # --- lookup ------------------------------------------------------------
     def get(self, ci: int) -> int:
+        self._usable()
         ti = ci >> self.rb_bits
         if ti >= len(self.table):
             return 0
@@ -151,6 +167,14 @@ class RefcountManager:
         return self.codec.get(self._block(off, ti), ci & self.rb_mask)
 
     def _block(self, off: int, ti: int):
+        """The refcount block ``off`` of table index ``ti`` (QEMU qcow2_get_refcount
+        and alloc_refcount_block refuse an unaligned block offset with EIO)."""
+        if off & ~REFT_OFFSET_MASK:
+            self.drv.signal_corruption(f"Refblock offset {off:#x} of refcount table entry "
+                                       f"{ti} has reserved bits set")
+        if off & (self.cs - 1):
+            self.drv.signal_corruption(f"Refblock offset {c_hex(off)} unaligned "
+                                       f"(reftable index: {c_hex(ti)})")
         if off >= self._eof_limit():
             self.drv.signal_corruption(f"Refblock at {off:#x} (reftable index {ti:#x}) is "
                                        "past the end of the image file")
@@ -162,6 +186,7 @@ class RefcountManager:
     # --- allocation -------------------------------------------------------------
     def find_free(self, n: int, start: int | None = None) -> int:
         """First cluster of a run of ``n`` clusters with refcount 0, from the hint."""
+        self._usable()
         i = self.free_cluster_index if start is None else start
         run = 0
         while run < n:
@@ -395,6 +420,7 @@ class RefcountManager:
         a 2 MiB run of 64 KiB clusters is not 32 trips through the cache."""
         if trace.enabled:
             trace.emit("qcow2.refcount_update", cluster=start, clusters=n, delta=delta)
+        self._usable()
         codec = self.codec
         ci, end = start, start + n
         while ci < end:

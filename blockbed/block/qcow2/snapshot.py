@@ -11,11 +11,12 @@ leaves at most leaks.  VM state is not saved (vm_state_size 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import errno
+from dataclasses import dataclass, field
 
 from construct import Int16ub, Int32ub, Int64ub, Struct
 
-from ..driver import BlockDriver, ImageFormatError
+from ..driver import BlockDriver, BlockError, ImageFormatError
 
 SnapshotEntryHeader = Struct(
     "l1_table_offset" / Int64ub,
@@ -30,6 +31,7 @@ SnapshotEntryHeader = Struct(
 )
 _HDR = SnapshotEntryHeader.sizeof()
 MAX_SNAPSHOT_TABLE = 64 << 20   # QEMU QCOW_MAX_SNAPSHOTS_SIZE
+MAX_EXTRA_DATA = 1024           # QEMU QCOW_MAX_SNAPSHOT_EXTRA_DATA
 
 
 @dataclass
@@ -56,44 +58,72 @@ def _read_zero_padded(file: BlockDriver, pos: int, n: int, file_length: int) -> 
     return buf
 
 
+@dataclass
+class TableRepair:
+    """What reading the table for ``check -r all`` dropped (QEMU qcow2_do_read_snapshots
+    with ``repair``): stderr lines, entries whose extra data was cut to 1024 bytes,
+    and snapshots discarded off the end of a too-big table."""
+    notes: list[str] = field(default_factory=list)
+    extra_dropped: int = 0
+    reduced: int = 0
+
+
 def read_snapshots(file: BlockDriver, offset: int, count: int, cluster_size: int,
-                   file_length: int) -> tuple[list[Snapshot], int]:
+                   file_length: int, repair: TableRepair | None = None
+                   ) -> tuple[list[Snapshot], int]:
     """Parse ``count`` entries at ``offset``; returns the snapshots and the table's byte size.
 
-    As QEMU 7.2's qcow2_read_snapshots: the table must be aligned and not absurdly
-    large, and extra data is bounded, but the entries' L1 tables are not validated
-    here — an image with one bad snapshot still opens and its active data reads;
+    As QEMU 7.2's qcow2_read_snapshots: the table must be aligned, an entry's extra
+    data is at most 1024 bytes and the table (with extra data counted up to that)
+    at most 64 MiB; the entries' L1 tables are not validated here — an image with
+    one bad snapshot still opens and its active data reads;
     :func:`validate_snapshot_l1` refuses the bad snapshot when it is used (apply,
-    delete) and ``check`` reports it."""
+    delete) and ``check`` reports it.  With ``repair`` (check -r all) too much extra
+    data is cut and a too-big table loses its overhanging entries instead."""
     if count == 0:
         return [], 0
     if offset % cluster_size:
         raise ImageFormatError("Snapshot table is not cluster aligned")
     out: list[Snapshot] = []
     pos = offset
+    table_length = 0
     for i in range(count):
-        if pos - offset > MAX_SNAPSHOT_TABLE:
-            raise ImageFormatError("Snapshot table too large")
-        raw = _read_zero_padded(file, pos, _HDR, file_length)
-        h = SnapshotEntryHeader.parse(raw)
+        pre = pos
+        table_length = (table_length + 7) & ~7
+        pos = (pos + 7) & ~7
+        h = SnapshotEntryHeader.parse(_read_zero_padded(file, pos, _HDR, file_length))
         pos += _HDR
         extra_len = h.extra_data_size
-        if extra_len > 1024:
-            raise ImageFormatError(f"Too much extra metadata in snapshot table entry {i}")
-        total = extra_len + h.id_str_size + h.name_size
-        body = _read_zero_padded(file, pos, total, file_length)
-        pos += total
-        pos = (pos + 7) & ~7
-        extra = bytes(body[:extra_len])
-        disk_size = icount = None
-        if len(extra) >= 16:
-            disk_size = int.from_bytes(extra[8:16], "big")
-        if len(extra) >= 24:
-            icount = int.from_bytes(extra[16:24], "big")
-        id_str = bytes(body[extra_len:extra_len + h.id_str_size]).decode("utf-8", "replace")
-        name = bytes(body[extra_len + h.id_str_size:total]).decode("utf-8", "replace")
+        if extra_len > MAX_EXTRA_DATA:
+            if repair is None:
+                raise ImageFormatError(f"Too much extra metadata in snapshot table entry {i}\n"
+                                       "You can force-remove this extra metadata with "
+                                       "qemu-img check -r all")
+            repair.notes.append(f"Discarding too much extra metadata in snapshot table entry "
+                                f"{i} ({extra_len} > {MAX_EXTRA_DATA})")
+            repair.extra_dropped += 1
+        extra = bytes(_read_zero_padded(file, pos, min(24, extra_len), file_length))
+        pos += extra_len            # unknown extra data is skipped (not kept on rewrite)
+        body = _read_zero_padded(file, pos, h.id_str_size + h.name_size, file_length)
+        pos += h.id_str_size + h.name_size
+        table_length += _HDR + min(extra_len, MAX_EXTRA_DATA) + h.id_str_size + h.name_size
+        if table_length > MAX_SNAPSHOT_TABLE or pos - offset > 0x7FFFFFFF:
+            if repair is None:
+                raise ImageFormatError(f"Snapshot table is too big\nYou can force-remove all "
+                                       f"{count - i} overhanging snapshots with qemu-img "
+                                       "check -r all")
+            repair.notes.append(f"Discarding {count - i} overhanging snapshots (snapshot "
+                                "table is too big)")
+            repair.reduced += count - i
+            pos = pre
+            break
+        vm_state = int.from_bytes(extra[0:8], "big") if len(extra) >= 8 else h.vm_state_size
+        disk_size = int.from_bytes(extra[8:16], "big") if len(extra) >= 16 else None
+        icount = int.from_bytes(extra[16:24], "big") if len(extra) >= 24 else None
+        id_str = bytes(body[:h.id_str_size]).decode("utf-8", "replace")
+        name = bytes(body[h.id_str_size:]).decode("utf-8", "replace")
         out.append(Snapshot(h.l1_table_offset, h.l1_size, id_str, name, h.date_sec, h.date_nsec,
-                            h.vm_clock_nsec, h.vm_state_size, disk_size, icount))
+                            h.vm_clock_nsec, vm_state, disk_size, icount))
     return out, pos - offset
 
 
@@ -112,13 +142,14 @@ def validate_snapshot_l1(snap: Snapshot, cluster_size: int, file_length: int) ->
 # --- writing the table and changing snapshots (QEMU block/qcow2-snapshot.c) ---------------
 
 def encode_snapshots(snaps: list[Snapshot]) -> bytes:
-    """The snapshot table as QEMU 7.2 writes it (24 bytes of extra data per entry)."""
+    """The snapshot table as QEMU 7.2 writes it (24 bytes of extra data per entry; an
+    unknown icount is written as -1, QEMU's "none")."""
     out = bytearray()
     for s in snaps:
         idb, nameb = s.id_str.encode(), s.name.encode()
         extra = (s.vm_state_size.to_bytes(8, "big")
                  + (s.disk_size or 0).to_bytes(8, "big")
-                 + ((s.icount if s.icount is not None else 0) & (2**64 - 1)).to_bytes(8, "big"))
+                 + ((s.icount if s.icount is not None else -1) & (2**64 - 1)).to_bytes(8, "big"))
         out += SnapshotEntryHeader.build(dict(
             l1_table_offset=s.l1_table_offset, l1_size=s.l1_size, id_str_size=len(idb),
             name_size=len(nameb), date_sec=s.date_sec, date_nsec=s.date_nsec,
@@ -209,8 +240,16 @@ def _write_l1_whole(drv) -> None:
     drv.file.flush()
 
 
-def _write_table(drv, snaps: list[Snapshot]) -> None:
-    """Write a new snapshot table, switch the header to it, free the old one."""
+class SnapshotTableOverlap(BlockError):
+    """A rewritten snapshot table would land on the old one (see :func:`_write_table`)."""
+
+
+def _write_table(drv, snaps: list[Snapshot], checked_free: bool = False) -> str | None:
+    """Write a new snapshot table, switch the header to it, free the old one.
+
+    ``checked_free``: an old table whose clusters have no refcount (it lay past the
+    end of the file) is not freed; QEMU's qcow2_free_clusters fails and reverts,
+    and its message is returned."""
     import struct
     h, cs = drv.header, drv.cluster_size
     raw = encode_snapshots(snaps)
@@ -218,6 +257,14 @@ def _write_table(drv, snaps: list[Snapshot]) -> None:
     if raw:
         n = -(-len(raw) // cs)
         new_off = drv.refcounts.alloc(n)
+        old_off, old_len = h.snapshots_offset, drv.snapshot_table_bytes
+        if checked_free and old_len and new_off < old_off + old_len and old_off < new_off + n * cs:
+            # QEMU's pre-write overlap check still sees the old table (whose clusters
+            # a repair may have found unreferenced): the rewrite fails, and the new
+            # clusters stay allocated (flushed before the check; the image is then
+            # corrupt, so QEMU's free never reaches the disk): a leak
+            drv.refcounts.cache.flush()
+            raise SnapshotTableOverlap(errno.EIO, "Input/output error")
         drv.refcounts.cache.flush()
         drv.overlap.add(new_off, len(raw), "snapshot_table")
         drv.file.write(new_off, raw)
@@ -230,7 +277,22 @@ def _write_table(drv, snaps: list[Snapshot]) -> None:
     drv.snapshot_table_bytes = len(raw)
     if old_len:
         drv.overlap.remove(old_off, old_len)
-        drv.refcounts.free(old_off, -(-old_len // cs))
+        n_old = -(-old_len // cs)
+        if checked_free and not all(drv.refcounts.get((old_off >> drv.cluster_bits) + k)
+                                    for k in range(n_old)):
+            return "qcow2_free_clusters failed: Invalid argument"
+        drv.refcounts.free(old_off, n_old)
+    return None
+
+
+def rewrite_table(drv) -> str | None:
+    """Write the snapshot table again with complete extra data (QEMU
+    qcow2_check_fix_snapshot_table, for ``check -r all``): an entry without a
+    disk size gets the image's size, as QEMU's reader fills it in."""
+    from dataclasses import replace
+    snaps = [replace(s, disk_size=drv.header.size if s.disk_size is None else s.disk_size)
+             for s in drv.snapshots]
+    return _write_table(drv, snaps, checked_free=True)
 
 
 def create_snapshot(drv, name: str) -> Snapshot:
@@ -238,6 +300,7 @@ def create_snapshot(drv, name: str) -> Snapshot:
     import time
     from .cache import dump_be_array
     drv._check_writable()
+    drv.mapping.check_usable()
     drv.flush()
     cs = drv.cluster_size
     mp = drv.mapping
@@ -297,6 +360,7 @@ def _read_l1(drv, snap: Snapshot) -> "object":
 def apply_snapshot(drv, ident: str) -> None:
     """Revert the active image to a snapshot (qemu-img snapshot -a)."""
     from array import array
+    drv.mapping.check_usable()
     snap = find_snapshot(drv, ident)
     validate_snapshot_l1(snap, drv.cluster_size, drv.file.length())
     drv._check_writable()
@@ -342,6 +406,7 @@ def _after_refcount_drop(drv) -> None:
 
 def delete_snapshot(drv, ident: str) -> None:
     """Delete a snapshot (qemu-img snapshot -d)."""
+    drv.mapping.check_usable()
     snap = find_snapshot(drv, ident)
     validate_snapshot_l1(snap, drv.cluster_size, drv.file.length())
     drv._check_writable()

@@ -332,6 +332,8 @@ class ExtL2Driver(Qcow2Driver):
             elif self.has_data_file:
                 self._alloc_and_write_sc(l1i, c, k - c, rs, piece, c << cb)
             else:
+                if table is not None:
+                    self._refuse_far_old([table[2 * (x & mask)] for x in range(c, k)], c)
                 self._l2_for_write(l1i)      # the L2 table is allocated before the data
                 host = None
                 hint = self._host_hint
@@ -450,6 +452,9 @@ class ExtL2Driver(Qcow2Driver):
         e0 = table[2 * (c0 & mask)]
         host0 = (e0 & L2E_OFFSET_MASK) if e0 & L2E_OFFSET_MASK or not self.has_data_file \
             else c0 << cb
+        if self.data_node is None and host0 + ((c1 - 1 - c0) << cb) >= self.file.length():
+            # a damaged entry far past the end: writing would grow the file to it
+            self._past_eof_desc(table[2 * ((c1 - 1) & mask)], rs)
         if all_data:
             self._write_host(host0 + rs - (c0 << cb), rs, [piece])
             return
