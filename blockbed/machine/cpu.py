@@ -166,6 +166,7 @@ class CPU:
         # whose callback asked it to stop, so that access must not happen twice.
         self._replay: tuple | None = None
         self._replay_value = 0
+        self._stop_flags: tuple[int, int] | None = None   # see _restore_stop_flags
         machine.memory.map_into(self.uc)
         self._install_io_hooks()
 
@@ -287,6 +288,19 @@ class CPU:
         if trace.enabled:
             trace.emit("cpu.syscall", rip=rip, nr=rd(X.UC_X86_REG_RAX), entry=lstar)
 
+    def _restore_stop_flags(self) -> None:
+        """A stop requested inside the RDTSC hook (a device event due at that tick
+        raised an interrupt) makes unicorn leave with RIP at the RDTSC, to run it
+        again, and with RFLAGS garbled: the lazily kept arithmetic flags are not
+        written back on that path (measured under Linux: RFLAGS 0x847 in the hook,
+        0xa4db3d4f after the slice, reserved bits set, then #GP at the next PUSHF).
+        RDTSC changes no flags, so the value read in the hook is the right one."""
+        sf = self._stop_flags
+        if sf is not None:
+            self._stop_flags = None
+            if self.uc.reg_read(X.UC_X86_REG_RIP) == sf[0]:
+                self.uc.reg_write(X.UC_X86_REG_RFLAGS, sf[1])
+
     def _install_tsc_hooks(self) -> None:
         """RDTSC/RDTSCP from the virtual clock (see TSC_PER_TICK).
 
@@ -304,6 +318,8 @@ class CPU:
             events.now += 1
             if events._heap and events._heap[0].due <= events.now:
                 events.run_due()
+            if cpu.stop_reason is not _RUNNING and cpu._stop_flags is None:
+                cpu._stop_flags = (uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RFLAGS))
             tsc = events.now * TSC_PER_TICK
             uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
             uc.reg_write(X.UC_X86_REG_RDX, (tsc >> 32) & 0xFFFFFFFF)
@@ -721,6 +737,7 @@ class CPU:
             # nothing is in flight: clear it (about 2 us).
             self._uc_exc.clear_in_flight(self.uc)
         self.stop_reason = StopReason.NONE
+        self._stop_flags = None
         self._exception = None
         self._cr2_at_slice = self.uc.reg_read(X.UC_X86_REG_CR2)
         begin = self.rip()
@@ -739,6 +756,7 @@ class CPU:
                     if self.stop_reason is not StopReason.EXIT:
                         self._fail(self._classify_uc_error(err))
                     return
+                self._restore_stop_flags()
                 self.instructions_lower_bound += 1
                 if self._exception is not None and self.stop_reason is not StopReason.EXIT:
                     self._replay = None
@@ -758,6 +776,7 @@ class CPU:
                 return
             self._fail(self._classify_uc_error(err))
             return
+        self._restore_stop_flags()
         if self._exception is not None and self.stop_reason is not StopReason.EXIT:
             self._deliver_exception()
             return
