@@ -40,6 +40,7 @@ from .clock import TSC_PER_TICK
 from .exceptions import (Delivery, Event, Frame, TripleFault, UnicornExceptionState,
                          needs_error_code)
 from .paging import PageFault, PagingState, read_entry, translate
+from .pio_string import PioStrings
 
 if TYPE_CHECKING:
     from .board import Machine
@@ -178,6 +179,7 @@ class CPU:
         ones = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
         cpu = self
+        strings = self.pio_strings = PioStrings(self)
 
         def on_in(uc, port, size, ud):
             if cpu._replay is not None and cpu._pio_replayed(False, port, size, None):
@@ -189,12 +191,18 @@ class CPU:
             if trace.enabled:
                 trace.leave()
             ent = ports.get(port)
-            v = ones[size] if ent is None else ent[0].read(port - ent[1], size)
+            if ent is None:
+                v = last = ones[size]
+            elif hasattr(ent[0], "read_string") and cpu.stop_reason is _RUNNING and \
+                    (bulk := strings.ins(ent[0], port - ent[1], port, size)) is not None:
+                v, last = bulk          # a whole `rep ins` block (pio_string.py)
+            else:
+                v = last = ent[0].read(port - ent[1], size)
             if trace.enabled:
                 trace.leave()            # a read that completed a request does not tag the exit
                 trace.emit("pio.in", port=port, size=size, value=v, insn=cpu.exit_insn())
             if cpu.stop_reason is not _RUNNING:
-                cpu._replay = (_PIO, False, port, size, None, v, cpu._io_key())
+                cpu._replay = (_PIO, False, port, size, None, last, cpu._io_key())
             return v
 
         def on_out(uc, port, size, value, ud):
@@ -208,10 +216,15 @@ class CPU:
                 trace.leave()
                 trace.emit("pio.out", port=port, size=size, value=value, insn=cpu.exit_insn())
             ent = ports.get(port)
-            if ent is not None:
-                ent[0].write(port - ent[1], size, value)
+            last = None
+            if ent is not None and hasattr(ent[0], "write_string") and cpu.stop_reason is _RUNNING:
+                last = strings.outs(ent[0], port - ent[1], port, size)  # a `rep outs` block
+            if last is None:
+                last = value
+                if ent is not None:
+                    ent[0].write(port - ent[1], size, value)
             if cpu.stop_reason is not _RUNNING:
-                cpu._replay = (_PIO, True, port, size, value, None, cpu._io_key())
+                cpu._replay = (_PIO, True, port, size, last, None, cpu._io_key())
 
         def on_intr(uc, intno, ud):
             cpu._exception = intno

@@ -1,0 +1,205 @@
+"""``rep ins``/``rep outs`` in one exit: the block moved at once when the port can.
+
+Unicorn runs a REP string I/O instruction one iteration at a time, and every
+iteration is one UC_HOOK_INSN IN/OUT callback -- for IDE PIO that is a Python
+exit per 16-bit word.  When the port's handler offers a bulk transfer,
+:class:`PioStrings` moves the rest of the block in the hooked iteration:
+
+- ``read_string(offset, size, count) -> bytes-like``: up to ``count`` units of
+  ``size`` bytes, whole units only, fewer when the device has fewer ready (the
+  IDE data register stops at the end of its DRQ block); empty when it takes
+  none, and then nothing happened.
+- ``write_string(offset, size, data) -> int``: the units of ``data`` it took,
+  from the front (0: none, nothing happened).  ``data`` views guest RAM; the
+  handler copies what it keeps.
+
+What unicorn (2.1, QEMU 5's translator: ``gen_repz`` around ``gen_ins`` /
+``gen_outs``) does around the hook, measured with a guest that reports
+RCX/RDI/RSI after the instruction (see tests/test_pio_string.py):
+
+- inside the hook RIP is the instruction (prefixes included), RCX still counts
+  the hooked iteration, RDI/RSI address its unit;
+- for INS the destination address is taken *before* the hook (a dummy store
+  there first, so a #PF strikes before the port is read) and the value the
+  hook returns is stored at that address; for OUTS the unit was loaded from
+  [RSI] before the hook and arrives as its ``value``;
+- register writes made in the hook stick: after it unicorn decrements RCX,
+  adds the operand size to RDI/RSI (DF=0) to whatever the hook left, and ends
+  the instruction when RCX reaches 0 -- so RCX=1 makes the hooked iteration the
+  last one;
+- when a stop is requested in the hook (an interrupt kick, a machine stop),
+  unicorn performs the iteration -- the INS store at the original RDI
+  included -- and then executes it *again* on resume, from the registers the
+  hook left: the INS store goes to the new RDI, the OUTS unit is loaded from
+  the new RSI.  The replay guard (cpu.py ``_pio_replayed``) answers that
+  second access from its record.
+
+So a bulk INS of ``m`` units returns unit 0 (stored by unicorn at RDI), copies
+units 1..m-1 into guest RAM itself and leaves RCX = RCX-(m-1), RDI = RDI+(m-1)
+*size: unicorn's own step lands on the right final values.  A bulk OUTS hands
+units 0..m-1 to the device and moves RCX/RSI the same way.  If a stop is
+pending after the transfer, the re-execution addresses unit m-1, so the record
+the replay guard keeps must hold *that* unit (the INS value stored again at
+RDI+(m-1)*size, where it already is; the OUTS value that the re-execution
+loads): both methods return it as the "replay value" next to the result.  A
+bulk transfer is never started while a stop is pending (the caller checks),
+so the guard never has to tell a replayed bulk from a new one.
+
+Only the 4 KiB page of the hooked unit is touched: unicorn validated exactly
+that access (present, writable for INS, user when CPL 3; A/D bits set by its
+walk), the software walk (:mod:`.paging`) only finds its physical address.  A
+block that crosses a page ends the bulk at the page end; the next iteration is
+hooked again after unicorn's own access to the next page -- so an unmapped or
+read-only page raises the #PF at exactly the iteration the per-unit path
+raises it, with the same registers.  Physical addresses outside RAM (MMIO)
+are left to unicorn.  Like device DMA, the copy bypasses unicorn's
+self-modifying-code detection.
+
+Handled: 64-bit code (EFER.LMA and CS.L), address size 64 or 32 (67h: ECX,
+EDI/ESI), REP (F3h, and F2h which QEMU's decoder takes as REP for INS/OUTS),
+operand size from 66h/REX.W checked against the hook's, DS/ES/CS/SS overrides
+(base 0).  Everything else runs the per-unit path: DF=1, TF=1, FS/GS
+overrides, legacy or compatibility mode, a count of 1, LOCK.
+
+Time: a bulk transfer is one exit, one virtual tick (as one port access).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from unicorn import x86_const as X
+
+from .. import trace
+from .exceptions import DeliveryFault
+from .paging import Access, PageFault, read_entry, translate
+
+if TYPE_CHECKING:
+    from .cpu import CPU
+
+PAGE = 0x1000
+DF_TF = (1 << 10) | (1 << 8)
+EFER_LMA = 1 << 10
+_LEGACY_PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x64, 0x65))
+_INS, _OUTS = (0x6C, 0x6D), (0x6E, 0x6F)
+_ACCESS = {(w, u): Access(write=w, user=u) for w in (False, True) for u in (False, True)}
+
+
+def decode(code: bytes, outs: bool) -> tuple[int, bool] | None:
+    """(operand size, 32-bit addressing) of a REP INS (``outs`` False) or REP OUTS
+    at the start of ``code`` in 64-bit mode; None for anything else or for what
+    the bulk path leaves to unicorn (LOCK, FS/GS override, no REP)."""
+    rep = opsize = addr32 = False
+    rex = 0
+    for i, b in enumerate(code[:15]):
+        if b in _LEGACY_PREFIXES:
+            if b == 0xF0 or (outs and b in (0x64, 0x65)):
+                return None
+            rep |= b in (0xF2, 0xF3)
+            opsize |= b == 0x66
+            addr32 |= b == 0x67
+            rex = 0                     # a REX not right before the opcode is ignored
+        elif 0x40 <= b <= 0x4F:
+            rex = b
+        else:
+            if not rep or b not in (_OUTS if outs else _INS):
+                return None
+            size = 1 if b in (0x6C, 0x6E) else 4 if rex & 8 or not opsize else 2
+            return size, addr32
+    return None
+
+
+class PioStrings:
+    """The bulk path of one CPU's IN/OUT hooks (``cpu.pio_strings``).
+
+    ``enabled`` False makes every string instruction take the per-unit path
+    (tests compare the two).  ``transfers``/``units`` count bulk exits and the
+    units they moved."""
+
+    def __init__(self, cpu: "CPU"):
+        self.cpu = cpu
+        self.memory = cpu.machine.memory
+        self.enabled = True
+        self.transfers = 0
+        self.units = 0
+
+    def _setup(self, size: int, outs: bool):
+        """The hooked iteration as (uc, count, pointer, address mask, physical
+        address of the pointer, units that fit in its page), or None."""
+        if not self.enabled:
+            return None
+        cpu = self.cpu
+        uc = cpu.uc
+        rd = uc.reg_read
+        if rd(X.UC_X86_REG_RFLAGS) & DF_TF:
+            return None
+        paging, _idt, (gdt_base, gdt_limit), _tr = cpu._sysregs()
+        cs = rd(X.UC_X86_REG_CS)
+        if not paging.efer & EFER_LMA or cs & 4 or (cs | 7) > gdt_limit:
+            return None
+        try:
+            desc = struct.unpack("<Q", cpu.delivery.read_linear(paging, gdt_base + (cs & ~7), 8))[0]
+        except DeliveryFault:
+            return None
+        if not (desc >> 53) & 1:                        # CS.L: 64-bit code
+            return None
+        op = decode(cpu.read_code(rd(X.UC_X86_REG_RIP), 15), outs)
+        if op is None or op[0] != size:
+            return None
+        mask = 0xFFFF_FFFF if op[1] else 0xFFFF_FFFF_FFFF_FFFF
+        count = rd(X.UC_X86_REG_RCX) & mask
+        ptr = rd(X.UC_X86_REG_RSI if outs else X.UC_X86_REG_RDI) & mask
+        fit = min(count, (PAGE - (ptr & (PAGE - 1))) // size)
+        if fit < 2:
+            return None
+        try:
+            phys = translate(paging, read_entry(self.memory), ptr, _ACCESS[not outs, cs & 3 == 3])
+        except PageFault:
+            return None
+        if not self.memory.contains(phys, fit * size):
+            return None
+        return uc, count, ptr, mask, phys, fit
+
+    def _advance(self, uc, count: int, ptr: int, mask: int, m: int, size: int, reg: int) -> None:
+        """Leave RCX/RDI|RSI so that unicorn's own step after the hook lands on
+        the values ``m`` iterations would have left."""
+        uc.reg_write(X.UC_X86_REG_RCX, (count - (m - 1)) & mask)
+        uc.reg_write(reg, (ptr + (m - 1) * size) & mask)
+        self.transfers += 1
+        self.units += m
+
+    def ins(self, handler, offset: int, port: int, size: int) -> tuple[int, int] | None:
+        """A bulk ``rep ins`` from ``handler.read_string``: (the value for the
+        hooked iteration, the replay value), or None for the per-unit path."""
+        s = self._setup(size, False)
+        if s is None:
+            return None
+        uc, count, ptr, mask, phys, fit = s
+        data = handler.read_string(offset, size, fit)
+        m = len(data) // size
+        if m == 0:
+            return None
+        self.memory.buf[phys + size:phys + m * size] = data[size:m * size]
+        self._advance(uc, count, ptr, mask, m, size, X.UC_X86_REG_RDI)
+        if trace.enabled:
+            trace.emit("cpu.pio_string", write=False, port=port, size=size, units=m, addr=ptr)
+        return (int.from_bytes(data[:size], "little"),
+                int.from_bytes(data[(m - 1) * size:m * size], "little"))
+
+    def outs(self, handler, offset: int, port: int, size: int) -> int | None:
+        """A bulk ``rep outs`` to ``handler.write_string``: the replay value (the
+        last unit written), or None for the per-unit path (nothing was written)."""
+        s = self._setup(size, True)
+        if s is None:
+            return None
+        uc, count, ptr, mask, phys, fit = s
+        view = self.memory.buf[phys:phys + fit * size]
+        m = handler.write_string(offset, size, view)
+        if m == 0:
+            return None
+        last = int.from_bytes(view[(m - 1) * size:m * size], "little")
+        self._advance(uc, count, ptr, mask, m, size, X.UC_X86_REG_RSI)
+        if trace.enabled:
+            trace.emit("cpu.pio_string", write=True, port=port, size=size, units=m, addr=ptr)
+        return last
