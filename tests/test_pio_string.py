@@ -14,7 +14,7 @@ import pytest
 from blockbed.devices.attach import attach_drives
 from blockbed.machine import ExitKind, Machine, MachineConfig
 from blockbed.machine.pio_string import decode
-from test_machine import asm_build  # noqa: F401  (fixture)
+from test_machine import KickingSequencePort, asm_build, check_kicking_sequence  # noqa: F401
 
 BLOCK = 512          # StreamPort's "DRQ block"
 
@@ -145,7 +145,6 @@ def test_replay_guard_with_kicks_mid_transfer(asm_build, enabled):
     that kicks inside read_string/write_string: a bulk transfer whose handler asks
     the CPU to stop must not be applied twice (cpu.py's replay record holds the
     last unit, the one unicorn re-executes)."""
-    from test_machine import KickingSequencePort
 
     class KickingBulk(KickingSequencePort):
         def read_string(self, offset, size, count):
@@ -167,13 +166,5 @@ def test_replay_guard_with_kicks_mid_transfer(asm_build, enabled):
         def _maybe_kick_always(self):
             self.m.cpu.kick()
 
-    m = Machine(MachineConfig(memory_mib=32, timeout_s=120))
-    m.cpu.pio_strings.enabled = enabled
-    port = KickingBulk(m)
-    m.pio.add("sequence", 0x520, 2, port)
-    m.load_kernel(str(asm_build / "pio_string_kick.elf"))
-    r = m.run()
-    assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, (r.reason, port.reads)
-    assert port.reads == 30_000
-    assert (port.writes, port.out_of_order) == (20_000, 0)
+    m = check_kicking_sequence(asm_build, KickingBulk, enabled)
     assert (m.cpu.pio_strings.transfers > 0) is enabled
