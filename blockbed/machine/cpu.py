@@ -216,15 +216,14 @@ class CPU:
                 trace.leave()
                 trace.emit("pio.out", port=port, size=size, value=value, insn=cpu.exit_insn())
             ent = ports.get(port)
-            last = None
-            if ent is not None and hasattr(ent[0], "write_string") and cpu.stop_reason is _RUNNING:
-                last = strings.outs(ent[0], port - ent[1], port, size)  # a `rep outs` block
-            if last is None:
-                last = value
-                if ent is not None:
+            if ent is not None:
+                if hasattr(ent[0], "write_string") and cpu.stop_reason is _RUNNING and \
+                        (last := strings.outs(ent[0], port - ent[1], port, size)) is not None:
+                    value = last        # a whole `rep outs` block; unicorn may re-execute the last
+                else:
                     ent[0].write(port - ent[1], size, value)
             if cpu.stop_reason is not _RUNNING:
-                cpu._replay = (_PIO, True, port, size, last, None, cpu._io_key())
+                cpu._replay = (_PIO, True, port, size, value, None, cpu._io_key())
 
         def on_intr(uc, intno, ud):
             cpu._exception = intno
