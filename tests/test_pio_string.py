@@ -41,8 +41,12 @@ class StreamPort:
     def write(self, offset, size, value):
         self.written += value.to_bytes(size, "little")
 
+    probe = None        # a callable run inside read_string (the translate test)
+
     def read_string(self, offset, size, count):
         self.string_calls += 1
+        if self.probe is not None:
+            self.probe()
         n = min(count, (BLOCK - self.pos % BLOCK) // size) * size
         b = self.stream(self.pos, n)
         self.pos += n
@@ -66,10 +70,12 @@ class Reports:
         self.values.append(value)
 
 
-def run_stream_guest(elf, enabled: bool):
+def run_stream_guest(elf, enabled: bool, probe=None):
     m = Machine(MachineConfig(memory_mib=32, timeout_s=60))
     m.cpu.pio_strings.enabled = enabled
     port, reports = StreamPort(), Reports()
+    if probe is not None:
+        port.probe = lambda: probe(m)
     m.pio.add("stream", 0x520, 4, port)
     m.pio.add("reports", 0x530, 4, reports)
     m.load_kernel(str(elf))
@@ -219,3 +225,20 @@ def test_ide_pio_bulk_matches_per_unit(asm_build, tmp_path):
     assert w(1200) == buf[0x4002:0x4202]
     # The word written while BSY is dropped; the second sector starts one word late.
     assert w(1300, 2) == buf[0x1000:0x1200] + buf[0x1202:0x1400] + b"\x5a\x5a"
+
+
+def test_a_refused_translation_leaves_cr2_alone(asm_build):
+    """uc_vmem_translate of an unmapped address writes CR2 as a #PF would; the bulk
+    path's translate puts it back (and says None)."""
+    from unicorn import UC_PROT_WRITE
+    from unicorn import x86_const as X
+    seen = []
+
+    def probe(m):
+        uc = m.cpu.uc
+        before = uc.reg_read(X.UC_X86_REG_CR2)
+        got = m.cpu.pio_strings.regs.translate(0x2_0000_0000, UC_PROT_WRITE)   # past 4 GiB
+        seen.append((got, before, uc.reg_read(X.UC_X86_REG_CR2)))
+        m.cpu.pio_strings.enabled = False
+    m, r, *_ = run_stream_guest(asm_build / "pio_string.elf", True, probe)
+    assert seen and seen[0][0] is None and seen[0][1] == seen[0][2] != 0x2_0000_0000

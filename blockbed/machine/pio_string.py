@@ -47,7 +47,8 @@ so the guard never has to tell a replayed bulk from a new one.
 
 Only the 4 KiB page of the hooked unit is touched: unicorn validated exactly
 that access (present, writable for INS, user when CPL 3; A/D bits set by its
-walk), the software walk (:mod:`.paging`) only finds its physical address.  A
+walk), and the translation asks unicorn's MMU for exactly that access
+(``uc_vmem_translate``; the instruction bytes at RIP likewise).  A
 block that crosses a page ends the bulk at the page end; the next iteration is
 hooked again after unicorn's own access to the next page -- so an unmapped or
 read-only page raises the #PF at exactly the iteration the per-unit path
@@ -61,20 +62,24 @@ operand size from 66h/REX.W checked against the hook's, DS/ES/CS/SS overrides
 (base 0).  Everything else runs the per-unit path: DF=1, TF=1, FS/GS
 overrides, legacy or compatibility mode, a count of 1, LOCK.
 
+64-bit code is told by CS.L in the GDT descriptor (software walk, :mod:`.paging`,
+cached while CR3, GDTR.base and CS stay the same; the descriptor itself is read
+every time).  Registers go through one batch call each way (:class:`_Registers`).
+
 Time: a bulk transfer is one exit, one virtual tick (as one port access).
 """
 
 from __future__ import annotations
 
 import ctypes
-import struct
 from typing import TYPE_CHECKING
 
+from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import trace
-from .paging import Access, PageFault, PagingState, read_entry, translate
+from .paging import PageFault, PagingState, read_entry, translate
 
 if TYPE_CHECKING:
     from .cpu import CPU
@@ -84,12 +89,15 @@ DF_TF = (1 << 10) | (1 << 8)
 EFER_LMA = 1 << 10
 _LEGACY_PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x64, 0x65))
 _INS, _OUTS = (0x6C, 0x6D), (0x6E, 0x6F)
-_ACCESS = {(w, u): Access(write=w, user=u) for w in (False, True) for u in (False, True)}
-_CODE = Access(fetch=True)
 EFER = 0xC0000080
 _READ = (X.UC_X86_REG_RIP, X.UC_X86_REG_RCX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI,
          X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS, X.UC_X86_REG_CR0, X.UC_X86_REG_CR3,
-         X.UC_X86_REG_CR4, X.UC_X86_REG_MSR, X.UC_X86_REG_GDTR)
+         X.UC_X86_REG_CR4, X.UC_X86_REG_CR2, X.UC_X86_REG_MSR, X.UC_X86_REG_GDTR)
+
+
+_vmem_translate = uclib.uc_vmem_translate     # (uc, address, uc_prot, uint64_t *paddress)
+_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p]
+_vmem_translate.restype = ctypes.c_int
 
 
 class _Msr(ctypes.Structure):          # unicorn's uc_x86_msr
@@ -124,12 +132,30 @@ class _Registers:
         self.write_values = (ctypes.c_uint64 * 2)()
         wbase = ctypes.addressof(self.write_values)
         self.write_ptrs = (ctypes.c_void_p * 2)(wbase, wbase + 8)
+        self.phys = ctypes.c_uint64()
 
     def read(self) -> list[int]:
-        """[RIP, RCX, RDI, RSI, RFLAGS, CS, CR0, CR3, CR4]; EFER and GDTR in
+        """[RIP, RCX, RDI, RSI, RFLAGS, CS, CR0, CR3, CR4, CR2]; EFER and GDTR in
         ``efer.value`` and ``gdtr``."""
         uclib.uc_reg_read_batch(self.handle, self.ids, self.ptrs, self.n)
         return list(self.values)
+
+    def translate(self, addr: int, prot: int) -> int | None:
+        """Linear -> physical through unicorn's own MMU (``uc_vmem_translate``: the
+        guest's page tables at the current CPL, as the access unicorn just made;
+        under 1 us where the software walk of :mod:`.paging` takes ~7 us), None
+        if it refuses.  A refusal leaves CR2 = ``addr`` behind (QEMU's page walk
+        records the fault even when only probing: measured), so CR2 is put back to
+        the value :meth:`read` found.  The bulk path translates only what unicorn
+        has just accessed, so a refusal takes a stale TLB entry (page tables changed
+        without INVLPG) and ends in the per-unit path."""
+        if _vmem_translate(self.handle, addr, prot, ctypes.byref(self.phys)):
+            self.write_ids[0] = X.UC_X86_REG_CR2
+            self.write_values[0] = self.values[9]
+            uclib.uc_reg_write_batch(self.handle, self.write_ids, self.write_ptrs, 1)
+            self.write_ids[0] = X.UC_X86_REG_RCX
+            return None
+        return self.phys.value
 
     def write(self, rcx: int, reg: int, value: int) -> None:
         self.write_ids[1] = reg
@@ -185,22 +211,23 @@ class PioStrings:
         if not self.enabled:
             return None
         regs = self.regs
-        rip, rcx, rdi, rsi, rflags, cs, cr0, cr3, cr4 = regs.read()
+        rip, rcx, rdi, rsi, rflags, cs, cr0, cr3, cr4, _cr2 = regs.read()
         if rflags & DF_TF or not regs.efer.value & EFER_LMA or cs & 4 or \
                 (cs | 7) > regs.gdtr.limit:
             return None
-        paging = PagingState(cr0, cr3, cr4, regs.efer.value)
         mem = self.memory
-        entry = read_entry(mem)
         key = (cr3, regs.gdtr.base, cs)
-        try:
-            if key != self._cs_key:
-                # The walk to CS's descriptor, again only when CR3, GDTR or CS change.
-                self._cs_at = translate(paging, entry, key[1] + (cs & ~7))
-                self._cs_key = key
-            desc_at = self._cs_at
-            code_at = translate(paging, entry, rip, _CODE)
-        except PageFault:
+        if key != self._cs_key:
+            # The walk to CS's descriptor, again only when CR3, GDTR or CS change.
+            paging = PagingState(cr0, cr3, cr4, regs.efer.value)
+            try:
+                self._cs_at = translate(paging, read_entry(mem), key[1] + (cs & ~7))
+            except PageFault:
+                return None
+            self._cs_key = key
+        desc_at = self._cs_at
+        code_at = regs.translate(rip, UC_PROT_EXEC)
+        if code_at is None:
             return None
         if not mem.contains(desc_at, 8) or not (mem.read_u64(desc_at) >> 53) & 1:
             return None                                 # not CS.L: not 64-bit code
@@ -214,11 +241,8 @@ class PioStrings:
         fit = min(count, (PAGE - (ptr & (PAGE - 1))) // size)
         if fit < 2:
             return None
-        try:
-            phys = translate(paging, entry, ptr, _ACCESS[not outs, cs & 3 == 3])
-        except PageFault:
-            return None
-        if not mem.contains(phys, fit * size):
+        phys = regs.translate(ptr, UC_PROT_READ if outs else UC_PROT_WRITE)
+        if phys is None or not mem.contains(phys, fit * size):
             return None
         return count, ptr, mask, phys, fit
 
