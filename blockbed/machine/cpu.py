@@ -173,13 +173,14 @@ class CPU:
     # --- exits -------------------------------------------------------------
     def _install_io_hooks(self) -> None:
         m = self.machine
-        ports = m.pio.ports
+        ports = m.pio.hook_ports
         events = m.events
         exits = self.exits
         ones = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
         cpu = self
         strings = self.pio_strings = PioStrings(self)
+        m.pio.wrap_strings = strings.wrap
 
         def on_in(uc, port, size, ud):
             if cpu._replay is not None and cpu._pio_replayed(False, port, size, None):
@@ -191,17 +192,13 @@ class CPU:
             if trace.enabled:
                 trace.leave()
             ent = ports.get(port)
-            if ent is None:
-                v = last = ones[size]
-            elif hasattr(ent[0], "read_string") and cpu.stop_reason is _RUNNING and \
-                    (bulk := strings.ins(ent[0], port - ent[1], port, size)) is not None:
-                v, last = bulk          # a whole `rep ins` block (pio_string.py)
-            else:
-                v = last = ent[0].read(port - ent[1], size)
+            v = ones[size] if ent is None else ent[0].read(port - ent[1], size)
             if trace.enabled:
                 trace.leave()            # a read that completed a request does not tag the exit
                 trace.emit("pio.in", port=port, size=size, value=v, insn=cpu.exit_insn())
             if cpu.stop_reason is not _RUNNING:
+                # After a `rep ins` block (pio_string.py) unicorn re-executes its last unit.
+                last = v if strings.last is None else strings.take_last()
                 cpu._replay = (_PIO, False, port, size, None, last, cpu._io_key())
             return v
 
@@ -217,13 +214,10 @@ class CPU:
                 trace.emit("pio.out", port=port, size=size, value=value, insn=cpu.exit_insn())
             ent = ports.get(port)
             if ent is not None:
-                if hasattr(ent[0], "write_string") and cpu.stop_reason is _RUNNING and \
-                        (last := strings.outs(ent[0], port - ent[1], port, size)) is not None:
-                    value = last        # a whole `rep outs` block; unicorn may re-execute the last
-                else:
-                    ent[0].write(port - ent[1], size, value)
+                ent[0].write(port - ent[1], size, value)
             if cpu.stop_reason is not _RUNNING:
-                cpu._replay = (_PIO, True, port, size, value, None, cpu._io_key())
+                last = value if strings.last is None else strings.take_last()
+                cpu._replay = (_PIO, True, port, size, last, None, cpu._io_key())
 
         def on_intr(uc, intno, ud):
             cpu._exception = intno

@@ -27,23 +27,23 @@ RCX/RDI/RSI after the instruction (see tests/test_pio_string.py):
   adds the operand size to RDI/RSI (DF=0) to whatever the hook left, and ends
   the instruction when RCX reaches 0 -- so RCX=1 makes the hooked iteration the
   last one;
-- when a stop is requested in the hook (an interrupt kick, a machine stop),
-  unicorn performs the iteration -- the INS store at the original RDI
+- when a stop is requested in an INS hook (an interrupt kick, a machine
+  stop), unicorn performs the iteration -- the store at the original RDI
   included -- and then executes it *again* on resume, from the registers the
-  hook left: the INS store goes to the new RDI, the OUTS unit is loaded from
-  the new RSI.  The replay guard (cpu.py ``_pio_replayed``) answers that
-  second access from its record.
+  hook left: the second store goes to the new RDI.  The replay guard (cpu.py
+  ``_pio_replayed``) answers that second IN from its record.  An OUTS
+  iteration is not executed again (no second OUT, no replay: measured).
 
 So a bulk INS of ``m`` units returns unit 0 (stored by unicorn at RDI), copies
 units 1..m-1 into guest RAM itself and leaves RCX = RCX-(m-1), RDI = RDI+(m-1)
 *size: unicorn's own step lands on the right final values.  A bulk OUTS hands
 units 0..m-1 to the device and moves RCX/RSI the same way.  If a stop is
-pending after the transfer, the re-execution addresses unit m-1, so the record
-the replay guard keeps must hold *that* unit (the INS value stored again at
-RDI+(m-1)*size, where it already is; the OUTS value that the re-execution
-loads): both methods return it as the "replay value" next to the result.  A
-bulk transfer is never started while a stop is pending (the caller checks),
-so the guard never has to tell a replayed bulk from a new one.
+pending after the transfer, the INS re-execution addresses unit m-1, so the
+record the replay guard keeps must hold *that* unit (stored again at
+RDI+(m-1)*size, where it already is): ``last`` carries it to the hook's record.
+OUTS records its last unit the same way, which is what a re-execution would
+load.  A bulk transfer is never started while a stop is pending, so the guard
+never has to tell a replayed bulk from a new one.
 
 Only the 4 KiB page of the hooked unit is touched: unicorn validated exactly
 that access (present, writable for INS, user when CPL 3; A/D bits set by its
@@ -188,15 +188,49 @@ def decode(code: bytes, outs: bool) -> tuple[int, bool] | None:
     return None
 
 
+class _StringPort:
+    """What the CPU's hooks call for a port whose handler has string methods
+    (machine/bus.py ``hook_ports``): the bulk path first, when no stop is
+    pending, else the handler's own read/write."""
+
+    def __init__(self, strings: "PioStrings", handler, base: int):
+        self.strings, self.handler, self.base = strings, handler, base
+        self.cpu = strings.cpu
+        self.running = strings.running
+
+    def read(self, offset: int, size: int) -> int:
+        if self.cpu.stop_reason is self.running:
+            got = self.strings.ins(self.handler, offset, self.base + offset, size)
+            if got is not None:
+                if self.cpu.stop_reason is not self.running:
+                    self.strings.last = got[1]      # the handler asked for a stop
+                return got[0]
+        return self.handler.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if self.cpu.stop_reason is self.running:
+            last = self.strings.outs(self.handler, offset, self.base + offset, size)
+            if last is not None:
+                if self.cpu.stop_reason is not self.running:
+                    self.strings.last = last
+                return
+        self.handler.write(offset, size, value)
+
+
 class PioStrings:
     """The bulk path of one CPU's IN/OUT hooks (``cpu.pio_strings``).
 
     ``enabled`` False makes every string instruction take the per-unit path
     (tests compare the two).  ``transfers``/``units`` count bulk exits and the
-    units they moved."""
+    units they moved.  ``last``: the replay value of a bulk transfer after which
+    a stop is pending (set only then), taken by the hook's replay record in the
+    same exit."""
 
     def __init__(self, cpu: "CPU"):
+        from .cpu import StopReason       # (cpu.py imports this module)
         self.cpu = cpu
+        self.running = StopReason.NONE
+        self.last: int | None = None
         self.memory = cpu.machine.memory
         self.regs = _Registers(cpu.uc)
         self._cs_key: tuple | None = None
@@ -204,6 +238,13 @@ class PioStrings:
         self.enabled = True
         self.transfers = 0
         self.units = 0
+
+    def wrap(self, handler, base: int) -> _StringPort:
+        return _StringPort(self, handler, base)
+
+    def take_last(self) -> int | None:
+        last, self.last = self.last, None
+        return last
 
     def _setup(self, size: int, outs: bool):
         """The hooked iteration as (count, pointer, address mask, physical address
