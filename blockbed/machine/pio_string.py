@@ -170,7 +170,7 @@ def decode(code: bytes, outs: bool) -> tuple[int, bool] | None:
     the bulk path leaves to unicorn (LOCK, FS/GS override, no REP)."""
     rep = opsize = addr32 = False
     rex = 0
-    for i, b in enumerate(code[:15]):
+    for b in code[:15]:
         if b in _LEGACY_PREFIXES:
             if b == 0xF0 or (outs and b in (0x64, 0x65)):
                 return None
