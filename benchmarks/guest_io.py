@@ -25,7 +25,7 @@ kept (the run least disturbed by other load on a shared machine).
 Targets (issue 5): virtio-blk 64 KiB sequential throughput >= 0.5x QEMU's;
 at most 2 exits per request.  ``--check`` exits 1 when a target is missed.
 The ATA rows have no target; they show where each controller's time goes
-(IDE PIO costs one exit per 16-bit word, by design of the hardware).
+(IDE PIO moves a DRQ block per ``rep insw`` exit: machine/pio_string.py).
 
 Run: ``python benchmarks/guest_io.py [--reps N] [--check]`` (needs the built
 guests and qemu-system-x86_64).

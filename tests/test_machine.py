@@ -398,11 +398,20 @@ def test_port_io_is_performed_once_when_a_stop_lands_in_the_callback(asm_build):
     """The port-I/O replay guard (machine/cpu.py): a kick during an IN/OUT callback --
     plain or one iteration of a string instruction -- must not make the guest see
     a value twice, nor the device see an access twice."""
+    check_kicking_sequence(asm_build, KickingSequencePort)
+
+
+def check_kicking_sequence(asm_build, port_class, string_io: bool = True) -> Machine:
+    """Run pio_string_kick.S against ``port_class(machine)`` on port 0x520 and check
+    every value went through once, in order (``string_io``: the bulk path of
+    machine/pio_string.py on or off)."""
     m = Machine(MachineConfig(memory_mib=32, timeout_s=120))
-    port = KickingSequencePort(m)
+    m.cpu.pio_strings.enabled = string_io
+    port = port_class(m)
     m.pio.add("sequence", 0x520, 2, port)
     m.load_kernel(str(asm_build / "pio_string_kick.elf"))
     r = m.run()
     assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, (r.reason, port.reads)
     assert port.reads == 30_000
     assert (port.writes, port.out_of_order) == (20_000, 0)
+    return m

@@ -351,7 +351,26 @@ class IdeChannel:
                 not self.units[x.unit].status & ST_DRQ:
             return 0
         b = x.buf[x.pos:x.pos + size]
-        x.pos += size
+        self._data_read(x, size)
+        return int.from_bytes(b.ljust(size, b"\0"), "little")
+
+    def read_data_string(self, size: int, count: int) -> memoryview | bytes:
+        """``rep ins`` from the data register (machine/pio_string.py): up to
+        ``count`` whole units of the current DRQ block at once, with the same
+        effects as that many reads of :meth:`read_data` (the block's end moves
+        to the next block or ends the command); empty where that would read 0."""
+        x = self.xfer
+        if x is None or x.cmd.protocol is not Protocol.PIO_IN or \
+                not self.units[x.unit].status & ST_DRQ:
+            return b""
+        n = min(count, (len(x.buf) - x.pos) // size) * size
+        data = memoryview(x.buf)[x.pos:x.pos + n]
+        if n:
+            self._data_read(x, n)
+        return data
+
+    def _data_read(self, x: _Xfer, n: int) -> None:
+        x.pos += n
         if x.pos >= len(x.buf):
             u = self.units[x.unit]
             if x.remaining:
@@ -362,7 +381,6 @@ class IdeChannel:
                 if trace.enabled:
                     trace.end(self, status=u.status, error=u.error)
                 self.xfer = None
-        return int.from_bytes(b.ljust(size, b"\0"), "little")
 
     def write_data(self, size: int, value: int) -> None:
         x = self.xfer
@@ -371,6 +389,24 @@ class IdeChannel:
             return
         n = min(size, len(x.buf) - x.pos)
         x.buf[x.pos:x.pos + n] = value.to_bytes(size, "little")[:n]
+        self._data_written(x, n)
+
+    def write_data_string(self, size: int, data: memoryview) -> int:
+        """``rep outs`` to the data register: the whole units of ``data`` that fit
+        in the current DRQ block, as that many :meth:`write_data` calls; 0 where
+        those would be ignored."""
+        x = self.xfer
+        if x is None or x.cmd.protocol is not Protocol.PIO_OUT or \
+                not self.units[x.unit].status & ST_DRQ:
+            return 0
+        units = min(len(data), len(x.buf) - x.pos) // size
+        n = units * size
+        if n:
+            x.buf[x.pos:x.pos + n] = data[:n]
+            self._data_written(x, n)
+        return units
+
+    def _data_written(self, x: _Xfer, n: int) -> None:
         x.pos += n
         if x.pos >= len(x.buf):
             self.units[x.unit].status = ST_BSY
@@ -456,6 +492,39 @@ class _Port:
         self.read, self.write = read, write
 
 
+class _DataPort:
+    """The data register (command block offset 0) on its own port: the one port
+    with string transfers (``rep insw``/``outsw``, insl/outsl in one exit)."""
+
+    def __init__(self, ch: IdeChannel):
+        self.ch = ch
+
+    def read(self, offset: int, size: int) -> int:
+        return self.ch.read_data(size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.ch.write_data(size, value)
+
+    def read_string(self, offset: int, size: int, count: int) -> memoryview | bytes:
+        return self.ch.read_data_string(size, count)
+
+    def write_string(self, offset: int, size: int, data: memoryview) -> int:
+        return self.ch.write_data_string(size, data)
+
+
+class _TaskFilePort:
+    """Command block offsets 1-7 (the registers after the data register)."""
+
+    def __init__(self, ch: IdeChannel):
+        self.read_block, self.write_block = ch.read_cmd_block, ch.write_cmd_block
+
+    def read(self, offset: int, size: int) -> int:
+        return self.read_block(offset + 1, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.write_block(offset + 1, size, value)
+
+
 class PiixIde(PCIDevice):
     vendor_id, device_id, class_code, revision = 0x8086, 0x7010, 0x010180, 0x00
     subsystem_vendor_id, subsystem_id = 0x1AF4, 0x1100
@@ -476,8 +545,8 @@ class PiixIde(PCIDevice):
             return
         self._ports_mapped = True
         for ch in self.channels:
-            self.machine.pio.add(f"ide{ch.index}", ch.cmd_base, 8,
-                                 _Port(ch.read_cmd_block, ch.write_cmd_block))
+            self.machine.pio.add(f"ide{ch.index}-data", ch.cmd_base, 1, _DataPort(ch))
+            self.machine.pio.add(f"ide{ch.index}", ch.cmd_base + 1, 7, _TaskFilePort(ch))
             self.machine.pio.add(f"ide{ch.index}-ctl", ch.ctl_base, 1, _Port(ch.read_ctl, ch.write_ctl))
 
     def _bm_read(self, off: int, size: int) -> int:

@@ -6,6 +6,11 @@ Devices register *regions*: an address range and a handler with
 reads all-ones and drops writes, as a PC's bus does (master abort).
 
 Port I/O: a dict from port number to (handler, base) — one lookup per exit.
+The CPU's hooks look up ``hook_ports``, the same but with a handler that also
+offers ``read_string``/``write_string`` wrapped by ``wrap_strings`` (set by the
+CPU: machine/pio_string.py), so that only such ports pay for the ``rep
+ins``/``rep outs`` check; ``read``/``write`` here (qtest) reach the handler
+itself.
 
 MMIO: the unicorn address space above RAM up to 4 GiB is rebuilt from page
 chunks whenever a region moves (a BAR is reprogrammed): a region that covers
@@ -65,6 +70,8 @@ class IoPortBus:
 
     def __init__(self) -> None:
         self.ports: dict[int, tuple[RegionHandler, int]] = {}
+        self.hook_ports: dict[int, tuple[RegionHandler, int]] = {}
+        self.wrap_strings: Callable[[RegionHandler, int], RegionHandler] | None = None
         self.regions: list[Region] = []
         self.conflicts: list[str] = []
 
@@ -81,8 +88,13 @@ class IoPortBus:
                 return None
         region = Region(name, base, size, handler)
         self.regions.append(region)
+        hooked = handler
+        if self.wrap_strings is not None and \
+                (hasattr(handler, "read_string") or hasattr(handler, "write_string")):
+            hooked = self.wrap_strings(handler, base)
         for p in range(base, base + size):
             self.ports[p] = (handler, base)
+            self.hook_ports[p] = (hooked, base)
         return region
 
     def remove(self, region: Region) -> None:
@@ -90,6 +102,7 @@ class IoPortBus:
             self.regions.remove(region)
             for p in range(region.base, region.end):
                 self.ports.pop(p, None)
+                self.hook_ports.pop(p, None)
 
     def read(self, port: int, size: int) -> int:
         ent = self.ports.get(port)

@@ -40,6 +40,7 @@ from .clock import TSC_PER_TICK
 from .exceptions import (Delivery, Event, Frame, TripleFault, UnicornExceptionState,
                          needs_error_code)
 from .paging import PageFault, PagingState, read_entry, translate
+from .pio_string import PioStrings
 
 if TYPE_CHECKING:
     from .board import Machine
@@ -173,12 +174,14 @@ class CPU:
     # --- exits -------------------------------------------------------------
     def _install_io_hooks(self) -> None:
         m = self.machine
-        ports = m.pio.ports
+        ports = m.pio.hook_ports
         events = m.events
         exits = self.exits
         ones = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
         cpu = self
+        strings = self.pio_strings = PioStrings(self)
+        m.pio.wrap_strings = strings.wrap
 
         def on_in(uc, port, size, ud):
             if cpu._replay is not None and cpu._pio_replayed(False, port, size, None):
@@ -195,7 +198,9 @@ class CPU:
                 trace.leave()            # a read that completed a request does not tag the exit
                 trace.emit("pio.in", port=port, size=size, value=v, insn=cpu.exit_insn())
             if cpu.stop_reason is not _RUNNING:
-                cpu._replay = (_PIO, False, port, size, None, v, cpu._io_key())
+                # After a `rep ins` block (pio_string.py) unicorn re-executes its last unit.
+                last = v if strings.last is None else strings.take_last()
+                cpu._replay = (_PIO, False, port, size, None, last, cpu._io_key())
             return v
 
         def on_out(uc, port, size, value, ud):
@@ -212,7 +217,8 @@ class CPU:
             if ent is not None:
                 ent[0].write(port - ent[1], size, value)
             if cpu.stop_reason is not _RUNNING:
-                cpu._replay = (_PIO, True, port, size, value, None, cpu._io_key())
+                last = value if strings.last is None else strings.take_last()
+                cpu._replay = (_PIO, True, port, size, last, None, cpu._io_key())
 
         def on_intr(uc, intno, ud):
             if cpu._exception is not None:
