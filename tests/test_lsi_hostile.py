@@ -275,3 +275,15 @@ def test_disconnected_read_completes_after_unrelated_commands(rig):
     _, dstat, s0, _ = rig.wait_interrupt()
     assert dstat & R.DSTAT_SIR and rig.rl(R.DSPS) == 0x48, (dstat, s0)
     assert rig.qt.memread(DATA, 512) == b"\x5c" * 512 and rig.qt.memread(STATUS, 1) == b"\0"
+
+
+def test_every_register_reads_without_a_host_error(rig):
+    """Every byte of the register file can be read (sym53c8xx reads SBDL while
+    negotiating; its handler once named an undefined ``Phase`` and the run ended in a
+    host traceback)."""
+    for off in range(0x60):
+        if off in (R.ISTAT0, R.DSTAT, R.SIST0, R.SIST1):
+            continue                       # read-to-clear: keep the rig's state
+        rig.rb(off)
+    assert rig.rb(R.SBDL) == 0             # no MESSAGE IN byte on an idle bus
+    healthy(rig)

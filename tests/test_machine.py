@@ -415,3 +415,27 @@ def check_kicking_sequence(asm_build, port_class, string_io: bool = True) -> Mac
     assert port.reads == 30_000
     assert (port.writes, port.out_of_order) == (20_000, 0)
     return m
+
+
+class BrokenPort:
+    """A device model with a bug: its write handler raises."""
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        raise NameError("name 'Phase' is not defined")
+
+
+def test_a_device_model_bug_ends_the_run_as_an_internal_error(asm_build):
+    """An exception raised inside a unicorn callback is blockbed's bug, not the guest's:
+    the run ends with kind INTERNAL (status 126) and a reason naming the code, and
+    the caller gets no traceback."""
+    m = Machine(MachineConfig(memory_mib=32, timeout_s=10))
+    m.pio.add("broken", 0x510, 1, BrokenPort())
+    m.load_kernel(str(asm_build / "interrupt.elf"))
+    r = m.run()
+    assert r.kind is ExitKind.INTERNAL and r.exit_status == 126
+    assert r.reason.startswith("internal error (a blockbed bug")
+    assert "NameError: name 'Phase' is not defined" in r.reason
+    assert "tests/test_machine.py" in r.reason or "test_machine.py" in r.reason

@@ -6,7 +6,8 @@ outcomes or wrap around to 0, so it is reported as 119 — or one of the host ou
 :data:`blockbed.machine.board.HOST_EXIT_STATUS` — 120 machine stopped by the
 block layer's error policy, 121 guest fault, 122 halted with nothing to wake
 it, 123 instruction budget used up, 124 wall-clock timeout, 125 stdout closed
-(broken pipe) before the guest exited — with a one-line reason on stderr.  A one-line summary (exits by kind, virtual ticks, wall
+(broken pipe) before the guest exited, 126 an internal error of blockbed (a device
+model raised: a bug to report, not the guest's doing) — with a one-line reason on stderr.  A one-line summary (exits by kind, virtual ticks, wall
 time) follows on stderr.  Bad arguments exit 2.
 """
 
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0],
                        epilog="exit status: the guest's debug-exit value (0-118; larger values: 119); 120 stopped, 121 guest fault, "
                               "122 halted, 123 instruction budget, 124 timeout, 125 stdout closed "
-                              "(broken pipe), 2 bad arguments")
+                              "(broken pipe), 126 internal error, 2 bad arguments")
     p.add_argument("--kernel", required=True, metavar="ELF", help="multiboot guest ELF or Linux bzImage")
     p.add_argument("--append", default="", metavar="STR", help="guest command line")
     p.add_argument("--initrd", default=None, metavar="FILE",

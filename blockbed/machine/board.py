@@ -48,6 +48,7 @@ class ExitKind(Enum):
     HALTED = "halted"              # HLT with nothing that could ever wake the CPU
     BUDGET = "instruction-budget"  # the instruction budget ran out
     TIMEOUT = "timeout"            # the wall-clock limit ran out
+    INTERNAL = "internal-error"    # a bug in blockbed (a device model raised): not the guest
 
 
 #: Guest debug-exit values 0..GUEST_STATUS_MAX are the process status as they are; any
@@ -62,6 +63,7 @@ HOST_EXIT_STATUS = {
     ExitKind.HALTED: 122,
     ExitKind.BUDGET: 123,
     ExitKind.TIMEOUT: 124,
+    ExitKind.INTERNAL: 126,
 }
 
 
@@ -207,7 +209,8 @@ class Machine:
                 kind, reason = ExitKind.STOPPED, f"machine stopped: {self.stop_reason_text}"
                 break
             if cpu.fault is not None:
-                kind, reason = ExitKind.FAULT, cpu.fault.reason
+                kind = ExitKind.INTERNAL if cpu.fault.internal else ExitKind.FAULT
+                reason = cpu.fault.reason
                 break
             cpu.try_deliver_interrupt()
             if cpu.fault is not None:

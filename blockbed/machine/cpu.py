@@ -103,6 +103,7 @@ class GuestFault:
     instruction: str = ""
     registers: dict[str, int] = field(default_factory=dict)
     long_mode: bool = False
+    internal: bool = False       # blockbed's own error (a device model raised), not the guest's
 
     def report(self) -> str:
         lines = [f"guest fault: {self.reason}",
@@ -659,6 +660,24 @@ class CPU:
         self.fault = self.describe_fault(reason)
         self.stop_reason = StopReason.FAULT
 
+    def _internal_error(self, exc: BaseException) -> None:
+        """A device model (or the machine) raised inside a unicorn callback: unicorn
+        hands the exception back from ``emu_start``.  That is a bug in blockbed, not
+        something the guest did; the run ends with a report naming the code, instead
+        of a traceback (status 126)."""
+        import traceback
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = ""
+        if frames:                      # the innermost frame: the code that raised
+            f = frames[-1]
+            path = f.filename.replace("\\", "/")
+            cut = path.rfind("/blockbed/")
+            path = path[cut + 1:] if cut >= 0 else path.rsplit("/", 1)[-1]
+            where = f" at {path}:{f.lineno} in {f.name}"
+        self._fail(f"internal error (a blockbed bug, please report it): "
+                   f"{type(exc).__name__}: {exc}{where}")
+        self.fault.internal = True
+
     def describe_fault(self, reason: str) -> GuestFault:
         try:
             lm = self.long_mode()
@@ -762,6 +781,10 @@ class CPU:
                     if self.stop_reason is not StopReason.EXIT:
                         self._fail(self._classify_uc_error(err))
                     return
+                except Exception as exc:       # noqa: BLE001 -- raised in a device callback
+                    self._replay = None
+                    self._internal_error(exc)
+                    return
                 self._restore_stop_flags()
                 self.instructions_lower_bound += 1
                 if self._exception is not None and self.stop_reason is not StopReason.EXIT:
@@ -781,6 +804,9 @@ class CPU:
             if self.stop_reason is StopReason.EXIT:
                 return
             self._fail(self._classify_uc_error(err))
+            return
+        except Exception as exc:       # noqa: BLE001 -- raised in a device callback
+            self._internal_error(exc)
             return
         self._restore_stop_flags()
         if self._exception is not None and self.stop_reason is not StopReason.EXIT:

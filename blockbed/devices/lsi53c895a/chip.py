@@ -225,7 +225,7 @@ class LSI53C895A(ScsiBus, PCIDevice):
         if off == R.SSTAT2:
             return 0 if self.bus.connected else R.SSTAT2_LDSC
         if off == R.SBDL:
-            return self.bus.msgin[0] if self.bus.phase == Phase.MSG_IN and self.bus.msgin else 0
+            return self.bus.msgin[0] if self.bus.phase == R.Phase.MSG_IN and self.bus.msgin else 0
         if off == R.CTEST0:
             return 0xFF
         return r[off]
