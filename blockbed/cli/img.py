@@ -179,7 +179,9 @@ def _actual_size(path: str) -> int:
 
 
 def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
-    """The ImageInfo fields qemu-img info prints (QAPI order of insertion)."""
+    """The ImageInfo fields qemu-img info prints (QAPI order of insertion); a foreign
+    format driver adds its own (``info_fields``, ``host_files``)."""
+    from ..block.readonlyfmt import node_path
     info: dict[str, Any] = {}
     if fmt == "qcow2":
         h = node.header
@@ -238,6 +240,11 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
         info["filename"] = path
         info["format"] = fmt
         info["actual-size"] = _actual_size(path)
+        extra = getattr(node, "info_fields", None)
+        if extra is not None:         # a foreign format driver (readonlyfmt.ReadOnlyFormat)
+            info.update(extra())
+            info["actual-size"] = sum(_actual_size(p) for p in
+                                      map(node_path, node.host_files()) if p)
         info["dirty-flag"] = False
     return info
 
