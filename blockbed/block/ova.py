@@ -103,8 +103,9 @@ def _attr(el: ET.Element, name: str) -> str | None:
     return None
 
 
-def _children(el: ET.Element, name: str) -> list[ET.Element]:
-    return [c for c in el.iter() if _local(c.tag) == name]
+def _children(root: ET.Element, section: str, name: str) -> list[ET.Element]:
+    """``<name>`` elements directly inside the Envelope's ``<section>`` elements."""
+    return [c for s in root if _local(s.tag) == section for c in s if _local(c.tag) == name]
 
 
 def parse_units(units: str, where: str) -> int:
@@ -141,7 +142,7 @@ def parse_ovf(text: bytes, where: str) -> list[OvfDisk]:
         raise OvaError(f"{where}: the OVF descriptor's root is <{_local(root.tag)}>, "
                        "not <Envelope>")
     files: dict[str, str] = {}
-    for f in _children(root, "File"):
+    for f in _children(root, "References", "File"):
         fid, href = _attr(f, "id"), _attr(f, "href")
         if not fid or not href:
             raise OvaError(f"{where}: a References/File lacks ovf:id or ovf:href")
@@ -152,7 +153,7 @@ def parse_ovf(text: bytes, where: str) -> list[OvfDisk]:
             raise OvaError(f"{where}: file '{href}' is split in chunks; not supported")
         files[fid] = safe_name(href, "ovf:href", where)
     disks: list[OvfDisk] = []
-    for d in _children(root, "Disk"):
+    for d in _children(root, "DiskSection", "Disk"):
         did, ref, cap = _attr(d, "diskId"), _attr(d, "fileRef"), _attr(d, "capacity")
         label = f"{where}: disk '{did}'"
         if not did or cap is None:
