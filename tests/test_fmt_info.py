@@ -91,3 +91,16 @@ def test_qed_backing_file_info(capsys, qemu_img, here, bfmt):
     qemu(qemu_img, "create", "-q", "-f", "qed", "-b", f"base.{bfmt}", "-F", bfmt, "top.qed")
     _same_info(capsys, qemu_img, "top.qed")
     _same_info(capsys, qemu_img, "top.qed", chain=["--backing-chain"])
+
+
+def test_paths_in_a_subdirectory(capsys, qemu_img, here):
+    """Extent files and backing paths are relative to the image's directory: the
+    extent filenames and full-backing-filename carry the directory, as in qemu-img."""
+    (here / "sub").mkdir()
+    qemu(qemu_img, "create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse",
+         "sub/t.vmdk", "5G")
+    qemu(qemu_img, "convert", "-f", "raw", "-O", "qed", "src.raw", "base.qed")
+    qemu(qemu_img, "create", "-q", "-f", "qed", "-b", "../base.qed", "-F", "qed", "sub/q.qed")
+    for name in ("sub/t.vmdk", "sub/q.qed", str(here / "sub/t.vmdk")):
+        _same_info(capsys, qemu_img, name)
+    _same_info(capsys, qemu_img, "sub/q.qed", chain=["--backing-chain"])
