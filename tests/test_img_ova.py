@@ -24,15 +24,15 @@ from fmt_helpers import MiB, bb, make_raw, qemu
 NS = "http://schemas.dmtf.org/ovf/envelope/1"
 
 
-def ovf_xml(disks, units="byte", extra_file="") -> bytes:
+def ovf_xml(disks, units="byte", extra_file="", ns=NS, size_attr="") -> bytes:
     """An OVF envelope: ``disks`` is [(href, capacity)]."""
-    refs = "".join(f'<File ovf:id="file{i}" ovf:href="{h}"/>' for i, (h, _) in
+    refs = "".join(f'<File ovf:id="file{i}" ovf:href="{h}"{size_attr}/>' for i, (h, _) in
                    enumerate(disks, 1))
     ds = "".join(f'<Disk ovf:diskId="vmdisk{i}" ovf:fileRef="file{i}" ovf:capacity="{c}" '
                  f'ovf:capacityAllocationUnits="{units}" ovf:format="http://www.vmware.com/'
                  'interfaces/specifications/vmdk.html#streamOptimized"/>'
                  for i, (_, c) in enumerate(disks, 1))
-    return (f'<?xml version="1.0"?><Envelope xmlns="{NS}" xmlns:ovf="{NS}">'
+    return (f'<?xml version="1.0"?><Envelope xmlns="{ns}" xmlns:ovf="{ns}">'
             f'<References>{refs}{extra_file}</References><DiskSection><Info>d</Info>{ds}'
             '</DiskSection><VirtualSystem ovf:id="vm"/></Envelope>').encode()
 
@@ -127,11 +127,14 @@ def test_several_disks_get_numbered_outputs(capsys, qemu_img, tmp_path, two):
 
 
 def test_capacity_units_and_info(capsys, qemu_img, tmp_path):
-    """``byte * 2^20`` capacities; img info lists the disks (text and json)."""
+    """``byte * 2^20`` capacities, the OVF 2.0 namespace, a correct ovf:size; img info
+    lists the disks (text and json)."""
     raw, data, size = stream_vmdk(qemu_img, tmp_path, "d1", 4 * MiB, 0)
     ova = tmp_path / "vm.ova"
-    build_ova(ova, [("vm.ovf", ovf_xml([("d1.vmdk", size // MiB)], units="byte * 2^20")),
-                    ("d1.vmdk", data)])
+    ovf = ovf_xml([("d1.vmdk", size // MiB)], units="byte * 2^20",
+                  ns="http://schemas.dmtf.org/ovf/envelope/2",
+                  size_attr=f' ovf:size="{len(data)}"')
+    build_ova(ova, [("vm.ovf", ovf), ("d1.vmdk", data)])
     rc, out, err = bb(capsys, "info", "--output=json", str(ova))
     assert (rc, err) == (0, "")
     info = json.loads(out)
@@ -166,6 +169,7 @@ def test_manifest_mismatch_is_one_line(capsys, qemu_img, tmp_path):
     ("capacity", "the OVF capacity is"),
     ("units", "capacity unit 'sectors' is not a multiple of byte"),
     ("notdisk", "is raw, not a VMDK disk"),
+    ("ovfsize", "its ovf:size says 7"),
     ("extent", "outside the archive"),
 ])
 def test_hostile_archives_fail_cleanly(capsys, qemu_img, tmp_path, case, needle):
@@ -184,6 +188,8 @@ def test_hostile_archives_fail_cleanly(capsys, qemu_img, tmp_path, case, needle)
         members[0] = ("vm.ovf", ovf_xml([("d1.vmdk", size + 512)]))
     elif case == "units":
         members[0] = ("vm.ovf", ovf_xml([("d1.vmdk", size)], units="sectors"))
+    elif case == "ovfsize":
+        members[0] = ("vm.ovf", ovf_xml([("d1.vmdk", size)], size_attr=' ovf:size="7"'))
     elif case == "notdisk":
         members[1] = ("d1.vmdk", bytes(size))
     elif case == "extent":              # a descriptor VMDK naming a host file

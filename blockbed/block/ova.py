@@ -89,6 +89,7 @@ class OvfDisk:
     href: str
     capacity: int
     format_uri: str
+    file_size: int | None = None       # the File's ovf:size, when given
 
 
 def _local(tag: str) -> str:
@@ -142,6 +143,7 @@ def parse_ovf(text: bytes, where: str) -> list[OvfDisk]:
         raise OvaError(f"{where}: the OVF descriptor's root is <{_local(root.tag)}>, "
                        "not <Envelope>")
     files: dict[str, str] = {}
+    sizes: dict[str, int] = {}                 # href -> ovf:size, where given
     for f in _children(root, "References", "File"):
         fid, href = _attr(f, "id"), _attr(f, "href")
         if not fid or not href:
@@ -152,6 +154,11 @@ def parse_ovf(text: bytes, where: str) -> list[OvfDisk]:
         if _attr(f, "chunkSize"):
             raise OvaError(f"{where}: file '{href}' is split in chunks; not supported")
         files[fid] = safe_name(href, "ovf:href", where)
+        size = _attr(f, "size")
+        if size is not None and size.strip():
+            if not size.strip().isdigit():
+                raise OvaError(f"{where}: file '{href}': ovf:size '{size}' is not a number")
+            sizes[files[fid]] = int(size)
     disks: list[OvfDisk] = []
     for d in _children(root, "DiskSection", "Disk"):
         did, ref, cap = _attr(d, "diskId"), _attr(d, "fileRef"), _attr(d, "capacity")
@@ -166,7 +173,8 @@ def parse_ovf(text: bytes, where: str) -> list[OvfDisk]:
             raise OvaError(f"{label}: ovf:capacity '{cap}' is not a number")
         units = _attr(d, "capacityAllocationUnits") or "byte"
         disks.append(OvfDisk(len(disks) + 1, did, files[ref],
-                             int(cap) * parse_units(units, label), _attr(d, "format") or ""))
+                             int(cap) * parse_units(units, label), _attr(d, "format") or "",
+                             sizes.get(files[ref])))
     if not disks:
         raise OvaError(f"{where}: the OVF descriptor describes no disk with a file")
     return disks
@@ -191,6 +199,9 @@ class OvaArchive:
                 if d.href not in self.members:
                     raise OvaError(f"{where}: disk '{d.disk_id}': the file '{d.href}' is "
                                    "not in the archive")
+                if d.file_size is not None and d.file_size != self.members[d.href][1]:
+                    raise OvaError(f"{where}: file '{d.href}' has {self.members[d.href][1]} "
+                                   f"bytes in the archive, its ovf:size says {d.file_size}")
             self.manifest = self._check_manifest()
         except BaseException:
             tar.close()
