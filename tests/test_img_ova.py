@@ -171,6 +171,7 @@ def test_manifest_mismatch_is_one_line(capsys, qemu_img, tmp_path):
     ("notdisk", "is raw, not a VMDK disk"),
     ("ovfsize", "its ovf:size says 7"),
     ("extent", "outside the archive"),
+    ("relextent", "cannot use relative paths with VMDK descriptor file"),
 ])
 def test_hostile_archives_fail_cleanly(capsys, qemu_img, tmp_path, case, needle):
     raw, data, size = stream_vmdk(qemu_img, tmp_path, "d1", MiB, 0)
@@ -192,13 +193,23 @@ def test_hostile_archives_fail_cleanly(capsys, qemu_img, tmp_path, case, needle)
         members[0] = ("vm.ovf", ovf_xml([("d1.vmdk", size)], size_attr=' ovf:size="7"'))
     elif case == "notdisk":
         members[1] = ("d1.vmdk", bytes(size))
-    elif case == "extent":              # a descriptor VMDK naming a host file
+    elif case in ("extent", "relextent"):   # a descriptor VMDK naming a host file
+        target = raw if case == "extent" else raw.name
         desc = (f'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
-                f'createType="monolithicFlat"\nRW {size // 512} FLAT "{raw}" 0\n').encode()
+                f'createType="monolithicFlat"\nRW {size // 512} FLAT "{target}" 0\n').encode()
         members[1] = ("d1.vmdk", desc)
     ova = tmp_path / "vm.ova"
     build_ova(ova, members, manifest=case not in ("dotdot", "absolute"))
     assert needle in _one_error(capsys, tmp_path, ova)
+
+
+def test_no_output_when_a_later_disk_is_bad(capsys, qemu_img, tmp_path, two):
+    """Every disk is checked before the first output is created."""
+    _, members, sizes = two
+    ova = tmp_path / "vm.ova"
+    build_ova(ova, [("vm.ovf", ovf_xml([("d1.vmdk", sizes[0]), ("d2.vmdk", sizes[1] * 2)])),
+                    *members])
+    assert "disk 2 ('d2.vmdk')" in _one_error(capsys, tmp_path, ova)
 
 
 def test_not_a_tar_with_format_ova(capsys, tmp_path):
