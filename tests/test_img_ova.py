@@ -212,6 +212,17 @@ def test_no_output_when_a_later_disk_is_bad(capsys, qemu_img, tmp_path, two):
     assert "disk 2 ('d2.vmdk')" in _one_error(capsys, tmp_path, ova)
 
 
+def test_truncated_archive(capsys, qemu_img, tmp_path):
+    raw, data, size = stream_vmdk(qemu_img, tmp_path, "d1", MiB, 0)
+    ova = tmp_path / "vm.ova"
+    build_ova(ova, [("vm.ovf", ovf_xml([("d1.vmdk", size)])), ("d1.vmdk", data)],
+              manifest=False)
+    with open(ova, "r+b") as f:
+        f.truncate(4096 + len(data) // 2)
+    err = _one_error(capsys, tmp_path, ova)
+    assert "truncated" in err or "not a readable tar archive" in err
+
+
 def test_not_a_tar_with_format_ova(capsys, tmp_path):
     bad = tmp_path / "x.ova"
     bad.write_bytes(b"not a tar" * 100)

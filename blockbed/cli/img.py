@@ -585,12 +585,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
         return _fail("Invalid number of coroutines. Allowed number of coroutines is between "
                      "1 and 16")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
-    from . import img_ova
-    if img_ova.is_ova(a.src, a.f):
-        return img_ova.convert(a, out_fmt, lambda src, dst: _convert_into(
-            a, src, dst, out_fmt, opts, sparse))
-    if a.disk is not None:
-        return _fail("--disk selects a disk of an OVA source; the source is not an OVA")
+    from .img_ova import dispatch_convert
+    rc = dispatch_convert(a, out_fmt, lambda s, d: _convert_into(a, s, d, out_fmt, opts, sparse))
+    if rc is not None:
+        return rc
     src, _ = open_arg(a.src, a.f, force_share=a.U)
     if unknown_format(out_fmt):            # after the source, as qemu-img convert
         src.close()
@@ -1059,9 +1057,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="copy the persistent bitmaps (qcow2 to qcow2)")
     v.add_argument("--skip-broken-bitmaps", action="store_true",
                    help="with --bitmaps: skip inconsistent bitmaps instead of failing")
-    v.add_argument("--disk", type=int, metavar="N",
-                   help="OVA source: convert only disk N (1 = the first of the OVF "
-                        "DiskSection); without it every disk, see docs/img-tools.md")
+    from .img_ova import add_convert_arguments
+    add_convert_arguments(v)
     v.add_argument("src", help="the source image")
     v.add_argument("dst", help="the output image")
     add_image_arguments(v, image_opts=True)

@@ -45,6 +45,23 @@ def output_names(dst: str, numbers: list[int], several: bool) -> list[str]:
     return [f"{stem}-{n}{ext}" for n in numbers]
 
 
+def add_convert_arguments(v: argparse.ArgumentParser) -> None:
+    v.add_argument("--disk", type=int, metavar="N",
+                   help="OVA source: convert only disk N (1 = the first of the OVF "
+                        "DiskSection); without it every disk, see docs/img-tools.md")
+
+
+def dispatch_convert(a: argparse.Namespace, out_fmt: str,
+                     convert_into: Callable[[BlockDriver, str], int]) -> int | None:
+    """``img convert`` of an OVA source (its status), else None (and ``--disk`` refused)."""
+    if is_ova(a.src, a.f):
+        return convert(a, out_fmt, convert_into)
+    if a.disk is not None:
+        from .img import _fail
+        return _fail("--disk selects a disk of an OVA source; the source is not an OVA")
+    return None
+
+
 def convert(a: argparse.Namespace, out_fmt: str,
             convert_into: Callable[[BlockDriver, str], int]) -> int:
     """Convert the OVA's disks (or disk ``--disk``) with ``convert_into(src, dst)``."""
