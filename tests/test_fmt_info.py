@@ -10,6 +10,7 @@ from the same files.  Nothing is masked.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -104,3 +105,18 @@ def test_paths_in_a_subdirectory(capsys, qemu_img, here):
     for name in ("sub/t.vmdk", "sub/q.qed", str(here / "sub/t.vmdk")):
         _same_info(capsys, qemu_img, name)
     _same_info(capsys, qemu_img, "sub/q.qed", chain=["--backing-chain"])
+
+
+def test_vmdk_invalid_cid_is_one_line(capsys, qemu_img, here):
+    """A CID that is not hex: qemu-img refuses the image (vmdk_read_cid: EINVAL);
+    blockbed's info says which field in one line."""
+    qemu(qemu_img, "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", "f.vmdk",
+         "1M")
+    text = (here / "f.vmdk").read_text()
+    (here / "f.vmdk").write_text("\n".join("CID=zzzz" if ln.startswith("CID=") else ln
+                                           for ln in text.splitlines()) + "\n")
+    assert qemu_img and subprocess.run([qemu_img, "info", "f.vmdk"],
+                                       capture_output=True).returncode == 1
+    rc, out, err = bb(capsys, "info", "f.vmdk")
+    assert rc == 1 and out == "" and len(err.splitlines()) == 1
+    assert "invalid CID 'zzzz'" in err

@@ -477,7 +477,8 @@ class VmdkDriver(ReadOnlyFormat):
                 if e.h.compressed:
                     one["compressed"] = True
             extents.append(one)
-        cid = _cid(self.cid, "") if self.cid is not None else 0
+        where = node_path(self.file) or self.file.describe()
+        cid = _cid(self.cid, where) & 0xFFFFFFFF if self.cid is not None else 0
         out["format-specific"] = {"type": "vmdk", "data": {
             "cid": cid, "parent-cid": getattr(self, "parent_cid", 0xFFFFFFFF),
             "create-type": self.create_type, "extents": extents}}
