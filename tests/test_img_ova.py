@@ -165,6 +165,8 @@ def test_manifest_mismatch_is_one_line(capsys, qemu_img, tmp_path):
     ("malformed", "not well-formed XML"),
     ("dotdot", "'../evil.vmdk' is not a plain relative name"),
     ("absolute", "'/tmp/evil.vmdk' is not a plain relative name"),
+    ("dotdotdir", "'a/../../up' is not a plain relative name"),
+    ("symlink", "member 'link.vmdk' is not a regular file"),
     ("href", "ovf:href '../d1.vmdk' is not a plain relative name"),
     ("capacity", "the OVF capacity is"),
     ("units", "capacity unit 'sectors' is not a multiple of byte"),
@@ -200,6 +202,12 @@ def test_hostile_archives_fail_cleanly(capsys, qemu_img, tmp_path, case, needle)
         members[1] = ("d1.vmdk", desc)
     ova = tmp_path / "vm.ova"
     build_ova(ova, members, manifest=case not in ("dotdot", "absolute"))
+    if case in ("dotdotdir", "symlink"):
+        with tarfile.open(ova, "a", format=tarfile.USTAR_FORMAT) as t:
+            ti = tarfile.TarInfo("a/../../up" if case == "dotdotdir" else "link.vmdk")
+            ti.type = tarfile.DIRTYPE if case == "dotdotdir" else tarfile.SYMTYPE
+            ti.linkname = "/etc/passwd"
+            t.addfile(ti)
     assert needle in _one_error(capsys, tmp_path, ova)
 
 
@@ -210,6 +218,20 @@ def test_no_output_when_a_later_disk_is_bad(capsys, qemu_img, tmp_path, two):
     build_ova(ova, [("vm.ovf", ovf_xml([("d1.vmdk", sizes[0]), ("d2.vmdk", sizes[1] * 2)])),
                     *members])
     assert "disk 2 ('d2.vmdk')" in _one_error(capsys, tmp_path, ova)
+
+
+def test_virtualbox_manifest_spacing_and_cert(capsys, qemu_img, tmp_path):
+    """VirtualBox writes ``SHA256 (name) = hex``; a certificate member is ignored."""
+    raw, data, size = stream_vmdk(qemu_img, tmp_path, "d1", MiB, 1)
+    ovf = ovf_xml([("vm-disk001.vmdk", size)])
+    mf = "".join(f"SHA256 ({n}) = {hashlib.sha256(b).hexdigest()}\n"
+                 for n, b in (("vm.ovf", ovf), ("vm-disk001.vmdk", data)))
+    ova = tmp_path / "vm.ova"
+    build_ova(ova, [("vm.ovf", ovf), ("vm.mf", mf.encode()), ("vm.cert", b"SHA256(vm.mf)= 0\n"),
+                    ("vm-disk001.vmdk", data)], manifest=False)
+    rc, _, err = bb(capsys, "convert", "-O", "raw", str(ova), str(tmp_path / "o.raw"))
+    assert (rc, err) == (0, "")
+    _compare(qemu_img, tmp_path / "o.raw", "raw", raw)
 
 
 def test_truncated_archive(capsys, qemu_img, tmp_path):

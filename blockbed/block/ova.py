@@ -215,9 +215,9 @@ class OvaArchive:
         except (tarfile.TarError, EOFError) as e:
             raise OvaError(f"{self.where}: not a readable tar archive ({e})") from None
         for ti in infos:
+            name = safe_name(ti.name, "member", self.where)
             if ti.isdir():
                 continue
-            name = safe_name(ti.name, "member", self.where)
             if not ti.isreg() or ti.issparse():
                 raise OvaError(f"{self.where}: member '{ti.name}' is not a regular file "
                                "(link, device or sparse member)")
