@@ -95,7 +95,7 @@ class QedDriver(ReadOnlyFormat):
         path = name if os.path.isabs(name) else os.path.join(os.path.dirname(where), name)
         fmt = "raw" if features & F_BACKING_FORMAT_NO_PROBE else None
         self.backing = open_backing(opener, path, fmt, FMT, where)
-        self.backing_filename = name
+        self.backing_filename, self.backing_format = name, fmt
 
     def _check_table(self, what: str, offset: int) -> None:
         check_field(FMT, offset % self.cluster == 0 and offset >= self.header_bytes,
@@ -131,6 +131,14 @@ class QedDriver(ReadOnlyFormat):
                         f"cluster {start // self.cluster} offset {off} is invalid")
             check_range(FMT, f"cluster {start // self.cluster}", off,
                         min(self.cluster, self.size - start), self.file_len)
+
+    def info_fields(self) -> dict:
+        """QEMU's bdrv_qed_get_info (the cluster size) and the backing file name from
+        the header; its format is raw with the no-probe bit, else not reported."""
+        out: dict = {"cluster-size": self.cluster}
+        if self.backing is not None:
+            out.update(self.backing_fields(self.backing_filename, self.backing_format))
+        return out
 
     def _runs(self, offset: int, length: int) -> list[Run]:
         out = []

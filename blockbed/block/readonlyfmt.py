@@ -128,6 +128,29 @@ class ReadOnlyFormat(BlockDriver):
         """Fill ``buf`` with guest bytes at ``offset`` inside ``run`` (kind SPECIAL)."""
         raise NotImplementedError
 
+    # --- qemu-img info --------------------------------------------------------
+    def info_fields(self) -> dict:
+        """The ImageInfo fields this format adds to the common ones, with QAPI's names
+        (block/qapi.c bdrv_query_image_info): ``cluster-size`` (the driver's
+        ``bdrv_get_info``, only when non-zero), ``format-specific``
+        (``bdrv_get_specific_info``), the ``backing-filename`` trio.  The default: none."""
+        return {}
+
+    def host_files(self) -> list[BlockDriver]:
+        """The host nodes whose allocated size is the image's disk size (QEMU's
+        ``bdrv_get_allocated_file_size``: the file, plus VMDK's extent files)."""
+        return [self.file]
+
+    def backing_fields(self, name: str, fmt: str | None) -> dict:
+        """``backing-filename`` as stored, ``full-backing-filename`` relative to the
+        image's directory (QEMU's bdrv_get_full_backing_filename), and its format."""
+        where = node_path(self.file) or ""
+        full = name if os.path.isabs(name) else os.path.join(os.path.dirname(where), name)
+        out = {"backing-filename": name, "full-backing-filename": full}
+        if fmt:
+            out["backing-filename-format"] = fmt
+        return out
+
     # --- data path ----------------------------------------------------------
     def length(self) -> int:
         return self.size

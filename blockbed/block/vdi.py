@@ -90,6 +90,10 @@ class VdiDriver(ReadOnlyFormat):
         self.static = itype == TYPE_STATIC
         self.size = disk_size
 
+    def info_fields(self) -> dict:
+        """QEMU's vdi_get_info: the block size (no format-specific information)."""
+        return {"cluster-size": BLOCK_SIZE}
+
     def _runs(self, offset: int, length: int) -> list[Run]:
         # QEMU: DATA | OFFSET_VALID (and RECURSE for static images); holes BDRV_BLOCK_ZERO
         return block_map_runs(offset, length, BLOCK_SIZE, self.allocated, self._host,

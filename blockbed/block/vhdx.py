@@ -190,6 +190,11 @@ class VhdxDriver(ReadOnlyFormat):
                             min(self.block_size, self.size - b * self.block_size),
                             self.file_len)
 
+    def info_fields(self) -> dict:
+        """QEMU's vhdx_get_info: the block size, fixed or dynamic alike (no
+        format-specific information in QEMU 7.2)."""
+        return {"cluster-size": self.block_size}
+
     def _runs(self, offset: int, length: int) -> list[Run]:
         out = []
         bs = self.block_size

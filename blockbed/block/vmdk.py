@@ -257,7 +257,7 @@ class FlatExtent:
     """Raw bytes of ``node`` from ``start`` (FLAT/VMFS extents)."""
 
     def __init__(self, node: BlockDriver, sectors: int, start: int, where: str):
-        self.node, self.sectors, self.start = node, sectors, start
+        self.node, self.sectors, self.start, self.where = node, sectors, start, where
         check_range(FMT, f"flat extent '{where}'", start, sectors * SECTOR, node.length())
 
     def runs(self, base: int, offset: int, length: int) -> list[Run]:
@@ -341,6 +341,7 @@ class VmdkDriver(ReadOnlyFormat):
     def __init__(self, file: BlockDriver, *, read_only: bool, opener=None):
         super().__init__(file, read_only)
         self.extent_nodes: list[BlockDriver] = []
+        self.extent_kinds: list[str] = [""]       # the descriptor's type of each extent
         self._opener = opener
         try:
             self._open()
@@ -395,13 +396,15 @@ class VmdkDriver(ReadOnlyFormat):
         backing node; its CID must be our parentCID (QEMU's vmdk_is_cid_valid)."""
         self.cid = fields.get("CID")
         parent = fields.get("parentCID", "ffffffff")
-        if _cid(parent, where) == 0xFFFFFFFF:
+        self.parent_cid = _cid(parent, where)
+        if self.parent_cid == 0xFFFFFFFF:
             return
         hint = fields.get("parentFileNameHint")
         check_field(FMT, bool(hint), f"'{where}': parentCID={parent} but no "
                                      "parentFileNameHint")
         path = self._host_path(hint, where)
         self.backing = open_backing(self._opener, path, "vmdk", FMT, where)
+        self.parent_hint = hint
         theirs = getattr(self.backing, "cid", None)
         check_field(FMT, theirs is not None and _cid(theirs, path) == _cid(parent, where),
                     f"'{where}': parent '{hint}' has CID {theirs}, the image expects "
@@ -421,6 +424,7 @@ class VmdkDriver(ReadOnlyFormat):
         fields, lines = parse_descriptor(text, where)
         self.create_type = fields["createType"]
         self.extents = []
+        self.extent_kinds = [kind for _a, _s, kind, _n, _o in lines]
         for access, sectors, kind, name, offset in lines:
             if kind == "ZERO":
                 self.extents.append(ZeroExtent(sectors))
@@ -450,6 +454,40 @@ class VmdkDriver(ReadOnlyFormat):
                              f"{FMT}: could not open extent '{path}': {e}") from None
         self.extent_nodes.append(node)
         return node
+
+    def info_fields(self) -> dict:
+        """QEMU's vmdk_get_info (cluster size of the first extent unless it is flat;
+        none when the extents differ in kind, compression or grain) and
+        vmdk_get_specific_info: CID, parent CID, createType, one entry per extent
+        (vmdk_get_extent_info: its file, type as the descriptor spells it, "" for a
+        monolithic image's own extent, size, grain size unless flat, ``compressed``
+        only when set).  The backing format of a delta link is always vmdk."""
+        first = self.extents[0]
+        kinds = {(isinstance(e, SparseExtent), getattr(e, "h", None) and e.h.compressed,
+                  getattr(e, "grain_bytes", 0)) for e in self.extents}
+        out: dict = {}
+        if isinstance(first, SparseExtent) and len(kinds) == 1:
+            out["cluster-size"] = first.grain_bytes
+        extents = []
+        for e, kind in zip(self.extents, self.extent_kinds):
+            one: dict = {"filename": e.where if e.node is not None else "",
+                         "format": kind, "virtual-size": e.sectors * SECTOR}
+            if isinstance(e, SparseExtent):
+                one["cluster-size"] = e.grain_bytes
+                if e.h.compressed:
+                    one["compressed"] = True
+            extents.append(one)
+        where = node_path(self.file) or self.file.describe()
+        cid = _cid(self.cid, where) & 0xFFFFFFFF if self.cid is not None else 0
+        out["format-specific"] = {"type": "vmdk", "data": {
+            "cid": cid, "parent-cid": getattr(self, "parent_cid", 0xFFFFFFFF),
+            "create-type": self.create_type, "extents": extents}}
+        if self.backing is not None:
+            out.update(self.backing_fields(self.parent_hint, "vmdk"))
+        return out
+
+    def host_files(self) -> list[BlockDriver]:
+        return [self.file, *self.extent_nodes]
 
     def children(self):
         return (self.file, *self.extent_nodes, *(() if self.backing is None else

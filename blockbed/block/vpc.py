@@ -149,6 +149,11 @@ class VpcDriver(ReadOnlyFormat):
                             self.bitmap_size + min(block_size, self.size - i * block_size),
                             self.file_len)
 
+    def info_fields(self) -> dict:
+        """QEMU's vpc_get_info: a dynamic disk's block size as its cluster size (a fixed
+        disk has none); vpc has no format-specific information in QEMU 7.2."""
+        return {"cluster-size": self.block_size} if self.block_size else {}
+
     def _runs(self, offset: int, length: int) -> list[Run]:
         if self.disk_type == FIXED:
             return [Run(offset, length, RECURSE, self.file, offset)]

@@ -179,7 +179,9 @@ def _actual_size(path: str) -> int:
 
 
 def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
-    """The ImageInfo fields qemu-img info prints (QAPI order of insertion)."""
+    """The ImageInfo fields qemu-img info prints (QAPI order of insertion); a foreign
+    format driver adds its own (``info_fields``, ``host_files``)."""
+    from ..block.readonlyfmt import node_path
     info: dict[str, Any] = {}
     if fmt == "qcow2":
         h = node.header
@@ -238,6 +240,11 @@ def image_info(node: BlockDriver, fmt: str, path: str) -> dict:
         info["filename"] = path
         info["format"] = fmt
         info["actual-size"] = _actual_size(path)
+        extra = getattr(node, "info_fields", None)
+        if extra is not None:         # a foreign format driver (readonlyfmt.ReadOnlyFormat)
+            info.update(extra())
+            info["actual-size"] = sum(_actual_size(p) for p in
+                                      map(node_path, node.host_files()) if p)
         info["dirty-flag"] = False
     return info
 
@@ -270,6 +277,9 @@ def _chain(path: str, fmt: str | None, force_share: bool) -> Iterator[tuple[dict
 
 
 def cmd_info(a: argparse.Namespace) -> int:
+    from . import img_ova
+    if img_ova.is_ova(a.filename, a.f):
+        return img_ova.info(a)
     infos = []
     for info, node in _chain(a.filename, a.f, a.U):
         infos.append(info)
@@ -559,7 +569,6 @@ _ZERO_BYTES = re.compile(rb"\x00+")
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    from ..block import registry
     out_fmt = a.O or "raw"
     opts = _parse_o(a.o)
     if a.c and out_fmt != "qcow2":
@@ -576,38 +585,50 @@ def cmd_convert(a: argparse.Namespace) -> int:
         return _fail("Invalid number of coroutines. Allowed number of coroutines is between "
                      "1 and 16")
     sparse = 4096 if a.S is None else _sparse_size(a.S)
+    from .img_ova import dispatch_convert
+    rc = dispatch_convert(a, out_fmt, lambda s, d: _convert_into(a, s, d, out_fmt, opts, sparse))
+    if rc is not None:
+        return rc
     src, _ = open_arg(a.src, a.f, force_share=a.U)
     if unknown_format(out_fmt):            # after the source, as qemu-img convert
         src.close()
         return _fail(f"Unknown file format '{out_fmt}'")
     try:
-        if a.bitmaps:
-            from .img_bitmap import convert_bitmaps_refusal
-            why = convert_bitmaps_refusal(src, out_fmt, a.skip_broken_bitmaps)
-            if why:
-                return _fail(why)
-        size = src.length()
-        if not a.n:
-            try:
-                registry.create_image(a.dst, out_fmt, size, opts)
-            except BlockError as e:           # qemu-img convert's wording
-                return _fail(f"{a.dst}: error while converting {out_fmt}: {e}")
-        unsafe = (a.t or "unsafe") == "unsafe"     # qemu-img convert's default cache mode
-        dst, writer = _open_output(a.dst, out_fmt, unsafe, opts.get("encrypt.key-secret"))
-        try:
-            _copy(a, src, dst, writer, size, sparse, fresh=not a.n)
-            if a.c and hasattr(dst, "align_file_end"):
-                dst.align_file_end()     # qemu-img's final zero-length compressed write
-            if a.bitmaps:
-                from .img_bitmap import convert_copy_bitmaps
-                convert_copy_bitmaps(src, dst, lambda m: print(f"blockbed img: warning: {m}",
-                                                               file=sys.stderr))
-            if not unsafe:
-                dst.flush()
-        finally:
-            dst.close()
+        return _convert_into(a, src, a.dst, out_fmt, opts, sparse)
     finally:
         src.close()
+
+
+def _convert_into(a: argparse.Namespace, src: BlockDriver, dst_path: str, out_fmt: str,
+                  opts: dict, sparse: int) -> int:
+    """Convert the open ``src`` into ``dst_path`` (created unless -n); the caller closes
+    ``src``."""
+    from ..block import registry
+    if a.bitmaps:
+        from .img_bitmap import convert_bitmaps_refusal
+        why = convert_bitmaps_refusal(src, out_fmt, a.skip_broken_bitmaps)
+        if why:
+            return _fail(why)
+    size = src.length()
+    if not a.n:
+        try:
+            registry.create_image(dst_path, out_fmt, size, opts)
+        except BlockError as e:           # qemu-img convert's wording
+            return _fail(f"{dst_path}: error while converting {out_fmt}: {e}")
+    unsafe = (a.t or "unsafe") == "unsafe"     # qemu-img convert's default cache mode
+    dst, writer = _open_output(dst_path, out_fmt, unsafe, opts.get("encrypt.key-secret"))
+    try:
+        _copy(a, src, dst, writer, size, sparse, fresh=not a.n)
+        if a.c and hasattr(dst, "align_file_end"):
+            dst.align_file_end()     # qemu-img's final zero-length compressed write
+        if a.bitmaps:
+            from .img_bitmap import convert_copy_bitmaps
+            convert_copy_bitmaps(src, dst, lambda m: print(f"blockbed img: warning: {m}",
+                                                           file=sys.stderr))
+        if not unsafe:
+            dst.flush()
+    finally:
+        dst.close()
     if a.p:
         _progress(100.0)
         sys.stdout.write("\n")
@@ -1036,6 +1057,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="copy the persistent bitmaps (qcow2 to qcow2)")
     v.add_argument("--skip-broken-bitmaps", action="store_true",
                    help="with --bitmaps: skip inconsistent bitmaps instead of failing")
+    from .img_ova import add_convert_arguments
+    add_convert_arguments(v)
     v.add_argument("src", help="the source image")
     v.add_argument("dst", help="the output image")
     add_image_arguments(v, image_opts=True)
