@@ -89,15 +89,17 @@ def test_qemu_matrix(guest, ctrl: str, fmt: str, tmp_path: Path) -> None:
     _run_and_check(qemu.run_qemu, guest, ctrl, fmt, tmp_path)
 
 
+# Known gap (docs/linux-machine.md): on AHCI, libata's first NCQ command crashes in
+# ahci_qc_issue with a register that holds a PxCMD value instead of the qc pointer.
+AHCI_GAP = pytest.mark.xfail(strict=True, reason="Linux's ahci on blockbed: oops in "
+                             "ahci_qc_issue at the first queued command (docs/linux-machine.md)")
+BLOCKBED_MATRIX = [pytest.param(c, f, marks=AHCI_GAP) if c == "ahci" else (c, f) for c, f in MATRIX]
+
+
 @pytest.mark.slow
 @pytest.mark.linux
 @pytest.mark.linux_blockbed
-# Known gap (docs/linux-machine.md): the kernel now runs start_kernel on blockbed (CPU
-# exceptions are delivered through its IDT) but waits forever in calibrate_delay for a
-# timer tick: no PIT/PIC/LAPIC timer/ACPI yet.  strict: the day it boots, turn this on.
-@pytest.mark.xfail(strict=True, reason="blockbed's machine has no timer (PIT, LAPIC timer) "
-                   "or ACPI tables yet, so Linux waits for its first tick (docs/linux-machine.md)")
-@pytest.mark.parametrize("ctrl,fmt", MATRIX)
+@pytest.mark.parametrize("ctrl,fmt", BLOCKBED_MATRIX)
 def test_blockbed_matrix(guest, ctrl: str, fmt: str, tmp_path: Path) -> None:
     qd = tmp_path / "q"
     qd.mkdir()

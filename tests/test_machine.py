@@ -439,3 +439,35 @@ def test_a_device_model_bug_ends_the_run_as_an_internal_error(asm_build):
     assert r.reason.startswith("internal error (a blockbed bug")
     assert "NameError: name 'Phase' is not defined" in r.reason
     assert "tests/test_machine.py" in r.reason or "test_machine.py" in r.reason
+
+
+class KickingMMIO:
+    """MMIO at 0xE0000000: every 7th write asks the CPU to stop (an interrupt kick
+    inside the callback); records the values, which must be 6, 12, 18, ..."""
+
+    def __init__(self, machine: Machine):
+        self.m = machine
+        self.values: list[int] = []
+
+    def read(self, offset, size):
+        return 0
+
+    def write(self, offset, size, value):
+        self.values.append(value)
+        if len(self.values) % 7 == 0:
+            self.m.cpu.kick()
+
+
+def test_a_kick_inside_an_mmio_write_does_not_rerun_earlier_instructions(asm_build):
+    """Linux's ahci_qc_issue crashed when a completion's interrupt kick landed inside
+    its PxSACT write: unicorn left with RIP at the start of the translation block but
+    the registers as the block had changed them, and the instructions before the write
+    ran a second time (RDI, the qc pointer, had become the written value)."""
+    m = Machine(MachineConfig(memory_mib=32, timeout_s=60))
+    dev = KickingMMIO(m)
+    m.mmio.add("kicker", 0xE0000000, 0x1000, dev)
+    m.load_kernel(str(asm_build / "mmio_kick_regs.elf"))
+    r = m.run()
+    assert r.kind is ExitKind.GUEST_EXIT, r.reason
+    assert dev.values == [6 * i for i in range(1, 100_001)]
+    assert r.exit_code == 0
