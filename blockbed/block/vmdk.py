@@ -38,6 +38,7 @@ from __future__ import annotations
 import array
 import errno
 import os
+import re
 import struct
 import sys
 import zlib
@@ -307,11 +308,16 @@ def parse_descriptor(text: str, where: str) -> tuple[dict[str, str], list[tuple]
     return fields, extents
 
 
+_LEADING_HEX = re.compile(r"\s*(?:0[xX])?([0-9a-fA-F]+)")
+
+
 def _cid(value: str, where: str) -> int:
-    try:
-        return int(value, 16)
-    except ValueError:
-        raise ImageFormatError(f"{FMT}: '{where}': invalid CID '{value}'") from None
+    """A CID as QEMU's vmdk_read_cid reads it: sscanf("%x") -- the leading hex digits,
+    whatever follows them (a descriptor whose newline was lost still has its CID)."""
+    m = _LEADING_HEX.match(value)
+    if m is None:
+        raise ImageFormatError(f"{FMT}: '{where}': invalid CID '{value}'")
+    return int(m.group(1), 16) & 0xFFFFFFFF
 
 
 def _parse_extent_line(line: str, where: str) -> tuple[str, int, str, str, int]:

@@ -980,8 +980,8 @@ SHARE_HELP = "open without locking out other users of the image (qemu-img -U)"
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .imageopts import add_arguments as add_image_arguments
-    p = sub.add_parser("img", help="image tool with qemu-img's syntax (create, info, check, "
-                                   "map, convert, compare, resize, snapshot, bitmap)")
+    p = sub.add_parser("img", help="image tool with qemu-img's syntax and its 15 subcommands "
+                                   "(create, info, check, map, convert, ..., bench)")
     s = p.add_subparsers(dest="img_command", required=True, metavar="SUBCOMMAND")
 
     c = s.add_parser("create", help="create an image")
