@@ -67,7 +67,8 @@ def _ours(capsys, argv: list[str]) -> tuple[int, str, str]:
     capsys.readouterr()
     rc = blockbed_main(argv)
     out, err = capsys.readouterr()
-    return rc, out, err
+    # the program names itself "blockbed img:" where qemu-img says "qemu-img:"
+    return rc, out, err.replace("blockbed img: ", "qemu-img: ")
 
 
 def _qemu(qemu_img, argv: list[str]) -> tuple[int, str, str]:

@@ -789,6 +789,8 @@ class CPU:
                     if self.stop_reason is not StopReason.EXIT:
                         self._fail(self._classify_uc_error(err))
                     return
+                except BrokenPipeError:        # the serial echo's reader went away: the CLI's
+                    raise
                 except Exception as exc:       # noqa: BLE001 -- raised in a device callback
                     self._replay = None
                     self._internal_error(exc)
@@ -813,6 +815,8 @@ class CPU:
                 return
             self._fail(self._classify_uc_error(err))
             return
+        except BrokenPipeError:        # the serial echo's reader went away: the CLI's business
+            raise
         except Exception as exc:       # noqa: BLE001 -- raised in a device callback
             self._internal_error(exc)
             return
