@@ -1,0 +1,288 @@
+"""The transitional and legacy-only virtio-blk PCI device, driven through the qtest API.
+
+QEMU 7.2's pc default ``-device virtio-blk-pci`` is transitional (1AF4:1001, revision 0,
+subsystem 1AF4:0002, the legacy I/O BAR0 next to the modern capabilities);
+``disable-modern=on`` keeps only the legacy interface.  The legacy register block
+(virtio 1.2 §4.1.4.8) and ring layout (§2.7.2, used ring aligned to 4096) are driven
+here by hand: feature negotiation without FEATURES_OK, queue set-up by PFN, requests
+through the legacy ring, ISR read-to-clear with INTx, MSI-X vectors moving the device
+configuration, and hostile register values.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from blockbed.devices.virtio import layout as L
+from libqos_virtio import (ACK, DEFAULT_FEATURES, DRIVER, DRIVER_OK, F_EVENT_IDX, F_INDIRECT,
+                           F_VERSION_1, FEATURES_OK, NEEDS_RESET, NO_VECTOR, QEMU_72_FEATURES,
+                           S_OK, T_FLUSH, T_IN, T_OUT, QVirtioBlk, Ring)
+
+MiB = 1 << 20
+# legacy register offsets (§4.1.4.8), from the declaration
+OFF = {name: off for off, (name, _) in L.LEGACY_FIELDS.items()}
+HOST_F, GUEST_F, PFN, QNUM, QSEL = (OFF[n] for n in ("host_features", "guest_features",
+                                                     "queue_pfn", "queue_num", "queue_sel"))
+QNOTIFY, LSTATUS, LISR = OFF["queue_notify"], OFF["device_status"], OFF["isr"]
+MSI_CONFIG, MSI_QUEUE = OFF["config_msix_vector"], OFF["queue_msix_vector"]
+
+
+class QLegacyBlk(QVirtioBlk):
+    """QVirtioBlk driving the legacy I/O BAR0 (the modern helpers still work on a
+    transitional device)."""
+
+    def _find_caps(self) -> None:
+        self.io = self.qt.bar_address(self.dev, 0)
+        if self.dev.transport == "transitional":
+            super()._find_caps()
+
+    def cap_ids_legacy(self) -> list[int]:
+        ids, ptr = [], self.qt.pci_config_read(self.dev, 0x34, 1)
+        while ptr:
+            ids.append(self.qt.pci_config_read(self.dev, ptr, 1))
+            ptr = self.qt.pci_config_read(self.dev, ptr + 1, 1)
+        return ids
+
+    # --- legacy registers ------------------------------------------------------------
+    def lr(self, off: int, size: int) -> int:
+        return {1: self.qt.inb, 2: self.qt.inw, 4: self.qt.inl}[size](self.io + off)
+
+    def lw(self, off: int, size: int, v: int) -> None:
+        {1: self.qt.outb, 2: self.qt.outw, 4: self.qt.outl}[size](self.io + off, v)
+
+    @property
+    def lstatus(self) -> int:
+        return self.lr(LSTATUS, 1)
+
+    def isr(self) -> int:
+        return self.lr(LISR, 1)
+
+    def config(self, off: int, size: int) -> int:
+        msix = self.dev.msix.enabled
+        return self.lr(L.LEGACY_SIZE + (L.LEGACY_MSIX_SIZE if msix else 0) + off, size)
+
+    def kick(self, q: int = 0) -> None:
+        self.lw(QNOTIFY, 2, q)
+
+    # --- legacy initialisation (virtio 0.9.5: no FEATURES_OK) -------------------------------
+    def legacy_negotiate(self, want: int = DEFAULT_FEATURES) -> int:
+        self.lw(LSTATUS, 1, 0)
+        self.lw(LSTATUS, 1, ACK)
+        self.lw(LSTATUS, 1, ACK | DRIVER)
+        self.features = self.lr(HOST_F, 4) & want
+        self.lw(GUEST_F, 4, self.features)
+        return self.features
+
+    def legacy_queue(self, index: int = 0) -> Ring:
+        self.lw(QSEL, 2, index)
+        size = self.lr(QNUM, 2)
+        base = self.alloc(0x10000, 4096)
+        desc, avail, used = L.legacy_rings(base, size)
+        self.lw(PFN, 4, base >> 12)
+        r = Ring(index, size, desc, avail, used)
+        self.rings[index] = r
+        return r
+
+    def legacy_start(self, want: int = DEFAULT_FEATURES) -> Ring:
+        self.legacy_negotiate(want)
+        r = self.legacy_queue(0)
+        self.lw(LSTATUS, 1, ACK | DRIVER | DRIVER_OK)
+        return r
+
+
+@pytest.fixture(params=["transitional", "legacy"])
+def lb(request):
+    v = QLegacyBlk(MiB, serial="LEG1", transport=request.param)
+    yield v
+    assert v.dev.internal_errors == 0
+    v.close()
+
+
+def pattern(n: int, seed: int = 1) -> bytes:
+    return bytes((i * 13 + seed * 5 + (i >> 9)) & 0xFF for i in range(n))
+
+
+# --- identity ------------------------------------------------------------------------
+
+def test_pci_identity_as_qemu(lb):
+    qt, d = lb.qt, lb.dev
+    assert qt.pci_config_read(d, 0, 2) == 0x1AF4
+    assert qt.pci_config_read(d, 2, 2) == 0x1001           # transitional block device (§4.1.2.1)
+    assert qt.pci_config_read(d, 8, 1) == 0                # revision 0
+    assert qt.pci_config_read(d, 0x2C, 2) == 0x1AF4
+    assert qt.pci_config_read(d, 0x2E, 2) == 2             # subsystem ID = device type
+    assert qt.pci_config_read(d, 0x10) & 1                 # BAR0 is I/O
+    assert d.bars[0].size == 128                           # header 20 + MSI-X 4 + config 57, rounded up
+    if d.transport == "transitional":
+        assert [c[0] for c in lb.caps] == [1, 3, 4, 2, 5]
+        assert [b.size for b in d.bars if b] == [128, 0x1000, 0x4000]
+    else:
+        assert d.bars[4] is None and lb.cap_ids_legacy() == [0x11]
+        assert [b.size for b in d.bars if b] == [128, 0x1000]
+
+
+# --- features ----------------------------------------------------------------------------
+
+def test_host_features_are_the_low_32_bits(lb):
+    host = lb.lr(HOST_F, 4)
+    assert host == QEMU_72_FEATURES & 0xFFFFFFFF            # no VERSION_1: that is bit 32
+    assert lb.lr(HOST_F, 2) == host & 0xFFFF                 # narrower reads truncate
+    assert lb.lr(HOST_F + 1, 1) == 0xFF                      # inside a register: all ones
+    if lb.dev.transport == "legacy":
+        assert not lb.dev.offered_features >> F_VERSION_1 & 1
+
+
+def test_guest_features_take_effect_at_once_masked_to_the_offer(lb):
+    lb.legacy_negotiate()
+    lb.lw(GUEST_F, 4, (1 << F_INDIRECT) | (1 << F_EVENT_IDX) | (1 << 31) | (1 << 3))
+    assert lb.lr(GUEST_F, 4) == (1 << F_INDIRECT) | (1 << F_EVENT_IDX)
+    assert lb.dev.has(F_EVENT_IDX) and lb.dev.queues[0].event_idx
+    lb.lw(GUEST_F, 4, (1 << 30) | (1 << F_INDIRECT))         # VIRTIO_F_BAD_FEATURE: nothing
+    assert lb.lr(GUEST_F, 4) == 0 and lb.dev.features == 0
+
+
+def test_driver_ok_without_features_ok_is_fine_for_a_legacy_driver(lb):
+    lb.legacy_start()
+    assert lb.lstatus == ACK | DRIVER | DRIVER_OK and lb.dev.live
+
+
+# --- queues -------------------------------------------------------------------------------
+
+def test_queue_by_pfn_uses_the_legacy_layout(lb):
+    lb.legacy_negotiate()
+    lb.lw(QSEL, 2, 0)
+    assert lb.lr(QNUM, 2) == 256
+    lb.lw(QNUM, 2, 16)                                       # read-only in legacy
+    assert lb.lr(QNUM, 2) == 256
+    r = lb.legacy_queue(0)
+    q = lb.dev.queues[0]
+    assert lb.lr(PFN, 4) == r.desc >> 12
+    assert (q.desc_addr, q.driver_addr, q.device_addr) == (r.desc, r.desc + 4096, r.desc + 8192)
+    assert q.enabled and q.ready and not lb.lstatus & NEEDS_RESET
+    lb.lw(QSEL, 2, 5)                                        # no such queue
+    assert lb.lr(QNUM, 2) == 0 and lb.lr(PFN, 4) == 0
+    lb.lw(PFN, 4, 0x123)
+    assert lb.lr(PFN, 4) == 0 and not lb.lstatus & NEEDS_RESET
+
+
+@pytest.mark.parametrize("indirect", [False, True])
+def test_write_then_read_through_the_legacy_ring(lb, indirect):
+    lb.legacy_start()
+    data = pattern(4096, 3)
+    st, _, n = lb.do(T_OUT, 8, data, indirect=indirect)
+    assert st == S_OK and n == 1
+    assert bytes(lb.backend.root.buf[8 * 512:8 * 512 + 4096]) == data
+    st, got, n = lb.do(T_IN, 8, read_len=4096, indirect=indirect)
+    assert st == S_OK and got == data and n == 4097
+    assert lb.config(0, 4) == MiB // 512                     # capacity at offset 20
+    assert lb.dev.requests == 2
+
+
+def test_isr_read_clears_and_deasserts_intx(lb):
+    qt, d = lb.qt, lb.dev
+    irq = qt.pci_config_read(d, 0x3C, 1)
+    qt.writel(0xFEC00000, 0x10 + 2 * irq)
+    qt.writel(0xFEC00010, 0x0000A061)                        # vector 0x61, level, unmasked
+    lb.legacy_start(DEFAULT_FEATURES & ~(1 << F_EVENT_IDX))
+    lb.do(T_FLUSH)
+    assert d.intx_level == 1 and 0x61 in qt.pending_vectors()
+    assert lb.isr() == 1                                     # queue interrupt
+    assert d.intx_level == 0 and lb.isr() == 0
+    qt.ack_vector(0x61)
+    assert qt.pending_vectors() == []
+
+
+def test_msix_enabled_moves_the_device_config_behind_the_vectors(lb):
+    qt, d = lb.qt, lb.dev
+    lb.legacy_negotiate(DEFAULT_FEATURES & ~(1 << F_EVENT_IDX))
+    table = qt.bar_address(d, 1)
+    qt.writel(table + 16, 0xFEE00000)
+    qt.writel(table + 16 + 8, 0x66)
+    qt.writel(table + 16 + 12, 0)
+    qt.pci_config_write(d, d.msix.off + 2, 0x8000, 2)
+    assert lb.config(0, 4) == MiB // 512 and lb.lr(L.LEGACY_SIZE + 4, 4) == MiB // 512
+    lb.lw(MSI_CONFIG, 2, 0)
+    assert lb.lr(MSI_CONFIG, 2) == 0
+    lb.lw(MSI_CONFIG, 2, 7)                                  # no such vector
+    assert lb.lr(MSI_CONFIG, 2) == NO_VECTOR
+    lb.legacy_queue(0)
+    lb.lw(MSI_QUEUE, 2, 1)
+    assert lb.lr(MSI_QUEUE, 2) == 1
+    lb.lw(LSTATUS, 1, ACK | DRIVER | DRIVER_OK)
+    lb.do(T_FLUSH)
+    assert 0x66 in qt.pending_vectors() and d.intx_level == 0
+
+
+# --- hostile values -------------------------------------------------------------------------
+
+def test_pfn_outside_ram_needs_reset_not_an_exception(lb):
+    lb.legacy_negotiate()
+    lb.lw(PFN, 4, 0xFFFFF)                                   # 4 GiB - 4 KiB: not RAM
+    assert lb.lstatus & NEEDS_RESET and "outside guest RAM" in lb.dev.broken
+    lb.lw(LSTATUS, 1, ACK | DRIVER | DRIVER_OK)
+    lb.kick()                                                # ignored: the device is broken
+    assert lb.lstatus & NEEDS_RESET
+    lb.lw(LSTATUS, 1, 0)                                     # reset recovers
+    assert lb.lstatus == 0 and lb.dev.broken is None
+    lb.legacy_start()
+    assert lb.do(T_FLUSH)[0] == S_OK
+
+
+def test_zero_pfn_resets_the_device(lb):
+    lb.legacy_start()
+    lb.lw(PFN, 4, 0)
+    assert lb.lstatus == 0 and not lb.dev.queues[0].enabled
+
+
+def test_stray_notify_and_unknown_offsets_are_ignored(lb):
+    lb.legacy_start()
+    lb.kick(9)
+    lb.lw(0x1, 1, 0xFF)
+    lb.lw(LISR, 1, 0xFF)
+    lb.lw(HOST_F, 4, 0)
+    assert lb.lr(HOST_F, 4) == QEMU_72_FEATURES & 0xFFFFFFFF
+    assert lb.lstatus == ACK | DRIVER | DRIVER_OK
+    assert lb.do(T_FLUSH)[0] == S_OK
+
+
+def test_ack_driver_turns_bus_mastering_on_as_qemu(lb):
+    qt, d = lb.qt, lb.dev
+    qt.pci_config_write(d, 4, qt.pci_config_read(d, 4, 2) & ~4, 2)
+    lb.lw(LSTATUS, 1, ACK | DRIVER)
+    assert qt.pci_config_read(d, 4, 2) & 4
+
+
+def test_transitional_device_still_speaks_modern():
+    v = QLegacyBlk(MiB, transport="transitional")
+    try:
+        v.start()
+        assert v.features >> F_VERSION_1 & 1 and v.status & FEATURES_OK
+        assert v.do(T_OUT, 0, pattern(512))[0] == S_OK
+        assert v.lr(LSTATUS, 1) == v.status                  # one device state, two windows
+    finally:
+        v.close()
+
+
+# --- selection from a drive spec --------------------------------------------------------------
+
+def test_attach_disable_legacy_and_disable_modern(tmp_path):
+    from blockbed.devices.attach import attach_drives
+    from blockbed.machine import Machine, MachineConfig
+    imgs = []
+    for i in range(3):
+        imgs.append(tmp_path / f"d{i}.img")
+        imgs[-1].write_bytes(bytes(MiB))
+    m = Machine(MachineConfig(memory_mib=16))
+    try:
+        attach_drives(m, [f"file={imgs[0]},format=raw,if=virtio",
+                          f"file={imgs[1]},format=raw,if=virtio,disable-legacy=off",
+                          f"file={imgs[2]},format=raw,if=virtio,disable-modern=on"])
+        assert [d.transport for d in m.pci.find(0x1AF4, 0x1042)] == ["modern"]
+        assert [d.transport for d in m.pci.find(0x1AF4, 0x1001)] == ["transitional", "legacy"]
+        with pytest.raises(ValueError, match="no interface"):
+            attach_drives(m, [f"file={imgs[0]},format=raw,if=virtio,disable-legacy=on,"
+                              "disable-modern=on,readonly=on,force-share=on"])
+        with pytest.raises(ValueError, match="'disable-legacy': invalid value 'maybe'"):
+            attach_drives(m, [f"file={imgs[0]},format=raw,if=virtio,disable-legacy=maybe"])
+    finally:
+        m.close()
