@@ -1,4 +1,5 @@
-"""virtio-blk (virtio 1.2 §5.2) on the modern PCI transport.
+"""virtio-blk (virtio 1.2 §5.2) on the PCI transport (modern-only by default;
+transitional or legacy-only with QEMU's ``disable-legacy=off``/``disable-modern=on``).
 
 Two separate steps per request, in the style of Firecracker's block device:
 
