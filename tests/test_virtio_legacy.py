@@ -123,9 +123,17 @@ def test_pci_identity_as_qemu(lb):
 
 # --- features ----------------------------------------------------------------------------
 
-def test_host_features_are_the_low_32_bits(lb):
+#: HOST_FEATURES as read from QEMU 7.2 (test_legacy_registers_match_qemu): the low half
+#: of the modern offer plus NOTIFY_ON_EMPTY (24), BAD_FEATURE (30) and, transitional
+#: only, ANY_LAYOUT (27).  (QEMU's legacy-only device also shows SCSI (7): 0x71006ed4.)
+LEGACY_HOST = {"transitional": 0x79006E54, "legacy": 0x71006E54}
+F_NOTIFY_ON_EMPTY, F_BAD_FEATURE = 24, 30
+
+
+def test_host_features_are_the_low_32_bits_and_the_legacy_bits(lb):
     host = lb.lr(HOST_F, 4)
-    assert host == QEMU_72_FEATURES & 0xFFFFFFFF            # no VERSION_1: that is bit 32
+    assert host == LEGACY_HOST[lb.dev.transport]
+    assert host & 0xFFFFFF == QEMU_72_FEATURES & 0xFFFFFF   # no VERSION_1: that is bit 32
     assert lb.lr(HOST_F, 2) == host & 0xFFFF                 # narrower reads truncate
     assert lb.lr(HOST_F + 1, 1) == 0xFF                      # inside a register: all ones
     if lb.dev.transport == "legacy":
@@ -137,8 +145,20 @@ def test_guest_features_take_effect_at_once_masked_to_the_offer(lb):
     lb.lw(GUEST_F, 4, (1 << F_INDIRECT) | (1 << F_EVENT_IDX) | (1 << 31) | (1 << 3))
     assert lb.lr(GUEST_F, 4) == (1 << F_INDIRECT) | (1 << F_EVENT_IDX)
     assert lb.dev.has(F_EVENT_IDX) and lb.dev.queues[0].event_idx
-    lb.lw(GUEST_F, 4, (1 << 30) | (1 << F_INDIRECT))         # VIRTIO_F_BAD_FEATURE: nothing
+    lb.lw(GUEST_F, 4, (1 << F_BAD_FEATURE) | (1 << F_INDIRECT))   # accepts all: nothing
     assert lb.lr(GUEST_F, 4) == 0 and lb.dev.features == 0
+
+
+def test_notify_on_empty_overrides_no_interrupt(lb):
+    """VIRTIO_F_NOTIFY_ON_EMPTY (legacy): an interrupt when the queue runs empty even
+    with VRING_AVAIL_F_NO_INTERRUPT (QEMU virtio_should_notify)."""
+    for want, expect in ((0, 0), (1 << F_NOTIFY_ON_EMPTY, 1)):
+        lb.heap = 0x100000
+        r = lb.legacy_start((DEFAULT_FEATURES & ~(1 << F_EVENT_IDX)) | want)
+        lb.qt.writew(r.avail, 1)                             # NO_INTERRUPT
+        assert lb.do(T_FLUSH)[0] == S_OK
+        assert lb.dev.intx_level == expect and lb.isr() == expect
+        lb.lw(LSTATUS, 1, 0)
 
 
 def test_driver_ok_without_features_ok_is_fine_for_a_legacy_driver(lb):
@@ -240,7 +260,7 @@ def test_stray_notify_and_unknown_offsets_are_ignored(lb):
     lb.lw(0x1, 1, 0xFF)
     lb.lw(LISR, 1, 0xFF)
     lb.lw(HOST_F, 4, 0)
-    assert lb.lr(HOST_F, 4) == QEMU_72_FEATURES & 0xFFFFFFFF
+    assert lb.lr(HOST_F, 4) == LEGACY_HOST[lb.dev.transport]
     assert lb.lstatus == ACK | DRIVER | DRIVER_OK
     assert lb.do(T_FLUSH)[0] == S_OK
 
@@ -396,3 +416,100 @@ def test_random_legacy_traffic_never_raises(lb):
     lb.heap = 0x100000
     lb.legacy_start()
     assert lb.do(T_FLUSH)[0] == S_OK
+
+
+# --- differential: the legacy registers of QEMU 7.2 itself (its qtest protocol) --------------
+
+class _QemuQtest:
+    """qemu-system-x86_64 -qtest stdio: port I/O only, no firmware (BARs set by hand)."""
+
+    SLOT = 4
+
+    def __init__(self, disk, device_opts: str):
+        import subprocess
+        self.p = subprocess.Popen(
+            ["qemu-system-x86_64", "-machine", "pc", "-qtest", "stdio", "-nodefaults",
+             "-display", "none", "-drive", f"file={disk},if=none,id=d0,format=raw",
+             "-device", f"virtio-blk-pci,drive=d0,addr={self.SLOT}{device_opts}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def cmd(self, line: str) -> int:
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        while True:
+            reply = self.p.stdout.readline()
+            assert reply, f"QEMU closed the qtest channel after {line!r}"
+            if reply.startswith("OK"):
+                parts = reply.split()
+                return int(parts[1], 16) if len(parts) > 1 else 0
+            assert not reply.startswith(("FAIL", "ERR")), reply
+
+    def inp(self, port: int, size: int) -> int:
+        return self.cmd(f"in{'bwl'[size.bit_length() - 1]} {port:#x}")
+
+    def outp(self, port: int, size: int, value: int) -> None:
+        self.cmd(f"out{'bwl'[size.bit_length() - 1]} {port:#x} {value:#x}")
+
+    def cfg_read(self, off: int, size: int = 4) -> int:
+        self.outp(0xCF8, 4, 0x80000000 | self.SLOT << 11 | off & 0xFC)
+        return self.inp(0xCFC + (off & 3), size)
+
+    def cfg_write(self, off: int, value: int, size: int = 4) -> None:
+        self.outp(0xCF8, 4, 0x80000000 | self.SLOT << 11 | off & 0xFC)
+        self.outp(0xCFC + (off & 3), size, value)
+
+    def close(self) -> None:
+        import subprocess
+        self.p.stdin.close()
+        try:
+            self.p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()           # our own child: qtest mode does not always quit on EOF
+            self.p.wait()
+
+
+def _legacy_view(cfg_read, cfg_write, inp) -> dict:
+    """What a legacy driver sees: IDs, BAR0 size, capability IDs, the header, the config."""
+    cfg_write(0x10, 0xFFFFFFFF)
+    bar0_size = (~cfg_read(0x10) | 3) + 1 & 0xFFFF
+    cfg_write(0x10, 0xC000)
+    cfg_write(0x04, 0x5, 2)                     # I/O + bus master
+    caps, ptr = [], cfg_read(0x34, 1)
+    while ptr:
+        caps.append(cfg_read(ptr, 1))
+        ptr = cfg_read(ptr + 1, 1)
+    return {
+        "ids": [cfg_read(0), cfg_read(0x08), cfg_read(0x2C)], "bar0": bar0_size, "caps": caps,
+        "host": inp(0xC000 + HOST_F, 4), "num": inp(0xC000 + QNUM, 2),
+        "status": inp(0xC000 + LSTATUS, 1), "isr": inp(0xC000 + LISR, 1),
+        "config": bytes(inp(0xC000 + L.LEGACY_SIZE + i, 1) for i in range(64)),
+    }
+
+
+@pytest.mark.parametrize("transport,opts", [("transitional", ""),
+                                            ("legacy", ",disable-modern=on")])
+def test_legacy_registers_match_qemu(tmp_path, transport, opts):
+    from tests.conftest import need_tool
+    need_tool("qemu-system-x86_64")
+    disk = tmp_path / "d.raw"
+    disk.write_bytes(bytes(MiB))
+    q = _QemuQtest(disk, opts)
+    try:
+        want = _legacy_view(q.cfg_read, q.cfg_write, q.inp)
+    finally:
+        q.close()
+    v = QLegacyBlk(MiB, transport=transport)
+    try:
+        qt, d = v.qt, v.dev
+        got = _legacy_view(lambda off, size=4: qt.pci_config_read(d, off, size),
+                           lambda off, val, size=4: qt.pci_config_write(d, off, val, size),
+                           lambda port, size: {1: qt.inb, 2: qt.inw, 4: qt.inl}[size](port))
+    finally:
+        v.close()
+    if transport == "legacy":
+        assert want["host"] == got["host"] | 1 << 7     # QEMU's SCSI bit (no pass-through here)
+        want["host"] = got["host"]
+    # QEMU lists MSI-X before the vendor capabilities; blockbed after them (as its
+    # modern-only device always has): same set, other order (docs/virtio-blk.md).
+    assert sorted(got.pop("caps")) == sorted(want.pop("caps"))
+    assert got == want

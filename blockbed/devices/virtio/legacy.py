@@ -10,11 +10,13 @@ vectors (:data:`.layout.LegacyMsix`), then the device configuration.
 Behaviour, as QEMU 7.2's ``virtio_ioport_read``/``virtio_ioport_write`` and
 ``virtio_pci_config_read``/``write``:
 
-- only the low 32 feature bits are visible; writing guest features takes
-  them at once (there is no FEATURES_OK in 0.9.5), masked to the offer, and
-  is ignored once FEATURES_OK is set; a write with bit 30
-  (VIRTIO_F_BAD_FEATURE) means a driver that does not negotiate: no
-  features;
+- only the low 32 feature bits are visible, plus the legacy transport bits
+  QEMU 7.2 shows there (read from it, ``test_legacy_registers_match_qemu``):
+  NOTIFY_ON_EMPTY (24), BAD_FEATURE (30) and, on a transitional device,
+  ANY_LAYOUT (27).  Writing guest features takes them at once (there is no
+  FEATURES_OK in 0.9.5), masked to that offer, and is ignored once
+  FEATURES_OK is set; a write with BAD_FEATURE means a driver that accepts
+  whatever is offered: it gets no features;
 - the queue size is read-only (the device's maximum);
 - a queue PFN names 4096-byte pages; the rings follow the legacy layout
   (:func:`.layout.legacy_rings`: used ring aligned to 4096).  Writing 0
@@ -43,7 +45,7 @@ from .virtqueue import QueueError
 if TYPE_CHECKING:
     from .pci import VirtioPCIDevice
 
-F_BAD_FEATURE = 30
+F_NOTIFY_ON_EMPTY, F_ANY_LAYOUT, F_BAD_FEATURE = 24, 27, 30
 _STATUS = L.DeviceStatus.flags
 ACK_DRIVER = _STATUS["ACKNOWLEDGE"] | _STATUS["DRIVER"]
 FEATURES_OK = _STATUS["FEATURES_OK"]
@@ -66,6 +68,16 @@ class LegacyRegs:
     def __init__(self, dev: "VirtioPCIDevice"):
         self.dev = dev
 
+    def host_features(self) -> int:
+        """The HOST_FEATURES register: the low half of the offer plus the legacy bits.
+        (QEMU's legacy-only virtio-blk also shows SCSI (7); blockbed has no SCSI
+        pass-through, so it does not.)"""
+        dev = self.dev
+        extra = (1 << F_NOTIFY_ON_EMPTY) | (1 << F_BAD_FEATURE)
+        if dev.transport == "transitional":
+            extra |= 1 << F_ANY_LAYOUT      # QEMU clears it when VERSION_1 is not offered
+        return (dev.offered_features & 0xFFFFFFFF) | extra
+
     def _config_offset(self) -> int:
         msix = self.dev.msix
         return L.LEGACY_SIZE + (L.LEGACY_MSIX_SIZE if msix is not None and msix.enabled else 0)
@@ -82,7 +94,7 @@ class LegacyRegs:
         name = f[0]
         q = dev._queue()
         if name == "host_features":
-            v = dev.offered_features & 0xFFFFFFFF
+            v = self.host_features()
         elif name == "guest_features":
             v = dev.driver_features & 0xFFFFFFFF
         elif name == "queue_pfn":
@@ -147,7 +159,7 @@ class LegacyRegs:
             return
         if value >> F_BAD_FEATURE & 1:
             value = 0                   # "does not negotiate properly: assume nothing"
-        value &= dev.offered_features & 0xFFFFFFFF
+        value &= self.host_features() & ~(1 << F_BAD_FEATURE)
         dev.driver_features = value
         dev._features_taken(value)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 from ... import trace
 from ...machine.pci import CAP_VENDOR, CMD_BUS_MASTER, BarKind, PCIDevice, SubRegions
 from . import layout as L
-from .legacy import LegacyRegs, bar_size as legacy_bar_size
+from .legacy import F_NOTIFY_ON_EMPTY, LegacyRegs, bar_size as legacy_bar_size
 from .virtqueue import QueueError, SplitQueue
 
 # Device status bits (§2.1)
@@ -313,7 +313,8 @@ class VirtioPCIDevice(PCIDevice):
             self.set_irq(1)
 
     def queue_interrupt(self, q: SplitQueue) -> None:
-        if q.should_notify():
+        # should_notify first: it records what was signalled
+        if q.should_notify() or (self.features >> F_NOTIFY_ON_EMPTY & 1 and q.drained()):
             self._signal(q.msix_vector, L.ISR_QUEUE)
 
     def config_changed(self, bump_generation: bool = True) -> None:
