@@ -486,6 +486,25 @@ def _legacy_view(cfg_read, cfg_write, inp) -> dict:
     }
 
 
+def _legacy_sequence(inp, outp) -> list[int]:
+    """Status and feature writes of a legacy driver, odd widths and offsets, read back."""
+    io, out = 0xC000, []
+    for off, size, value, roff, rsize in (
+            (LSTATUS, 1, ACK | DRIVER, LSTATUS, 1),
+            (GUEST_F, 4, 0x10000244, GUEST_F, 4),
+            (LSTATUS, 1, ACK | DRIVER | FEATURES_OK, LSTATUS, 1),   # kept: no VERSION_1
+            (GUEST_F, 4, 0x200, GUEST_F, 4),                        # frozen now
+            (LSTATUS, 1, ACK | DRIVER | FEATURES_OK | DRIVER_OK, LSTATUS, 1),
+            (LSTATUS, 1, 0, GUEST_F, 4),
+            (GUEST_F, 2, 0x40, GUEST_F, 4),                         # a 16-bit write
+            (QSEL, 2, 3, QNUM, 2), (QSEL, 4, 0x10000, QSEL, 2),
+            (1, 1, 0x55, 1, 1), (HOST_F, 4, 0, 2, 2), (QNOTIFY, 2, 7, 0x60, 4),
+            (LISR, 1, 1, 0x7F, 1)):
+        outp(io + off, size, value)
+        out.append(inp(io + roff, rsize))
+    return out
+
+
 @pytest.mark.parametrize("transport,opts", [("transitional", ""),
                                             ("legacy", ",disable-modern=on")])
 def test_legacy_registers_match_qemu(tmp_path, transport, opts):
@@ -496,6 +515,7 @@ def test_legacy_registers_match_qemu(tmp_path, transport, opts):
     q = _QemuQtest(disk, opts)
     try:
         want = _legacy_view(q.cfg_read, q.cfg_write, q.inp)
+        want["sequence"] = _legacy_sequence(q.inp, q.outp)
     finally:
         q.close()
     v = QLegacyBlk(MiB, transport=transport)
@@ -504,6 +524,9 @@ def test_legacy_registers_match_qemu(tmp_path, transport, opts):
         got = _legacy_view(lambda off, size=4: qt.pci_config_read(d, off, size),
                            lambda off, val, size=4: qt.pci_config_write(d, off, val, size),
                            lambda port, size: {1: qt.inb, 2: qt.inw, 4: qt.inl}[size](port))
+        got["sequence"] = _legacy_sequence(
+            lambda port, size: {1: qt.inb, 2: qt.inw, 4: qt.inl}[size](port),
+            lambda port, size, val: {1: qt.outb, 2: qt.outw, 4: qt.outl}[size](port, val))
     finally:
         v.close()
     if transport == "legacy":

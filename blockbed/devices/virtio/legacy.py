@@ -17,6 +17,8 @@ Behaviour, as QEMU 7.2's ``virtio_ioport_read``/``virtio_ioport_write`` and
   FEATURES_OK in 0.9.5), masked to that offer, and is ignored once
   FEATURES_OK is set; a write with BAD_FEATURE means a driver that accepts
   whatever is offered: it gets no features;
+- FEATURES_OK written by a driver without VERSION_1 is kept as written
+  (QEMU validates only VERSION_1 drivers) and freezes the guest features;
 - the queue size is read-only (the device's maximum);
 - a queue PFN names 4096-byte pages; the rings follow the legacy layout
   (:func:`.layout.legacy_rings`: used ring aligned to 4096).  Writing 0
@@ -77,6 +79,10 @@ class LegacyRegs:
         if dev.transport == "transitional":
             extra |= 1 << F_ANY_LAYOUT      # QEMU clears it when VERSION_1 is not offered
         return (dev.offered_features & 0xFFFFFFFF) | extra
+
+    def accepted_features(self) -> int:
+        """What a legacy driver may get: the host features without BAD_FEATURE."""
+        return self.host_features() & ~(1 << F_BAD_FEATURE)
 
     def _config_offset(self) -> int:
         msix = self.dev.msix
@@ -159,7 +165,7 @@ class LegacyRegs:
             return
         if value >> F_BAD_FEATURE & 1:
             value = 0                   # "does not negotiate properly: assume nothing"
-        value &= self.host_features() & ~(1 << F_BAD_FEATURE)
+        value &= self.accepted_features()
         dev.driver_features = value
         dev._features_taken(value)
 

@@ -122,9 +122,11 @@ class VirtioPCIDevice(PCIDevice):
         self.interrupts = 0
 
         self.pci_cfg_cap: int | None = None
+        self.legacy: LegacyRegs | None = None
         if transport != "modern":
+            self.legacy = LegacyRegs(self)
             self.add_bar(LEGACY_BAR, legacy_bar_size(self.device_config_size), BarKind.IO,
-                         LegacyRegs(self), name=f"{self.name}.legacy")
+                         self.legacy, name=f"{self.name}.legacy")
         if transport != "legacy":
             self._add_modern()
         msix_regions = SubRegions()
@@ -263,7 +265,12 @@ class VirtioPCIDevice(PCIDevice):
         new = (value & 0xFF & ~DEVICE_NEEDS_RESET) | (self.status & DEVICE_NEEDS_RESET)
         if new & FEATURES_OK and not self.status & FEATURES_OK:
             drv = self.driver_features
-            if drv & ~self.offered_features or not drv >> F_VERSION_1 & 1:
+            if self.legacy is not None and not drv >> F_VERSION_1 & 1:
+                # A driver without VERSION_1 on a device with the legacy interface: as
+                # QEMU's virtio_set_status, no validation — the bit sticks and the
+                # features (masked to the legacy offer) are frozen.
+                self._features_taken(drv & self.legacy.accepted_features())
+            elif drv & ~self.offered_features or not drv >> F_VERSION_1 & 1:
                 new &= ~FEATURES_OK     # §3.1.1 step 6: the driver re-reads and sees it refused
                 if trace.enabled:
                     trace.emit("virtio.features_refused", dev=self.name, features=drv)
