@@ -30,7 +30,8 @@ Behaviour, as QEMU 7.2's ``virtio_ioport_read``/``virtio_ioport_write`` and
   writes to them are ignored.
 
 Every guest-written value is validated in :meth:`LegacyRegs.write` (the one
-place): queue select and vector values are range-checked, and a PFN is
+place): vector values are range-checked (queue select is checked where it is
+used), and a PFN is
 mapped at once through :meth:`~.virtqueue.SplitQueue.start` — a ring
 outside RAM puts the device in DEVICE_NEEDS_RESET (§2.1.2), never raises.
 """
