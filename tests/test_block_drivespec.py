@@ -59,7 +59,8 @@ def test_cache_switches_and_aliases():
 
 ALL_KEYS = ("cache, cache.direct, cache.no-flush, cache.writeback, detect-zeroes, discard, "
             "encrypt.key-secret, file, force-share, format, id, if, locking, log-writes, native-fua, offset, readonly, "
-            "rerror, serial, size, werror, bus, discard_granularity, logical_block_size, "
+            "rerror, serial, size, werror, bus, disable-legacy, disable-modern, discard_granularity, "
+            "logical_block_size, "
             "model, ncq, num-queues, physical_block_size, queue-size, unit, write-cache, wwn")
 
 

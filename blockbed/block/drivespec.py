@@ -19,7 +19,8 @@ QEMU 7.2's write + ``fdatasync``), ``log-writes=PATH`` (record host writes, see
 Device options (for the controller models; kept in ``device_options``):
 ``write-cache`` (on|off|auto: overrides the WCE default of the cache mode),
 ``logical_block_size``, ``physical_block_size``, ``discard_granularity``,
-``num-queues``, ``queue-size``, ``ncq``, ``model``, ``wwn``, ``bus``,
+``num-queues``, ``queue-size``, ``disable-legacy`` (on|off|auto) and
+``disable-modern`` (virtio: QEMU's interface switches), ``ncq``, ``model``, ``wwn``, ``bus``,
 ``unit``.
 """
 
@@ -123,6 +124,8 @@ DEVICE_OPTIONS: dict[str, Callable[[str, str], object]] = {
     "physical_block_size": _choice("512", "4096"),
     "discard_granularity": _int(0, power_of_two=True),
     "num-queues": _int(1, 16),
+    "disable-legacy": _choice("on", "off", "auto"),
+    "disable-modern": _bool,
     "queue-size": _int(2, 1024, power_of_two=True),
     "ncq": _bool,
     "model": _text(40),

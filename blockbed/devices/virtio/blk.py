@@ -1,4 +1,5 @@
-"""virtio-blk (virtio 1.2 §5.2) on the modern PCI transport.
+"""virtio-blk (virtio 1.2 §5.2) on the PCI transport (modern-only by default;
+transitional or legacy-only with QEMU's ``disable-legacy=off``/``disable-modern=on``).
 
 Two separate steps per request, in the style of Firecracker's block device:
 
@@ -257,15 +258,18 @@ def guess_geometry(backend: BlockBackend, sectors: int) -> tuple[int, int, int]:
 
 
 class VirtioBlk(VirtioPCIDevice):
-    """A virtio block device (1AF4:1042, class 01.00.00) on a BlockBackend."""
+    """A virtio block device on a BlockBackend, class 01.00.00: 1AF4:1042
+    (``transport="modern"``) or 1AF4:1001 (``"transitional"``, ``"legacy"``)."""
 
     virtio_device_id = 2
+    device_config_size = _CONFIG.size
     class_code = 0x010000
     name = "virtio-blk"
 
     def __init__(self, backend: BlockBackend, serial: str = "", num_queues: int = 1,
                  queue_size: int = DEFAULT_QUEUE_SIZE, name: str = "virtio-blk",
-                 reorder: bool = True, merge: bool = True, completion: str = "auto"):
+                 reorder: bool = True, merge: bool = True, completion: str = "auto",
+                 transport: str = "modern"):
         if not 1 <= num_queues <= 64:
             raise ValueError(f"num-queues={num_queues}: must be 1..64")
         if queue_size < 4 or queue_size > 1024 or queue_size & (queue_size - 1):
@@ -273,7 +277,7 @@ class VirtioBlk(VirtioPCIDevice):
         if len(serial.encode()) > ID_BYTES:
             raise ValueError(f"serial '{serial}' is longer than {ID_BYTES} bytes")
         self.name = name
-        super().__init__(num_queues, queue_size)
+        super().__init__(num_queues, queue_size, transport)
         self.backend = backend
         self.serial = serial.encode()
         self.reorder = reorder
@@ -546,6 +550,19 @@ class VirtioBlk(VirtioPCIDevice):
                         self.fail(str(e))
 
 
+def transport_of(spec: Any) -> str:
+    """QEMU's ``disable-legacy``/``disable-modern`` pair -> the transport variant."""
+    on = ("on", "yes", "true", True)
+    legacy_off = _option(spec, "disable-legacy", "auto")
+    modern_off = _option(spec, "disable-modern", False) in on
+    if modern_off:
+        if legacy_off in on:
+            raise ValueError("virtio-blk: disable-legacy=on and disable-modern=on leave "
+                             "the device with no interface")
+        return "legacy"
+    return "modern" if legacy_off in on or legacy_off == "auto" else "transitional"
+
+
 def _option(spec: Any, name: str, default: Any = None) -> Any:
     """A device option from a parsed drive spec (attribute, ``options`` mapping or dict)."""
     for key in (name, name.replace("-", "_")):
@@ -563,7 +580,12 @@ def attach(machine, backend: BlockBackend, spec: Any = None) -> VirtioBlk:
     """``--drive …,if=virtio``: one virtio-blk PCI function per drive.
 
     Device options from the spec: ``serial``, ``num-queues`` (default 1),
-    ``queue-size`` (default 256).  Raises ValueError on a bad option.
+    ``queue-size`` (default 256), and the interfaces as QEMU spells them:
+    ``disable-legacy`` (on|off|auto) and ``disable-modern`` (on|off).  blockbed's
+    default is the modern-only device (``auto`` means on unless
+    ``disable-modern=on``; QEMU's pc ``auto`` gives a transitional device):
+    ``disable-legacy=off`` builds the transitional device, ``disable-modern=on``
+    the legacy-only one.  Raises ValueError on a bad option.
     """
     existing = sum(1 for d in machine.pci.functions.values() if isinstance(d, VirtioBlk))
     try:
@@ -573,7 +595,7 @@ def attach(machine, backend: BlockBackend, spec: Any = None) -> VirtioBlk:
         raise ValueError("virtio-blk: num-queues and queue-size must be integers") from None
     serial = str(_option(spec, "serial", "") or "")
     dev = VirtioBlk(backend, serial=serial, num_queues=num_queues, queue_size=queue_size,
-                    name=f"virtio-blk{existing}")
+                    name=f"virtio-blk{existing}", transport=transport_of(spec))
     slot = _option(spec, "addr", None)
     machine.add_pci(dev, int(slot, 0) if isinstance(slot, str) else slot)
     if backend.on_stop is None:

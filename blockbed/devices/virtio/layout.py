@@ -43,6 +43,21 @@ CommonCfg = Struct(
     "queue_notify_data" / Int16ul, "queue_reset" / Int16ul,
 )
 
+#: The legacy register block at the start of the I/O BAR0 of a transitional or
+#: legacy-only device (virtio 1.2 §4.1.4.8; virtio 0.9.5 "Virtio Header")
+LegacyCfg = Struct(
+    "host_features" / Int32ul, "guest_features" / Int32ul, "queue_pfn" / Int32ul,
+    "queue_num" / Int16ul, "queue_sel" / Int16ul, "queue_notify" / Int16ul,
+    "device_status" / DeviceStatus, "isr" / Int8ul,
+)
+#: Follows LegacyCfg only while MSI-X is enabled (§4.1.4.8); device configuration
+#: comes after it (or right after LegacyCfg while MSI-X is disabled)
+LegacyMsix = Struct("config_msix_vector" / Int16ul, "queue_msix_vector" / Int16ul)
+#: A legacy queue address is a page frame number of 4096-byte pages (§4.1.4.8)
+LEGACY_PFN_SHIFT = 12
+#: Legacy rings (§2.7.2): the used ring starts at the next 4096-byte boundary
+LEGACY_VRING_ALIGN = 4096
+
 #: A notification (§4.1.4.4; without VIRTIO_F_NOTIFICATION_DATA): the queue index
 Notify = Struct("vqn" / Int16ul)
 
@@ -141,6 +156,26 @@ COMMON_CFG_SIZE = CommonCfg.sizeof()
 COMMON_FIELDS: dict[int, tuple[str, int]] = {
     off: (sc.name, sc.sizeof()) for sc, off in
     zip(CommonCfg.subcons, offsets(CommonCfg).values())}
+#: offset -> (name, size) of the legacy registers, MSI-X part at its offset after LegacyCfg
+LEGACY_SIZE = LegacyCfg.sizeof()
+LEGACY_MSIX_SIZE = LegacyMsix.sizeof()
+LEGACY_FIELDS: dict[int, tuple[str, int]] = {
+    off: (sc.name, sc.sizeof()) for sc, off in
+    zip(LegacyCfg.subcons, offsets(LegacyCfg).values())}
+LEGACY_FIELDS.update({
+    LEGACY_SIZE + off: (sc.name, sc.sizeof()) for sc, off in
+    zip(LegacyMsix.subcons, offsets(LegacyMsix).values())})
+
+
+def legacy_rings(base: int, n: int) -> tuple[int, int, int]:
+    """(desc, avail, used) addresses of a legacy ring of size ``n`` at ``base``
+    (§2.7.2: avail right after the descriptor table, used aligned to 4096)."""
+    avail = base + DESC.size * n
+    used = avail + avail_size(n)
+    used = (used + LEGACY_VRING_ALIGN - 1) & ~(LEGACY_VRING_ALIGN - 1)
+    return base, avail, used
+
+
 _cap = offsets(PciCap)
 CAP_OFF_CFG_LEN, CAP_OFF_CFG_TYPE, CAP_OFF_BAR = _cap["cap_len"], _cap["cfg_type"], _cap["bar"]
 CAP_OFF_OFFSET = _cap["offset"]

@@ -1,6 +1,15 @@
-"""The modern virtio-pci transport (virtio 1.2 §4.1), device side.
+"""The virtio-pci transport (virtio 1.2 §4.1), device side.
 
-Layout, as QEMU 7.2 lays out ``virtio-*-pci,disable-legacy=on``:
+Three variants (``transport=``), as QEMU 7.2 builds ``virtio-*-pci``:
+
+- ``modern`` (``disable-legacy=on``): device ID 0x1040 + type, revision 1;
+- ``transitional`` (QEMU's pc default): device ID 0x1000 + type − 1,
+  revision 0, subsystem ID = the device type, the legacy I/O BAR0
+  (:mod:`.legacy`, §4.1.4.8) next to everything below;
+- ``legacy`` (``disable-modern=on``): the transitional IDs, BAR0 and the
+  MSI-X BAR only — no BAR4, no vendor capabilities, no VERSION_1.
+
+Layout of the modern interface, as QEMU 7.2 lays it out:
 
 - BAR1, 32-bit memory, 4 KiB: the MSI-X table at 0 and the PBA at 0x800
   (one vector per queue plus one for configuration changes);
@@ -28,6 +37,7 @@ from __future__ import annotations
 from ... import trace
 from ...machine.pci import CAP_VENDOR, CMD_BUS_MASTER, BarKind, PCIDevice, SubRegions
 from . import layout as L
+from .legacy import F_NOTIFY_ON_EMPTY, LegacyRegs, bar_size as legacy_bar_size
 from .virtqueue import QueueError, SplitQueue
 
 # Device status bits (§2.1)
@@ -43,6 +53,11 @@ F_RING_RESET = 40
 TRANSPORT_FEATURES = (1 << F_RING_INDIRECT_DESC) | (1 << F_RING_EVENT_IDX) | \
     (1 << F_VERSION_1) | (1 << F_RING_RESET)
 
+#: legacy-only (QEMU disable-modern=on): no VERSION_1, no RING_RESET (modern-only bits)
+LEGACY_TRANSPORT_FEATURES = (1 << F_RING_INDIRECT_DESC) | (1 << F_RING_EVENT_IDX)
+#: "modern" (disable-legacy=on), "transitional" (both interfaces), "legacy" (disable-modern=on)
+TRANSPORTS = ("modern", "transitional", "legacy")
+
 # Capability cfg_type values (§4.1.4)
 CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE, CAP_PCI_CFG = 1, 2, 3, 4, 5
 
@@ -50,7 +65,7 @@ CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE, CAP_PCI_CFG = 1, 2, 3, 4, 5
 COMMON_OFF, ISR_OFF, DEVICE_OFF, NOTIFY_OFF = 0x0000, 0x1000, 0x2000, 0x3000
 REGION = 0x1000
 NOTIFY_MULT = 4
-MODERN_BAR, MSIX_BAR = 4, 1
+MODERN_BAR, MSIX_BAR, LEGACY_BAR = 4, 1, 0
 MSIX_PBA_OFF = 0x800
 
 # struct virtio_pci_common_cfg (§4.1.4.3): offset -> (name, size), from .layout.CommonCfg
@@ -59,8 +74,9 @@ COMMON_SIZE = L.COMMON_CFG_SIZE
 
 
 class VirtioPCIDevice(PCIDevice):
-    """A modern (non-transitional) virtio PCI function.  Subclasses set
-    ``virtio_device_id`` and implement the ``device_*`` hooks."""
+    """A virtio PCI function: modern-only (default), transitional or legacy-only
+    (``transport``, see :data:`TRANSPORTS`).  Subclasses set ``virtio_device_id``,
+    ``device_config_size`` and implement the ``device_*`` hooks."""
 
     vendor_id = 0x1AF4
     subsystem_vendor_id = 0x1AF4
@@ -69,8 +85,20 @@ class VirtioPCIDevice(PCIDevice):
     interrupt_pin = 1
     virtio_device_id = 0
 
-    def __init__(self, num_queues: int, queue_size: int):
-        self.device_id = 0x1040 + self.virtio_device_id
+    #: bytes of device configuration (sizes the legacy I/O BAR)
+    device_config_size = 0
+
+    def __init__(self, num_queues: int, queue_size: int, transport: str = "modern"):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"virtio transport '{transport}': expected {', '.join(TRANSPORTS)}")
+        self.transport = transport
+        if transport == "modern":
+            self.device_id = 0x1040 + self.virtio_device_id
+        else:
+            # §4.1.2.1: transitional IDs 0x1000..0x103f, revision 0, subsystem = device type
+            self.device_id = 0x1000 + self.virtio_device_id - 1
+            self.subsystem_id = self.virtio_device_id
+            self.revision = 0
         super().__init__()
         self.num_queues = num_queues
         # Rings and buffers are reached through the RAM bound check alone: bus
@@ -93,6 +121,22 @@ class VirtioPCIDevice(PCIDevice):
         self.notifies = 0
         self.interrupts = 0
 
+        self.pci_cfg_cap: int | None = None
+        self.legacy: LegacyRegs | None = None
+        if transport != "modern":
+            self.legacy = LegacyRegs(self)
+            self.add_bar(LEGACY_BAR, legacy_bar_size(self.device_config_size), BarKind.IO,
+                         self.legacy, name=f"{self.name}.legacy")
+        if transport != "legacy":
+            self._add_modern()
+        msix_regions = SubRegions()
+        self.add_bar(MSIX_BAR, 0x1000, BarKind.MEM32, msix_regions, name=f"{self.name}.msix")
+        self.add_msix(self.msix_vectors, MSIX_BAR, 0, MSIX_BAR, MSIX_PBA_OFF)
+        msix_regions.add(0, 16 * self.msix_vectors, self.msix.table_region)
+        msix_regions.add(MSIX_PBA_OFF, 8 * ((self.msix_vectors + 63) // 64), self.msix.pba_region)
+
+    def _add_modern(self) -> None:
+        """BAR4 and the vendor capabilities of the modern interface (§4.1.4)."""
         modern = SubRegions()
         modern.add(COMMON_OFF, REGION, _Handler(self._common_read, self._common_write))
         modern.add(ISR_OFF, REGION, _Handler(self._isr_read, _ignore))
@@ -110,11 +154,6 @@ class VirtioPCIDevice(PCIDevice):
         self.wmask[c + L.CAP_OFF_BAR] = 0xFF
         self.wmask[c + L.CAP_OFF_OFFSET:c + L.CAP_OFF_PCI_CFG_DATA + 4] = \
             b"\xff" * (L.CAP_OFF_PCI_CFG_DATA + 4 - L.CAP_OFF_OFFSET)
-        msix_regions = SubRegions()
-        self.add_bar(MSIX_BAR, 0x1000, BarKind.MEM32, msix_regions, name=f"{self.name}.msix")
-        self.add_msix(self.msix_vectors, MSIX_BAR, 0, MSIX_BAR, MSIX_PBA_OFF)
-        msix_regions.add(0, 16 * self.msix_vectors, self.msix.table_region)
-        msix_regions.add(MSIX_PBA_OFF, 8 * ((self.msix_vectors + 63) // 64), self.msix.pba_region)
 
     # --- hooks for the device type ------------------------------------------------
     def device_features(self) -> int:
@@ -153,16 +192,20 @@ class VirtioPCIDevice(PCIDevice):
             c[off + L.CAP_OFF_NOTIFY_MULT:off + L.CAP_OFF_NOTIFY_MULT + 4] = extra.to_bytes(4, "little")
         return off
 
-    def config_read(self, offset: int, size: int) -> int:
+    def _hits_pci_cfg_data(self, offset: int, size: int) -> bool:
+        if self.pci_cfg_cap is None:
+            return False
         c = self.pci_cfg_cap + L.CAP_OFF_PCI_CFG_DATA
-        if offset < c + 4 and offset + size > c:
+        return offset < c + 4 and offset + size > c
+
+    def config_read(self, offset: int, size: int) -> int:
+        if self._hits_pci_cfg_data(offset, size):
             self._pci_cfg_access(None)
         return super().config_read(offset, size)
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         super().config_write(offset, size, value)
-        c = self.pci_cfg_cap + L.CAP_OFF_PCI_CFG_DATA
-        if offset < c + 4 and offset + size > c:
+        if self._hits_pci_cfg_data(offset, size):
             self._pci_cfg_access(value)
 
     def _pci_cfg_access(self, value: int | None) -> None:
@@ -186,7 +229,8 @@ class VirtioPCIDevice(PCIDevice):
     # --- status, features, reset ----------------------------------------------------------
     @property
     def offered_features(self) -> int:
-        return TRANSPORT_FEATURES | self.device_features()
+        t = LEGACY_TRANSPORT_FEATURES if self.transport == "legacy" else TRANSPORT_FEATURES
+        return t | self.device_features()
 
     @property
     def live(self) -> bool:
@@ -221,22 +265,38 @@ class VirtioPCIDevice(PCIDevice):
         new = (value & 0xFF & ~DEVICE_NEEDS_RESET) | (self.status & DEVICE_NEEDS_RESET)
         if new & FEATURES_OK and not self.status & FEATURES_OK:
             drv = self.driver_features
-            if drv & ~self.offered_features or not drv >> F_VERSION_1 & 1:
+            if self.legacy is not None and not drv >> F_VERSION_1 & 1:
+                # A driver without VERSION_1 on a device with the legacy interface: as
+                # QEMU's virtio_set_status, no validation — the bit sticks and the
+                # features (masked to the legacy offer) are frozen.
+                self._features_taken(drv & self.legacy.accepted_features())
+            elif drv & ~self.offered_features or not drv >> F_VERSION_1 & 1:
                 new &= ~FEATURES_OK     # §3.1.1 step 6: the driver re-reads and sees it refused
                 if trace.enabled:
                     trace.emit("virtio.features_refused", dev=self.name, features=drv)
             else:
-                self.features = drv
-                for q in self.queues:
-                    q.indirect = self.has(F_RING_INDIRECT_DESC)
-                    q.event_idx = self.has(F_RING_EVENT_IDX)
-                self.device_features_ok(drv)
+                self._features_taken(drv)
         old = self.status
         self.status = new
         if trace.enabled:
             trace.emit("virtio.status", dev=self.name, old=old, new=new)
-        if new & DRIVER_OK and not old & DRIVER_OK and not new & FEATURES_OK:
+        # A legacy driver (no VERSION_1) has no FEATURES_OK step (§4.1.4.8, QEMU
+        # virtio_set_status checks it only for VERSION_1).
+        legacy_driver = self.transport != "modern" and not self.has(F_VERSION_1)
+        if new & DRIVER_OK and not old & DRIVER_OK and not new & FEATURES_OK \
+                and not legacy_driver:
             self.fail("DRIVER_OK without FEATURES_OK")
+
+    def _features_taken(self, features: int) -> None:
+        """The negotiated features take effect (modern: FEATURES_OK; legacy: the write)."""
+        self.features = features
+        for q in self.queues:
+            self._queue_features(q)
+        self.device_features_ok(features)
+
+    def _queue_features(self, q: SplitQueue) -> None:
+        q.indirect = self.has(F_RING_INDIRECT_DESC)
+        q.event_idx = self.has(F_RING_EVENT_IDX)
 
     def fail(self, why: str) -> None:
         """Enter the error state: DEVICE_NEEDS_RESET + configuration interrupt (§2.1.2)."""
@@ -260,7 +320,8 @@ class VirtioPCIDevice(PCIDevice):
             self.set_irq(1)
 
     def queue_interrupt(self, q: SplitQueue) -> None:
-        if q.should_notify():
+        # should_notify first: it records what was signalled
+        if q.should_notify() or (self.features >> F_NOTIFY_ON_EMPTY & 1 and q.drained()):
             self._signal(q.msix_vector, L.ISR_QUEUE)
 
     def config_changed(self, bump_generation: bool = True) -> None:
@@ -292,8 +353,11 @@ class VirtioPCIDevice(PCIDevice):
 
     # --- notifications (§4.1.4.4) ---------------------------------------------------------------
     def _notify_write(self, offset: int, size: int, value: int) -> None:
+        self._notify(offset // NOTIFY_MULT, offset, value)
+
+    def _notify(self, index: int, offset: int = 0, value: int = 0) -> None:
+        """Queue ``index`` was notified (modern notify region or legacy QUEUE_NOTIFY)."""
         self.notifies += 1
-        index = offset // NOTIFY_MULT
         if index >= self.num_queues:
             if trace.enabled:
                 trace.emit("virtio.bad_notify", dev=self.name, offset=offset, value=value)
@@ -403,8 +467,7 @@ class VirtioPCIDevice(PCIDevice):
         if name == "queue_reset":
             if value == 1 and self.has(F_RING_RESET):
                 q.reset()
-                q.indirect = self.has(F_RING_INDIRECT_DESC)
-                q.event_idx = self.has(F_RING_EVENT_IDX)
+                self._queue_features(q)
                 self.queue_reset_done.add(q.index)
             return
         if name == "queue_enable":

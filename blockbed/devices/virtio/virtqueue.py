@@ -243,6 +243,12 @@ class SplitQueue:
         self.used_idx = idx
         _U16.pack_into(used, _USED_IDX, idx)
 
+    def drained(self) -> bool:
+        """No buffer available and none in flight: VIRTIO_F_NOTIFY_ON_EMPTY's condition
+        (§6.3 legacy feature; QEMU virtio_should_notify)."""
+        return self.last_avail == self.used_idx and \
+            _U16.unpack_from(self._avail, _AVAIL_IDX)[0] == self.last_avail
+
     def should_notify(self) -> bool:
         """Whether the used-buffer notification is due (§2.7.7, §2.7.10).
 
