@@ -48,7 +48,7 @@ linux-guest: $(STAMP)
 
 # The Linux guest on all four controllers x {raw, qcow2}, under QEMU and under blockbed.
 test-linux: linux-guest
-	$(VPY) -m pytest -q -m linux tests/test_linux_guest.py
+	$(VPY) -m pytest -q -m linux tests/test_linux_guest.py tests/test_linux_crash.py
 
 bench: $(STAMP) guests
 	@for b in benchmarks/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done

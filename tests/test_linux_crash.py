@@ -128,6 +128,7 @@ def test_crashtest_cli_linux(linux_guest, tmp_path):
     assert out["states_checked"] == 8 and out["fsync_promises"] == 6
 
 
+@pytest.mark.slow
 @pytest.mark.linux
 @pytest.mark.parametrize("ctrl", ["virtio", "ahci", "ide", "lsi"])
 @pytest.mark.parametrize("cache", ["none", "writeback", "writethrough", "directsync"])
