@@ -175,7 +175,7 @@ def test_flags_survive_interrupts_taken_at_rdtsc(asm_build, qemu_system):
     ROR (lazily kept flags): RFLAGS after the RDTSC must be what the ROR gave, under
     QEMU and here.  (Under Linux a stop requested inside the RDTSC hook returned
     garbled RFLAGS -- reserved bits set, then #GP at PUSHF -- which the CPU now puts
-    back, see CPU._restore_stop_flags; this loop exercises that path, 200 times.)"""
+    back, see CPU._restore_tsc_stop_context; this loop exercises that path, 200 times.)"""
     assert "tsc-flags: Y" in _qemu_serial(qemu_system, asm_build / "tsc_flags.elf")
     m, r = boot(asm_build / "tsc_flags.elf")
     assert r.kind is ExitKind.GUEST_EXIT and r.exit_code == 0, (r.reason, r.transcript)

@@ -38,8 +38,11 @@ def asm_build(tmp_path_factory) -> Path:
     return out
 
 
-def boot(elf: Path, timeout: float = 10.0, **cfg) -> tuple[Machine, object]:
+def boot(elf: Path, timeout: float = 10.0, attach=None, **cfg) -> tuple[Machine, object]:
+    """Boot ``elf``; ``attach(machine)`` adds test devices before the kernel loads."""
     m = Machine(MachineConfig(memory_mib=cfg.pop("memory_mib", 32), timeout_s=timeout, **cfg))
+    if attach is not None:
+        attach(m)
     m.load_kernel(str(elf))
     return m, m.run()
 
@@ -431,10 +434,8 @@ def test_a_device_model_bug_ends_the_run_as_an_internal_error(asm_build):
     """An exception raised inside a unicorn callback is blockbed's bug, not the guest's:
     the run ends with kind INTERNAL (status 126) and a reason naming the code, and
     the caller gets no traceback."""
-    m = Machine(MachineConfig(memory_mib=32, timeout_s=10))
-    m.pio.add("broken", 0x510, 1, BrokenPort())
-    m.load_kernel(str(asm_build / "interrupt.elf"))
-    r = m.run()
+    m, r = boot(asm_build / "interrupt.elf",
+                attach=lambda m: m.pio.add("broken", 0x510, 1, BrokenPort()))
     assert r.kind is ExitKind.INTERNAL and r.exit_status == 126
     assert r.reason.startswith("internal error (a blockbed bug")
     assert "NameError: name 'Phase' is not defined" in r.reason
@@ -463,11 +464,13 @@ def test_a_kick_inside_an_mmio_write_does_not_rerun_earlier_instructions(asm_bui
     its PxSACT write: unicorn left with RIP at the start of the translation block but
     the registers as the block had changed them, and the instructions before the write
     ran a second time (RDI, the qc pointer, had become the written value)."""
-    m = Machine(MachineConfig(memory_mib=32, timeout_s=60))
-    dev = KickingMMIO(m)
-    m.mmio.add("kicker", 0xE0000000, 0x1000, dev)
-    m.load_kernel(str(asm_build / "mmio_kick_regs.elf"))
-    r = m.run()
+    devs = []
+
+    def attach(m):
+        devs.append(KickingMMIO(m))
+        m.mmio.add("kicker", 0xE0000000, 0x1000, devs[0])
+    m, r = boot(asm_build / "mmio_kick_regs.elf", timeout=60, attach=attach)
+    dev = devs[0]
     assert r.kind is ExitKind.GUEST_EXIT, r.reason
     assert dev.values == [6 * i for i in range(1, 100_001)]
     assert r.exit_code == 0

@@ -119,14 +119,16 @@ class ReadOnlyFormat(BlockDriver):
                                           "read-only; open it read-only or convert it to "
                                           "qcow2 (blockbed img convert -O qcow2)")
 
-    # --- to implement -----------------------------------------------------
+    # --- hooks for the formats (abstract: the base class never reads by itself) ---------
     def _runs(self, offset: int, length: int) -> list[Run]:
-        """Runs covering exactly ``[offset, offset+length)`` (checked request)."""
-        raise NotImplementedError
+        """Runs covering exactly ``[offset, offset+length)`` (checked request).  Every
+        format implements it (qed, vdi, vhdx, vmdk, vpc)."""
+        raise NotImplementedError(f"{type(self).__name__} must map guest ranges to runs")
 
     def _read_special(self, run: Run, offset: int, buf: memoryview) -> None:
-        """Fill ``buf`` with guest bytes at ``offset`` inside ``run`` (kind SPECIAL)."""
-        raise NotImplementedError
+        """Fill ``buf`` with guest bytes at ``offset`` inside ``run`` (kind SPECIAL).
+        Only formats that return SPECIAL runs implement it (vmdk: compressed grains)."""
+        raise NotImplementedError(f"{type(self).__name__} returned a SPECIAL run it cannot read")
 
     # --- qemu-img info --------------------------------------------------------
     def info_fields(self) -> dict:

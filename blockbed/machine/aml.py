@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 
 ZERO_OP, ONE_OP, BYTE_PREFIX, WORD_PREFIX, DWORD_PREFIX = 0x00, 0x01, 0x0A, 0x0B, 0x0C
-NAME_OP, SCOPE_OP, BUFFER_OP, PACKAGE_OP, METHOD_OP = 0x08, 0x10, 0x11, 0x12, 0x14
+NAME_OP, SCOPE_OP, BUFFER_OP, PACKAGE_OP = 0x08, 0x10, 0x11, 0x12
 EXT_OP_PREFIX, DEVICE_OP = 0x5B, 0x82
 ROOT_CHAR = 0x5C
 
@@ -87,10 +87,6 @@ def scope(path: str, *terms: bytes) -> bytes:
 
 def device(n: str, *terms: bytes) -> bytes:
     return _with_len(bytes([EXT_OP_PREFIX, DEVICE_OP]), name_string(n) + b"".join(terms))
-
-
-def method(n: str, nargs: int, *terms: bytes) -> bytes:
-    return _with_len(bytes([METHOD_OP]), name_string(n) + bytes([nargs & 7]) + b"".join(terms))
 
 
 def package(*elements: bytes) -> bytes:

@@ -168,7 +168,7 @@ class CPU:
         # whose callback asked it to stop, so that access must not happen twice.
         self._replay: tuple | None = None
         self._replay_value = 0
-        self._stop_flags: tuple | None = None   # (RIP, context): see _restore_stop_flags
+        self._tsc_stop_ctx: tuple | None = None   # (RIP, context): see _restore_tsc_stop_context
         machine.memory.map_into(self.uc)
         self._install_io_hooks()
 
@@ -295,7 +295,7 @@ class CPU:
         if trace.enabled:
             trace.emit("cpu.syscall", rip=rip, nr=rd(X.UC_X86_REG_RAX), entry=lstar)
 
-    def _restore_stop_flags(self) -> None:
+    def _restore_tsc_stop_context(self) -> None:
         """A stop requested inside the RDTSC hook (a device event due at that tick
         raised an interrupt) makes unicorn leave with RIP at the RDTSC, to run it
         again, but with CPU state it did not write back on that path: measured under
@@ -304,9 +304,9 @@ class CPU:
         RDTSC ran, is put back whole (registers, flags, the rest of the CPU state;
         memory is not part of it and needs nothing), so the RDTSC runs again from
         exactly where the guest was."""
-        sf = self._stop_flags
+        sf = self._tsc_stop_ctx
         if sf is not None:
-            self._stop_flags = None
+            self._tsc_stop_ctx = None
             if self.uc.reg_read(X.UC_X86_REG_RIP) == sf[0]:
                 self.uc.context_restore(sf[1])
 
@@ -326,13 +326,13 @@ class CPU:
             exits.tsc += 1
             events.now += 1
             if events._heap and events._heap[0].due <= events.now:
-                if cpu.stop_reason is _RUNNING and cpu._stop_flags is None:
+                if cpu.stop_reason is _RUNNING and cpu._tsc_stop_ctx is None:
                     # The state at the RDTSC, in case an event below asks for a stop
-                    # (see _restore_stop_flags): about 2 us, only when an event is due.
+                    # (see _restore_tsc_stop_context): about 2 us, only when an event is due.
                     ctx = (uc.reg_read(X.UC_X86_REG_RIP), uc.context_save())
                     events.run_due()
                     if cpu.stop_reason is not _RUNNING:
-                        cpu._stop_flags = ctx
+                        cpu._tsc_stop_ctx = ctx
                 else:
                     events.run_due()
             tsc = events.now * TSC_PER_TICK
@@ -770,7 +770,7 @@ class CPU:
             # nothing is in flight: clear it (about 2 us).
             self._uc_exc.clear_in_flight(self.uc)
         self.stop_reason = StopReason.NONE
-        self._stop_flags = None
+        self._tsc_stop_ctx = None
         self._exception = None
         self._cr2_at_slice = self.uc.reg_read(X.UC_X86_REG_CR2)
         begin = self.rip()
@@ -795,7 +795,7 @@ class CPU:
                     self._replay = None
                     self._internal_error(exc)
                     return
-                self._restore_stop_flags()
+                self._restore_tsc_stop_context()
                 self.instructions_lower_bound += 1
                 if self._exception is not None and self.stop_reason is not StopReason.EXIT:
                     self._replay = None
@@ -820,7 +820,7 @@ class CPU:
         except Exception as exc:       # noqa: BLE001 -- raised in a device callback
             self._internal_error(exc)
             return
-        self._restore_stop_flags()
+        self._restore_tsc_stop_context()
         if self._exception is not None and self.stop_reason is not StopReason.EXIT:
             self._deliver_exception()
             return
