@@ -421,14 +421,18 @@ def test_random_legacy_traffic_never_raises(lb):
 # --- differential: the legacy registers of QEMU 7.2 itself (its qtest protocol) --------------
 
 class _QemuQtest:
-    """qemu-system-x86_64 -qtest stdio: port I/O only, no firmware (BARs set by hand)."""
+    """qemu-system-x86_64 -qtest stdio: port I/O only, no firmware (BARs set by hand).
+
+    ``-S`` matters: with the CPU running, SeaBIOS's PCI enumeration races our
+    0xCF8/0xCFC accesses (seen in CI as capability walks that read id 0).  Debian's
+    QEMU has no ``-accel qtest``, so the CPU is simply never started."""
 
     SLOT = 4
 
     def __init__(self, disk, device_opts: str):
         import subprocess
         self.p = subprocess.Popen(
-            ["qemu-system-x86_64", "-machine", "pc", "-qtest", "stdio", "-nodefaults",
+            ["qemu-system-x86_64", "-machine", "pc", "-S", "-qtest", "stdio", "-nodefaults",
              "-display", "none", "-drive", f"file={disk},if=none,id=d0,format=raw",
              "-device", f"virtio-blk-pci,drive=d0,addr={self.SLOT}{device_opts}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -459,13 +463,9 @@ class _QemuQtest:
         self.outp(0xCFC + (off & 3), size, value)
 
     def close(self) -> None:
-        import subprocess
         self.p.stdin.close()
-        try:
-            self.p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.p.kill()           # our own child: qtest mode does not always quit on EOF
-            self.p.wait()
+        self.p.kill()               # our own child: qtest mode does not quit on EOF
+        self.p.wait()
 
 
 def _legacy_view(cfg_read, cfg_write, inp) -> dict:
