@@ -89,17 +89,10 @@ def test_qemu_matrix(guest, ctrl: str, fmt: str, tmp_path: Path) -> None:
     _run_and_check(qemu.run_qemu, guest, ctrl, fmt, tmp_path)
 
 
-# Known gap (docs/linux-machine.md): on AHCI, libata's first NCQ command crashes in
-# ahci_qc_issue with a register that holds a PxCMD value instead of the qc pointer.
-AHCI_GAP = pytest.mark.xfail(strict=True, reason="Linux's ahci on blockbed: oops in "
-                             "ahci_qc_issue at the first queued command (docs/linux-machine.md)")
-BLOCKBED_MATRIX = [pytest.param(c, f, marks=AHCI_GAP) if c == "ahci" else (c, f) for c, f in MATRIX]
-
-
 @pytest.mark.slow
 @pytest.mark.linux
 @pytest.mark.linux_blockbed
-@pytest.mark.parametrize("ctrl,fmt", BLOCKBED_MATRIX)
+@pytest.mark.parametrize("ctrl,fmt", MATRIX)
 def test_blockbed_matrix(guest, ctrl: str, fmt: str, tmp_path: Path) -> None:
     qd = tmp_path / "q"
     qd.mkdir()

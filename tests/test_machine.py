@@ -474,3 +474,21 @@ def test_a_kick_inside_an_mmio_write_does_not_rerun_earlier_instructions(asm_bui
     assert r.kind is ExitKind.GUEST_EXIT, r.reason
     assert dev.values == [6 * i for i in range(1, 100_001)]
     assert r.exit_code == 0
+
+
+def test_a_kick_after_a_syscall_resumes_at_the_mmio_write(asm_build):
+    """Linux's ahci_qc_issue, the real cause: a SYSCALL earlier in the slice (user
+    space's) left unicorn's "skip PC sync" flag set (the hook wrote RIP), so a later
+    kick inside an MMIO write left RIP at a stale block start and the instructions
+    before the write ran again -- here EBX grows by 3 too often, or the reused RDI is
+    dereferenced.  The syscall hook now ends the slice and RIP is written after it."""
+    devs = []
+
+    def attach(m):
+        devs.append(KickingMMIO(m))
+        m.mmio.add("kicker", 0xE0000000, 0x1000, devs[0])
+    m, r = boot(asm_build / "syscall_mmio_kick.elf", timeout=60, attach=attach)
+    assert r.kind is ExitKind.GUEST_EXIT, r.reason
+    assert devs[0].values == [2 * i for i in range(1, 20_001)]
+    assert r.exit_code == 0
+    assert m.cpu.exits.syscalls == 20_000

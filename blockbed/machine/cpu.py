@@ -169,6 +169,7 @@ class CPU:
         self._replay: tuple | None = None
         self._replay_value = 0
         self._tsc_stop_ctx: tuple | None = None   # (RIP, context): see _restore_tsc_stop_context
+        self._syscall_entry: int | None = None    # IA32_LSTAR, written to RIP after the slice
         machine.memory.map_into(self.uc)
         self._install_io_hooks()
 
@@ -262,12 +263,20 @@ class CPU:
         RIP <- IA32_LSTAR.
 
         Unicorn runs only the hook for SYSCALL (measured: without one, the
-        instruction is a no-op), with RIP still at the instruction, and adds its
-        length (2) to RIP afterwards; the TB ends there, so execution goes on at the
-        RIP the hook leaves minus nothing else.  The selectors are loaded from the
-        GDT, where the SDM loads fixed flat descriptors: the same for any OS whose
-        GDT holds what its STAR names (Linux's __KERNEL_CS/__KERNEL_DS).  SYSRET needs
-        nothing: unicorn executes it (CPL 3 from STAR[63:48])."""
+        instruction is a no-op), with RIP still at the instruction.  Everything but
+        RIP is written here; RIP is not.  Writing RIP from inside a hook sets
+        unicorn's "skip PC sync" flag, which only the next exit check consumes, and
+        a SYSCALL's block ends without one: the flag then stays set for the rest of
+        the slice, so every later stop (an MMIO kick, a port hook) left RIP at a
+        stale block start with the registers of a later instruction (unicorn 2.1.4,
+        ``uc_reg_write`` and ``HELPER(check_exit_request)``; measured under Linux:
+        ``ahci_qc_issue`` restarted from its entry with EDI = 1 << tag, then #PF).
+        So the hook ends the slice, and :meth:`run_slice` writes LSTAR to RIP after
+        ``emu_start`` returns, where a write is a plain start address.  The
+        selectors are loaded from the GDT, where the SDM loads fixed flat
+        descriptors: the same for any OS whose GDT holds what its STAR names
+        (Linux's __KERNEL_CS/__KERNEL_DS).  SYSRET needs nothing: unicorn executes
+        it (CPL 3 from STAR[63:48])."""
         uc = self.uc
         rd = uc.reg_read
         efer = rd(X.UC_X86_REG_MSR, EFER)
@@ -290,10 +299,16 @@ class CPU:
             self.load_segment(X.UC_X86_REG_SS, sel + 8)
             self.load_segment(X.UC_X86_REG_CS, sel)
         uc.reg_write(X.UC_X86_REG_RFLAGS, rflags & ~fmask & ~(1 << 16) | 2)
-        uc.reg_write(X.UC_X86_REG_RIP, lstar - 2)      # unicorn adds the length after the hook
+        self._syscall_entry = lstar         # RIP: written after the slice (see above)
+        uc.emu_stop()
         self.exits.syscalls += 1
         if trace.enabled:
             trace.emit("cpu.syscall", rip=rip, nr=rd(X.UC_X86_REG_RAX), entry=lstar)
+
+    def _enter_syscall(self) -> None:
+        """The RIP half of :meth:`_syscall`, between slices: jump to IA32_LSTAR."""
+        self.uc.reg_write(X.UC_X86_REG_RIP, self._syscall_entry)
+        self._syscall_entry = None
 
     def _restore_tsc_stop_context(self) -> None:
         """A stop requested inside the RDTSC hook (a device event due at that tick
@@ -788,6 +803,8 @@ class CPU:
                     self._replay = None
                     if self.stop_reason is not StopReason.EXIT:
                         self._fail(self._classify_uc_error(err))
+                    elif self._syscall_entry is not None:
+                        self._enter_syscall()
                     return
                 except BrokenPipeError:        # the serial echo's reader went away: the CLI's
                     raise
@@ -801,6 +818,10 @@ class CPU:
                     self._replay = None
                     self._deliver_exception()
                     return
+                if self._syscall_entry is not None:
+                    self._replay = None
+                    self._enter_syscall()
+                    return
                 if self._replay is None or self.stop_reason is StopReason.EXIT:
                     break
                 begin = self.rip()
@@ -812,6 +833,8 @@ class CPU:
             self.uc.emu_start(begin, END_ADDRESS, slice_us, count)
         except UcError as err:
             if self.stop_reason is StopReason.EXIT:
+                if self._syscall_entry is not None:
+                    self._enter_syscall()
                 return
             self._fail(self._classify_uc_error(err))
             return
@@ -823,6 +846,9 @@ class CPU:
         self._restore_tsc_stop_context()
         if self._exception is not None and self.stop_reason is not StopReason.EXIT:
             self._deliver_exception()
+            return
+        if self._syscall_entry is not None:
+            self._enter_syscall()
             return
         if self.stop_reason is StopReason.NONE:
             if self.uc.query(UC_QUERY_TIMEOUT):
