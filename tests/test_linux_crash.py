@@ -99,9 +99,9 @@ def linux_guest():
         pytest.skip(f"Linux guest not buildable (Debian packages via apt-get download): {e}")
 
 
-def _run(ctrl, fmt, cache, states=16):
+def _run(ctrl, fmt, cache, states=16, recorder="qemu"):
     from blockbed.crashrun.linux import linux_crashtest
-    return linux_crashtest(ctrl, fmt, cache, states=states, keep=False)
+    return linux_crashtest(ctrl, fmt, cache, states=states, keep=False, recorder=recorder)
 
 
 def test_linux_ext4_survives_every_crash_state_with_cache_none(linux_guest):
@@ -126,6 +126,36 @@ def test_crashtest_cli_linux(linux_guest, tmp_path):
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["ok"], out
     assert out["states_checked"] == 8 and out["fsync_promises"] == 6
+
+
+@pytest.mark.linux_blockbed
+def test_linux_crash_recorded_on_blockbeds_ahci_and_qcow2(linux_guest):
+    """The same workload through blockbed's own stack (Linux's ahci driver on our AHCI
+    model, qcow2, cache=writeback, the logwrites filter): every state is fine, and
+    the six promises were stamped with exact log positions (each after a flush)."""
+    rep = _run("ahci", "qcow2", "writeback", states=12, recorder="blockbed")
+    assert "BLOCKBED-LINUX PASS crash ahci" in rep.guest_line
+    assert len(rep.promises) == 6 and rep.host_counts["flush"] >= 6
+    assert rep.ok, [s.problems for s in rep.violating]
+
+
+@pytest.mark.linux_blockbed
+def test_linux_crash_recorded_on_blockbed_catches_cache_unsafe(linux_guest):
+    """blockbed's cache=unsafe drops the guest's flushes before the host log: the
+    sweep must find fsync'd files lost (a recorder that passed blindly would not)."""
+    rep = _run("virtio", "raw", "unsafe", recorder="blockbed")
+    assert rep.host_counts["flush"] == 0
+    assert not rep.ok and any("fsync'd file" in p for s in rep.violating for p in s.problems)
+
+
+@pytest.mark.slow
+@pytest.mark.linux
+@pytest.mark.linux_blockbed
+@pytest.mark.parametrize("ctrl", ["virtio", "ahci", "ide", "lsi"])
+@pytest.mark.parametrize("cache", ["none", "writethrough"])
+def test_linux_crash_matrix_on_blockbed(linux_guest, ctrl, cache):
+    rep = _run(ctrl, "qcow2", cache, states=24, recorder="blockbed")
+    assert rep.ok, [s.problems for s in rep.violating]
 
 
 @pytest.mark.slow

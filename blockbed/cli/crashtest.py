@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --linux: QEMU cache mode none|writeback|writethrough|directsync|unsafe")
     p.add_argument("--recorder", default="qemu", choices=("qemu", "blockbed"),
                    help="with --linux: the machine that runs the guest (default qemu: QEMU's "
-                   "controllers, host writes logged with its blklogwrites driver)")
+                   "controllers, host writes logged with its blklogwrites driver; blockbed: "
+                   "blockbed's controllers and cache modes, its logwrites filter)")
     p.set_defaults(func=main)
 
 

@@ -11,11 +11,14 @@ and every file whose fsync had returned reads back exactly.  CrashMonkey's idea,
 through an emulated controller and a QEMU cache mode; ``cache=unsafe`` drops the
 flushes, so it must fail.
 
-Recorder: ``qemu`` runs the guest under qemu-system-x86_64 with QEMU's
+Recorders: ``qemu`` runs the guest under qemu-system-x86_64 with QEMU's
 ``blklogwrites`` driver between the format driver and the file (QEMU's own
-controller models and cache modes: the reference).  blockbed's own machine does
-not yet run the Linux userspace (docs/linux-machine.md); when it does, its
-recorder (:mod:`.record`) feeds the same sweep.
+controller models and cache modes: the reference).  ``blockbed`` runs the same
+kernel and initramfs on blockbed's machine, through its controller models, cache
+modes and ``logwrites`` filter (:func:`.record.boot_logged`); the serial lines are
+stamped with the log's position in the same callback that receives them, so a
+promise's position is exact rather than read after the line arrived.  Both feed
+the same sweep.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from ..block.crash.checker import open_view
 from ..block.crash.dmlog import complete_entries, read_dm_log
 from ..block.crash.fscheck import FsPromise, check_filesystem, parse_promises, tools
 from ..block.crash.hostlog import HostLog
+from ..block.drivespec import parse_drive_spec
+from ..block.logwrites import read_log
+from ..block.registry import create_image
 from ..block.crash.overlay import WorkingImage
 from ..block.crash.states import CrashState, enumerate_states, state_pieces
 from ..linuxguest import layout
@@ -139,6 +145,61 @@ def record_qemu(ctrl: str, fmt: str, cache: str, wd: Path, *, kernel: Path = KER
     return lines, seconds
 
 
+def record_blockbed(ctrl: str, fmt: str, cache: str, wd: Path, *, kernel: Path = KERNEL,
+                    initrd: Path = INITRD, timeout: float = 600.0
+                    ) -> tuple[list[tuple[int, str]], float]:
+    """Run the crash workload on blockbed's machine with the ``logwrites`` filter below
+    the format driver; returns the console lines, each stamped with the number of log
+    entries at the moment its newline arrived, and the run's seconds."""
+    from .record import boot_logged
+    for f in (kernel, initrd):
+        if not f.exists():
+            raise ValueError(f"{f}: missing; build the Linux guest with `make linux-guest`")
+    base, work = wd / "base.img", wd / "work.img"
+    create_image(str(base), fmt, layout.DISK_SIZE)
+    shutil.copyfile(base, work)
+    spec = parse_drive_spec(f"file={work},format={fmt},if={ctrl},cache={cache}")
+    spec.log_writes = str(wd / "host.log")
+    holder: dict = {}
+    lines: list[tuple[int, str]] = []
+    pending = bytearray()
+
+    def echo(data: bytes) -> None:
+        pending.extend(data)
+        while (nl := pending.find(b"\n")) >= 0:
+            line = pending[:nl].decode(errors="replace").rstrip("\r")
+            del pending[:nl + 1]
+            # The guest prints an fsync's line after the fsync returned, and the flush
+            # below it completed before the guest could run on: the position is exact.
+            pos = holder["lw"].log.seq if "BLOCKBED-" in line and "lw" in holder else -1
+            lines.append((pos, line))
+
+    t0 = time.monotonic()
+    result = boot_logged(spec, str(kernel),
+                         f"console=ttyS0 panic=-1 quiet blockbed.ctrl={ctrl} blockbed.mode=crash",
+                         initrd=str(initrd), holder=holder, timeout=timeout, memory_mib=512,
+                         echo=echo)
+    seconds = time.monotonic() - t0
+    if pending:
+        lines.append((-1, pending.decode(errors="replace")))
+    work.unlink()
+    if not any("BLOCKBED-LINUX" in l for _, l in lines):
+        raise ValueError(f"the Linux guest did not finish on blockbed: {result.reason}")
+    (wd / "console.json").write_text(json.dumps(lines))
+    (wd / "run.json").write_text(json.dumps({"recorder": "blockbed", "ctrl": ctrl, "format": fmt,
+                                             "cache": cache, "seconds": seconds,
+                                             "exit": result.kind.value, "exits": result.exits},
+                                            indent=1))
+    return lines, seconds
+
+
+def host_log(wd: Path) -> HostLog:
+    """The recorded host writes: QEMU's dm-log-writes file or blockbed's own log."""
+    if (wd / "host.log").exists():
+        return HostLog.from_logwrites(read_log(str(wd / "host.log")))
+    return read_dm_log(str(wd / "host.dmlog"))
+
+
 def _states(log: HostLog, ready: int, limit: int, seed: int) -> list[CrashState]:
     """States after the filesystem was made durable: every flush boundary, then prefixes and
     torn subsets sampled evenly, at most ``limit`` (boundaries first)."""
@@ -158,7 +219,7 @@ def _states(log: HostLog, ready: int, limit: int, seed: int) -> list[CrashState]
 
 def sweep(wd: Path, fmt: str, lines: list[tuple[int, str]], limit: int, seed: int
           ) -> tuple[int | None, list[FsPromise], list[StateVerdict], HostLog]:
-    log = read_dm_log(str(wd / "host.dmlog"))
+    log = host_log(wd)
     ready, promises = parse_promises(lines)
     if ready is None:
         return None, promises, [], log
@@ -192,15 +253,15 @@ def linux_crashtest(ctrl: str = "virtio", fmt: str = "raw", cache: str = "none",
         raise ValueError(f"format {fmt!r}: the Linux crash test supports raw or qcow2")
     if cache not in CACHES:
         raise ValueError(f"cache {cache!r}: choose from {', '.join(CACHES)}")
-    if recorder != "qemu":
-        raise ValueError("recorder 'blockbed': the blockbed machine does not run the Linux "
-                         "userspace yet (docs/linux-machine.md); use --recorder qemu")
+    if recorder not in ("qemu", "blockbed"):
+        raise ValueError(f"recorder {recorder!r}: choose qemu or blockbed")
     tools()
     made = workdir is None
     wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="blockbed-linuxcrash-"))
     wd.mkdir(parents=True, exist_ok=True)
     try:
-        lines, secs = record_qemu(ctrl, fmt, cache, wd, timeout=timeout)
+        record = record_qemu if recorder == "qemu" else record_blockbed
+        lines, secs = record(ctrl, fmt, cache, wd, timeout=timeout)
         t0 = time.monotonic()
         ready, promises, verdicts, log = sweep(wd, fmt, lines, states, seed)
         guest = next((l for _, l in lines if "BLOCKBED-LINUX" in l), "no BLOCKBED-LINUX line")

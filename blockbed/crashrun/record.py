@@ -14,14 +14,54 @@ import json
 import os
 from pathlib import Path
 
-from ..block.crash.faults import FaultyBackend, split_faults
+from ..block.crash.faults import Faults, FaultyBackend, split_faults
 from ..block.crash.runlog import MAX_IMAGE_FILE, RUN_VERSION, copy_quiescent, save_requests
 from ..block.crash.timeline import CorrelatedRequestLog
-from ..block.drivespec import DriveSpecError, open_drive, parse_drive_spec
+from ..block.drivespec import DriveSpec, DriveSpecError, open_drive, parse_drive_spec
 from ..block.logwrites import LogWritesDriver
 from ..devices.attach import controller_module
-from ..machine import Machine, MachineConfig
+from ..machine import Machine, MachineConfig, RunResult
 from ..machine.boot import BootError
+
+
+def boot_logged(spec: DriveSpec, kernel: str, append: str, *, initrd: str | None = None,
+                faults: Faults | None = None, request_log=None,
+                holder: dict | None = None, seed: int = 0, timeout: float = 120.0,
+                memory_mib: int = 256, echo=None) -> RunResult:
+    """Boot ``kernel`` with the one drive ``spec`` names (its ``log_writes`` set), run it
+    to the end and close the machine.  The log-writes node is put in ``holder["lw"]``
+    as soon as the drive is open, so callbacks during the run (the request log, the
+    serial echo) can sample its position.  ValueError (one line) for a bad drive or
+    kernel."""
+    holder = {} if holder is None else holder
+    module = controller_module(spec.interface)
+    try:
+        machine = Machine(MachineConfig(memory_mib=memory_mib, seed=seed, timeout_s=timeout,
+                                        echo_serial=echo))
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    try:
+        try:
+            backend = open_drive(spec, request_log=False if request_log is None else request_log,
+                                 name="drive0")
+        except DriveSpecError as e:
+            raise ValueError(str(e)) from None
+        lw = backend.find_node(LogWritesDriver)
+        if lw is None:
+            raise ValueError("the block layer did not insert the log-writes filter")
+        holder["lw"] = lw
+        # everything before the guest starts (opening, a WCE override) is the base
+        backend.on_stop = lambda reason: machine.stop(reason.message())
+        machine.on_close.append(backend.close)
+        module.attach(machine, FaultyBackend(backend, faults) if faults is not None and faults.any
+                      else backend, spec)
+        try:
+            machine.load_kernel(kernel, append, initrd)
+        except BootError as e:
+            raise ValueError(f"{kernel}: {e}") from None
+        return machine.run()
+    finally:
+        machine.close()
 
 
 def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.PathLike, *,
@@ -60,35 +100,11 @@ def record_guest_run(drive: str, kernel: str, append: str, workdir: str | os.Pat
     spec.file = str(wd / "work.img")
     spec.format = fmt
     spec.log_writes = str(wd / "host.log")
-    module = controller_module(spec.interface)
 
     holder: dict[str, LogWritesDriver] = {}
     rlog = CorrelatedRequestLog(lambda: holder["lw"].log.seq if "lw" in holder else 0)
-    try:
-        machine = Machine(MachineConfig(memory_mib=memory_mib, seed=seed, timeout_s=timeout,
-                                        echo_serial=echo))
-    except ValueError as e:
-        raise ValueError(str(e)) from None
-    try:
-        try:
-            backend = open_drive(spec, request_log=rlog, name="drive0")
-        except DriveSpecError as e:
-            raise ValueError(str(e)) from None
-        lw = backend.find_node(LogWritesDriver)
-        if lw is None:
-            raise ValueError("the block layer did not insert the log-writes filter")
-        holder["lw"] = lw  # type: ignore[assignment]
-        # everything before the guest starts (opening, a WCE override) is the base
-        backend.on_stop = lambda reason: machine.stop(reason.message())
-        machine.on_close.append(backend.close)
-        module.attach(machine, FaultyBackend(backend, faults) if faults.any else backend, spec)
-        try:
-            machine.load_kernel(kernel, append)
-        except BootError as e:
-            raise ValueError(f"{kernel}: {e}") from None
-        result = machine.run()
-    finally:
-        machine.close()
+    result = boot_logged(spec, kernel, append, faults=faults, request_log=rlog, holder=holder,
+                         seed=seed, timeout=timeout, memory_mib=memory_mib, echo=echo)
     meta = {"version": RUN_VERSION, "format": fmt, "drive": drive, "image": original,
             "kernel": str(kernel), "append": append, "seed": seed,
             "exit": result.kind.value, "exit_status": result.exit_status,
