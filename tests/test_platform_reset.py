@@ -79,3 +79,23 @@ def test_pm_timer_agrees_with_the_pit_clock():
     rc = ResetControl(lambda w: None, lambda w: None, events=ev)
     ev.step(TICK_HZ // 10)                       # 100 ms of virtual time
     assert abs(rc.pm_timer() - PM_TIMER_HZ // 10) <= 1
+
+
+def test_cf9_byte_access_reaches_the_reset_register_and_cf8_dwords_stay_pci():
+    """On the Linux platform a byte access to 0xCF9 is the PIIX3 reset control register
+    (Linux's reboot=pci writes 0x02 then 0x06), while dword accesses to 0xCF8 still
+    set CONFIG_ADDRESS, as in QEMU's PIIX3."""
+    from blockbed.machine import Machine, MachineConfig
+    from blockbed.machine.platform import LinuxPlatform
+    from blockbed.machine.qtest import QTest
+    m = Machine(MachineConfig(memory_mib=16))
+    m.platform = LinuxPlatform(m)
+    qt = QTest(m)
+    qt.outl(0xCF8, 0x80000000)
+    assert qt.inl(0xCF8) == 0x80000000
+    assert qt.inl(0xCFC) & 0xFFFF == 0x8086          # host bridge vendor: the address held
+    qt.outb(0xCF9, 0x02)
+    assert qt.inb(0xCF9) == 0x02 and m.exit_code is None
+    assert qt.inl(0xCF8) == 0x80000000                # the reset register is a byte of its own
+    qt.outb(0xCF9, 0x06)
+    assert m.exit_code == 0 and any("0xCF9" in w for w in m.warnings)

@@ -59,6 +59,26 @@ def test_guest_exit_value_is_the_process_status():
     assert "blockbed: guest-exit; exits: pio" in p.stderr
 
 
+def test_summary_counts_the_drives_requests_and_exits_per_request(tmp_path):
+    """The summary line ends with the block requests of the drives and the port+MMIO
+    exits per request; IDE's PIO costs far more exits per request than virtio's ring."""
+    import re
+    per = {}
+    for dev in ("virtio", "ide"):
+        img = tmp_path / f"{dev}.raw"
+        img.write_bytes(bytes(4 << 20))
+        p = blockbed("run", "--kernel", str(guest_elf("disktest")), "--append",
+                     f"dev={dev} seed=1", "--drive", f"file={img},format=raw,if={dev}")
+        assert p.returncode == 0, p.stdout + p.stderr
+        m = re.search(r"exits: pio (\d+), mmio (\d+).*; requests (\d+) \(exits per request "
+                      r"([\d.]+)\)$", p.stderr.strip())
+        assert m, p.stderr
+        pio, mmio, n, ratio = int(m[1]), int(m[2]), int(m[3]), float(m[4])
+        assert n > 20 and abs(ratio - (pio + mmio) / n) < 0.06
+        per[dev] = ratio
+    assert per["ide"] > 3 * per["virtio"]
+
+
 @pytest.mark.parametrize("dev", ["virtio", "ahci", "ide", "lsi"])
 def test_werror_stop_then_cont_retries_the_write(tmp_path, dev):
     """QEMU's werror=stop + `cont`: a transient write error (blkdebug, once) stops the

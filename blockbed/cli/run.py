@@ -118,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"blockbed run: {exc}", file=sys.stderr)
         return 2
+    backends: list = []
     try:
         if args.object:
             from ..block import secrets
@@ -131,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.drive:
             from ..devices.attach import attach_drives
             try:
-                attach_drives(machine, args.drive)
+                backends = attach_drives(machine, args.drive)
             except ValueError as exc:
                 print(f"blockbed run: {exc}", file=sys.stderr)
                 return 2
@@ -170,5 +171,18 @@ def _run(args: argparse.Namespace) -> int:
         if result.fault is not None:
             print(result.fault.report(), file=sys.stderr)
     if not args.quiet_summary:
-        print(result.summary(), file=sys.stderr)
+        print(result.summary() + _requests_summary(result, backends), file=sys.stderr)
     return result.exit_status
+
+
+def _requests_summary(result, backends: list) -> str:
+    """"; requests N (exits per request X)": the block requests the guest's drives
+    completed (reads, writes, flushes, discards, write-zeroes) and the port/MMIO exits
+    it took per request, the cost a controller's protocol puts on each I/O."""
+    if not backends:
+        return ""
+    n = sum(getattr(b.stats, k).ops for b in backends for k in b.stats.KINDS)
+    if not n:
+        return "; requests 0"
+    io_exits = result.exits.get("pio", 0) + result.exits.get("mmio", 0)
+    return f"; requests {n} (exits per request {io_exits / n:.1f})"

@@ -430,7 +430,8 @@ class PCIHost:
         self.address = 0
         self.functions: dict[int, PCIDevice] = {}
         self.intx_listeners: list[Callable[[PCIDevice, int, bool], None]] = []
-        machine.pio.add("pci-conf-addr", 0xCF8, 4, _ConfAddr(self))
+        self.conf_addr = _ConfAddr(self)
+        machine.pio.add("pci-conf-addr", 0xCF8, 4, self.conf_addr)
         machine.pio.add("pci-conf-data", 0xCFC, 4, _ConfData(self))
 
     def add(self, dev: PCIDevice, slot: int | None = None, function: int = 0) -> PCIDevice:
@@ -483,17 +484,26 @@ class PCIHost:
 
 
 class _ConfAddr:
+    """CONFIG_ADDRESS at 0xCF8.  Only dword accesses reach it (§3.2.2.3.2); a *byte*
+    access to 0xCF9 is the PIIX3's reset control register instead, as on the real
+    chipset and QEMU (``rcr``: set by the Linux platform, reset.py)."""
+
     def __init__(self, host: PCIHost):
         self.host = host
+        self.rcr: RegionHandler | None = None
 
     def read(self, offset: int, size: int) -> int:
         if offset == 0 and size == 4:
             return self.host.address
+        if offset == 1 and size == 1 and self.rcr is not None:
+            return self.rcr.read(0, 1)
         return ONES[size]
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset == 0 and size == 4:  # only dword accesses reach CONFIG_ADDRESS (§3.2.2.3.2)
+        if offset == 0 and size == 4:
             self.host.address = value & 0x80FFFFFC
+        elif offset == 1 and size == 1 and self.rcr is not None:
+            self.rcr.write(0, 1, value)
 
 
 class _ConfData:

@@ -42,6 +42,7 @@ class LinuxPlatform:
         self.reset = ResetControl(self._on_reset, self._on_poweroff, events=m.events)
         m.pio.add("port92", 0x92, 1, self.reset.port92_handler())
         m.pio.add("kbc-cmd", 0x64, 1, self.reset.kbc_handler())
+        m.pci.conf_addr.rcr = self.reset.cf9_handler()   # byte accesses to 0xCF9
         m.pio.add("piix4-pm", acpi.PM_BASE, 12, self.reset.pm_handler())
         m.pio.add("apm", acpi.SMI_CMD, 2, self.reset.smi_cmd_handler())
         layout = acpi.build(rsdp_addr=ACPI_RSDP, tables_addr=ACPI_TABLES)
