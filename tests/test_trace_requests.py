@@ -153,6 +153,26 @@ def test_port_exits_disassembled(traces):
     assert outs and all(e["insn"].split(": ", 1)[1].startswith("out ") for e in outs[:50])
 
 
+@pytest.mark.parametrize("ctl", ["virtio", "ahci", "lsi"])
+def test_mmio_exits_name_their_own_instruction(traces, ctl):
+    """MMIO events carry the disassembled access (unicorn syncs RIP for the tracing
+    memory hook, not for MMIO callbacks): reads are loads, writes are stores, never a
+    block's first instruction, and the LSI's DSP writes show DSP's offset (0x2c) as
+    the displacement of the store."""
+    import re
+    ev = [e for e in traces[ctl] if e["event"] in ("mmio.read", "mmio.write")]
+    assert ev
+    for e in ev:
+        text = e["insn"].split(": ", 1)[1]
+        if e["event"] == "mmio.read":
+            assert re.match(r"movz?x? \w+, \w+ ptr \[", text), e
+        else:
+            assert re.match(r"mov \w+ ptr \[[^]]*\], ", text), e
+    if ctl == "lsi":
+        dsp = [e for e in ev if e["event"] == "mmio.write" and e["offset"] & 0x3FF == 0x2C]   # page-relative
+        assert dsp and all("+ 0x2c]" in e["insn"] for e in dsp)
+
+
 def _cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "blockbed", *argv], capture_output=True, text=True,
                           cwd=REPO)

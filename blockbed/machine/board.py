@@ -201,6 +201,8 @@ class Machine:
         deadline = start + timeout
         kind, reason = None, ""
         budget = cfg.max_instructions
+        if trace.enabled:
+            cpu.track_mmio_rip()        # MMIO events name their instruction
         while kind is None:
             if self.exit_code is not None:
                 kind, reason = ExitKind.GUEST_EXIT, f"guest exit {self.exit_code}"

@@ -30,6 +30,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+                     UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
                      UC_MODE_32, UC_MODE_64, UC_QUERY_TIMEOUT, Uc, UcError)
 from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as X
@@ -170,6 +171,8 @@ class CPU:
         self._replay_value = 0
         self._tsc_stop_ctx: tuple | None = None   # (RIP, context): see _restore_tsc_stop_context
         self._syscall_entry: int | None = None    # IA32_LSTAR, written to RIP after the slice
+        self._mmio_rip_hook: int | None = None    # see track_mmio_rip (tracing only)
+        self._mmio_rip = 0
         machine.memory.map_into(self.uc)
         self._install_io_hooks()
 
@@ -447,7 +450,8 @@ class CPU:
             v = read(offset, size)
             if trace.enabled:
                 trace.leave()
-                trace.emit("mmio.read", handler=type(handler).__name__, offset=offset, size=size, value=v)
+                trace.emit("mmio.read", handler=type(handler).__name__, offset=offset, size=size, value=v,
+                           insn=cpu.mmio_insn())
             if cpu.stop_reason is not _RUNNING:
                 cpu._replay = (handler, False, offset, size, None, v)
             return v
@@ -469,7 +473,7 @@ class CPU:
             if trace.enabled:
                 trace.leave()
                 trace.emit("mmio.write", handler=type(handler).__name__, offset=offset, size=size,
-                           value=value)
+                           value=value, insn=cpu.mmio_insn())
             write(offset, size, value)
             if cpu.stop_reason is not _RUNNING:
                 cpu._replay = (handler, True, offset, size, value, None)
@@ -719,15 +723,43 @@ class CPU:
 
     def exit_insn(self) -> str:
         """The instruction at RIP when a port exit is being served (trace events only:
-        the same capstone text as a fault report).  Not for MMIO exits: unicorn does
-        not bring RIP up to date inside memory callbacks (it is the translation
-        block's start there), so a disassembly would name the wrong instruction."""
+        the same capstone text as a fault report).  For MMIO exits see
+        :meth:`mmio_insn`: unicorn does not bring RIP up to date inside MMIO
+        callbacks (it is a translation block's start there)."""
         try:
             lm = self.long_mode()
             rip = self.uc.reg_read(X.UC_X86_REG_RIP)
         except UcError:
             return ""
         return f"{rip:#x}: {self.disassemble(rip, lm)}"
+
+    def track_mmio_rip(self) -> None:
+        """While tracing: learn the RIP of every MMIO access, for :meth:`mmio_insn`.
+
+        Unicorn restores the guest PC from the translation block before it calls a
+        *memory hook* (``cpu_restore_state`` in cputlb.c), though not before an MMIO
+        callback.  So a read/write hook on the addresses above RAM records RIP, and the
+        MMIO callback that follows names the right instruction.  Any memory hook sends
+        every guest access down unicorn's slow path, so it is installed only when a
+        run starts with tracing on, and never removed (removing flushes every block)."""
+        if self._mmio_rip_hook is not None:
+            return
+        cpu = self
+
+        def on_access(uc, access, addr, size, value, ud):
+            cpu._mmio_rip = uc.reg_read(X.UC_X86_REG_RIP)
+        self._mmio_rip_hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, on_access,
+                                               None, self.machine.memory.size, 0xFFFFFFFFFFFFFFFF)
+
+    def mmio_insn(self) -> str:
+        """The instruction of the MMIO access being served (tracing only; empty when
+        :meth:`track_mmio_rip` is not on)."""
+        if self._mmio_rip_hook is None:
+            return ""
+        try:
+            return f"{self._mmio_rip:#x}: {self.disassemble(self._mmio_rip, self.long_mode())}"
+        except UcError:
+            return ""
 
     def read_code(self, addr: int, n: int) -> bytes:
         """Up to ``n`` bytes at linear ``addr`` (through the guest's page tables
