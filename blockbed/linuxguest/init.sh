@@ -36,6 +36,20 @@ if [ "$mode" = crash ]; then
     done
     result "PASS crash $ctrl"
 fi
+if [ "$mode" = bench ]; then
+    # I/O benchmark (benchmarks/linux_io.py): each phase is one dd with O_DIRECT, queue
+    # depth 1, between two console lines the host timestamps as they arrive.
+    for spec in write64k:64k:256 read64k:64k:256 write4k:4k:1024 read4k:4k:1024; do
+        name=${spec%%:*}; rest=${spec#*:}; bs=${rest%%:*}; n=${rest#*:}
+        echo "BLOCKBED-BENCH begin $name"
+        case $name in
+        write*) dd if=/dev/zero of=$dev bs=$bs count=$n oflag=direct 2>/dev/null ;;
+        *) dd if=$dev of=/dev/null bs=$bs count=$n iflag=direct 2>/dev/null ;;
+        esac || result "FAIL bench-$name"
+        echo "BLOCKBED-BENCH end $name"
+    done
+    result "PASS bench $ctrl"
+fi
 dd if=/pattern.bin of=$dev bs=1M seek=$P_OFF_MB count=$P_MB oflag=direct conv=fsync 2>/dev/null || result "FAIL dd-write"
 sync
 echo 3 > /proc/sys/vm/drop_caches
