@@ -43,12 +43,12 @@ and reset restores the cache mode's setting — all as QEMU does.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from ... import trace
 from ...block.backend import STOPPED, BlockBackend
+from ..geometry import guess_geometry
 from .pci import NO_VECTOR, VirtioPCIDevice
 from . import layout as L
 from .virtqueue import Chain, QueueError, SplitQueue
@@ -235,26 +235,6 @@ def parse_request(chain: Chain, lim: Limits) -> BlkRequest:
         req.written = 1
         return req
     return _fail(req, S_UNSUPP, f"request type {rtype}")
-
-
-def guess_geometry(backend: BlockBackend, sectors: int) -> tuple[int, int, int]:
-    """Cylinders/heads/sectors as QEMU's hd_geometry_guess for a disk without translation:
-    from an MBR partition's end CHS when it has <= 16 heads, else 16 heads × 63 sectors."""
-    buf = bytearray(512)
-    if sectors >= 1 and backend.readv(0, [memoryview(buf)]) == 0 and buf[510:512] == b"\x55\xaa":
-        for i in range(4):
-            p = 0x1BE + 16 * i
-            nr = struct.unpack_from("<I", buf, p + 12)[0]
-            end_head, end_sec = buf[p + 5], buf[p + 6] & 63
-            if nr and end_head and end_sec:
-                heads = end_head + 1
-                cyl = sectors // (heads * end_sec)
-                if 1 <= cyl <= 16383:
-                    if heads <= 16:
-                        return cyl, heads, end_sec
-                    break
-    cyl = sectors // (16 * 63)
-    return min(max(cyl, 2), 16383), 16, 63
 
 
 class VirtioBlk(VirtioPCIDevice):
