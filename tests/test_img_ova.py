@@ -255,3 +255,62 @@ def test_disk_option_needs_an_ova(capsys, tmp_path):
     src = tmp_path / "a.raw"
     make_raw(src, size=MiB, runs=[(0, 512)])
     assert "not an OVA" in _one_error(capsys, tmp_path, src, "--disk", "1")
+
+
+def _gzip_ovf(disks, compression="gzip"):
+    return ovf_xml(disks).replace(b'ovf:href="d1.vmdk"',
+                                  f'ovf:href="d1.vmdk" ovf:compression="{compression}"'.encode())
+
+
+def test_gzip_compressed_disk_converts(capsys, qemu_img, tmp_path):
+    """ovf:compression="gzip" (DSP0243): the stored member is gzip of the VMDK; the
+    manifest hashes the stored bytes.  Two concatenated gzip members, split so the
+    second starts exactly on a 64 KiB read boundary, are one stream (a decompressor
+    that dropped the second member would leave a short disk that still opened)."""
+    import gzip
+    from blockbed.block.ova import GUNZIP_CHUNK
+    raw, data, size = stream_vmdk(qemu_img, tmp_path, "d1", 10 * MiB + 1536, 1)
+    # level 0 (stored blocks): the member's length follows the cut byte for byte, so a
+    # cut can be chosen to make the first member end on a read boundary
+    cut = len(data) // 2
+    while len(gzip.compress(data[:cut], compresslevel=0, mtime=0)) % GUNZIP_CHUNK:
+        cut -= 1
+    stored = gzip.compress(data[:cut], compresslevel=0, mtime=0) + gzip.compress(data[cut:], mtime=0)
+    assert len(stored) > GUNZIP_CHUNK and cut > 0
+    ova = tmp_path / "vm.ova"
+    build_ova(ova, [("vm.ovf", _gzip_ovf([("d1.vmdk", size)])), ("d1.vmdk", stored)])
+    out = tmp_path / "out.qcow2"
+    rc, _, err = bb(capsys, "convert", "-O", "qcow2", str(ova), str(out))
+    assert (rc, err) == (0, "")
+    _compare(qemu_img, out, "qcow2", raw)
+    assert not [n for n in os.listdir(tempfile_dir()) if n.startswith("blockbed-ova-")]
+
+
+def tempfile_dir():
+    import tempfile
+    return tempfile.gettempdir()
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("truncated", "the gzip stream is truncated"),
+    ("garbage", "not valid gzip data"),
+    ("trailing", "not valid gzip data"),
+    ("bomb", "decompresses to more than"),
+    ("bzip2", "compressed with 'bzip2'; only gzip"),
+])
+def test_bad_gzip_members_fail_cleanly(capsys, qemu_img, tmp_path, case, needle):
+    import gzip
+    raw, data, size = stream_vmdk(qemu_img, tmp_path, "d1", MiB, 0)
+    stored = gzip.compress(data, mtime=0)
+    if case == "truncated":
+        stored = stored[:len(stored) // 2]
+    elif case == "garbage":
+        stored = b"\x1f\x8b" + bytes(100)
+    elif case == "trailing":
+        stored += b"JUNK" * 10
+    elif case == "bomb":                    # 1 MiB disk, 200 MiB of zeros inside
+        stored = gzip.compress(bytes(200 * MiB), compresslevel=1, mtime=0)
+    ova = tmp_path / "vm.ova"
+    build_ova(ova, [("vm.ovf", _gzip_ovf([("d1.vmdk", size)], "bzip2" if case == "bzip2"
+                                         else "gzip")), ("d1.vmdk", stored)])
+    assert needle in _one_error(capsys, tmp_path, ova)

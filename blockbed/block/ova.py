@@ -11,7 +11,12 @@ certificate, then the files the descriptor's ``References/File`` elements name b
 
 Nothing is extracted: each member is a read-only :class:`MemberView` of the byte
 range of the tar that holds it (the tar header's data offset and size), and the disk's
-format driver (VMDK) opens on that view.  A disk must be self-contained: a VMDK whose
+format driver (VMDK) opens on that view.  The one exception is a File with
+``ovf:compression="gzip"`` (DSP0243 §5.3: the file is stored gzip-compressed;
+``ovf:size`` and the manifest's digest are those of the stored bytes): gzip allows no
+random access, so the member is decompressed once, streaming, to an unlinked
+temporary file, and the VMDK opens on that (at most the OVF capacity plus an eighth
+plus 64 MiB of output, so a gzip bomb ends with one line instead of a full disk).  A disk must be self-contained: a VMDK whose
 descriptor names extent or parent files is refused (they would be host files outside
 the archive).  Member and href names with ``..``, absolute paths, links, devices,
 sparse or duplicate members are refused, each with one line; the manifest, when
@@ -22,15 +27,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import posixpath
 import re
 import tarfile
+import tempfile
+import zlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from .driver import BlockDriver, BlockError, ImageFormatError, ReadOnlyError, check_request
 
 HASH_CHUNK = 1 << 20
+GUNZIP_CHUNK = 64 << 10
 _MF_LINE = re.compile(r"^(SHA1|SHA256|SHA512)\s*\((.+)\)\s*=\s*([0-9A-Fa-f]+)\s*$")
 DISK_FORMATS = ("vmdk",)           # formats a disk member may have (self-contained only)
 
@@ -90,6 +99,7 @@ class OvfDisk:
     capacity: int
     format_uri: str
     file_size: int | None = None       # the File's ovf:size, when given
+    compression: str = ""              # the File's ovf:compression: "" or "gzip"
 
 
 def _local(tag: str) -> str:
@@ -144,16 +154,20 @@ def parse_ovf(text: bytes, where: str) -> list[OvfDisk]:
                        "not <Envelope>")
     files: dict[str, str] = {}
     sizes: dict[str, int] = {}                 # href -> ovf:size, where given
+    compressed: dict[str, str] = {}            # href -> "gzip"
     for f in _children(root, "References", "File"):
         fid, href = _attr(f, "id"), _attr(f, "href")
         if not fid or not href:
             raise OvaError(f"{where}: a References/File lacks ovf:id or ovf:href")
-        if _attr(f, "compression") not in (None, "", "identity"):
-            raise OvaError(f"{where}: file '{href}' is compressed "
-                           f"({_attr(f, 'compression')}); not supported")
+        comp = (_attr(f, "compression") or "").strip()
+        if comp not in ("", "identity", "gzip"):
+            raise OvaError(f"{where}: file '{href}' is compressed with '{comp}'; only gzip "
+                           "is defined by OVF")
         if _attr(f, "chunkSize"):
             raise OvaError(f"{where}: file '{href}' is split in chunks; not supported")
         files[fid] = safe_name(href, "ovf:href", where)
+        if comp == "gzip":
+            compressed[files[fid]] = comp
         size = _attr(f, "size")
         if size is not None and size.strip():
             if not size.strip().isdigit():
@@ -174,7 +188,7 @@ def parse_ovf(text: bytes, where: str) -> list[OvfDisk]:
         units = _attr(d, "capacityAllocationUnits") or "byte"
         disks.append(OvfDisk(len(disks) + 1, did, files[ref],
                              int(cap) * parse_units(units, label), _attr(d, "format") or "",
-                             sizes.get(files[ref])))
+                             sizes.get(files[ref]), compressed.get(files[ref], "")))
     if not disks:
         raise OvaError(f"{where}: the OVF descriptor describes no disk with a file")
     return disks
@@ -283,8 +297,8 @@ class OvaArchive:
         """The disk's format node on its member view; its size must be the OVF
         capacity.  Extent or parent files (outside the archive) are refused."""
         from . import registry
-        view = self.view(disk.href)
         label = f"{self.where}: disk {disk.number} ('{disk.href}')"
+        view = self._gunzip(disk, label) if disk.compression == "gzip" else self.view(disk.href)
         header = bytearray(min(registry.PROBE_BYTES, view.length()))
         view.read(0, memoryview(header))
         fmt = registry.probe_other_format(bytes(header)) or "raw"
@@ -302,6 +316,45 @@ class OvaArchive:
             node.close()
             raise OvaError(f"{label}: the disk's virtual size is {node.length()} bytes, the "
                            f"OVF capacity is {disk.capacity} bytes")
+        return node
+
+    def _gunzip(self, disk: OvfDisk, label: str) -> BlockDriver:
+        """The member decompressed to an unlinked temporary file, as a read-only node.
+        Concatenated gzip members (RFC 1952 §2.2) are one stream; trailing garbage, a
+        truncated stream or more output than the bound is refused."""
+        from .file import FileDriver
+        off, size = self.members[disk.href]
+        bound = disk.capacity + disk.capacity // 8 + (64 << 20)
+        fd, path = tempfile.mkstemp(prefix="blockbed-ova-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                # 64 KiB of input inflates to at most ~66 MiB (deflate's 1032:1 bound)
+                buf, pos, total = bytearray(GUNZIP_CHUNK), 0, 0
+                while pos < size:
+                    n = min(GUNZIP_CHUNK, size - pos)
+                    view = memoryview(buf)[:n]
+                    self.tar.read(off + pos, view)
+                    pos += n
+                    data = bytes(view)
+                    while data:
+                        if d.eof:                    # bytes after a member: the next member
+                            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        try:
+                            chunk = d.decompress(data)
+                        except zlib.error as e:
+                            raise OvaError(f"{label}: not valid gzip data ({e})") from None
+                        data = d.unused_data if d.eof else b""
+                        total += len(chunk)
+                        if total > bound:
+                            raise OvaError(f"{label}: decompresses to more than {bound} bytes "
+                                           f"for a {disk.capacity}-byte disk")
+                        out.write(chunk)
+                if not d.eof:
+                    raise OvaError(f"{label}: the gzip stream is truncated")
+            node = FileDriver(path, read_only=True, locking="off")
+        finally:
+            os.unlink(path)
         return node
 
     def close(self) -> None:
