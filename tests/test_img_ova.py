@@ -283,12 +283,8 @@ def test_gzip_compressed_disk_converts(capsys, qemu_img, tmp_path):
     rc, _, err = bb(capsys, "convert", "-O", "qcow2", str(ova), str(out))
     assert (rc, err) == (0, "")
     _compare(qemu_img, out, "qcow2", raw)
-    assert not [n for n in os.listdir(tempfile_dir()) if n.startswith("blockbed-ova-")]
-
-
-def tempfile_dir():
     import tempfile
-    return tempfile.gettempdir()
+    assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("blockbed-ova-")]
 
 
 @pytest.mark.parametrize("case,needle", [
