@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from blockbed.cli.img import CHUNK, _zero_runs
+from blockbed.cli.img import CHUNK
+from blockbed.cli.img_convert import _zero_runs
 
 
 def naive_runs(buf: bytes, n: int, gran: int) -> list[tuple[int, int, bool]]:
