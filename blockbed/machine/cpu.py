@@ -18,57 +18,40 @@ mode, a triple fault, a CPL 3 -> 0 switch) ends the run with a
 :class:`GuestFault` report (reason, RIP, the instruction disassembled with
 capstone, registers).  Nothing a guest does reaches the user as a Python
 traceback.
+
+Split by concern: :mod:`.cpu_insns` (SYSCALL, RDTSC/RDTSCP hooks),
+:mod:`.cpu_inspect` (fault reports, disassembly, the tracing RIP hook) and
+:mod:`.cpu_state` (stop reasons, fault and exit-count records, MSR numbers) hold
+the parts this module's :class:`CPU` mixes in or uses.
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
-import time
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
-                     UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
                      UC_MODE_32, UC_MODE_64, UC_QUERY_TIMEOUT, Uc, UcError)
 from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as X
 
 from .. import trace
 from .bus import RegionHandler
-from .clock import TSC_PER_TICK
+from .clock import TSC_PER_TICK  # noqa: F401 -- re-exported (tests)
 from .exceptions import (Delivery, Event, Frame, TripleFault, UnicornExceptionState,
                          needs_error_code)
-from .paging import PageFault, PagingState, read_entry, translate
-from .pio_string import PioStrings, _Msr
+from .paging import PagingState
+from .cpu_insns import InstructionHooks
+from .cpu_inspect import CPUInspect
+from .cpu_state import (_REG64, _RUNNING, EFER, EXCEPTION_NAMES, RFLAGS_IF, ExitCounts,
+                        GuestFault, StopReason)
+from .pio_string import PioStrings
 
 if TYPE_CHECKING:
     from .board import Machine
 
 END_ADDRESS = 0xFFFF_FFFF_FFFF_FFFF
-# The time-stamp counter follows the virtual clock: TSC = TSC_PER_TICK * ticks
-# (clock.py).  RDTSC/RDTSCP are exits (one tick each), so a guest polling the TSC
-# makes time advance and a run is reproducible (unicorn's own TSC reads the host clock).
-MSR_TSC_AUX = 0xC0000103
-MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000081, 0xC0000082, 0xC0000084
-EFER = 0xC0000080
-RFLAGS_IF = 1 << 9
-RFLAGS_TF = 1 << 8
-EXCEPTION_NAMES = {
-    0: "#DE divide error", 1: "#DB debug", 3: "#BP breakpoint", 4: "#OF overflow",
-    5: "#BR bound range", 6: "#UD invalid opcode", 7: "#NM device not available",
-    8: "#DF double fault", 10: "#TS invalid TSS", 11: "#NP segment not present",
-    12: "#SS stack fault", 13: "#GP general protection", 14: "#PF page fault",
-    16: "#MF x87 error", 17: "#AC alignment check", 18: "#MC machine check",
-    19: "#XM SIMD exception",
-}
-_REG64 = [("rax", X.UC_X86_REG_RAX), ("rbx", X.UC_X86_REG_RBX), ("rcx", X.UC_X86_REG_RCX),
-          ("rdx", X.UC_X86_REG_RDX), ("rsi", X.UC_X86_REG_RSI), ("rdi", X.UC_X86_REG_RDI),
-          ("rbp", X.UC_X86_REG_RBP), ("rsp", X.UC_X86_REG_RSP), ("r8", X.UC_X86_REG_R8),
-          ("r9", X.UC_X86_REG_R9), ("r10", X.UC_X86_REG_R10), ("r11", X.UC_X86_REG_R11),
-          ("r12", X.UC_X86_REG_R12), ("r13", X.UC_X86_REG_R13), ("r14", X.UC_X86_REG_R14),
-          ("r15", X.UC_X86_REG_R15), ("rip", X.UC_X86_REG_RIP), ("rflags", X.UC_X86_REG_RFLAGS)]
 
 
 _UC_ERRORS = {
@@ -83,58 +66,11 @@ _UC_ERRORS = {
 }
 
 
-class StopReason(Enum):
-    NONE = "none"
-    EXIT = "exit"            # debug-exit written, or the machine asked to stop
-    KICK = "kick"            # an interrupt became pending; deliver it
-    FAULT = "fault"
-
-
-_RUNNING = StopReason.NONE
 _PIO = "pio"        # tag of a port-I/O record in the replay guard
 REPLAY_STEPS = 64   # instructions from a block start to a replayed MMIO access, at most
 
 
-@dataclass
-class GuestFault:
-    """Why and where a guest stopped making sense."""
-
-    reason: str
-    rip: int
-    instruction: str = ""
-    registers: dict[str, int] = field(default_factory=dict)
-    long_mode: bool = False
-    internal: bool = False       # blockbed's own error (a device model raised), not the guest's
-
-    def report(self) -> str:
-        lines = [f"guest fault: {self.reason}",
-                 f"  at rip={self.rip:#x}: {self.instruction or '(no instruction bytes)'}"]
-        regs = self.registers
-        names = [n for n, _ in _REG64 if n in regs]
-        for i in range(0, len(names), 4):
-            lines.append("  " + "  ".join(f"{n:>6}={regs[n]:#018x}" for n in names[i:i + 4]))
-        extra = {k: v for k, v in regs.items() if k not in names}
-        if extra:
-            lines.append("  " + "  ".join(f"{k}={v:#x}" for k, v in sorted(extra.items())))
-        return "\n".join(lines)
-
-
-@dataclass
-class ExitCounts:
-    pio: int = 0
-    mmio: int = 0
-    hlt: int = 0
-    interrupts: int = 0
-    exceptions: int = 0
-    tsc: int = 0
-    syscalls: int = 0
-    slices: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(pio=self.pio, mmio=self.mmio, hlt=self.hlt, interrupts=self.interrupts)
-
-
-class CPU:
+class CPU(InstructionHooks, CPUInspect):
     """One x86-64 CPU on unicorn, bound to a :class:`Machine`."""
 
 
@@ -259,139 +195,6 @@ class CPU:
         self.uc.hook_add(UC_HOOK_INTR, on_intr)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, on_invalid)
         self._install_tsc_hooks()
-
-    def _syscall(self) -> None:
-        """SYSCALL (SDM vol. 2B, 64-bit mode): RCX <- next RIP, R11 <- RFLAGS,
-        RFLAGS &= ~IA32_FMASK, CS <- STAR[47:32], SS <- STAR[47:32] + 8, CPL 0,
-        RIP <- IA32_LSTAR.
-
-        Unicorn runs only the hook for SYSCALL (measured: without one, the
-        instruction is a no-op), with RIP still at the instruction.  Everything but
-        RIP is written here; RIP is not.  Writing RIP from inside a hook sets
-        unicorn's "skip PC sync" flag, which only the next exit check consumes, and
-        a SYSCALL's block ends without one: the flag then stays set for the rest of
-        the slice, so every later stop (an MMIO kick, a port hook) left RIP at a
-        stale block start with the registers of a later instruction (unicorn 2.1.4,
-        ``uc_reg_write`` and ``HELPER(check_exit_request)``; measured under Linux:
-        ``ahci_qc_issue`` restarted from its entry with EDI = 1 << tag, then #PF).
-        So the hook ends the slice, and :meth:`run_slice` writes LSTAR to RIP after
-        ``emu_start`` returns, where a write is a plain start address.  The
-        selectors are loaded from the GDT, where the SDM loads fixed flat
-        descriptors: the same for any OS whose GDT holds what its STAR names
-        (Linux's __KERNEL_CS/__KERNEL_DS).  SYSRET needs nothing: unicorn executes
-        it (CPL 3 from STAR[63:48])."""
-        uc = self.uc
-        rd = uc.reg_read
-        efer = rd(X.UC_X86_REG_MSR, EFER)
-        if not efer & 1 or not self.long_mode():    # EFER.SCE clear (or legacy mode): #UD
-            self._exception = 6
-            self._exc_error, self._exc_software = 0, False
-            uc.emu_stop()
-            return
-        rip = rd(X.UC_X86_REG_RIP)
-        rflags = rd(X.UC_X86_REG_RFLAGS)
-        star = rd(X.UC_X86_REG_MSR, MSR_STAR)
-        lstar = rd(X.UC_X86_REG_MSR, MSR_LSTAR)
-        fmask = rd(X.UC_X86_REG_MSR, MSR_FMASK)
-        uc.reg_write(X.UC_X86_REG_RCX, rip + 2)
-        uc.reg_write(X.UC_X86_REG_R11, rflags & ~(1 << 16))         # RF cleared
-        sel = star >> 32 & 0xFFFC
-        if rd(X.UC_X86_REG_CS) & 3:
-            self.enter_privilege(sel, sel + 8)
-        else:
-            self.load_segment(X.UC_X86_REG_SS, sel + 8)
-            self.load_segment(X.UC_X86_REG_CS, sel)
-        uc.reg_write(X.UC_X86_REG_RFLAGS, rflags & ~fmask & ~(1 << 16) | 2)
-        self._syscall_entry = lstar         # RIP: written after the slice (see above)
-        uc.emu_stop()
-        self.exits.syscalls += 1
-        if trace.enabled:
-            trace.emit("cpu.syscall", rip=rip, nr=rd(X.UC_X86_REG_RAX), entry=lstar)
-
-    def _enter_syscall(self) -> None:
-        """The RIP half of :meth:`_syscall`, between slices: jump to IA32_LSTAR."""
-        self.uc.reg_write(X.UC_X86_REG_RIP, self._syscall_entry)
-        self._syscall_entry = None
-
-    def _restore_tsc_stop_context(self) -> None:
-        """A stop requested inside the RDTSC hook (a device event due at that tick
-        raised an interrupt) makes unicorn leave with RIP at the RDTSC, to run it
-        again, but with CPU state it did not write back on that path: measured under
-        Linux, RFLAGS 0x847 in the hook and 0xa4db3d4f after the slice (reserved bits
-        set, then #GP at the next PUSHF).  The context saved in the hook, before the
-        RDTSC ran, is put back whole (registers, flags, the rest of the CPU state;
-        memory is not part of it and needs nothing), so the RDTSC runs again from
-        exactly where the guest was."""
-        sf = self._tsc_stop_ctx
-        if sf is not None:
-            self._tsc_stop_ctx = None
-            if self.uc.reg_read(X.UC_X86_REG_RIP) == sf[0]:
-                self.uc.context_restore(sf[1])
-
-    def _install_tsc_hooks(self) -> None:
-        """RDTSC/RDTSCP from the virtual clock (see TSC_PER_TICK).
-
-        Unicorn >= 2.1.2 can hook both instructions (the hook returns 1 to skip
-        its own, host-clock based, implementation), but the Python binding only
-        accepts IN/OUT/SYSCALL/SYSENTER/CPUID, so the hook is registered through
-        the binding's generic path with CPUID's callback type (same signature)."""
-        from unicorn.unicorn_py3.arch import intel
-        from unicorn.unicorn_py3.unicorn import uclib
-        events = self.machine.events
-        exits = self.exits
-        cpu = self
-        # EDX:EAX in one uc_reg_write_batch: two binding-level reg_write calls cost
-        # ~11 us per RDTSC (Linux reads the TSC ~800,000 times in one boot of the test
-        # guest, measured with cProfile), the batch about 1 us.  The engine is in
-        # 64-bit mode while guest code runs, so the upper halves are cleared, as
-        # RDTSC does in 64-bit mode.
-        # RDTSCP (Linux's rdtsc_ordered() when CPUID offers it: most of those reads)
-        # also sets ECX to IA32_TSC_AUX, read with one uc_reg_read_batch.
-        handle = self.uc._uch
-        write_batch = uclib.uc_reg_write_batch
-        read_batch = uclib.uc_reg_read_batch
-        tsc_ids = (ctypes.c_int * 3)(X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX)
-        tsc_vals = (ctypes.c_uint64 * 3)()
-        base = ctypes.addressof(tsc_vals)
-        tsc_ptrs = (ctypes.c_void_p * 3)(base, base + 8, base + 16)
-        aux_id = (ctypes.c_int * 1)(X.UC_X86_REG_MSR)
-        aux = _Msr(MSR_TSC_AUX, 0)
-        aux_ptr = (ctypes.c_void_p * 1)(ctypes.addressof(aux))
-        self._tsc_batch = (tsc_ids, tsc_vals, tsc_ptrs, aux_id, aux, aux_ptr)   # kept alive
-
-        def tick_tsc(uc, rdtscp: bool) -> int:
-            exits.tsc += 1
-            events.now += 1
-            if events._heap and events._heap[0].due <= events.now:
-                if cpu.stop_reason is _RUNNING and cpu._tsc_stop_ctx is None:
-                    # The state at the RDTSC, in case an event below asks for a stop
-                    # (see _restore_tsc_stop_context): about 2 us, only when an event is due.
-                    ctx = (uc.reg_read(X.UC_X86_REG_RIP), uc.context_save())
-                    events.run_due()
-                    if cpu.stop_reason is not _RUNNING:
-                        cpu._tsc_stop_ctx = ctx
-                else:
-                    events.run_due()
-            tsc = events.now * TSC_PER_TICK
-            tsc_vals[0] = tsc & 0xFFFFFFFF
-            tsc_vals[1] = (tsc >> 32) & 0xFFFFFFFF
-            if rdtscp:
-                read_batch(handle, aux_id, aux_ptr, 1)
-                tsc_vals[2] = aux.value & 0xFFFFFFFF
-                write_batch(handle, tsc_ids, tsc_ptrs, 3)
-            else:
-                write_batch(handle, tsc_ids, tsc_ptrs, 2)
-            if trace.enabled:
-                trace.emit("cpu.rdtsc", tsc=tsc)
-            return 1
-
-        self._tsc_callbacks = []
-        for ins, rdtscp in ((X.UC_X86_INS_RDTSC, False), (X.UC_X86_INS_RDTSCP, True)):
-            @intel.uccallback(self.uc, intel.HOOK_INSN_CPUID_CFUNC)
-            def cb(uc, key, _rdtscp=rdtscp):
-                return tick_tsc(uc, _rdtscp)
-            self._tsc_callbacks.append(cb)
-            self.uc._Uc__do_hook_add(UC_HOOK_INSN, cb, 1, 0, ins)
 
     def _io_key(self) -> tuple[int, int, int, int]:
         """(RIP, RCX, RDI, RSI) at a port access: the instruction and, for a string
@@ -727,93 +530,6 @@ class CPU:
         self._fail(f"internal error (a blockbed bug, please report it): "
                    f"{type(exc).__name__}: {exc}{where}")
         self.fault.internal = True
-
-    def describe_fault(self, reason: str) -> GuestFault:
-        try:
-            lm = self.long_mode()
-            regs = self.regs64()
-            if not lm:
-                regs = {k: v & 0xFFFFFFFF for k, v in regs.items()}
-            rip = regs["rip"]
-            for name, rid in (("cr0", X.UC_X86_REG_CR0), ("cr2", X.UC_X86_REG_CR2),
-                              ("cr3", X.UC_X86_REG_CR3), ("cr4", X.UC_X86_REG_CR4)):
-                regs[name] = self.uc.reg_read(rid)
-            regs["efer"] = self.uc.reg_read(X.UC_X86_REG_MSR, EFER)
-            regs["cs"] = self.uc.reg_read(X.UC_X86_REG_CS)
-        except UcError:
-            lm, regs, rip = False, {}, 0
-        return GuestFault(reason, rip, self.disassemble(rip, lm), regs, lm)
-
-    def exit_insn(self) -> str:
-        """The instruction at RIP when a port exit is being served (trace events only:
-        the same capstone text as a fault report).  For MMIO exits see
-        :meth:`mmio_insn`: unicorn does not bring RIP up to date inside MMIO
-        callbacks (it is a translation block's start there)."""
-        try:
-            lm = self.long_mode()
-            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
-        except UcError:
-            return ""
-        return f"{rip:#x}: {self.disassemble(rip, lm)}"
-
-    def track_mmio_rip(self) -> None:
-        """While tracing: learn the RIP of every MMIO access, for :meth:`mmio_insn`.
-
-        Unicorn restores the guest PC from the translation block before it calls a
-        *memory hook* (``cpu_restore_state`` in cputlb.c), though not before an MMIO
-        callback.  So a read/write hook on the addresses above RAM records RIP, and the
-        MMIO callback that follows names the right instruction.  Any memory hook sends
-        every guest access down unicorn's slow path, so it is installed only when a
-        run starts with tracing on, and never removed (removing flushes every block)."""
-        if self._mmio_rip_hook is not None:
-            return
-        cpu = self
-
-        def on_access(uc, access, addr, size, value, ud):
-            cpu._mmio_rip = uc.reg_read(X.UC_X86_REG_RIP)
-        self._mmio_rip_hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, on_access,
-                                               None, self.machine.memory.size, 0xFFFFFFFFFFFFFFFF)
-
-    def mmio_insn(self) -> str:
-        """The instruction of the MMIO access being served (tracing only; empty when
-        :meth:`track_mmio_rip` is not on)."""
-        if self._mmio_rip_hook is None:
-            return ""
-        try:
-            return f"{self._mmio_rip:#x}: {self.disassemble(self._mmio_rip, self.long_mode())}"
-        except UcError:
-            return ""
-
-    def read_code(self, addr: int, n: int) -> bytes:
-        """Up to ``n`` bytes at linear ``addr`` (through the guest's page tables
-        when paging is on); fewer, or none, where the walk or RAM ends."""
-        out = b""
-        paging = self._sysregs()[0]
-        mem = self.machine.memory
-        while len(out) < n:
-            try:
-                phys = translate(paging, read_entry(mem), addr + len(out))
-            except PageFault:
-                break
-            chunk = min(n - len(out), 0x1000 - ((addr + len(out)) & 0xFFF), max(0, mem.size - phys))
-            if chunk <= 0:
-                break
-            out += mem.read(phys, chunk)
-        return out
-
-    def disassemble(self, rip: int, long_mode: bool) -> str:
-        code = self.read_code(rip, 15)
-        n = len(code)
-        if n == 0:
-            return ""
-        try:
-            import capstone
-            md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if long_mode else capstone.CS_MODE_32)
-            for insn in md.disasm(code, rip):
-                return f"{insn.mnemonic} {insn.op_str}".strip() + f"  [{insn.bytes.hex()}]"
-        except Exception as exc:  # capstone missing or broken: show the bytes
-            return f"bytes {code.hex()} ({exc})"
-        return f"undecodable bytes {code.hex()}"
 
     def _classify_uc_error(self, err: UcError) -> str:
         if self._exception is not None:

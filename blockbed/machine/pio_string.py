@@ -79,6 +79,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import trace
+from .cpu_state import StopReason
 from .paging import PageFault, PagingState, read_entry, translate
 
 if TYPE_CHECKING:
@@ -227,7 +228,6 @@ class PioStrings:
     same exit."""
 
     def __init__(self, cpu: "CPU"):
-        from .cpu import StopReason       # (cpu.py imports this module)
         self.cpu = cpu
         self.running = StopReason.NONE
         self.last: int | None = None
