@@ -50,7 +50,7 @@ linux-guest: $(STAMP)
 test-linux: linux-guest
 	$(VPY) -m pytest -q -m linux tests/test_linux_guest.py tests/test_linux_crash.py
 
-bench: $(STAMP) guests
+bench: $(STAMP) guests linux-guest
 	@for b in benchmarks/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
 
 clean:
