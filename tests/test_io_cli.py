@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(
     not _HAVE and os.environ.get("BLOCKBED_REQUIRE_QEMU") != "1",
     reason="qemu-io/qemu-img not installed")
 _TIMING = re.compile(r"; .* sec \(.*/sec and .* ops/sec\)")
+_COMPACT = re.compile(r"^(\d+),(\d+),[\d:.]+,[\d.]+,[\d.]+$", re.M)     # -C lines
 
 SCRIPTS = [
     ["write -P 0x5a 0 64k", "read -P 0x5a 0 64k", "read -P 0x5b 0 4k"],
@@ -27,13 +28,26 @@ SCRIPTS = [
     ["write -P 0xff 2M 4k", "read 2M 4k", "read 4M 4k", "read -q -P 0xff 2M 4k"],
     ["write -z -P 1 0 4k", "write -u 0 4k", "read 0", "read x 4k", "read 0 4x",
      "bogus", "write -q 512 512", "read -P 0 0 512"],
+    # vectored and aio I/O, map/alloc, truncate, info
+    ["writev -P 0x5a 0 4k 8k", "readv -P 0x5a 0 4k 8k", "readv -P 0x5b 0 512",
+     "readv -v 0 16 16", "writev -C 64k 512", "aio_write -P 7 64k 4k", "aio_flush",
+     "aio_read -P 7 64k 4k", "aio_flush", "map", "alloc 0 64k", "alloc 12k 64k", "alloc 1M",
+     "alloc 4M", "alloc 3M 2M", "alloc 1 512", "truncate 8M", "length", "info", "readv 0"],
+    # shrink and grow, FUA, compressed writes (refused over allocated clusters), -s, bad
+    # options with their usage lines
+    ["write -P 1 0 1M", "write -P 2 3M 64k", "truncate 2M", "map", "read -P 1 0 1M",
+     "truncate 6M", "alloc 0 6M", "writev -f -P 9 4M 512 512", "writev -F 0 512",
+     "truncate -m bogus 6M", "write -c 64k 64k", "write -c 1M 128k", "write -z 2M 64k",
+     "write -c 2M 64k", "write -c 100k 64k", "write -s {src} 8k 4k",
+     "write -s {src} -P 1 8k 4k", "write -f -P 3 0 512", "read -F 0 512",
+     "discard -C 1M 64k", "read -C -P 0 1M 64k", "map", "info"],
 ]
 
 
 def _run(cmd: list[str]) -> tuple[str, str, int]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-    return _TIMING.sub("; TIME", p.stdout), p.stderr, p.returncode
+    return _COMPACT.sub(r"\1,\2,TIME", _TIMING.sub("; TIME", p.stdout)), p.stderr, p.returncode
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
@@ -42,7 +56,9 @@ def test_same_output_and_image(tmp_path: Path, fmt: str, script: list[str]) -> N
     a, b = tmp_path / "q.img", tmp_path / "b.img"
     for p in (a, b):
         subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(p), "4M"], check=True)
-    cargs = [x for c in script for x in ("-c", c)]
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 16)
+    cargs = [x for c in script for x in ("-c", c.format(src=src))]
     want = _run(["qemu-io", "-f", fmt, *cargs, str(a)])
     got = _run([sys.executable, "-m", "blockbed", "io", "-f", fmt, *cargs, str(b)])
     assert got == want

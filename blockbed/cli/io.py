@@ -17,7 +17,7 @@ def cmd_io(a: argparse.Namespace) -> int:
     from ..block.backend import BlockBackend
     from .img import open_img
     from .imageopts import apply
-    from .io_commands import run_line
+    from .io_commands import IoSession, run_line
     from ..block.cachemode import CacheMode
     cache = a.t or ("none" if a.n else "writeback")
     try:
@@ -27,18 +27,19 @@ def cmd_io(a: argparse.Namespace) -> int:
         return 1
     try:
         apply(a)
-        node, _ = open_img(a.filename, a.f, read_only=a.r, force_share=a.U)
+        node, fmt = open_img(a.filename, a.f, read_only=a.r, force_share=a.U)
     except (BlockError, ValueError) as e:
         print(f"blockbed io: can't open device {a.filename}: {e}", file=sys.stderr)
         return 1
     blk = BlockBackend(node, cache, discard="unmap")   # qemu-io opens with BDRV_O_UNMAP
+    session = IoSession(fmt, a.filename)
     status = 0
     try:
         if a.c:
             for line in a.c:
                 if line.strip() in ("quit", "q"):
                     break
-                status |= run_line(blk, line)
+                status |= run_line(blk, line, session)
                 sys.stdout.flush()
         else:
             while True:
@@ -47,7 +48,7 @@ def cmd_io(a: argparse.Namespace) -> int:
                 line = sys.stdin.readline()
                 if not line or line.strip() in ("quit", "q"):
                     break
-                status |= run_line(blk, line)
+                status |= run_line(blk, line, session)
     finally:
         blk.close()
     return status
@@ -55,7 +56,7 @@ def cmd_io(a: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .imageopts import add_arguments
-    p = sub.add_parser("io", help="qemu-io's commands on an image (read/write/flush/length)")
+    p = sub.add_parser("io", help="qemu-io's commands on an image (read, write, readv, writev, aio_*, discard, flush, truncate, length, map, alloc, info)")
     p.add_argument("-f", metavar="FMT", help="format of the image (probed if omitted)")
     p.add_argument("-c", action="append", metavar="CMD",
                    help="run CMD (repeatable, in order); without -c commands come from stdin")

@@ -1,8 +1,14 @@
-"""qemu-io 7.2 commands (qemu-io-cmds.c): read, write, discard, flush, length.
+"""qemu-io 7.2 commands (qemu-io-cmds.c): read, readv, write, writev, aio_read,
+aio_write, aio_flush, discard, flush, truncate, length, map, alloc, info.
 
 Output lines follow qemu-io's formats: "read N/N bytes at offset O", the
 cvtstr size/speed line, "Pattern verification failed at offset O, N bytes",
 "read failed: <strerror>".  Each command returns 0 or 1 (qemu-io's error).
+
+The block layer below is synchronous, so ``aio_read``/``aio_write`` complete (and
+print) before the next command, where qemu-io prints at completion -- at the next
+``aio_flush`` or at exit.  Scripts that ``aio_flush`` after their aio commands, as
+qemu-iotests do, print the same lines in the same order.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 
 from ..block.backend import BlockBackend
 
@@ -48,9 +55,15 @@ def cvtstr(value: float) -> str:
     return (s[:-4] if s.endswith(".000") else s) + " bytes"
 
 
-def print_report(op: str, t: float, offset: int, count: int, total: int, cnt: int) -> None:
-    print(f"{op} {count}/{total} bytes at offset {offset}")
+def print_report(op: str, t: float, offset: int, count: int, total: int, cnt: int,
+                 compact: bool = False) -> None:
     t = max(t, 1e-9)
+    if compact:                          # -C: "bytes,ops,h:mm:ss.ss,bytes/sec,ops/sec"
+        h, rem = divmod(t, 3600)
+        m, sec = divmod(rem, 60)
+        print(f"{total},{cnt},{int(h)}:{int(m):02d}:{sec:05.2f},{total / t:.3f},{cnt / t:.3f}")
+        return
+    print(f"{op} {count}/{total} bytes at offset {offset}")
     mins, secs = divmod(t, 60)
     ts = f"{secs:05.2f} sec" if mins == 0 else f"{int(mins)}:{secs:05.2f}"
     print(f"{cvtstr(total)}, {cnt} ops; {ts} ({cvtstr(total / t)}/sec and {cnt / t:.4f} ops/sec)")
@@ -70,7 +83,27 @@ class IoError(Exception):
 
 
 class ArgCountError(IoError):
-    """qemu-io's argument-count check: reported on stderr."""
+    """What qemu-io reports on stderr: the argument-count check, error_report()."""
+
+
+class BadOptionError(IoError):
+    """getopt's complaint (stderr, prefixed with the command), then the command's
+    usage line on stdout, as qemu-io's qemuio_command_usage."""
+
+
+#: qemu-io 7.2's usage lines ("help"), printed after a bad option
+USAGE = {
+    "aio_flush": "aio_flush -- completes all outstanding aio requests",
+    "aio_read": "aio_read [-Ciqv] [-P pattern] off len [len..] -- asynchronously reads a number of bytes",
+    "aio_write": "aio_write [-Cfiquz] [-P pattern] off len [len..] -- asynchronously writes a number of bytes",
+    "alloc": "alloc offset [count] -- checks if offset is allocated in the file",
+    "discard": "discard [-Cq] off len -- discards a number of bytes at a specified offset",
+    "read": "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset",
+    "readv": "readv [-Cqv] [-P pattern] off len [len..] -- reads a number of bytes at a specified offset",
+    "truncate": "truncate [-m prealloc_mode] off -- truncates the current file at the given offset",
+    "write": "write [-bcCfnquz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset",
+    "writev": "writev [-Cfq] [-P pattern] off len [len..] -- writes a number of bytes at a specified offset",
+}
 
 
 def _getopt(args: list[str], flags: str) -> tuple[dict[str, str | bool], list[str]]:
@@ -86,8 +119,8 @@ def _getopt(args: list[str], flags: str) -> tuple[dict[str, str | bool], list[st
         while j < len(a):
             c = a[j]
             k = flags.find(c)
-            if k < 0:
-                raise IoError(f"invalid option -- '{c}'")
+            if k < 0 or c == ":":
+                raise BadOptionError(f"invalid option -- '{c}'")
             if k + 1 < len(flags) and flags[k + 1] == ":":
                 val = a[j + 1:]
                 if not val:
@@ -125,7 +158,7 @@ def _offset_len(name: str, rest: list[str]) -> tuple[int, int]:
 
 
 def cmd_read(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "P:qv")
+    opts, rest = _getopt(args, "CP:qv")
     offset, count = _offset_len("read", rest)
     buf = bytearray(count)
     t0 = time.perf_counter()
@@ -144,29 +177,66 @@ def cmd_read(blk: BlockBackend, args: list[str]) -> int:
         return ret
     if opts.get("v"):
         dump_buffer(bytes(buf), offset)
-    print_report("read", t, offset, count, count, 1)
+    print_report("read", t, offset, count, count, 1, bool(opts.get("C")))
     return ret
 
 
 def cmd_write(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "P:qzuF")
-    if "P" in opts and opts.get("z"):
+    opts, rest = _getopt(args, "cCfquzP:s:")
+    if sum(k in opts for k in "zPs") > 1:
         raise IoError("Only one of -z, -P, and -s can be specified at the same time")
     if opts.get("u") and not opts.get("z"):
         raise IoError("-u requires -z to be specified")
+    if opts.get("c") and opts.get("z"):
+        raise IoError("-c and -z cannot be specified at the same time")
     offset, count = _offset_len("write", rest)
+    if "s" in opts:
+        try:
+            with open(str(opts["s"]), "rb") as f:
+                data = f.read(count)
+        except OSError as e:
+            raise IoError(f"Failed to open file {opts['s']}: {e.strerror}") from None
+        if len(data) < count:
+            raise IoError(f"Failed to read file {opts['s']}: short read")
+    else:
+        data = bytes([_pattern(str(opts["P"])) if "P" in opts else 0xcd]) * count
     t0 = time.perf_counter()
     if opts.get("z"):
         r = blk.write_zeroes(offset, count, may_unmap=bool(opts.get("u")))
+    elif opts.get("c"):
+        r = _write_compressed(blk, offset, data)
     else:
-        pat = _pattern(str(opts["P"])) if "P" in opts else 0xcd
-        r = blk.write(offset, bytes([pat]) * count, fua=bool(opts.get("F")))
+        r = blk.write(offset, data, fua=bool(opts.get("f")))
     t = time.perf_counter() - t0
     if r < 0:
         print(f"write failed: {os.strerror(-r)}")
         return 1
     if not opts.get("q"):
-        print_report("wrote", t, offset, count, count, 1)
+        print_report("wrote", t, offset, count, count, 1, bool(opts.get("C")))
+    return 0
+
+
+def _write_compressed(blk: BlockBackend, offset: int, data: bytes) -> int:
+    """write -c: whole clusters, compressed by the format (qcow2), as QEMU's
+    BDRV_REQ_WRITE_COMPRESSED: EINVAL off cluster boundaries (the image's last
+    cluster may be short), ENOTSUP for a format without compression."""
+    import errno
+    node = blk.root
+    if not hasattr(node, "write_compressed"):
+        return -errno.ENOTSUP
+    cs, end = node.cluster_size, offset + len(data)
+    if offset % cs or (len(data) % cs and end != node.length()) or end > node.length():
+        return -errno.EINVAL
+    try:
+        for pos in range(0, len(data), cs):
+            # QEMU's qcow2_alloc_compressed_cluster_offset: compression never overwrites;
+            # a cluster that already has a host cluster fails the write with EIO
+            for e in node.block_status(offset + pos, min(cs, len(data) - pos)):
+                if e.allocated and (e.data or e.host_offset is not None):
+                    return -errno.EIO
+            node.write_compressed(offset + pos, data[pos:pos + cs])
+    except OSError as e:
+        return -(e.errno or errno.EIO)
     return 0
 
 
@@ -179,7 +249,7 @@ def cmd_flush(blk: BlockBackend, args: list[str]) -> int:
 
 
 def cmd_discard(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "q")
+    opts, rest = _getopt(args, "Cq")
     offset, count = _offset_len("discard", rest)
     t0 = time.perf_counter()
     r = blk.discard(offset, count)
@@ -188,7 +258,7 @@ def cmd_discard(blk: BlockBackend, args: list[str]) -> int:
         print(f"discard failed: {os.strerror(-r)}")
         return 1
     if not opts.get("q"):
-        print_report("discard", t, offset, count, count, 1)
+        print_report("discard", t, offset, count, count, 1, bool(opts.get("C")))
     return 0
 
 
@@ -197,11 +267,207 @@ def cmd_length(blk: BlockBackend, args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"read": cmd_read, "r": cmd_read, "write": cmd_write, "w": cmd_write,
-            "flush": cmd_flush, "discard": cmd_discard, "d": cmd_discard, "f": cmd_flush, "length": cmd_length, "len": cmd_length}
+def _vector(name: str, rest: list[str]) -> tuple[int, list[int]]:
+    """``off len [len ...]`` of readv/writev."""
+    if len(rest) < 2:
+        raise ArgCountError(f"bad argument count {len(rest)} to {name}, "
+                            "expected at least 2 arguments")
+    vals = []
+    for t in rest:
+        try:
+            vals.append(parse_size(t))
+        except ValueError:
+            raise IoError("Parsing error: non-numeric argument, or extraneous/unrecognized "
+                          f"suffix -- {t}") from None
+    return vals[0], vals[1:]
 
 
-def run_line(blk: BlockBackend, line: str) -> int:
+def cmd_readv(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "CP:qv")
+    offset, lens = _vector("readv", rest)
+    bufs = [bytearray(n) for n in lens]
+    total = sum(lens)
+    t0 = time.perf_counter()
+    r = blk.readv(offset, [memoryview(b) for b in bufs])
+    t = time.perf_counter() - t0
+    if r < 0:
+        print(f"readv failed: {os.strerror(-r)}")
+        return 1
+    data = b"".join(bufs)
+    ret = 0
+    if "P" in opts and data != bytes([_pattern(str(opts["P"]))]) * total:
+        print(f"Pattern verification failed at offset {offset}, {total} bytes")
+        ret = 1
+    if opts.get("q"):
+        return ret
+    if opts.get("v"):
+        dump_buffer(data, offset)
+    print_report("read", t, offset, total, total, 1, bool(opts.get("C")))
+    return ret
+
+
+def cmd_writev(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "CfqP:")
+    offset, lens = _vector("writev", rest)
+    pat = _pattern(str(opts["P"])) if "P" in opts else 0xcd
+    bufs = [bytes([pat]) * n for n in lens]
+    total = sum(lens)
+    t0 = time.perf_counter()
+    r = blk.writev(offset, bufs, fua=bool(opts.get("f")))
+    t = time.perf_counter() - t0
+    if r < 0:
+        print(f"writev failed: {os.strerror(-r)}")
+        return 1
+    if not opts.get("q"):
+        print_report("wrote", t, offset, total, total, 1, bool(opts.get("C")))
+    return 0
+
+
+def cmd_aio_read(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "CP:qvi:")
+    offset, lens = _vector("aio_read", rest)
+    return cmd_readv(blk, [f"-{k}{v if v is not True else ''}" for k, v in opts.items()
+                           if k != "i"] + [str(offset), *map(str, lens)])
+
+
+def cmd_aio_write(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "CfiquzP:")
+    if "P" in opts and opts.get("z"):
+        raise IoError("-z and -P cannot be specified at the same time")
+    if opts.get("u") and not opts.get("z"):
+        raise IoError("-u requires -z to be specified")
+    offset, lens = _vector("aio_write", rest)
+    if opts.get("z"):
+        if len(lens) != 1:
+            raise IoError("-z supports only a single length parameter")
+        return cmd_write(blk, ["-z", *(["-u"] if opts.get("u") else []),
+                               *(["-q"] if opts.get("q") else []), str(offset), str(lens[0])])
+    flags = [f"-{k}{v if v is not True else ''}" for k, v in opts.items() if k in "CfqP"]
+    return cmd_writev(blk, flags + [str(offset), *map(str, lens)])
+
+
+def cmd_aio_flush(blk: BlockBackend, args: list[str]) -> int:
+    """Wait for every aio request: all completed already (see the module docstring)."""
+    return 0
+
+
+def cmd_truncate(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "m:")
+    if "m" in opts and opts["m"] not in ("off", "metadata", "falloc", "full"):
+        raise ArgCountError(f"qemu-io: Invalid preallocation mode '{opts['m']}'")
+    if len(rest) != 1:
+        raise ArgCountError(f"bad argument count {len(rest)} to truncate, expected 1 arguments")
+    try:
+        size = parse_size(rest[0])
+    except ValueError:
+        raise IoError("Parsing error: non-numeric argument, or extraneous/unrecognized "
+                      f"suffix -- {rest[0]}") from None
+    r = blk.resize(size)
+    if r < 0:
+        print(f"truncate: {os.strerror(-r)}")
+        return 1
+    return 0
+
+
+def _allocated_run(blk: BlockBackend, offset: int, length: int) -> tuple[bool, int]:
+    """bdrv_is_allocated on the top node: (this node decides the content, run length)."""
+    ext = blk.root.block_status(offset, length)
+    if not ext:
+        return False, 0
+    first = bool(ext[0].allocated)
+    n = 0
+    for e in ext:
+        if bool(e.allocated) != first:
+            break
+        n += e.length
+    return first, min(n, length)
+
+
+def cmd_map(blk: BlockBackend, args: list[str]) -> int:
+    """Runs of allocated / not allocated in the top node, merged (qemu-io's map_f)."""
+    offset, left = 0, blk.length()
+    while left > 0:
+        alloc, n = _allocated_run(blk, offset, left)
+        if n <= 0:
+            break
+        state = "    allocated" if alloc else "not allocated"
+        print(f"{cvtstr(n)} ({n:#x}) bytes {state} at offset {cvtstr(offset)} ({offset:#x})")
+        offset += n
+        left -= n
+    return 0
+
+
+def cmd_alloc(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "")
+    if not 1 <= len(rest) <= 2:
+        raise ArgCountError(f"bad argument count {len(rest)} to alloc, expected between 1 "
+                            "and 2 arguments")
+    vals = []
+    for t in rest:
+        try:
+            vals.append(parse_size(t))
+        except ValueError:
+            raise IoError("Parsing error: non-numeric argument, or extraneous/unrecognized "
+                          f"suffix -- {t}") from None
+    start = offset = vals[0]
+    count = vals[1] if len(vals) > 1 else 512      # BDRV_SECTOR_SIZE
+    count = max(0, min(count, blk.length() - offset))   # a run past the end counts 0
+    total, allocated = count, 0
+    left = count
+    while left > 0:
+        alloc, n = _allocated_run(blk, offset, left)
+        if n <= 0:
+            total -= left
+            break
+        if alloc:
+            allocated += n
+        offset += n
+        left -= n
+    print(f"{allocated}/{total} bytes allocated at offset {cvtstr(start)}")
+    return 0
+
+
+@dataclass
+class IoSession:
+    """What ``info`` reports besides the backend: the format name and the file."""
+    fmt: str
+    filename: str
+
+
+def cmd_info(blk: BlockBackend, args: list[str], session: IoSession | None = None) -> int:
+    """qemu-io's info_f: format name, cluster size, VM state offset, then the
+    format-specific information as ``qemu-img info`` prints it."""
+    node = blk.root
+    fmt = session.fmt if session else getattr(node, "driver_name", "raw")
+    print(f"format name: {fmt}")
+    cluster = getattr(node, "cluster_size", 0) if fmt == "qcow2" else 0
+    vm_state = 0
+    if fmt == "qcow2":
+        l2_entries = cluster // (16 if node.header.extended_l2 else 8)
+        per_l1 = cluster * l2_entries
+        vm_state = -(-node.length() // per_l1) * per_l1
+    print(f"cluster size: {cvtstr(cluster)}")
+    print(f"vm state offset: {cvtstr(vm_state)}")
+    if fmt == "qcow2" and session is not None:
+        from .img import _dump_qobject, image_info
+        spec = image_info(node, fmt, session.filename).get("format-specific")
+        if spec:
+            lines: list[str] = []
+            _dump_qobject(spec["data"], 1, lines)
+            print("Format specific information:")
+            print("\n".join(lines))
+    return 0
+
+
+COMMANDS = {"read": cmd_read, "r": cmd_read, "readv": cmd_readv, "write": cmd_write,
+            "w": cmd_write, "writev": cmd_writev, "aio_read": cmd_aio_read,
+            "aio_write": cmd_aio_write, "aio_flush": cmd_aio_flush, "flush": cmd_flush,
+            "f": cmd_flush, "discard": cmd_discard, "d": cmd_discard, "truncate": cmd_truncate,
+            "t": cmd_truncate, "length": cmd_length, "len": cmd_length, "map": cmd_map,
+            "alloc": cmd_alloc, "a": cmd_alloc, "info": cmd_info, "i": cmd_info}
+
+
+def run_line(blk: BlockBackend, line: str, session: IoSession | None = None) -> int:
     """Run one command line; returns 0 or 1."""
     try:
         words = shlex.split(line)
@@ -215,7 +481,18 @@ def run_line(blk: BlockBackend, line: str) -> int:
         print(f"command \"{words[0]}\" not found", file=sys.stderr)
         return 1
     try:
+        if fn is cmd_info:
+            return cmd_info(blk, words[1:], session)
         return fn(blk, words[1:])
+    except BadOptionError as e:
+        sys.stdout.flush()
+        print(f"{words[0]}: {e}", file=sys.stderr)
+        sys.stderr.flush()
+        name = {"r": "read", "w": "write", "d": "discard", "t": "truncate", "a": "alloc"}.get(
+            words[0], words[0])
+        if name in USAGE:
+            print(USAGE[name])
+        return 1
     except IoError as e:
         print(e, file=sys.stderr if isinstance(e, ArgCountError) else sys.stdout)
         return 1
