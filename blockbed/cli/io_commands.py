@@ -157,6 +157,20 @@ def _offset_len(name: str, rest: list[str]) -> tuple[int, int]:
     return vals[0], vals[1]
 
 
+def _timed(name: str, report: str, call, offset: int, total: int, opts: dict) -> int:
+    """Run one request, then qemu-io's report: "<name> failed: <strerror>" or, unless
+    -q, the "<report> N/N bytes at offset O" and speed lines (-C: the CSV line)."""
+    t0 = time.perf_counter()
+    r = call()
+    t = time.perf_counter() - t0
+    if r < 0:
+        print(f"{name} failed: {os.strerror(-r)}")
+        return 1
+    if not opts.get("q"):
+        print_report(report, t, offset, total, total, 1, bool(opts.get("C")))
+    return 0
+
+
 def cmd_read(blk: BlockBackend, args: list[str]) -> int:
     opts, rest = _getopt(args, "CP:qv")
     offset, count = _offset_len("read", rest)
@@ -200,20 +214,13 @@ def cmd_write(blk: BlockBackend, args: list[str]) -> int:
             raise IoError(f"Failed to read file {opts['s']}: short read")
     else:
         data = bytes([_pattern(str(opts["P"])) if "P" in opts else 0xcd]) * count
-    t0 = time.perf_counter()
     if opts.get("z"):
-        r = blk.write_zeroes(offset, count, may_unmap=bool(opts.get("u")))
+        def call(): return blk.write_zeroes(offset, count, may_unmap=bool(opts.get("u")))
     elif opts.get("c"):
-        r = _write_compressed(blk, offset, data)
+        def call(): return _write_compressed(blk, offset, data)
     else:
-        r = blk.write(offset, data, fua=bool(opts.get("f")))
-    t = time.perf_counter() - t0
-    if r < 0:
-        print(f"write failed: {os.strerror(-r)}")
-        return 1
-    if not opts.get("q"):
-        print_report("wrote", t, offset, count, count, 1, bool(opts.get("C")))
-    return 0
+        def call(): return blk.write(offset, data, fua=bool(opts.get("f")))
+    return _timed("write", "wrote", call, offset, count, opts)
 
 
 def _write_compressed(blk: BlockBackend, offset: int, data: bytes) -> int:
@@ -251,15 +258,7 @@ def cmd_flush(blk: BlockBackend, args: list[str]) -> int:
 def cmd_discard(blk: BlockBackend, args: list[str]) -> int:
     opts, rest = _getopt(args, "Cq")
     offset, count = _offset_len("discard", rest)
-    t0 = time.perf_counter()
-    r = blk.discard(offset, count)
-    t = time.perf_counter() - t0
-    if r < 0:
-        print(f"discard failed: {os.strerror(-r)}")
-        return 1
-    if not opts.get("q"):
-        print_report("discard", t, offset, count, count, 1, bool(opts.get("C")))
-    return 0
+    return _timed("discard", "discard", lambda: blk.discard(offset, count), offset, count, opts)
 
 
 def cmd_length(blk: BlockBackend, args: list[str]) -> int:
@@ -311,16 +310,8 @@ def cmd_writev(blk: BlockBackend, args: list[str]) -> int:
     offset, lens = _vector("writev", rest)
     pat = _pattern(str(opts["P"])) if "P" in opts else 0xcd
     bufs = [bytes([pat]) * n for n in lens]
-    total = sum(lens)
-    t0 = time.perf_counter()
-    r = blk.writev(offset, bufs, fua=bool(opts.get("f")))
-    t = time.perf_counter() - t0
-    if r < 0:
-        print(f"writev failed: {os.strerror(-r)}")
-        return 1
-    if not opts.get("q"):
-        print_report("wrote", t, offset, total, total, 1, bool(opts.get("C")))
-    return 0
+    return _timed("writev", "wrote", lambda: blk.writev(offset, bufs, fua=bool(opts.get("f"))),
+                  offset, sum(lens), opts)
 
 
 def cmd_aio_read(blk: BlockBackend, args: list[str]) -> int:
