@@ -26,15 +26,14 @@ present, is checked (every listed member, SHA1 or SHA256) before a disk is read.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import posixpath
 import re
-import tarfile
-import tempfile
-import zlib
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 from .driver import BlockDriver, BlockError, ImageFormatError, ReadOnlyError, check_request
 
@@ -145,6 +144,7 @@ def safe_name(name: str, what: str, where: str) -> str:
 
 def parse_ovf(text: bytes, where: str) -> list[OvfDisk]:
     """The disks of an OVF descriptor, each with its file's href and its capacity."""
+    import xml.etree.ElementTree as ET
     try:
         root = ET.fromstring(text)
     except ET.ParseError as e:
@@ -222,6 +222,7 @@ class OvaArchive:
             raise
 
     def _read_members(self) -> None:
+        import tarfile        # (here: every `img info` probes for an OVA; tarfile is slow to import)
         fobj = _NodeFile(self.tar)
         try:
             with tarfile.open(fileobj=fobj, mode="r:") as tf:
@@ -277,6 +278,7 @@ class OvaArchive:
         return mf[0]
 
     def _digest(self, name: str, algo: str) -> str:
+        import hashlib
         h = hashlib.new(algo.lower())
         off, size = self.members[name]
         buf = bytearray(HASH_CHUNK)
@@ -322,6 +324,8 @@ class OvaArchive:
         """The member decompressed to an unlinked temporary file, as a read-only node.
         Concatenated gzip members (RFC 1952 §2.2) are one stream; trailing garbage, a
         truncated stream or more output than the bound is refused."""
+        import tempfile
+        import zlib
         from .file import FileDriver
         off, size = self.members[disk.href]
         bound = disk.capacity + disk.capacity // 8 + (64 << 20)

@@ -18,7 +18,13 @@ import re
 import sys
 
 from ..block.driver import BlockDriver
-from ..block.qcow2.bitmaps import BitmapError, BitmapStore, auto_node_name
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..block.qcow2.bitmaps import BitmapStore
+
+# qcow2.bitmaps (and the qcow2 driver behind it) is imported by the functions that
+# use it: `img` builds its whole parser, bitmap's included, for every subcommand.
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([bkmgtpe]?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
@@ -54,6 +60,7 @@ def _default_granularity(node: BlockDriver) -> int:
 
 
 def _store(node: BlockDriver) -> BitmapStore | None:
+    from ..block.qcow2.bitmaps import BitmapStore
     bm = getattr(node, "bitmaps", None)
     return bm if isinstance(bm, BitmapStore) else None
 
@@ -66,6 +73,7 @@ def _err(msg: str) -> int:
 def _run(op: str, arg: str | None, node: BlockDriver, src: BlockDriver, name: str,
          granularity: int | None) -> None:
     """One action; BitmapError carries QEMU's message."""
+    from ..block.qcow2.bitmaps import BitmapError, auto_node_name
     store, sstore = _store(node), _store(src)
     if op == "add":
         if not name:
@@ -93,6 +101,7 @@ def _run(op: str, arg: str | None, node: BlockDriver, src: BlockDriver, name: st
 
 
 def cmd_bitmap(a: argparse.Namespace) -> int:
+    from ..block.qcow2.bitmaps import BitmapError
     from .img import open_arg
     actions: list[tuple[str, str | None]] = getattr(a, "actions", None) or []
     if not actions:
@@ -182,6 +191,7 @@ def convert_copy_bitmaps(src: BlockDriver, dst: BlockDriver, warn) -> None:
     convert_copy_bitmaps): same name, granularity and enabled state, the same bits.
     Inconsistent ones are skipped with a warning (the check ran before, so they are
     only there with --skip-broken-bitmaps).  Raises BitmapError with QEMU's text."""
+    from ..block.qcow2.bitmaps import BitmapError
     sstore, dstore = _store(src), _store(dst)
     for b in reversed(list(sstore)):
         if b.inconsistent:
