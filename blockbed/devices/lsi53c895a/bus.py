@@ -70,6 +70,12 @@ class ScsiBus:
     targets: "dict[int, ScsiDisk]"
     bus: BusState
     disconnected: "list[Nexus]"
+    sel_timeout_pending: bool = False     # a SELECT timed out; STO when SCRIPTS need the bus
+
+    def selection_timeout(self) -> None:
+        """Deliver a pending selection timeout: SIST1 STO, which halts SCRIPTS."""
+        self.sel_timeout_pending = False
+        self.scsi_interrupt(sist1=R.SIST1_STO)
 
     def _cancel_all(self, reset_disks: bool, target: int | None = None, lun: int | None = None) -> None:
         """Clear nexuses (ABORT/CLEAR QUEUE for a LUN, BUS DEVICE RESET for a target, bus reset)."""
@@ -123,15 +129,24 @@ class ScsiBus:
         self.set_phase(Phase.MSG_IN)
 
     def select(self, target: int, atn: bool) -> bool:
-        """Arbitrate and select ``target``; False (and STO) if nobody answers."""
+        """Arbitrate and select ``target``; False if nobody answers.
+
+        A selection that times out does not halt SCRIPTS at the SELECT: the
+        chip wins arbitration and the SCRIPTS processor goes on with the
+        instructions that do not need the bus; the STO interrupt halts it at
+        the first one that does (a block move, a phase test, a SCSI I/O
+        instruction), with DSP past that instruction (``sel_timeout_pending``,
+        taken by :func:`.scripts.execute`).  Linux's sym53c8xx checks for
+        exactly that DSP (``sym_int_sto``: WF_SEL_DONE + 8) and resets the
+        SCSI bus for any other; QEMU defers STO the same way."""
         r = self.r
         r[R.SDID] = target
         r[R.SSTAT0] |= R.SSTAT0_WOA
         if target == (r[R.SCID] & R.SCID_ENC) or target not in self.targets:
             if trace.enabled:
                 trace.emit("lsi.select_timeout", target=target)
-            self.scsi_interrupt(sist1=R.SIST1_STO)
             self._bus_free()
+            self.sel_timeout_pending = True
             return False
         b = self.bus
         b.connected = True

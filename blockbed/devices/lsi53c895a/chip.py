@@ -77,6 +77,7 @@ class LSI53C895A(ScsiBus, PCIDevice):
         self.carry = 0
         self.running = False
         self.waiting_reselect = False
+        self.sel_timeout_pending = False      # SELECT timed out, STO not yet delivered
         self.stalled = False                  # parked by werror/rerror=stop
         self._stalled_finish: Nexus | None = None
         self._executing = False
@@ -139,6 +140,7 @@ class LSI53C895A(ScsiBus, PCIDevice):
         self.running = False
         self.waiting_reselect = False
         self.stalled = False
+        self.sel_timeout_pending = False
         self._stalled_finish = None
         self.bus = BusState()
         self._update_irq()

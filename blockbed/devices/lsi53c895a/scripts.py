@@ -106,7 +106,7 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
             chip._bus_free()
             chip.scsi_interrupt(sist0=R.SIST0_UDC)
             chip.stop_scripts()
-            return
+            break
         n += 1
         chip.insns_executed += 1
         dsp = chip.dsp
@@ -128,6 +128,9 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
                 from ... import trace_decode as d
                 trace.emit("lsi.insn", dsp=dsp, insn=d.lsi_insn(_WORDS.pack(insn, arg)))
             kind = insn >> _TYPE_SHIFT
+            if chip.sel_timeout_pending and _needs_bus(insn, kind):
+                chip.selection_timeout()             # halts here, DSP past this instruction
+                break
             if kind == 0:
                 _block_move(chip, insn, arg)
             elif kind == 1:
@@ -145,9 +148,9 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
             if trace.enabled:
                 trace.emit("lsi.bus_fault", dsp=dsp, error=str(exc))
             chip.dma_interrupt(R.DSTAT_BF)
-            return
+            break
         except _Halt:
-            return
+            break
         except Stall as st:
             if st.rewind:
                 chip.dsp = dsp
@@ -157,7 +160,19 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
             return
         if chip.running and not chip.waiting_reselect and r[R.DCNTL] & R.DCNTL_SSM:
             chip.dma_interrupt(R.DSTAT_SSI)          # single step: halt after each instruction
-            return
+            break
+    if chip.sel_timeout_pending and not chip.running:
+        chip.selection_timeout()                     # halted before needing the bus: STO anyway
+
+
+def _needs_bus(insn: int, kind: int) -> bool:
+    """Whether an instruction waits for the SCSI bus: a block move, a SCSI I/O
+    instruction, or a transfer control that tests the phase (WHEN / IF phase)."""
+    if kind == 0:
+        return True
+    if kind == 1:
+        return (insn >> _OP_SHIFT) & _OP_MASK < _RW_FIRST
+    return kind == 2 and bool(insn & _TC_CMP_PHASE)
 
 
 def _illegal(chip: "LSI53C895A") -> None:
@@ -271,8 +286,7 @@ def _io(chip: "LSI53C895A", insn: int, arg: int) -> None:
         if insn & _IO_TABLE:
             chip.r[R.SXFER] = (ident >> _SXFER_SHIFT) & _SXFER_MASK
             chip.r[R.SCNTL3] = (ident >> _SCNTL3_SHIFT) & _SCNTL3_MASK
-        if not chip.select(target, bool(insn & _IO_SELATN)):
-            raise _Halt
+        chip.select(target, bool(insn & _IO_SELATN))   # a timeout halts later (_needs_bus)
     elif op == _WAIT_DISC:                    # WAIT DISCONNECT
         chip.wait_disconnect()
         if not chip.running:
