@@ -492,3 +492,14 @@ def test_a_kick_after_a_syscall_resumes_at_the_mmio_write(asm_build):
     assert devs[0].values == [2 * i for i in range(1, 20_001)]
     assert r.exit_code == 0
     assert m.cpu.exits.syscalls == 20_000
+
+
+def test_an_interrupt_pending_under_cli_is_taken_right_after_sti(asm_build):
+    """Linux raises interrupts inside IF=0 critical sections (the serial THRE interrupt
+    under the port lock).  A CPU takes them right after STI; the machine used to wait
+    for the guest's next exit, and a guest that went on without exits (here a
+    1,000,000-iteration register loop; under Linux, `poweroff -f`) never saw them."""
+    m, r = boot(asm_build / "sti_pending.elf", timeout=60)
+    assert r.kind is ExitKind.GUEST_EXIT, r.reason
+    assert r.exit_code == 0, {1: "taken late", 2: "never taken"}.get(r.exit_code)
+    assert r.exits["interrupts"] == 1
