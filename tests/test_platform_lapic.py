@@ -119,30 +119,3 @@ def test_virtual_wire_passes_the_8259_only_while_lint0_is_open():
     assert apic.pending_extint() is None and not apic.has_pending()
     apic.write(LVT_LINT0, 4, 0x700)
     assert apic.pending_extint() == 0x30 and kicks  # reopening asks the CPU to look
-
-
-def test_logical_destination_ipis_reach_this_apic():
-    """Linux's flat APIC driver sends IPIs in logical mode (ICR bit 11) to the LDR's
-    bit -- the I/O APIC's retrigger of an edge interrupt held back while the line was
-    disabled is one; physical 0xFF broadcasts; cluster mode matches cluster and member."""
-    apic, _, _ = make()
-    LDR, DFR = 0xD0, 0xE0
-    apic.write(DFR, 4, 0xFFFFFFFF)                   # flat
-    apic.write(LDR, 4, 0x01 << 24)                   # logical ID bit 0 (Linux: CPU 0)
-    apic.write(ICR_HI, 4, 0x01 << 24)
-    apic.write(ICR_LO, 4, 0x800 | 0x41)              # logical, fixed, vector 0x41
-    assert apic.irr >> 0x41 & 1
-    apic.write(ICR_HI, 4, 0x02 << 24)                # another CPU's bit: not us
-    apic.write(ICR_LO, 4, 0x800 | 0x42)
-    assert not apic.irr >> 0x42 & 1
-    apic.write(ICR_HI, 4, 0xFF << 24)                # physical broadcast
-    apic.write(ICR_LO, 4, 0x43)
-    assert apic.irr >> 0x43 & 1
-    apic.write(DFR, 4, 0x0FFFFFFF)                   # cluster: cluster 1, member bit 2
-    apic.write(LDR, 4, 0x12 << 24)
-    apic.write(ICR_HI, 4, 0x16 << 24)
-    apic.write(ICR_LO, 4, 0x800 | 0x44)
-    assert apic.irr >> 0x44 & 1
-    apic.write(ICR_HI, 4, 0x22 << 24)                # cluster 2: not us
-    apic.write(ICR_LO, 4, 0x800 | 0x45)
-    assert not apic.irr >> 0x45 & 1

@@ -215,25 +215,11 @@ class LocalAPIC:
         mode = (icr & ICR_DELIVERY_MODE) >> 8
         shorthand = icr >> ICR_SHORTHAND_SHIFT & 3
         dest = icr >> 56 & 0xFF
-        to_self = shorthand in (1, 2) or (shorthand == 0 and self._addressed(icr >> 11 & 1, dest))
+        to_self = shorthand in (1, 2) or (shorthand == 0 and not icr >> 11 & 1 and dest == self.apic_id)
         if trace.enabled:
             trace.emit("apic.ipi", icr=icr, to_self=to_self)
         if to_self and mode == DM_FIXED:
             self.raise_vector(icr & 0xFF)
-
-    def _addressed(self, logical: int, dest: int) -> bool:
-        """Does a destination field name this APIC (SDM §10.6.2)?  Physical: the APIC ID
-        (0xFF broadcasts).  Logical, flat model (DFR 0xF...): a bit of the LDR's 8-bit
-        logical ID set in ``dest`` -- what Linux's flat APIC driver sends, e.g. when the
-        I/O APIC retriggers an edge interrupt it held back while the line was disabled.
-        Logical, cluster model (DFR 0x0...): the cluster (high nibble) equal and a
-        member bit (low nibble) in common."""
-        if not logical:
-            return dest in (self.apic_id, 0xFF)
-        ldr = self.ldr >> 24
-        if self.dfr >> 28 == 0xF:
-            return bool(dest & ldr)
-        return dest >> 4 == ldr >> 4 and bool(dest & ldr & 0xF) or dest == 0xFF
 
     # --- MMIO registers --------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
