@@ -6,7 +6,10 @@ export PATH=/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-result() { echo "BLOCKBED-LINUX $*"; sync; poweroff -f; }
+# sleep: let the console drain before the power goes (the tty sends the line on THRE
+# interrupts; blockbed's machine takes one raised under IF=0 only at the next exit,
+# docs/linux-machine.md, and the idle loop's HLT is one).
+result() { echo "BLOCKBED-LINUX $*"; sync; sleep 1; poweroff -f; }
 ctrl=$(sed -n 's/.*blockbed\.ctrl=\([a-z]*\).*/\1/p' /proc/cmdline)
 [ -f "/modules/$ctrl.list" ] || result "FAIL unknown-controller '$ctrl'"
 for m in $(cat /modules/common.list /modules/$ctrl.list); do

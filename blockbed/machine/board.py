@@ -39,10 +39,6 @@ from .pci import HostBridge, IsaBridge, PCIDevice, PCIHost, assign_bars
 MAX_RAM_MIB = 3 * 1024  # RAM stays below the PCI hole at 0xC0000000
 
 
-#: instructions per slice while an interrupt waits for IF=1 (see Machine.run)
-IF_POLL_INSNS = 200
-
-
 class ExitKind(Enum):
     """How a run ended.  ``exit_status`` gives the process status `blockbed run` uses."""
 
@@ -251,22 +247,14 @@ class Machine:
             # the run; slices end early only through our own stop requests (exit,
             # interrupt kick), which the CPU's replay guard covers.
             slice_us = max(1000, int((deadline - now) * 1e6))
-            # An interrupt the guest cannot take yet (IF=0, inside a critical section):
-            # a CPU takes it right after STI/POPF, but unicorn does not stop there, so
-            # the slice runs only IF_POLL_INSNS instructions and the loop looks again.
-            # Without this, the interrupt waited for the guest's next exit -- measured
-            # under Linux: the serial THRE interrupt raised under the port lock was
-            # still pending when `poweroff -f` disabled interrupts, and /init's last
-            # line never left the tty.
-            count = IF_POLL_INSNS if cpu.interrupt_blocked_by_if() else 0
             if budget is not None:
                 remaining = budget - cpu.instructions_lower_bound
                 if remaining <= 0:
                     kind, reason = ExitKind.BUDGET, f"instruction budget of {budget} used up"
                     break
-                cpu.run_slice(slice_us, count=min(remaining, count) if count else remaining)
+                cpu.run_slice(slice_us, count=remaining)
             else:
-                cpu.run_slice(slice_us, count=count)
+                cpu.run_slice(slice_us)
         wall = time.monotonic() - start
         if trace.enabled:
             trace.emit("machine.end", kind=kind.value, reason=reason)

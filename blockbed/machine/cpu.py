@@ -409,15 +409,6 @@ class CPU(InstructionHooks, CPUInspect):
         uc.reg_write(X.UC_X86_REG_RIP, entry)
 
     # --- interrupt injection ------------------------------------------------------
-    def interrupt_blocked_by_if(self) -> bool:
-        """An APIC vector (or the 8259's) is deliverable but RFLAGS.IF is clear."""
-        apic = self.machine.apic
-        if self._replay is not None or not (apic.irr or apic.extint_open()):
-            return False
-        if apic.pending_vector() is None and apic.pending_extint() is None:
-            return False
-        return self.long_mode() and not self.uc.reg_read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF
-
     def try_deliver_interrupt(self) -> bool:
         """Deliver the highest pending vector if the guest can take it now."""
         apic = self.machine.apic
