@@ -108,7 +108,8 @@ def test_initrd_with_multiboot_kernel_is_refused(tmp_path):
         m.memory.close()
 
 
-DEBIAN_KERNEL = os.environ.get("BLOCKBED_LINUX_KERNEL", "build/linux/bzImage")
+DEBIAN_KERNEL = os.environ.get("BLOCKBED_LINUX_KERNEL",
+                               str(Path(__file__).resolve().parents[1] / "build/linux/bzImage"))
 
 
 def test_debian_kernel_header_is_accepted():
