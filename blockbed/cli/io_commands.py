@@ -143,18 +143,30 @@ def _pattern(text: str) -> int:
     return v
 
 
-def _offset_len(name: str, rest: list[str]) -> tuple[int, int]:
-    if len(rest) < 2:
-        raise ArgCountError(f"bad argument count {len(rest)} to {name}, "
-                            "expected at least 2 arguments")
+def _sizes(words: list[str]) -> list[int]:
+    """Numbers as qemu-io's cvtnum reads them; its parsing error otherwise."""
     vals = []
-    for t in rest[:2]:
+    for t in words:
         try:
             vals.append(parse_size(t))
         except ValueError:
             raise IoError("Parsing error: non-numeric argument, or extraneous/unrecognized "
                           f"suffix -- {t}") from None
-    return vals[0], vals[1]
+    return vals
+
+
+def _offset_lens(name: str, rest: list[str], vector: bool = False) -> tuple[int, list[int]]:
+    """``off len`` (``off len [len ...]`` for the vector commands)."""
+    if len(rest) < 2:
+        raise ArgCountError(f"bad argument count {len(rest)} to {name}, "
+                            "expected at least 2 arguments")
+    vals = _sizes(rest if vector else rest[:2])
+    return vals[0], vals[1:]
+
+
+def _offset_len(name: str, rest: list[str]) -> tuple[int, int]:
+    offset, (count,) = _offset_lens(name, rest)
+    return offset, count
 
 
 def _timed(name: str, report: str, call, offset: int, total: int, opts: dict) -> int:
@@ -171,28 +183,33 @@ def _timed(name: str, report: str, call, offset: int, total: int, opts: dict) ->
     return 0
 
 
-def cmd_read(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "CP:qv")
-    offset, count = _offset_len("read", rest)
-    buf = bytearray(count)
+def _readv(blk: BlockBackend, name: str, opts: dict, offset: int, lens: list[int]) -> int:
+    """read/readv/aio_read: read, verify -P, then -q, -v (hexdump) and the report."""
+    bufs = [bytearray(n) for n in lens]
+    total = sum(lens)
     t0 = time.perf_counter()
-    r = blk.read(offset, memoryview(buf))
+    r = blk.readv(offset, [memoryview(b) for b in bufs])
     t = time.perf_counter() - t0
     if r < 0:
-        print(f"read failed: {os.strerror(-r)}")
+        print(f"{name} failed: {os.strerror(-r)}")
         return 1
+    data = bufs[0] if len(bufs) == 1 else b"".join(bufs)
     ret = 0
-    if "P" in opts:
-        pat = _pattern(str(opts["P"]))
-        if buf != bytes([pat]) * count:
-            print(f"Pattern verification failed at offset {offset}, {count} bytes")
-            ret = 1
+    if "P" in opts and data != bytes([_pattern(str(opts["P"]))]) * total:
+        print(f"Pattern verification failed at offset {offset}, {total} bytes")
+        ret = 1
     if opts.get("q"):
         return ret
     if opts.get("v"):
-        dump_buffer(bytes(buf), offset)
-    print_report("read", t, offset, count, count, 1, bool(opts.get("C")))
+        dump_buffer(bytes(data), offset)
+    print_report("read", t, offset, total, total, 1, bool(opts.get("C")))
     return ret
+
+
+def cmd_read(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "CP:qv")
+    offset, lens = _offset_lens("read", rest)
+    return _readv(blk, "read", opts, offset, lens)
 
 
 def cmd_write(blk: BlockBackend, args: list[str]) -> int:
@@ -204,6 +221,8 @@ def cmd_write(blk: BlockBackend, args: list[str]) -> int:
     if opts.get("c") and opts.get("z"):
         raise IoError("-c and -z cannot be specified at the same time")
     offset, count = _offset_len("write", rest)
+    if opts.get("z"):
+        return _write_zeroes(blk, opts, offset, count)
     if "s" in opts:
         try:
             with open(str(opts["s"]), "rb") as f:
@@ -214,13 +233,18 @@ def cmd_write(blk: BlockBackend, args: list[str]) -> int:
             raise IoError(f"Failed to read file {opts['s']}: short read")
     else:
         data = bytes([_pattern(str(opts["P"])) if "P" in opts else 0xcd]) * count
-    if opts.get("z"):
-        def call(): return blk.write_zeroes(offset, count, may_unmap=bool(opts.get("u")))
-    elif opts.get("c"):
+    if opts.get("c"):
         def call(): return _write_compressed(blk, offset, data)
     else:
         def call(): return blk.write(offset, data, fua=bool(opts.get("f")))
     return _timed("write", "wrote", call, offset, count, opts)
+
+
+def _write_zeroes(blk: BlockBackend, opts: dict, offset: int, count: int) -> int:
+    """write -z / aio_write -z (-u: may unmap)."""
+    return _timed("write", "wrote", lambda: blk.write_zeroes(offset, count,
+                                                             may_unmap=bool(opts.get("u"))),
+                  offset, count, opts)
 
 
 def _write_compressed(blk: BlockBackend, offset: int, data: bytes) -> int:
@@ -266,59 +290,30 @@ def cmd_length(blk: BlockBackend, args: list[str]) -> int:
     return 0
 
 
-def _vector(name: str, rest: list[str]) -> tuple[int, list[int]]:
-    """``off len [len ...]`` of readv/writev."""
-    if len(rest) < 2:
-        raise ArgCountError(f"bad argument count {len(rest)} to {name}, "
-                            "expected at least 2 arguments")
-    vals = []
-    for t in rest:
-        try:
-            vals.append(parse_size(t))
-        except ValueError:
-            raise IoError("Parsing error: non-numeric argument, or extraneous/unrecognized "
-                          f"suffix -- {t}") from None
-    return vals[0], vals[1:]
-
-
 def cmd_readv(blk: BlockBackend, args: list[str]) -> int:
     opts, rest = _getopt(args, "CP:qv")
-    offset, lens = _vector("readv", rest)
-    bufs = [bytearray(n) for n in lens]
-    total = sum(lens)
-    t0 = time.perf_counter()
-    r = blk.readv(offset, [memoryview(b) for b in bufs])
-    t = time.perf_counter() - t0
-    if r < 0:
-        print(f"readv failed: {os.strerror(-r)}")
-        return 1
-    data = b"".join(bufs)
-    ret = 0
-    if "P" in opts and data != bytes([_pattern(str(opts["P"]))]) * total:
-        print(f"Pattern verification failed at offset {offset}, {total} bytes")
-        ret = 1
-    if opts.get("q"):
-        return ret
-    if opts.get("v"):
-        dump_buffer(data, offset)
-    print_report("read", t, offset, total, total, 1, bool(opts.get("C")))
-    return ret
+    offset, lens = _offset_lens("readv", rest, vector=True)
+    return _readv(blk, "readv", opts, offset, lens)
 
 
-def cmd_writev(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "CfqP:")
-    offset, lens = _vector("writev", rest)
+def _writev(blk: BlockBackend, opts: dict, offset: int, lens: list[int]) -> int:
+    """writev/aio_write: the -P pattern (default 0xcd) in each buffer, -f for FUA."""
     pat = _pattern(str(opts["P"])) if "P" in opts else 0xcd
     bufs = [bytes([pat]) * n for n in lens]
     return _timed("writev", "wrote", lambda: blk.writev(offset, bufs, fua=bool(opts.get("f"))),
                   offset, sum(lens), opts)
 
 
+def cmd_writev(blk: BlockBackend, args: list[str]) -> int:
+    opts, rest = _getopt(args, "CfqP:")
+    offset, lens = _offset_lens("writev", rest, vector=True)
+    return _writev(blk, opts, offset, lens)
+
+
 def cmd_aio_read(blk: BlockBackend, args: list[str]) -> int:
     opts, rest = _getopt(args, "CP:qvi:")
-    offset, lens = _vector("aio_read", rest)
-    return cmd_readv(blk, [f"-{k}{v if v is not True else ''}" for k, v in opts.items()
-                           if k != "i"] + [str(offset), *map(str, lens)])
+    offset, lens = _offset_lens("aio_read", rest, vector=True)
+    return _readv(blk, "readv", opts, offset, lens)
 
 
 def cmd_aio_write(blk: BlockBackend, args: list[str]) -> int:
@@ -327,14 +322,12 @@ def cmd_aio_write(blk: BlockBackend, args: list[str]) -> int:
         raise IoError("-z and -P cannot be specified at the same time")
     if opts.get("u") and not opts.get("z"):
         raise IoError("-u requires -z to be specified")
-    offset, lens = _vector("aio_write", rest)
+    offset, lens = _offset_lens("aio_write", rest, vector=True)
     if opts.get("z"):
         if len(lens) != 1:
             raise IoError("-z supports only a single length parameter")
-        return cmd_write(blk, ["-z", *(["-u"] if opts.get("u") else []),
-                               *(["-q"] if opts.get("q") else []), str(offset), str(lens[0])])
-    flags = [f"-{k}{v if v is not True else ''}" for k, v in opts.items() if k in "CfqP"]
-    return cmd_writev(blk, flags + [str(offset), *map(str, lens)])
+        return _write_zeroes(blk, opts, offset, lens[0])
+    return _writev(blk, opts, offset, lens)
 
 
 def cmd_aio_flush(blk: BlockBackend, args: list[str]) -> int:
@@ -348,12 +341,7 @@ def cmd_truncate(blk: BlockBackend, args: list[str]) -> int:
         raise ArgCountError(f"qemu-io: Invalid preallocation mode '{opts['m']}'")
     if len(rest) != 1:
         raise ArgCountError(f"bad argument count {len(rest)} to truncate, expected 1 arguments")
-    try:
-        size = parse_size(rest[0])
-    except ValueError:
-        raise IoError("Parsing error: non-numeric argument, or extraneous/unrecognized "
-                      f"suffix -- {rest[0]}") from None
-    r = blk.resize(size)
+    r = blk.resize(_sizes(rest)[0])
     if r < 0:
         print(f"truncate: {os.strerror(-r)}")
         return 1
@@ -393,13 +381,7 @@ def cmd_alloc(blk: BlockBackend, args: list[str]) -> int:
     if not 1 <= len(rest) <= 2:
         raise ArgCountError(f"bad argument count {len(rest)} to alloc, expected between 1 "
                             "and 2 arguments")
-    vals = []
-    for t in rest:
-        try:
-            vals.append(parse_size(t))
-        except ValueError:
-            raise IoError("Parsing error: non-numeric argument, or extraneous/unrecognized "
-                          f"suffix -- {t}") from None
+    vals = _sizes(rest)
     start = offset = vals[0]
     count = vals[1] if len(vals) > 1 else 512      # BDRV_SECTOR_SIZE
     count = max(0, min(count, blk.length() - offset))   # a run past the end counts 0
