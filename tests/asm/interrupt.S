@@ -6,15 +6,9 @@
 #include "prologue.S"
 body:
   lea idt(%rip), %rdi
+  mov $0x40, %esi
   lea handler(%rip), %rax
-  mov %ax, 0x40*16(%rdi)            /* offset 15:0 */
-  movw $0x08, 0x40*16+2(%rdi)       /* selector */
-  movb $0, 0x40*16+4(%rdi)          /* IST 0 */
-  movb $0x8E, 0x40*16+5(%rdi)       /* present, DPL0, 64-bit interrupt gate */
-  shr $16, %rax
-  mov %ax, 0x40*16+6(%rdi)          /* offset 31:16 */
-  shr $16, %rax
-  mov %eax, 0x40*16+8(%rdi)         /* offset 63:32 */
+  call idt_gate
   lidt idtr(%rip)
   sti
   mov $0x510, %dx

@@ -57,6 +57,22 @@ putc:
   pop %rdx
   ret
 
+/* idt_gate(%rdi IDT base, %esi vector, %rax handler): a present 64-bit interrupt
+ * gate, selector 0x08, DPL 0, IST 0 (SDM vol. 3 §6.14.1).  Clobbers RDI, RSI. */
+idt_gate:
+  push %rax
+  shl $4, %esi
+  add %rsi, %rdi
+  mov %ax, (%rdi)                  /* offset 15:0 */
+  movw $0x08, 2(%rdi)              /* selector */
+  movw $0x8E00, 4(%rdi)            /* IST 0, present, DPL 0, interrupt gate */
+  shr $16, %rax
+  mov %ax, 6(%rdi)                 /* offset 31:16 */
+  shr $16, %rax
+  mov %eax, 8(%rdi)                /* offset 63:32 */
+  pop %rax
+  ret
+
 /* exit(%al) through isa-debug-exit */
 guest_exit:
   mov $0xf4, %dx

@@ -6,15 +6,9 @@
 #include "prologue.S"
 body:
   lea idt(%rip), %rdi
+  mov $0x40, %esi
   lea handler(%rip), %rax
-  mov %ax, 0x40*16(%rdi)
-  movw $0x08, 0x40*16+2(%rdi)
-  movb $0, 0x40*16+4(%rdi)
-  movb $0x8E, 0x40*16+5(%rdi)
-  shr $16, %rax
-  mov %ax, 0x40*16+6(%rdi)
-  shr $16, %rax
-  mov %eax, 0x40*16+8(%rdi)
+  call idt_gate
   lidt idtr(%rip)
   cli
   mov $0xFEE000F0, %eax             /* SVR: APIC software-enabled */

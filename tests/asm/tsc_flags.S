@@ -8,15 +8,10 @@ body:
   mov $0xff, %al                      /* mask the 8259s (SeaBIOS's PIT under QEMU) */
   out %al, $0x21
   out %al, $0xa1
-  lea idt(%rip), %rsi                 /* vector 0x40 -> timer_handler */
+  lea idt(%rip), %rdi                 /* vector 0x40 -> timer_handler */
+  mov $0x40, %esi
   lea timer_handler(%rip), %rax
-  mov %ax, 0x40*16(%rsi)
-  movw $0x08, 0x40*16+2(%rsi)
-  movw $0x8E00, 0x40*16+4(%rsi)
-  shr $16, %rax
-  mov %ax, 0x40*16+6(%rsi)
-  shr $16, %rax
-  mov %eax, 0x40*16+8(%rsi)
+  call idt_gate
   lidt idtr(%rip)
   mov $0xfee00000, %edi
   movl $0x1ff, 0xf0(%rdi)             /* SVR: enable */
