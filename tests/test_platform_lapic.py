@@ -119,3 +119,34 @@ def test_virtual_wire_passes_the_8259_only_while_lint0_is_open():
     assert apic.pending_extint() is None and not apic.has_pending()
     apic.write(LVT_LINT0, 4, 0x700)
     assert apic.pending_extint() == 0x30 and kicks  # reopening asks the CPU to look
+
+
+def test_ipi_destinations_physical_logical_flat_and_cluster():
+    """SDM §10.6.2: which destinations reach this (only) APIC.  Linux's flat driver
+    retriggers an edge interrupt with a logical-mode IPI to its own LDR bit."""
+    apic, ev, kicks = make()
+    LDR, DFR, LOGICAL = 0xD0, 0xE0, 1 << 11
+
+    def reaches(dest: int, mode_bits: int, vector: int) -> bool:
+        apic.write(ICR_HI, 4, dest << 24)
+        apic.write(ICR_LO, 4, mode_bits | vector)
+        hit = bool(apic.irr >> vector & 1)
+        apic.irr &= ~(1 << vector)
+        return hit
+
+    assert reaches(0, 0, 0x40)                       # physical: our APIC ID 0
+    assert reaches(0xFF, 0, 0x41)                    # physical broadcast
+    apic.write(LDR, 4, 0x01 << 24)                   # flat model (DFR reset 0xFFFFFFFF)
+    assert reaches(0x01, LOGICAL, 0x42)
+    assert reaches(0x03, LOGICAL, 0x43)              # any overlapping bit
+    assert not reaches(0x02, LOGICAL, 0x44)
+    assert reaches(0x01, LOGICAL | 0x100, 0x45)      # lowest priority: the one candidate
+    assert not reaches(0x01, LOGICAL | 0x400, 0x46)  # NMI: not delivered as a vector
+    assert not reaches(0x01, LOGICAL | 0xC0000, 0x47)  # shorthand 'all excluding self'
+    apic.write(DFR, 4, 0x0FFFFFFF)                   # cluster model
+    apic.write(LDR, 4, 0x21 << 24)                   # cluster 2, member bit 0
+    assert apic.read(DFR, 4) == 0x0FFFFFFF
+    assert reaches(0x21, LOGICAL, 0x48)
+    assert reaches(0x23, LOGICAL, 0x49)
+    assert not reaches(0x11, LOGICAL, 0x4A)          # another cluster
+    assert not reaches(0x22, LOGICAL, 0x4B)          # another member

@@ -171,7 +171,8 @@ class MmioBus:
         self.regions: list[Region] = []
         self.conflicts: list[str] = []
         self._uc = None
-        self._mapped: list[tuple[int, int]] = []
+        self._mapped: dict[tuple, tuple[int, int]] = {}   # chunk key -> (base, size)
+        self.unmaps = 0             # mem_unmap calls so far (each flushes unicorn's caches)
         # wrap(handler) -> (read_cb, write_cb): the CPU supplies callbacks that
         # count exits and advance virtual time around the handler call.
         self._wrap = wrap or (lambda h: (lambda uc, off, size, ud: h.read(off, size),
@@ -273,16 +274,40 @@ class MmioBus:
             out.append((cursor, FOUR_GIB - cursor, NOTHING))
         return out
 
+    @staticmethod
+    def _chunk_key(base: int, size: int, handler: RegionHandler) -> tuple:
+        """What makes two chunks the same mapping: place, size and the handler
+        (by identity; the two adapter kinds by what they adapt)."""
+        if isinstance(handler, _Shifted):
+            what: tuple = ("shifted", id(handler.handler), handler.delta)
+        elif isinstance(handler, _PageDispatch):
+            what = ("page", tuple(id(r) for r in handler.regions))
+        else:
+            what = ("direct", id(handler))
+        return base, size, what
+
     def _rebuild(self) -> None:
+        """Bring unicorn's MMIO mappings to the current regions, touching only the
+        chunks that changed.  Every ``mem_unmap`` costs unicorn a flush of its
+        translations and TLB (measured: 166 unmaps, 1.6 s of a Linux boot, when each
+        BAR sizing and enable remapped every chunk), and Linux changes one BAR at a
+        time, so most chunks stay as they are."""
         uc = self._uc
         if uc is None:
             return
-        for base, size in self._mapped:
-            uc.mem_unmap(base, size)
-        self._mapped = []
-        for base, size, handler in self._chunks():
-            rd, wr = self._wrap(handler)
-            uc.mmio_map(base, size, rd, None, wr, None)
-            self._mapped.append((base, size))
+        wanted = {self._chunk_key(b, n, h): (b, n, h) for b, n, h in self._chunks()}
+        kept: dict[tuple, tuple[int, int]] = {}
+        for key, (base, size) in self._mapped.items():
+            if key in wanted:
+                kept[key] = (base, size)
+            else:
+                uc.mem_unmap(base, size)
+                self.unmaps += 1
+        for key, (base, size, handler) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
+            if key not in kept:
+                rd, wr = self._wrap(handler)
+                uc.mmio_map(base, size, rd, None, wr, None)
+                kept[key] = (base, size)
+        self._mapped = kept
         if trace.enabled:
             trace.emit("mmio.remap", chunks=len(self._mapped))

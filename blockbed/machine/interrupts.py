@@ -44,7 +44,7 @@ LVT_TIMER, LVT_THERMAL, LVT_PERF, LVT_LINT0, LVT_LINT1, LVT_ERROR = (
 LVT_REGS = (LVT_TIMER, LVT_THERMAL, LVT_PERF, LVT_LINT0, LVT_LINT1, LVT_ERROR)
 LVT_MASKED = 1 << 16
 LVT_VECTOR = 0xFF
-DM_FIXED, DM_NMI, DM_EXTINT = 0, 4, 7
+DM_FIXED, DM_LOWEST, DM_NMI, DM_EXTINT = 0, 1, 4, 7
 TIMER_ONESHOT, TIMER_PERIODIC, TIMER_TSC_DEADLINE = 0, 1, 2
 # Writable bits per LVT register: vector, delivery mode (not timer/error), status is RO,
 # polarity/remote IRR/trigger (LINT0/1 only), mask, timer mode (timer only).
@@ -207,18 +207,38 @@ class LocalAPIC:
             self.raise_vector(lvt & LVT_VECTOR)
 
     # --- inter-processor interrupts (SDM §10.6) -----------------------------------------
+    def accepts(self, dest: int, logical: bool) -> bool:
+        """Whether this APIC is a destination of an IPI (SDM vol. 3 §10.6.2).
+
+        Physical mode names an APIC ID (0xFF: all).  Logical mode matches the LDR's
+        logical ID: in the flat model (DFR bits 31:28 = 1111b) by a bitwise AND of
+        the 8-bit destination with it; in the cluster model (0000b) the high
+        nibbles name the cluster and the low nibbles AND.  0xFF is a broadcast in
+        both.  Linux's flat APIC driver sends its single-CPU IPIs (the retrigger of
+        an edge interrupt that arrived while disabled) in logical mode.
+        """
+        if dest == 0xFF:
+            return True
+        if not logical:
+            return dest == self.apic_id
+        logical_id = self.ldr >> 24
+        if self.dfr >> 28 == 0xF:
+            return bool(dest & logical_id)
+        return dest >> 4 == logical_id >> 4 and bool(dest & logical_id & 0xF)
+
     def _send_ipi(self) -> None:
-        """ICR low written: one CPU, so a fixed IPI to self (shorthand 01b, 'all including
-        self' 10b, or our own physical ID) raises the vector; INIT/SIPI/NMI to other CPUs
-        reach nobody."""
+        """ICR low written: one CPU, so the IPI reaches it through the shorthands 'self'
+        (01b) and 'all including self' (10b), or a destination it accepts (see
+        :meth:`accepts`); 'all excluding self' and INIT/SIPI/NMI reach nobody.  Fixed
+        and lowest-priority delivery both raise the vector here (one candidate)."""
         icr = self.icr
         mode = (icr & ICR_DELIVERY_MODE) >> 8
         shorthand = icr >> ICR_SHORTHAND_SHIFT & 3
         dest = icr >> 56 & 0xFF
-        to_self = shorthand in (1, 2) or (shorthand == 0 and not icr >> 11 & 1 and dest == self.apic_id)
+        to_self = shorthand in (1, 2) or (shorthand == 0 and self.accepts(dest, bool(icr >> 11 & 1)))
         if trace.enabled:
             trace.emit("apic.ipi", icr=icr, to_self=to_self)
-        if to_self and mode == DM_FIXED:
+        if to_self and mode in (DM_FIXED, DM_LOWEST):
             self.raise_vector(icr & 0xFF)
 
     # --- MMIO registers --------------------------------------------------------
