@@ -442,6 +442,16 @@ def test_a_device_model_bug_ends_the_run_as_an_internal_error(asm_build):
     assert "tests/test_machine.py" in r.reason or "test_machine.py" in r.reason
 
 
+def test_an_mmio_model_bug_ends_the_run_as_an_internal_error(asm_build):
+    """The same through an MMIO chunk, whose callbacks unicorn calls without the
+    binding's exception guard (machine/uc_direct.py): the exception must still
+    reach the run's result, not vanish inside ctypes."""
+    m, r = boot(asm_build / "mmio_poke.elf",
+                attach=lambda m: m.mmio.add("broken", 0xE0001000, 0x1000, BrokenPort()))
+    assert r.kind is ExitKind.INTERNAL and r.exit_status == 126, r.reason
+    assert "NameError: name 'Phase' is not defined" in r.reason
+
+
 class KickingMMIO:
     """MMIO at 0xE0000000: every 7th write asks the CPU to stop (an interrupt kick
     inside the callback); records the values, which must be 6, 12, 18, ..."""

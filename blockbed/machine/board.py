@@ -113,7 +113,7 @@ class Machine:
         self.mmio = MmioBus(self.memory.size)
         self.apic = LocalAPIC(kick=self._kick, events=self.events)
         self.cpu = CPU(self)
-        self.mmio.attach(self.cpu.uc, self.cpu.wrap_mmio)
+        self.mmio.attach(self.cpu.uc, self.cpu.wrap_mmio, self.cpu.map_mmio)
         self.mmio.add("lapic", APIC_BASE, APIC_SIZE, self.apic)
         self.ioapic = IOAPIC(self.apic)
         self.apic.eoi_listeners.append(self.ioapic.eoi)

@@ -178,9 +178,14 @@ class MmioBus:
         self._wrap = wrap or (lambda h: (lambda uc, off, size, ud: h.read(off, size),
                                          lambda uc, off, size, val, ud: h.write(off, size, val)))
 
-    def attach(self, uc, wrap: Callable[[RegionHandler], tuple]) -> None:
+    def attach(self, uc, wrap: Callable[[RegionHandler], tuple],
+               map_chunk: Callable[[int, int, Callable, Callable], None] | None = None) -> None:
+        """Map the window into ``uc``.  ``wrap(handler)`` gives a chunk's (read,
+        write) callbacks; ``map_chunk(base, size, read, write)`` maps them (the
+        CPU's maps them without the binding's wrappers; by default ``uc.mmio_map``)."""
         self._uc = uc
         self._wrap = wrap
+        self._map_chunk = map_chunk or (lambda b, n, rd, wr: uc.mmio_map(b, n, rd, None, wr, None))
         self._rebuild()
 
     def add(self, name: str, base: int, size: int, handler: RegionHandler) -> Region | None:
@@ -306,7 +311,7 @@ class MmioBus:
         for key, (base, size, handler) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
             if key not in kept:
                 rd, wr = self._wrap(handler)
-                uc.mmio_map(base, size, rd, None, wr, None)
+                self._map_chunk(base, size, rd, wr)
                 kept[key] = (base, size)
         self._mapped = kept
         if trace.enabled:

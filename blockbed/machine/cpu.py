@@ -47,6 +47,7 @@ from .cpu_inspect import CPUInspect
 from .cpu_state import (_REG64, _RUNNING, EFER, EXCEPTION_NAMES, RFLAGS_IF, ExitCounts,
                         GuestFault, StopReason)
 from .pio_string import PioStrings
+from .uc_direct import IN_CFUNC, OUT_CFUNC, hook_insn, mmio_map, record
 
 if TYPE_CHECKING:
     from .board import Machine
@@ -124,42 +125,52 @@ class CPU(InstructionHooks, CPUInspect):
         strings = self.pio_strings = PioStrings(self)
         m.pio.wrap_strings = strings.wrap
 
-        def on_in(uc, port, size, ud):
-            if cpu._replay is not None and cpu._pio_replayed(False, port, size, None):
-                return cpu._replay_value
-            exits.pio += 1
-            events.now += 1
-            if events._heap and events._heap[0].due <= events.now:
-                events.run_due()
-            if trace.enabled:
-                trace.leave()
-            ent = ports.get(port)
-            v = ones[size] if ent is None else ent[0].read(port - ent[1], size)
-            if trace.enabled:
-                trace.leave()            # a read that completed a request does not tag the exit
-                trace.emit("pio.in", port=port, size=size, value=v, insn=cpu.exit_insn())
-            if cpu.stop_reason is not _RUNNING:
-                # After a `rep ins` block (pio_string.py) unicorn re-executes its last unit.
-                last = v if strings.last is None else strings.take_last()
-                cpu._replay = (_PIO, False, port, size, None, last, cpu._io_key())
-            return v
+        uc_ = self.uc
 
-        def on_out(uc, port, size, value, ud):
-            if cpu._replay is not None and cpu._pio_replayed(True, port, size, value):
-                return
-            exits.pio += 1
-            events.now += 1
-            if events._heap and events._heap[0].due <= events.now:
-                events.run_due()
-            if trace.enabled:
-                trace.leave()
-                trace.emit("pio.out", port=port, size=size, value=value, insn=cpu.exit_insn())
-            ent = ports.get(port)
-            if ent is not None:
-                ent[0].write(port - ent[1], size, value)
-            if cpu.stop_reason is not _RUNNING:
-                last = value if strings.last is None else strings.take_last()
-                cpu._replay = (_PIO, True, port, size, last, None, cpu._io_key())
+        # Port hooks: called by unicorn directly (uc_direct), so they guard themselves.
+        def on_in(handle, port, size, ud):
+            try:
+                if cpu._replay is not None and cpu._pio_replayed(False, port, size, None):
+                    return cpu._replay_value
+                exits.pio += 1
+                events.now += 1
+                if events._heap and events._heap[0].due <= events.now:
+                    events.run_due()
+                if trace.enabled:
+                    trace.leave()
+                ent = ports.get(port)
+                v = ones[size] if ent is None else ent[0].read(port - ent[1], size)
+                if trace.enabled:
+                    trace.leave()            # a read that completed a request does not tag the exit
+                    trace.emit("pio.in", port=port, size=size, value=v, insn=cpu.exit_insn())
+                if cpu.stop_reason is not _RUNNING:
+                    # After a `rep ins` block (pio_string.py) unicorn re-executes its last unit.
+                    last = v if strings.last is None else strings.take_last()
+                    cpu._replay = (_PIO, False, port, size, None, last, cpu._io_key())
+                return v
+            except BaseException as exc:     # noqa: BLE001 -- raised again by emu_start
+                record(uc_, exc)
+                return 0
+
+        def on_out(handle, port, size, value, ud):
+            try:
+                if cpu._replay is not None and cpu._pio_replayed(True, port, size, value):
+                    return
+                exits.pio += 1
+                events.now += 1
+                if events._heap and events._heap[0].due <= events.now:
+                    events.run_due()
+                if trace.enabled:
+                    trace.leave()
+                    trace.emit("pio.out", port=port, size=size, value=value, insn=cpu.exit_insn())
+                ent = ports.get(port)
+                if ent is not None:
+                    ent[0].write(port - ent[1], size, value)
+                if cpu.stop_reason is not _RUNNING:
+                    last = value if strings.last is None else strings.take_last()
+                    cpu._replay = (_PIO, True, port, size, last, None, cpu._io_key())
+            except BaseException as exc:     # noqa: BLE001 -- raised again by emu_start
+                record(uc_, exc)
 
         def on_intr(uc, intno, ud):
             if cpu._exception is not None:
@@ -190,8 +201,8 @@ class CPU(InstructionHooks, CPUInspect):
             cpu._syscall()
 
         self.uc.hook_add(UC_HOOK_INSN, on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        self.uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
-        self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        hook_insn(self.uc, X.UC_X86_INS_IN, IN_CFUNC, on_in)
+        hook_insn(self.uc, X.UC_X86_INS_OUT, OUT_CFUNC, on_out)
         self.uc.hook_add(UC_HOOK_INTR, on_intr)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, on_invalid)
         self._install_tsc_hooks()
@@ -240,6 +251,9 @@ class CPU(InstructionHooks, CPUInspect):
     def wrap_mmio(self, handler: RegionHandler) -> tuple:
         """Unicorn callbacks for one MMIO chunk: count, tick, call the handler.
 
+        They take unicorn's engine handle first and guard their own exceptions, as
+        :meth:`map_mmio` registers them without the binding's wrappers.
+
         Replay guard: when a stop is pending during an MMIO callback (``emu_stop``
         from an interrupt kick or a machine stop, raised by a device event, by the
         access itself, or earlier in a port-I/O hook, where unicorn defers it),
@@ -256,55 +270,68 @@ class CPU(InstructionHooks, CPUInspect):
         read = handler.read
         write = handler.write
         cpu = self
+        uc_ = self.uc
 
-        def rd(uc, offset, size, ud):
-            rp = cpu._replay
-            if rp is not None:
-                cpu._replay = None
-                if rp[0] is handler and not rp[1] and rp[2] == offset and rp[3] == size:
+        def rd(handle, offset, size, ud):
+            try:
+                rp = cpu._replay
+                if rp is not None:
+                    cpu._replay = None
+                    if rp[0] is handler and not rp[1] and rp[2] == offset and rp[3] == size:
+                        if trace.enabled:
+                            trace.emit("cpu.mmio_replay", write=False, offset=offset, size=size)
+                        return rp[5]
                     if trace.enabled:
-                        trace.emit("cpu.mmio_replay", write=False, offset=offset, size=size)
-                    return rp[5]
+                        trace.emit("cpu.mmio_replay_mismatch", write=False, offset=offset, size=size)
+                exits.mmio += 1
+                events.now += 1
+                if events._heap and events._heap[0].due <= events.now:
+                    events.run_due()
                 if trace.enabled:
-                    trace.emit("cpu.mmio_replay_mismatch", write=False, offset=offset, size=size)
-            exits.mmio += 1
-            events.now += 1
-            if events._heap and events._heap[0].due <= events.now:
-                events.run_due()
-            if trace.enabled:
-                trace.leave()
-            v = read(offset, size)
-            if trace.enabled:
-                trace.leave()
-                trace.emit("mmio.read", handler=type(handler).__name__, offset=offset, size=size, value=v,
-                           insn=cpu.mmio_insn())
-            if cpu.stop_reason is not _RUNNING:
-                cpu._replay = (handler, False, offset, size, None, v)
-            return v
+                    trace.leave()
+                v = read(offset, size)
+                if trace.enabled:
+                    trace.leave()
+                    trace.emit("mmio.read", handler=type(handler).__name__, offset=offset, size=size, value=v,
+                               insn=cpu.mmio_insn())
+                if cpu.stop_reason is not _RUNNING:
+                    cpu._replay = (handler, False, offset, size, None, v)
+                return v
+            except BaseException as exc:     # noqa: BLE001 -- raised again by emu_start
+                record(uc_, exc)
+                return 0
 
-        def wr(uc, offset, size, value, ud):
-            rp = cpu._replay
-            if rp is not None:
-                cpu._replay = None
-                if rp[0] is handler and rp[1] and rp[2] == offset and rp[3] == size and rp[4] == value:
+        def wr(handle, offset, size, value, ud):
+            try:
+                rp = cpu._replay
+                if rp is not None:
+                    cpu._replay = None
+                    if rp[0] is handler and rp[1] and rp[2] == offset and rp[3] == size and rp[4] == value:
+                        if trace.enabled:
+                            trace.emit("cpu.mmio_replay", write=True, offset=offset, size=size)
+                        return
                     if trace.enabled:
-                        trace.emit("cpu.mmio_replay", write=True, offset=offset, size=size)
-                    return
+                        trace.emit("cpu.mmio_replay_mismatch", write=True, offset=offset, size=size)
+                exits.mmio += 1
+                events.now += 1
+                if events._heap and events._heap[0].due <= events.now:
+                    events.run_due()
                 if trace.enabled:
-                    trace.emit("cpu.mmio_replay_mismatch", write=True, offset=offset, size=size)
-            exits.mmio += 1
-            events.now += 1
-            if events._heap and events._heap[0].due <= events.now:
-                events.run_due()
-            if trace.enabled:
-                trace.leave()
-                trace.emit("mmio.write", handler=type(handler).__name__, offset=offset, size=size,
-                           value=value, insn=cpu.mmio_insn())
-            write(offset, size, value)
-            if cpu.stop_reason is not _RUNNING:
-                cpu._replay = (handler, True, offset, size, value, None)
+                    trace.leave()
+                    trace.emit("mmio.write", handler=type(handler).__name__, offset=offset, size=size,
+                               value=value, insn=cpu.mmio_insn())
+                write(offset, size, value)
+                if cpu.stop_reason is not _RUNNING:
+                    cpu._replay = (handler, True, offset, size, value, None)
+            except BaseException as exc:     # noqa: BLE001 -- raised again by emu_start
+                record(uc_, exc)
 
         return rd, wr
+
+    def map_mmio(self, base: int, size: int, read, write) -> None:
+        """Map one MMIO chunk with the callbacks of :meth:`wrap_mmio`, which unicorn
+        calls directly (uc_direct: no binding frames on the exit path)."""
+        mmio_map(self.uc, base, size, read, write)
 
     def request_stop(self, reason: StopReason = StopReason.EXIT) -> None:
         """Called from a hook (debug-exit, machine stop): end the current slice."""

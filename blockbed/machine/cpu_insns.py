@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import ctypes
 
-from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
 
 from .. import trace
 from .clock import TSC_PER_TICK
 from .cpu_state import _RUNNING, EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR, MSR_TSC_AUX
 from .pio_string import _Msr
+from .uc_direct import hook_insn, record
 
 
 class InstructionHooks:
@@ -97,8 +97,8 @@ class InstructionHooks:
 
         Unicorn >= 2.1.2 can hook both instructions (the hook returns 1 to skip
         its own, host-clock based, implementation), but the Python binding only
-        accepts IN/OUT/SYSCALL/SYSENTER/CPUID, so the hook is registered through
-        the binding's generic path with CPUID's callback type (same signature)."""
+        accepts IN/OUT/SYSCALL/SYSENTER/CPUID, so the hook is registered directly
+        (uc_direct) with CPUID's callback type (same signature)."""
         from unicorn.unicorn_py3.arch import intel
         from unicorn.unicorn_py3.unicorn import uclib
         events = self.machine.events
@@ -149,10 +149,18 @@ class InstructionHooks:
                 trace.emit("cpu.rdtsc", tsc=tsc)
             return 1
 
-        self._tsc_callbacks = []
-        for ins, rdtscp in ((X.UC_X86_INS_RDTSC, False), (X.UC_X86_INS_RDTSCP, True)):
-            @intel.uccallback(self.uc, intel.HOOK_INSN_CPUID_CFUNC)
-            def cb(uc, key, _rdtscp=rdtscp):
-                return tick_tsc(uc, _rdtscp)
-            self._tsc_callbacks.append(cb)
-            self.uc._Uc__do_hook_add(UC_HOOK_INSN, cb, 1, 0, ins)
+        uc_ = self.uc
+
+        def direct(rdtscp: bool):
+            """The hook for one of the two, called by unicorn directly (uc_direct),
+            so it guards its own exceptions."""
+            def on_tsc(handle, ud):
+                try:
+                    return tick_tsc(uc_, rdtscp)
+                except BaseException as exc:     # noqa: BLE001 -- raised again by emu_start
+                    record(uc_, exc)
+                    return 1
+            return on_tsc
+
+        hook_insn(uc_, X.UC_X86_INS_RDTSC, intel.HOOK_INSN_CPUID_CFUNC, direct(False))
+        hook_insn(uc_, X.UC_X86_INS_RDTSCP, intel.HOOK_INSN_CPUID_CFUNC, direct(True))
