@@ -17,8 +17,7 @@ from unicorn import x86_const as X
 from .. import trace
 from .clock import TSC_PER_TICK
 from .cpu_state import _RUNNING, EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR, MSR_TSC_AUX
-from .pio_string import _Msr
-from .uc_direct import hook_insn, record
+from .uc_direct import Msr, hook_insn, record
 
 
 class InstructionHooks:
@@ -119,7 +118,7 @@ class InstructionHooks:
         base = ctypes.addressof(tsc_vals)
         tsc_ptrs = (ctypes.c_void_p * 3)(base, base + 8, base + 16)
         aux_id = (ctypes.c_int * 1)(X.UC_X86_REG_MSR)
-        aux = _Msr(MSR_TSC_AUX, 0)
+        aux = Msr(MSR_TSC_AUX, 0)
         aux_ptr = (ctypes.c_void_p * 1)(ctypes.addressof(aux))
         self._tsc_batch = (tsc_ids, tsc_vals, tsc_ptrs, aux_id, aux, aux_ptr)   # kept alive
 

@@ -81,6 +81,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from .. import trace
 from .cpu_state import StopReason
 from .paging import PageFault, PagingState, read_entry, translate
+from .uc_direct import Mmr, Msr
 
 if TYPE_CHECKING:
     from .cpu import CPU
@@ -101,15 +102,6 @@ _vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctyp
 _vmem_translate.restype = ctypes.c_int
 
 
-class _Msr(ctypes.Structure):          # unicorn's uc_x86_msr
-    _fields_ = [("rid", ctypes.c_uint32), ("value", ctypes.c_uint64)]
-
-
-class _Mmr(ctypes.Structure):          # unicorn's uc_x86_mmr
-    _fields_ = [("selector", ctypes.c_uint16), ("base", ctypes.c_uint64),
-                ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
-
-
 class _Registers:
     """The registers the bulk path needs, read and written with one
     ``uc_reg_read_batch``/``uc_reg_write_batch`` call each: through the Python
@@ -123,8 +115,8 @@ class _Registers:
         n = len(_READ)
         self.ids = (ctypes.c_int * n)(*_READ)
         self.values = (ctypes.c_uint64 * (n - 2))()
-        self.efer = _Msr(EFER, 0)
-        self.gdtr = _Mmr()
+        self.efer = Msr(EFER, 0)
+        self.gdtr = Mmr()
         base = ctypes.addressof(self.values)
         self.ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n - 2)],
                                           ctypes.addressof(self.efer), ctypes.addressof(self.gdtr))

@@ -1,4 +1,5 @@
-"""Unicorn callbacks registered without the Python binding's wrappers.
+"""Unicorn through ctypes: callbacks without the Python binding's wrappers, and the
+C structures of its batched register access.
 
 The binding (unicorn 2.1.4, ``unicorn_py3``) calls every hook through two Python
 frames of its own: ``uccallback``'s exception guard, then a per-hook-type adapter
@@ -16,12 +17,24 @@ and ``Uc.emu_start`` raises it after the slice exactly as before.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Callable
 
 from unicorn import Uc, UcError
 from unicorn import unicorn_const as uc_const
 from unicorn.unicorn_py3.arch import intel
 from unicorn.unicorn_py3.unicorn import MMIO_READ_CFUNC, MMIO_WRITE_CFUNC, uclib
+
+class Msr(ctypes.Structure):
+    """unicorn's ``uc_x86_msr``: the value of UC_X86_REG_MSR in batched access."""
+    _fields_ = [("rid", ctypes.c_uint32), ("value", ctypes.c_uint64)]
+
+
+class Mmr(ctypes.Structure):
+    """unicorn's ``uc_x86_mmr``: a segment or descriptor-table register."""
+    _fields_ = [("selector", ctypes.c_uint16), ("base", ctypes.c_uint64),
+                ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
 
 IN_CFUNC = intel.HOOK_INSN_IN_CFUNC      # (handle, port, size, user_data) -> uint32
 OUT_CFUNC = intel.HOOK_INSN_OUT_CFUNC    # (handle, port, size, value, user_data)
