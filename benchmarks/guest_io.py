@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from blockbed.devices.attach import attach_drives  # noqa: E402
 from blockbed.machine import Machine, MachineConfig  # noqa: E402
+from blockbed.machine.serial import line_echo  # noqa: E402
 
 IMAGE_MIB = 128
 
@@ -124,7 +125,6 @@ def _append(w: Workload) -> str:
 def run_blockbed(elf: Path, image: Path, append: str, nreq: int, nbytes: int,
                  interface: str = "virtio") -> Result:
     marks: dict[str, tuple[float, int]] = {}
-    line = bytearray()
     line_start: list[tuple[float, int]] = [(0.0, 0)]
     machine: Machine
 
@@ -132,20 +132,17 @@ def run_blockbed(elf: Path, image: Path, append: str, nreq: int, nbytes: int,
         e = machine.cpu.exits
         return e.pio + e.mmio
 
-    def echo(b: bytes) -> None:
-        if not line:
-            line_start[0] = (time.perf_counter(), exits() - 1)  # minus this byte's own exit
-        if b == b"\n":
-            text = line.decode(errors="replace")
-            if text == "bench: begin":
-                marks["begin"] = (time.perf_counter(), exits())
-            elif text == "bench: end":
-                marks["end"] = line_start[0]
-            line.clear()
-        else:
-            line.extend(b)
+    def on_line_start() -> None:
+        line_start[0] = (time.perf_counter(), exits() - 1)  # minus this byte's own exit
 
-    machine = Machine(MachineConfig(memory_mib=256, timeout_s=600, echo_serial=echo))
+    def on_line(text: str) -> None:
+        if text == "bench: begin":
+            marks["begin"] = (time.perf_counter(), exits())
+        elif text == "bench: end":
+            marks["end"] = line_start[0]
+
+    machine = Machine(MachineConfig(memory_mib=256, timeout_s=600,
+                                    echo_serial=line_echo(on_line, on_line_start)))
     try:
         attach_drives(machine, [f"file={image},format=raw,if={interface},cache=writeback"])
         machine.load_kernel(str(elf), append)

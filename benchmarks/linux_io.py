@@ -38,6 +38,7 @@ from blockbed.devices.attach import attach_drives  # noqa: E402
 from blockbed.linuxguest import layout  # noqa: E402
 from blockbed.linuxguest.qemu import qemu_device_args  # noqa: E402
 from blockbed.machine import Machine, MachineConfig  # noqa: E402
+from blockbed.machine.serial import line_echo  # noqa: E402
 
 KERNEL = REPO / "build" / "linux" / "bzImage"
 INITRD = REPO / "build" / "linux" / "initramfs.cpio.gz"
@@ -69,19 +70,14 @@ def _phases(marks: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]
 
 def run_blockbed(ctrl: str, disk: Path) -> dict[str, tuple[float, int]]:
     marks: dict[str, tuple[float, int]] = {}
-    line = bytearray()
     machine: Machine
 
-    def echo(data: bytes) -> None:
-        line.extend(data)
-        while (nl := line.find(b"\n")) >= 0:
-            text = line[:nl].decode(errors="replace").strip()
-            del line[:nl + 1]
-            if "BLOCKBED-BENCH " in text:
-                e = machine.cpu.exits
-                marks[_mark(text)] = (time.perf_counter(), e.pio + e.mmio)
+    def on_line(text: str) -> None:
+        if "BLOCKBED-BENCH " in text:
+            e = machine.cpu.exits
+            marks[_mark(text.strip())] = (time.perf_counter(), e.pio + e.mmio)
 
-    machine = Machine(MachineConfig(memory_mib=512, timeout_s=900, echo_serial=echo))
+    machine = Machine(MachineConfig(memory_mib=512, timeout_s=900, echo_serial=line_echo(on_line)))
     try:
         # cache=none as qemu_device_args gives QEMU: O_DIRECT on the host side too
         attach_drives(machine, [f"file={disk},format=raw,if={ctrl},cache=none"])

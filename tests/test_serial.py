@@ -2,7 +2,7 @@
 Linux tty relies on, loopback, FIFO detection, and its wiring to IRQ4 on the Linux
 platform.  Register semantics: PC16550D datasheet Tables II and IV."""
 
-from blockbed.machine.serial import Serial16550
+from blockbed.machine.serial import Serial16550, line_echo
 from blockbed.machine.board import Machine, MachineConfig
 from blockbed.machine.platform import LinuxPlatform
 from blockbed.machine.qtest import QTest
@@ -128,3 +128,18 @@ def test_uart_interrupt_reaches_the_8259_on_irq4():
         assert plat.pic.pending_vector() == 0x34
     finally:
         m.close()
+
+
+def test_line_echo_hands_on_whole_lines_and_marks_their_starts():
+    """The console splitter the crash recorder and the benchmarks share: a line is
+    handed on when its newline arrives however the bytes were chunked, CR dropped;
+    line starts are marked at each line's first byte; the rest stays in ``tail``."""
+    got: list[str] = []
+    starts: list[int] = []
+    echo = line_echo(got.append, lambda: starts.append(len(got)))
+    for b in b"ab\r\ncd\n":
+        echo(bytes([b]))
+    echo(b"ef\ngh\nij")
+    assert got == ["ab", "cd", "ef", "gh"]
+    assert starts == [0, 1, 2, 3, 4]          # "ij" started after four lines
+    assert echo.tail == "ij"

@@ -152,6 +152,7 @@ def record_blockbed(ctrl: str, fmt: str, cache: str, wd: Path, *, kernel: Path =
     the format driver; returns the console lines, each stamped with the number of log
     entries at the moment its newline arrived, and the run's seconds."""
     from .record import boot_logged
+    from ..machine.serial import line_echo
     for f in (kernel, initrd):
         if not f.exists():
             raise ValueError(f"{f}: missing; build the Linux guest with `make linux-guest`")
@@ -162,26 +163,21 @@ def record_blockbed(ctrl: str, fmt: str, cache: str, wd: Path, *, kernel: Path =
     spec.log_writes = str(wd / "host.log")
     holder: dict = {}
     lines: list[tuple[int, str]] = []
-    pending = bytearray()
 
-    def echo(data: bytes) -> None:
-        pending.extend(data)
-        while (nl := pending.find(b"\n")) >= 0:
-            line = pending[:nl].decode(errors="replace").rstrip("\r")
-            del pending[:nl + 1]
-            # The guest prints an fsync's line after the fsync returned, and the flush
-            # below it completed before the guest could run on: the position is exact.
-            pos = holder["lw"].log.seq if "BLOCKBED-" in line and "lw" in holder else -1
-            lines.append((pos, line))
+    def on_line(line: str) -> None:
+        # The guest prints an fsync's line after the fsync returned, and the flush
+        # below it completed before the guest could run on: the position is exact.
+        pos = holder["lw"].log.seq if "BLOCKBED-" in line and "lw" in holder else -1
+        lines.append((pos, line))
 
     t0 = time.monotonic()
     result = boot_logged(spec, str(kernel),
                          f"console=ttyS0 panic=-1 quiet blockbed.ctrl={ctrl} blockbed.mode=crash",
                          initrd=str(initrd), holder=holder, timeout=timeout, memory_mib=512,
-                         echo=echo)
+                         echo=(echo := line_echo(on_line)))
     seconds = time.monotonic() - t0
-    if pending:
-        lines.append((-1, pending.decode(errors="replace")))
+    if echo.tail:
+        lines.append((-1, echo.tail))
     work.unlink()
     if not any("BLOCKBED-LINUX" in l for _, l in lines):
         raise ValueError(f"the Linux guest did not finish on blockbed: {result.reason}")

@@ -76,6 +76,40 @@ MSR_IDLE = MSR_DCD | MSR_DSR | MSR_CTS
 MSR_DELTAS = 0x0F
 
 
+class line_echo:
+    """An ``echo_serial`` callback that hands the console on a line at a time.
+
+    ``on_line(text)`` runs when a line's newline arrives (text without it, and
+    without a trailing CR), inside the transmit exit of that newline: the machine
+    state it reads (exit counts, a write log's position) is the state at that
+    instant.  ``on_line_start()`` runs at a line's first byte, for callers that
+    time a line from when the guest began printing it.  :attr:`tail` is what came
+    after the last newline.
+    """
+
+    def __init__(self, on_line: Callable[[str], None],
+                 on_line_start: Callable[[], None] | None = None):
+        self.on_line = on_line
+        self.on_line_start = on_line_start
+        self.pending = bytearray()
+
+    def __call__(self, data: bytes) -> None:
+        pending = self.pending
+        if self.on_line_start is not None and not pending and data[:1] != b"\n":
+            self.on_line_start()
+        pending.extend(data)
+        while (nl := pending.find(b"\n")) >= 0:
+            text = pending[:nl].decode(errors="replace").rstrip("\r")
+            del pending[:nl + 1]
+            self.on_line(text)
+            if self.on_line_start is not None and pending:
+                self.on_line_start()
+
+    @property
+    def tail(self) -> str:
+        return self.pending.decode(errors="replace")
+
+
 class Serial16550:
     def __init__(self, echo: Callable[[bytes], None] | None = None,
                  irq: Callable[[bool], None] | None = None):
