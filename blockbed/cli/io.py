@@ -2,7 +2,8 @@
 
 ``-c CMD`` (repeatable) runs commands in order; without -c commands are read from
 stdin (each prompted with "qemu-io> " on stdout, tty or not, as qemu-io 7.2).  Exit status 1 if a command
-failed, as qemu-io 7.2.
+failed, as qemu-io 7.2.  The image is optional: ``open``/``close``/``reopen``
+(blockbed/cli/io_open.py) manage the one image of the session.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import sys
 from ..block.driver import BlockError
 
 
+class _NoImage(Exception):
+    """No image on the command line."""
+
+
 def cmd_io(a: argparse.Namespace) -> int:
-    from ..block.backend import BlockBackend
-    from .img import open_img
     from .imageopts import apply
-    from .io_commands import IoSession, run_line
+    from .io_commands import run_line
+    from .io_open import IoSession, OpenFailed, OpenParams
     from ..block.cachemode import CacheMode
     cache = a.t or ("none" if a.n else "writeback")
     try:
@@ -25,21 +29,29 @@ def cmd_io(a: argparse.Namespace) -> int:
     except ValueError:
         print(f"blockbed io: Invalid cache option: {cache}", file=sys.stderr)
         return 1
+    session = IoSession()
     try:
         apply(a)
-        node, fmt = open_img(a.filename, a.f, read_only=a.r, force_share=a.U)
-    except (BlockError, ValueError) as e:
-        print(f"blockbed io: can't open device {a.filename}: {e}", file=sys.stderr)
+        if a.filename is None:          # no image: the commands may ``open`` one
+            raise _NoImage
+        # the command line's image: as qemu-io, with BDRV_O_UNMAP (discard=unmap)
+        session.open(OpenParams(a.filename, {"driver": a.f} if a.f else {}, read_only=a.r,
+                                cache=cache, discard="unmap", force_share=a.U,
+                                image_opts=bool(getattr(a, "image_opts", False))))
+    except _NoImage:
+        pass
+    except (BlockError, ValueError, OpenFailed) as e:
+        msg = str(e) if isinstance(e, OpenFailed) else \
+            f"qemu-io: can't open device {a.filename}: {e}"
+        print(msg, file=sys.stderr)
         return 1
-    blk = BlockBackend(node, cache, discard="unmap")   # qemu-io opens with BDRV_O_UNMAP
-    session = IoSession(fmt, a.filename)
     status = 0
     try:
         if a.c:
             for line in a.c:
                 if line.strip() in ("quit", "q"):
                     break
-                status |= run_line(blk, line, session)
+                status |= run_line(session, line)
                 sys.stdout.flush()
         else:
             while True:
@@ -48,15 +60,15 @@ def cmd_io(a: argparse.Namespace) -> int:
                 line = sys.stdin.readline()
                 if not line or line.strip() in ("quit", "q"):
                     break
-                status |= run_line(blk, line, session)
+                status |= run_line(session, line)
     finally:
-        blk.close()
+        session.close()
     return status
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .imageopts import add_arguments
-    p = sub.add_parser("io", help="qemu-io's commands on an image (read, write, readv, writev, aio_*, discard, flush, truncate, length, map, alloc, info)")
+    p = sub.add_parser("io", help="qemu-io's commands on an image (read, write, readv, writev, aio_*, discard, flush, truncate, length, map, alloc, info, open, close, reopen)")
     p.add_argument("-f", metavar="FMT", help="format of the image (probed if omitted)")
     p.add_argument("-c", action="append", metavar="CMD",
                    help="run CMD (repeatable, in order); without -c commands come from stdin")
@@ -65,6 +77,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-t", metavar="CACHE", help="cache mode (default writeback)")
     p.add_argument("-U", action="store_true", help="open without locking out other users "
                                                    "of the image (qemu-io -U)")
-    p.add_argument("filename", help="the image")
+    p.add_argument("filename", nargs="?", help="the image (none: start with nothing open)")
     add_arguments(p, image_opts=True)
     p.set_defaults(func=cmd_io, parser=p)

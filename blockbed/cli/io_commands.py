@@ -1,5 +1,6 @@
 """qemu-io 7.2 commands (qemu-io-cmds.c): read, readv, write, writev, aio_read,
-aio_write, aio_flush, discard, flush, truncate, length, map, alloc, info.
+aio_write, aio_flush, discard, flush, truncate, length, map, alloc, info, and
+(blockbed/cli/io_open.py) open, close, reopen.
 
 Output lines follow qemu-io's formats: "read N/N bytes at offset O", the
 cvtstr size/speed line, "Pattern verification failed at offset O, N bytes",
@@ -17,9 +18,9 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 
 from ..block.backend import BlockBackend
+from .io_open import IoSession, OpenFailed, cmd_close, cmd_open, cmd_reopen
 
 _UNITS = "KMGTPE"
 
@@ -86,6 +87,14 @@ class ArgCountError(IoError):
     """What qemu-io reports on stderr: the argument-count check, error_report()."""
 
 
+class UsageError(IoError):
+    """Arguments that do not fit the command: its usage line on stdout."""
+
+
+def usage_error(name: str) -> UsageError:
+    return UsageError(USAGE[name])
+
+
 class BadOptionError(IoError):
     """getopt's complaint (stderr, prefixed with the command), then the command's
     usage line on stdout, as qemu-io's qemuio_command_usage."""
@@ -98,7 +107,10 @@ USAGE = {
     "aio_write": "aio_write [-Cfiquz] [-P pattern] off len [len..] -- asynchronously writes a number of bytes",
     "alloc": "alloc offset [count] -- checks if offset is allocated in the file",
     "discard": "discard [-Cq] off len -- discards a number of bytes at a specified offset",
+    "open": "open [-rsCnkU] [-t cache] [-d discard] [-o options] [path] -- open the file "
+            "specified by path",
     "read": "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset",
+    "reopen": "reopen [(-r|-w)] [-c cache] [-o options] -- reopens an image with new options",
     "readv": "readv [-Cqv] [-P pattern] off len [len..] -- reads a number of bytes at a specified offset",
     "truncate": "truncate [-m prealloc_mode] off -- truncates the current file at the given offset",
     "write": "write [-bcCfnquz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset",
@@ -106,8 +118,10 @@ USAGE = {
 }
 
 
-def _getopt(args: list[str], flags: str) -> tuple[dict[str, str | bool], list[str]]:
-    """POSIX getopt (letters followed by ':' take a value)."""
+def _getopt(args: list[str], flags: str, repeat: list | None = None
+            ) -> tuple[dict[str, str | bool], list[str]]:
+    """POSIX getopt (letters followed by ':' take a value); ``repeat`` collects every
+    (option, value) in order, for options that may be given more than once."""
     opts: dict[str, str | bool] = {}
     i = 0
     while i < len(args) and args[i].startswith("-") and len(args[i]) > 1:
@@ -129,8 +143,12 @@ def _getopt(args: list[str], flags: str) -> tuple[dict[str, str | bool], list[st
                         raise IoError(f"option requires an argument -- '{c}'")
                     val = args[i]
                 opts[c] = val
+                if repeat is not None:
+                    repeat.append((c, val))
                 break
             opts[c] = True
+            if repeat is not None:
+                repeat.append((c, True))
             j += 1
         i += 1
     return opts, args[i:]
@@ -156,11 +174,11 @@ def _sizes(words: list[str]) -> list[int]:
 
 
 def _offset_lens(name: str, rest: list[str], vector: bool = False) -> tuple[int, list[int]]:
-    """``off len`` (``off len [len ...]`` for the vector commands)."""
-    if len(rest) < 2:
-        raise ArgCountError(f"bad argument count {len(rest)} to {name}, "
-                            "expected at least 2 arguments")
-    vals = _sizes(rest if vector else rest[:2])
+    """``off len`` (``off len [len ...]`` for the vector commands); other counts after
+    the options print the usage line (too few words in all: see :data:`ARGS`)."""
+    if len(rest) < 2 or (len(rest) > 2 and not vector):
+        raise usage_error(name)
+    vals = _sizes(rest)
     return vals[0], vals[1:]
 
 
@@ -188,7 +206,11 @@ def _readv(blk: BlockBackend, name: str, opts: dict, offset: int, lens: list[int
     bufs = [bytearray(n) for n in lens]
     total = sum(lens)
     t0 = time.perf_counter()
-    r = blk.readv(offset, [memoryview(b) for b in bufs])
+    if opts.get("b"):
+        from .io_open import load_vmstate
+        r = load_vmstate(blk, offset, bufs[0])
+    else:
+        r = blk.readv(offset, [memoryview(b) for b in bufs])
     t = time.perf_counter() - t0
     if r < 0:
         print(f"{name} failed: {os.strerror(-r)}")
@@ -207,44 +229,111 @@ def _readv(blk: BlockBackend, name: str, opts: dict, offset: int, lens: list[int
 
 
 def cmd_read(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "CP:qv")
+    opts, rest = _getopt(args, "bCP:qv")
     offset, lens = _offset_lens("read", rest)
+    if opts.get("b"):
+        _sector_aligned(offset, lens[0])
     return _readv(blk, "read", opts, offset, lens)
 
 
+def _sector_aligned(offset: int, count: int) -> None:
+    """-b (VM state) requests are in whole sectors."""
+    for v, what in ((offset, "offset"), (count, "count")):
+        if v & 511:
+            raise IoError(f"{v} is not a sector-aligned value for '{what}'")
+
+
 def cmd_write(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "cCfquzP:s:")
+    opts, rest = _getopt(args, "bcCfnquzP:s:")
+    # the checks in qemu-io 7.2's order (measured); -z wins over -c, -b over both
+    if opts.get("f") and (opts.get("b") or opts.get("c")):
+        raise IoError("-f and -b or -c cannot be specified at the same time")
+    for k in "nu":
+        if opts.get(k) and not opts.get("z"):
+            raise IoError(f"-{k} requires -z to be specified")
+    if opts.get("b") and opts.get("z"):
+        raise IoError("-b and -z cannot be specified at the same time")
     if sum(k in opts for k in "zPs") > 1:
         raise IoError("Only one of -z, -P, and -s can be specified at the same time")
-    if opts.get("u") and not opts.get("z"):
-        raise IoError("-u requires -z to be specified")
-    if opts.get("c") and opts.get("z"):
-        raise IoError("-c and -z cannot be specified at the same time")
     offset, count = _offset_len("write", rest)
+    if opts.get("b"):
+        _sector_aligned(offset, count)
     if opts.get("z"):
         return _write_zeroes(blk, opts, offset, count)
     if "s" in opts:
-        try:
-            with open(str(opts["s"]), "rb") as f:
-                data = f.read(count)
-        except OSError as e:
-            raise IoError(f"Failed to open file {opts['s']}: {e.strerror}") from None
-        if len(data) < count:
-            raise IoError(f"Failed to read file {opts['s']}: short read")
+        data = _pattern_file(str(opts["s"]), count)
+        if data is None:
+            return 1
     else:
         data = bytes([_pattern(str(opts["P"])) if "P" in opts else 0xcd]) * count
-    if opts.get("c"):
+    if opts.get("b"):
+        from .io_open import save_vmstate
+        def call(): return save_vmstate(blk, offset, data)
+    elif opts.get("c"):
         def call(): return _write_compressed(blk, offset, data)
     else:
         def call(): return blk.write(offset, data, fua=bool(opts.get("f")))
     return _timed("write", "wrote", call, offset, count, opts)
 
 
+def _pattern_file(name: str, count: int) -> bytes | None:
+    """write -s: the file's bytes, repeated to fill ``count`` (qemu-io's
+    qemu_io_alloc_from_file); None after perror's line if it cannot be read."""
+    try:
+        with open(name, "rb") as f:
+            data = f.read(count)
+    except OSError as e:
+        print(f"{name}: {e.strerror}", file=sys.stderr)
+        return None
+    if not data:
+        print(f"{name}: the file is empty", file=sys.stderr)
+        return None
+    return (data * -(-count // len(data)))[:count]
+
+
 def _write_zeroes(blk: BlockBackend, opts: dict, offset: int, count: int) -> int:
-    """write -z / aio_write -z (-u: may unmap)."""
-    return _timed("write", "wrote", lambda: blk.write_zeroes(offset, count,
-                                                             may_unmap=bool(opts.get("u"))),
-                  offset, count, opts)
+    """write -z / aio_write -z (-u: may unmap; -n: no slow fallback)."""
+    def call():
+        if opts.get("n"):
+            r = _no_fallback_check(blk, offset, count)
+            if r:
+                return r
+        return blk.write_zeroes(offset, count, may_unmap=bool(opts.get("u")))
+    return _timed("write", "wrote", call, offset, count, opts)
+
+
+def _no_fallback_check(blk: BlockBackend, offset: int, count: int) -> int:
+    """write -z -n (BDRV_REQ_NO_FALLBACK): QEMU splits the request at the format's
+    zeroing granularity (qcow2: a cluster) and a piece that is not whole fails with
+    ENOTSUP unless the rest of its cluster already reads as zeroes and holds no data
+    (qcow2_co_pwrite_zeroes); whole pieces before it are zeroed first, as there.
+    Formats without such a granularity (raw on a file) zero any range natively."""
+    import errno
+    node = blk.root
+    cs = getattr(node, "cluster_size", 0)
+    if not cs or count <= 0 or getattr(node, "driver_name", "") != "qcow2":
+        return 0
+    if node.header.extended_l2:
+        cs //= 32
+    size, end = node.length(), offset + count
+    pieces = []
+    if offset % cs:
+        pieces.append(offset)
+    if end % cs and end != size and (not pieces or end // cs != offset // cs):
+        pieces.append(end)
+    for edge in pieces:
+        c0 = edge // cs * cs
+        c1 = min(c0 + cs, size)
+        rest = [(c0, max(c0, offset)), (min(max(end, c0), c1), c1)]
+        if any(e.data for e in node.block_status(c0, c1 - c0)) or any(
+                not e.zero for a, b in rest if b > a for e in node.block_status(a, b - a)):
+            done = c0 if edge == end else offset
+            if done > offset:
+                r = blk.write_zeroes(offset, done - offset)
+                if r:
+                    return r
+            return -errno.ENOTSUP
+    return 0
 
 
 def _write_compressed(blk: BlockBackend, offset: int, data: bytes) -> int:
@@ -400,28 +489,17 @@ def cmd_alloc(blk: BlockBackend, args: list[str]) -> int:
     return 0
 
 
-@dataclass
-class IoSession:
-    """What ``info`` reports besides the backend: the format name and the file."""
-    fmt: str
-    filename: str
-
-
-def cmd_info(blk: BlockBackend, args: list[str], session: IoSession | None = None) -> int:
+def cmd_info(session: IoSession, args: list[str]) -> int:
     """qemu-io's info_f: format name, cluster size, VM state offset, then the
     format-specific information as ``qemu-img info`` prints it."""
-    node = blk.root
-    fmt = session.fmt if session else getattr(node, "driver_name", "raw")
+    from .io_open import vm_state_offset
+    node = session.blk.root
+    fmt = session.fmt
     print(f"format name: {fmt}")
     cluster = getattr(node, "cluster_size", 0) if fmt == "qcow2" else 0
-    vm_state = 0
-    if fmt == "qcow2":
-        l2_entries = cluster // (16 if node.header.extended_l2 else 8)
-        per_l1 = cluster * l2_entries
-        vm_state = -(-node.length() // per_l1) * per_l1
     print(f"cluster size: {cvtstr(cluster)}")
-    print(f"vm state offset: {cvtstr(vm_state)}")
-    if fmt == "qcow2" and session is not None:
+    print(f"vm state offset: {cvtstr(vm_state_offset(node))}")
+    if fmt == "qcow2":
         from .img import _dump_qobject, image_info
         spec = image_info(node, fmt, session.filename).get("format-specific")
         if spec:
@@ -437,10 +515,31 @@ COMMANDS = {"read": cmd_read, "r": cmd_read, "readv": cmd_readv, "write": cmd_wr
             "aio_write": cmd_aio_write, "aio_flush": cmd_aio_flush, "flush": cmd_flush,
             "f": cmd_flush, "discard": cmd_discard, "d": cmd_discard, "truncate": cmd_truncate,
             "t": cmd_truncate, "length": cmd_length, "len": cmd_length, "map": cmd_map,
-            "alloc": cmd_alloc, "a": cmd_alloc, "info": cmd_info, "i": cmd_info}
+            "alloc": cmd_alloc, "a": cmd_alloc, "info": cmd_info, "i": cmd_info,
+            "open": cmd_open, "o": cmd_open, "close": cmd_close, "c": cmd_close,
+            "reopen": cmd_reopen}
+#: commands given the session rather than the backend
+_SESSION = {cmd_info, cmd_open, cmd_close, cmd_reopen}
+#: commands that need write permission: qemu-io refuses them on a read-only node
+_WRITES = {cmd_write, cmd_writev, cmd_aio_write, cmd_discard, cmd_truncate}
+#: (argmin, argmax) of qemu-io 7.2's commands (-1: no limit); options count
+ARGS = {cmd_read: (2, -1), cmd_readv: (2, -1), cmd_write: (2, -1), cmd_writev: (2, -1),
+        cmd_aio_read: (2, -1), cmd_aio_write: (2, -1), cmd_discard: (2, -1),
+        cmd_aio_flush: (0, 0), cmd_flush: (0, 0), cmd_length: (0, 0), cmd_map: (0, 0),
+        cmd_info: (0, 0), cmd_close: (0, 0), cmd_open: (1, -1), cmd_reopen: (0, -1)}
+_NAMES = {"r": "read", "w": "write", "d": "discard", "t": "truncate", "a": "alloc",
+          "f": "flush", "len": "length", "i": "info", "o": "open", "c": "close"}
 
 
-def run_line(blk: BlockBackend, line: str, session: IoSession | None = None) -> int:
+def _arg_count_error(fn, name: str, n: int) -> str | None:
+    lo, hi = ARGS.get(fn, (0, -1))
+    if n >= lo and (hi < 0 or n <= hi):
+        return None
+    want = (f"at least {lo}" if hi < 0 else f"{lo}" if lo == hi else f"between {lo} and {hi}")
+    return f"bad argument count {n} to {name}, expected {want} arguments"
+
+
+def run_line(session: IoSession, line: str) -> int:
     """Run one command line; returns 0 or 1."""
     try:
         words = shlex.split(line)
@@ -453,18 +552,29 @@ def run_line(blk: BlockBackend, line: str, session: IoSession | None = None) -> 
     if fn is None:
         print(f"command \"{words[0]}\" not found", file=sys.stderr)
         return 1
+    name = _NAMES.get(words[0], words[0])
+    blk = session.blk
+    if blk is None and fn is not cmd_open:
+        print("no file open, try 'help open'", file=sys.stderr)
+        return 1
+    msg = _arg_count_error(fn, name, len(words) - 1)
+    if msg:
+        print(msg, file=sys.stderr)
+        return 1
+    if fn in _WRITES and blk.read_only:
+        print("qemu-io: Block node is read-only", file=sys.stderr)
+        return 1
     try:
-        if fn is cmd_info:
-            return cmd_info(blk, words[1:], session)
-        return fn(blk, words[1:])
+        return fn(session if fn in _SESSION else blk, words[1:])
     except BadOptionError as e:
         sys.stdout.flush()
-        print(f"{words[0]}: {e}", file=sys.stderr)
+        print(f"{name}: {e}", file=sys.stderr)
         sys.stderr.flush()
-        name = {"r": "read", "w": "write", "d": "discard", "t": "truncate", "a": "alloc"}.get(
-            words[0], words[0])
         if name in USAGE:
             print(USAGE[name])
+        return 1
+    except OpenFailed as e:
+        print(e, file=sys.stderr)
         return 1
     except IoError as e:
         print(e, file=sys.stderr if isinstance(e, ArgCountError) else sys.stdout)
