@@ -240,3 +240,14 @@ def test_what_blockbed_cannot_honour_is_refused(tmp_path: Path, cmds: list[str],
                          *[x for c in script for x in ("-c", c)], "img"], dirs[1])
     assert rc == 1 and what in err and "Traceback" not in err
     assert "read 512/512 bytes at offset 0" in out, out
+
+
+def test_vmstate_on_an_image_with_a_data_file_is_refused_by_name(tmp_path: Path) -> None:
+    """-b on a qcow2 image whose VM state area blockbed does not implement (external
+    data file, encryption) is a one-line refusal, never a traceback or a guess."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=d.raw",
+                    "img", "16M"], cwd=tmp_path, check=True)
+    for cmd in ("write -b 0 512", "read -b 0 512"):
+        out, err, rc = _run([sys.executable, "-m", "blockbed", "io", "-c", cmd, "img"], tmp_path)
+        assert rc == 1 and "Traceback" not in err
+        assert "VM state" in out and "external data file" in out, (out, err)

@@ -327,12 +327,12 @@ def cmd_reopen(session: IoSession, args: list[str]) -> int:
 
 # --- the VM state area ----------------------------------------------------------------------
 def vm_state_offset(node: BlockDriver) -> int:
-    """QEMU qcow2_vm_state_offset: the guest offset of the first L1 entry past the
-    virtual size (0 for a format without a VM state area)."""
+    """The VM state area's first guest offset (qcow2_vm_state_offset); 0 for a
+    format without a VM state area."""
     if getattr(node, "driver_name", "") != "qcow2":
         return 0
-    per_l1 = node.cluster_size << node.l2_bits
-    return -(-node.length() // per_l1) * per_l1
+    from ..block.qcow2 import vmstate
+    return vmstate.vm_state_offset(node)
 
 
 def _vmstate_node(blk: BlockBackend, pos: int, n: int) -> BlockDriver | int:
@@ -346,57 +346,33 @@ def _vmstate_node(blk: BlockBackend, pos: int, n: int) -> BlockDriver | int:
         return -errno.ENOTSUP
     if vm_state_offset(node) + pos + n > _INT64_MAX:
         return -errno.EIO
-    if node.crypto is not None or node.has_data_file:
-        from .io_commands import IoError
-        raise IoError("blockbed io: -b (VM state) is supported on qcow2 images without "
-                      "encryption or an external data file")
     return node
+
+
+def _vmstate_io(blk: BlockBackend, pos: int, buf, write: bool) -> int:
+    """write -b / read -b through block/qcow2/vmstate.py; 0 or -errno."""
+    node = _vmstate_node(blk, pos, len(buf))
+    if not isinstance(node, BlockDriver):
+        return node
+    from ..block.qcow2 import vmstate
+    try:
+        if write:
+            vmstate.save_vmstate(node, pos, buf)
+        else:
+            vmstate.load_vmstate(node, pos, buf)
+    except vmstate.VmStateUnsupported as e:
+        from .io_commands import IoError
+        raise IoError(f"blockbed io: -b (VM state): {e}") from None
+    except OSError as e:
+        return -(e.errno or errno.EIO)
+    return 0
 
 
 def save_vmstate(blk: BlockBackend, pos: int, data: bytes) -> int:
     """write -b: ``data`` at ``pos`` of the VM state area; 0 or -errno."""
-    node = _vmstate_node(blk, pos, len(data))
-    if not isinstance(node, BlockDriver):
-        return node
-    start = vm_state_offset(node) + pos
-    span = node.cluster_size << node.l2_bits
-    mv = memoryview(data)
-    try:
-        node._check_writable()
-        node._host_hint = None          # the extended-L2 write path's allocation hint
-        p, end = start, start + len(data)
-        while p < end:
-            stop = min(end, (p // span + 1) * span)
-            node._write_in_l2(p, mv[p - start:stop - start])   # grows L1 as needed
-            p = stop
-    except OSError as e:
-        return -(e.errno or errno.EIO)
-    return 0
+    return _vmstate_io(blk, pos, data, write=True)
 
 
 def load_vmstate(blk: BlockBackend, pos: int, buf: bytearray) -> int:
     """read -b: fill ``buf`` from ``pos`` of the VM state area; 0 or -errno."""
-    node = _vmstate_node(blk, pos, len(buf))
-    if not isinstance(node, BlockDriver):
-        return node
-    start = vm_state_offset(node) + pos
-    mv = memoryview(buf)
-    extent = node._sc_extent if node.header.extended_l2 else node._extent
-    try:
-        p, end = start, start + len(buf)
-        while p < end:
-            # the driver's run lookup: clusters, or subclusters with extended L2 entries
-            run, kind, host = extent(p, end)
-            dst = mv[p - start:p - start + run]
-            if kind.name == "NORMAL":
-                node._read_host(host, dst, p)
-            elif kind.name.startswith("UNALLOCATED"):
-                node._read_backing(p, dst)
-            elif kind.name == "COMPRESSED":
-                node._read_compressed(p, host, dst)
-            else:
-                dst[:] = bytes(run)
-            p += run
-    except OSError as e:
-        return -(e.errno or errno.EIO)
-    return 0
+    return _vmstate_io(blk, pos, buf, write=False)
