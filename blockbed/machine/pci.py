@@ -185,7 +185,8 @@ class PCIDevice:
 
     @property
     def command(self) -> int:
-        return self.read_config_u16(COMMAND)
+        cfg = self.config           # read at every DMA a device makes: two byte loads
+        return cfg[COMMAND] | cfg[COMMAND + 1] << 8
 
     def config_read(self, offset: int, size: int) -> int:
         if offset + size > 256:

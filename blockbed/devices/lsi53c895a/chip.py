@@ -104,18 +104,19 @@ class LSI53C895A(ScsiBus, PCIDevice):
 
     # --- 32-bit register helpers (little endian, as the chip's byte lanes) ---------------
     def get32(self, off: int) -> int:
-        return struct.unpack_from("<I", self.r, off)[0]
+        return _U32.unpack_from(self.r, off)[0]
 
     def set32(self, off: int, v: int) -> None:
-        struct.pack_into("<I", self.r, off, v & 0xFFFFFFFF)
+        _U32.pack_into(self.r, off, v & 0xFFFFFFFF)
 
+    # DSP is read and written for every SCRIPTS instruction: no helper call in between.
     @property
     def dsp(self) -> int:
-        return self.get32(R.DSP)
+        return _U32.unpack_from(self.r, R.DSP)[0]
 
     @dsp.setter
     def dsp(self, v: int) -> None:
-        self.set32(R.DSP, v)
+        _U32.pack_into(self.r, R.DSP, v & 0xFFFFFFFF)
 
     @property
     def dbc(self) -> int:

@@ -81,6 +81,7 @@ _LS_REG_SHIFT, _LS_REG_MASK = _LS["register"]
 _LS_DSA_REL, _LS_LOAD = S.flag(_LS, "dsa_relative"), S.flag(_LS, "load")
 _MM_COUNT_MASK = S.F.memory_move["count"][1]
 _WORDS = struct.Struct("<II")          # the two words of an instruction, as fetched
+_U32 = struct.Struct("<I")
 
 
 def _sext24(v: int) -> int:
@@ -122,7 +123,7 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
             if arg is None:
                 arg = chip.read32(dsp + 4)
             r[R.DCMD] = insn >> _DCMD_SHIFT
-            struct.pack_into("<I", r, R.DSPS, arg)
+            _U32.pack_into(r, R.DSPS, arg)
             chip.dsp = dsp + 8
             if trace.enabled:
                 from ... import trace_decode as d
