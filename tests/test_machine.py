@@ -452,6 +452,61 @@ def test_an_mmio_model_bug_ends_the_run_as_an_internal_error(asm_build):
     assert "NameError: name 'Phase' is not defined" in r.reason
 
 
+class Constant:
+    def read(self, offset, size):
+        return 0x1234
+
+    def write(self, offset, size, value):
+        pass
+
+
+class RemappingPort:
+    """Port 0x510: writes add, then remove, an MMIO region at 0xE0000000, inside the
+    hook, as config-space writes that enable and disable a BAR's decode do."""
+
+    def __init__(self, machine: Machine):
+        self.m = machine
+        self.region = None
+
+    def read(self, offset, size):
+        return 0
+
+    def write(self, offset, size, value):
+        if self.region is None:
+            self.region = self.m.mmio.add("late-bar", 0xE0000000, 0x1000, Constant())
+        else:
+            self.m.mmio.remove(self.region)
+
+
+@pytest.mark.parametrize("budget", [None, 10**11])
+def test_an_mmio_region_added_inside_a_hook_decodes_at_once(asm_build, budget):
+    """The region answers the very next access, and its removal too: the map changes
+    inside the port hook, in the middle of a slice (counted or not)."""
+    m, r = boot(asm_build / "remap_midrun.elf", max_instructions=budget,
+                attach=lambda m: m.pio.add("remap", 0x510, 1, RemappingPort(m)))
+    assert r.kind is ExitKind.GUEST_EXIT, r.reason
+    assert r.exit_code == 0, {1: "first read", 2: "read after the add",
+                              3: "read after the removal"}.get(r.exit_code)
+    if budget is not None:
+        assert r.instructions_at_least < 10**6
+
+
+def test_bar_decode_toggles_from_the_guest_take_the_bars_out_and_back(asm_build, tmp_path):
+    """Config-space COMMAND writes from the guest (Linux's BAR sizing does 16-bit
+    ones) take a device's BARs out of the MMIO window and put them back, each time
+    inside the port hook, also while unicorn counts instructions."""
+    from blockbed.devices.attach import attach_drives
+    img = tmp_path / "d.raw"
+    img.write_bytes(bytes(1 << 20))
+    m, r = boot(asm_build / "pci_decode_toggle.elf", max_instructions=10**11,
+                attach=lambda m: attach_drives(m, [f"file={img},format=raw,if=virtio"]))
+    assert r.kind is ExitKind.GUEST_EXIT, r.reason
+    assert r.exit_code == 0 and r.instructions_at_least < 10**6
+    assert m.mmio.remaps >= 200
+    dev = m.pci.functions[0x10]
+    assert all(b.region is not None for b in dev.bars if b), "BARs not decoded again"
+
+
 class KickingMMIO:
     """MMIO at 0xE0000000: every 7th write asks the CPU to stop (an interrupt kick
     inside the callback); records the values, which must be 6, 12, 18, ..."""

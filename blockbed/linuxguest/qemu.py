@@ -80,10 +80,10 @@ def run_qemu(kernel: Path, initrd: Path, ctrl: str, disk: Path, fmt: str,
 
 
 def run_blockbed(kernel: Path, initrd: Path, ctrl: str, disk: Path, fmt: str,
-                 timeout: float = 1800.0) -> RunResult:
-    """The same boot on blockbed's machine (needs the machine's Linux boot support)."""
+                 timeout: float = 1800.0, extra: tuple[str, ...] = ()) -> RunResult:
+    """The same boot on blockbed's machine; ``extra``: more `blockbed run` options."""
     cmd = [sys.executable, "-m", "blockbed", "run", "--kernel", str(kernel), "--initrd", str(initrd),
-           "--memory", "512", "--timeout", str(int(timeout)),
+           "--memory", "512", "--timeout", str(int(timeout)), *extra,
            "--append", f"console=ttyS0 panic=-1 quiet blockbed.ctrl={ctrl}",
            "--drive", f"file={disk},format={fmt},if={IF_NAME[ctrl]}"]
     t0 = time.monotonic()

@@ -193,6 +193,7 @@ class MmioBus:
         self._uc = None
         self._mapped: dict[tuple, tuple[int, int]] = {}   # chunk key -> (base, size)
         self.unmaps = 0             # mem_unmap calls so far (each flushes unicorn's caches)
+        self.remaps = 0             # rebuilds that changed the mapping (see CPU.run_slice)
         # wrap(handler) -> (read_cb, write_cb): the CPU supplies callbacks that
         # count exits and advance virtual time around the handler call.
         self._wrap = wrap or (lambda h: (lambda uc, off, size, ud: h.read(off, size),
@@ -333,6 +334,8 @@ class MmioBus:
                 rd, wr = self._wrap(handler)
                 self._map_chunk(base, size, rd, wr)
                 kept[key] = (base, size)
+        if kept.keys() != self._mapped.keys():
+            self.remaps += 1
         self._mapped = kept
         if trace.enabled:
             trace.emit("mmio.remap", chunks=len(self._mapped))

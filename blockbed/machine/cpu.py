@@ -628,6 +628,7 @@ class CPU(InstructionHooks, CPUInspect):
             self._replay = None
             return
         try:
+            remaps = self.machine.mmio.remaps
             self.uc.emu_start(begin, END_ADDRESS, slice_us, count)
         except UcError as err:
             if self.stop_reason is StopReason.EXIT:
@@ -658,5 +659,10 @@ class CPU(InstructionHooks, CPUInspect):
                 self.exits.hlt += 1
                 if trace.enabled:
                     trace.emit("cpu.hlt", rip=rip)
+            elif count and self.machine.mmio.remaps != remaps:
+                # A device changed the MMIO map inside a hook (a BAR enabled by a
+                # config-space write): unicorn leaves the slice after that
+                # instruction, not because the count ran out.
+                self.instructions_lower_bound += 1
             elif count:
                 self.instructions_lower_bound += count  # the count ran out: exactly `count` ran
