@@ -26,6 +26,12 @@ SCRIPTS = [
     ["write -P 0x11 0 128k", "discard 0 64k", "read -P 0 0 64k", "read -P 0x11 64k 64k",
      "discard -q 64k 64k", "discard 0"],
     ["write -P 0xff 2M 4k", "read 2M 4k", "read 4M 4k", "read -q -P 0xff 2M 4k"],
+    # read's pattern range (-s start, -l length, only with -P) and the ignored -p
+    ["write -P 0x11 0 512", "write -P 0x22 512 512", "read -P 0x22 -s 512 -l 512 0 1k",
+     "read -P 0x22 -s 512 0 1k", "read -P 0x11 -l 512 0 1k", "read -P 0x11 -l 600 0 1k",
+     "read -P 0x22 -s 512 -l 600 0 1k", "read -l 512 0 1k", "read -s 512 0 1k",
+     "read -P 0x22 -s 256 100 1k", "read -P 0x22 -s -1 0 1k", "read -P 0x22 -l 0 0 1k",
+     "read -P 0x11 -s 1k -l 1 0 1k", "read -p 0 512", "write -p -P 3 0 512", "read -P 3 0 512"],
     ["write -z -P 1 0 4k", "write -u 0 4k", "read 0", "read x 4k", "read 0 4x",
      "bogus", "write -q 512 512", "read -P 0 0 512"],
     # vectored and aio I/O, map/alloc, truncate, info

@@ -217,9 +217,12 @@ def _readv(blk: BlockBackend, name: str, opts: dict, offset: int, lens: list[int
         return 1
     data = bufs[0] if len(bufs) == 1 else b"".join(bufs)
     ret = 0
-    if "P" in opts and data != bytes([_pattern(str(opts["P"]))]) * total:
-        print(f"Pattern verification failed at offset {offset}, {total} bytes")
-        ret = 1
+    if "P" in opts:
+        # read's -s/-l narrow the check to [start, start+length) of what was read
+        start, length = opts.get("_pattern_range", (0, total))
+        if memoryview(data)[start:start + length] != bytes([_pattern(str(opts["P"]))]) * length:
+            print(f"Pattern verification failed at offset {offset + start}, {length} bytes")
+            ret = 1
     if opts.get("q"):
         return ret
     if opts.get("v"):
@@ -229,10 +232,18 @@ def _readv(blk: BlockBackend, name: str, opts: dict, offset: int, lens: list[int
 
 
 def cmd_read(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "bCP:qv")
+    opts, rest = _getopt(args, "bCl:pP:qs:v")       # -p: ignored, as qemu-io 7.2
     offset, lens = _offset_lens("read", rest)
+    if ("l" in opts or "s" in opts) and "P" not in opts:
+        raise usage_error("read")                   # -s/-l only with -P
+    count = lens[0]
+    start = _sizes([str(opts["s"])])[0] if "s" in opts else 0
+    length = _sizes([str(opts["l"])])[0] if "l" in opts else count - start
+    if length < 0 or start + length > count:
+        raise IoError("pattern verification range exceeds end of read data")
+    opts["_pattern_range"] = (start, length)
     if opts.get("b"):
-        _sector_aligned(offset, lens[0])
+        _sector_aligned(offset, count)
     return _readv(blk, "read", opts, offset, lens)
 
 
@@ -244,7 +255,7 @@ def _sector_aligned(offset: int, count: int) -> None:
 
 
 def cmd_write(blk: BlockBackend, args: list[str]) -> int:
-    opts, rest = _getopt(args, "bcCfnquzP:s:")
+    opts, rest = _getopt(args, "bcCfnpquzP:s:")       # -p: ignored, as qemu-io 7.2
     # the checks in qemu-io 7.2's order (measured); -z wins over -c, -b over both
     if opts.get("f") and (opts.get("b") or opts.get("c")):
         raise IoError("-f and -b or -c cannot be specified at the same time")
