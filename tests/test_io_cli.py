@@ -257,3 +257,28 @@ def test_vmstate_on_an_image_with_a_data_file_is_refused_by_name(tmp_path: Path)
         out, err, rc = _run([sys.executable, "-m", "blockbed", "io", "-c", cmd, "img"], tmp_path)
         assert rc == 1 and "Traceback" not in err
         assert "VM state" in out and "external data file" in out, (out, err)
+
+
+@pytest.mark.parametrize("opts", ["-s", "-C", "-d unmap", "-d ignore", "-d off", "-d bogus",
+                                  "-k", "-k -n", "-i threads", "-i native", "-i native -n",
+                                  "-i bogus", "-s -r", "-C -r"])
+def test_command_line_open_options(tmp_path: Path, opts: str) -> None:
+    """qemu-io's own -s (temporary overlay), -C (copy-on-read), -d, -i and -k on an
+    overlay over a backing file: the same output and status, and the same qemu-img map
+    afterwards (the overlay untouched by -s, clusters copied up by -C, a discarded
+    cluster deallocated or not by -d)."""
+    dirs = _dirs(tmp_path, None)
+    for d in dirs:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / "base"), "1M"],
+                       check=True)
+        subprocess.run(["qemu-io", "-c", "write -P 9 0 64k", str(d / "base")], check=True,
+                       capture_output=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base", "-F", "qcow2",
+                        str(d / "top")], check=True)
+    script = ["write -P 1 64k 512", "read -P 9 0 512", "discard 64k 64k"]
+    want, got = _both(dirs, [*opts.split(), *[x for c in script for x in ("-c", c)], "top"])
+    assert got == want
+    maps = [re.sub(r'"offset": \d+', "", subprocess.run(
+        ["qemu-img", "map", "--output=json", str(d / "top")], capture_output=True, text=True,
+        check=True).stdout) for d in dirs]
+    assert maps[0] == maps[1]

@@ -21,7 +21,7 @@ class _NoImage(Exception):
 def cmd_io(a: argparse.Namespace) -> int:
     from .imageopts import apply
     from .io_commands import run_line
-    from .io_open import IoSession, OpenFailed, OpenParams
+    from .io_open import IoSession, OpenFailed, OpenParams, check_aio, parse_aio, parse_discard
     from ..block.cachemode import CacheMode
     cache = a.t or ("none" if a.n else "writeback")
     try:
@@ -32,12 +32,16 @@ def cmd_io(a: argparse.Namespace) -> int:
     session = IoSession()
     try:
         apply(a)
+        # the command line's image: as qemu-io, with BDRV_O_UNMAP (discard=unmap) unless -d
+        p = OpenParams(a.filename, {"driver": a.f} if a.f else {}, read_only=a.r,
+                       cache=cache, discard=parse_discard(a.d) if a.d else "unmap",
+                       force_share=a.U, snapshot=a.s, copy_on_read=a.C,
+                       aio=parse_aio(a.i) if a.i else ("native" if a.k else "threads"),
+                       image_opts=bool(getattr(a, "image_opts", False)))
         if a.filename is None:          # no image: the commands may ``open`` one
             raise _NoImage
-        # the command line's image: as qemu-io, with BDRV_O_UNMAP (discard=unmap)
-        session.open(OpenParams(a.filename, {"driver": a.f} if a.f else {}, read_only=a.r,
-                                cache=cache, discard="unmap", force_share=a.U,
-                                image_opts=bool(getattr(a, "image_opts", False))))
+        check_aio(p)
+        session.open(p)
     except _NoImage:
         pass
     except (BlockError, ValueError, OpenFailed) as e:
@@ -77,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-t", metavar="CACHE", help="cache mode (default writeback)")
     p.add_argument("-U", action="store_true", help="open without locking out other users "
                                                    "of the image (qemu-io -U)")
+    p.add_argument("-s", action="store_true",
+                   help="snapshot: writes go to a temporary overlay, dropped at exit")
+    p.add_argument("-C", action="store_true", help="copy-on-read from the backing chain")
+    p.add_argument("-d", metavar="MODE", help="discard mode: ignore/off or unmap/on "
+                                              "(default unmap, as qemu-io)")
+    p.add_argument("-i", metavar="MODE", help="aio mode (threads, native; native needs -n)")
+    p.add_argument("-k", action="store_true", help="aio=native (as -i native)")
     p.add_argument("filename", nargs="?", help="the image (none: start with nothing open)")
     add_arguments(p, image_opts=True)
     p.set_defaults(func=cmd_io, parser=p)

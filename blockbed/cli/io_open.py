@@ -237,13 +237,9 @@ def cmd_open(session: IoSession, args: list[str]) -> int:
         elif c == "t":
             p.cache = _cache_mode(str(v))
         elif c == "d":
-            if v not in _DISCARD:
-                raise OpenFailed(f"qemu-io: Invalid discard option: {v}")
-            p.discard = _DISCARD[str(v)]
+            p.discard = parse_discard(str(v))
         elif c == "i":
-            if v not in _AIO:
-                raise OpenFailed(f"qemu-io: Invalid aio option: {v}")
-            p.aio = str(v)
+            p.aio = parse_aio(str(v))
         elif c == "o":
             parse_o(str(v), o_args)
     if len(rest) > 1:
@@ -252,13 +248,32 @@ def cmd_open(session: IoSession, args: list[str]) -> int:
         raise OpenFailed("qemu-io: file open already, try 'help close'")
     p.filename = rest[0] if rest else None
     p.options = o_args
-    from ..block.cachemode import CacheMode
-    if p.aio == "native" and not CacheMode.parse(p.cache).direct:
-        # checked at open only: qemu-io's reopen -c keeps aio=native with any cache
-        raise _fail(p, "aio=native was specified, but it requires cache.direct=on, "
-                       "which was not specified.")
+    check_aio(p)
     session.open(p)
     return 0
+
+
+def parse_discard(v: str) -> str:
+    """-d MODE (open and the command line): the discard setting, or qemu-io's error."""
+    if v not in _DISCARD:
+        raise OpenFailed(f"qemu-io: Invalid discard option: {v}")
+    return _DISCARD[v]
+
+
+def parse_aio(v: str) -> str:
+    """-i MODE (open and the command line), or qemu-io's error."""
+    if v not in _AIO:
+        raise OpenFailed(f"qemu-io: Invalid aio option: {v}")
+    return v
+
+
+def check_aio(p: OpenParams) -> None:
+    """aio=native needs O_DIRECT (checked at open only: qemu-io's reopen -c keeps
+    aio=native with any cache)."""
+    from ..block.cachemode import CacheMode
+    if p.aio == "native" and not CacheMode.parse(p.cache).direct:
+        raise _fail(p, "aio=native was specified, but it requires cache.direct=on, "
+                       "which was not specified.")
 
 
 def cmd_close(session: IoSession, args: list[str]) -> int:
