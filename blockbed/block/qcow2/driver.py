@@ -348,28 +348,6 @@ class Qcow2Driver(BlockDriver):
             self._write_features()
         self.bitmaps.open_rw()
 
-    def reopen_rw(self) -> None:
-        """Make a read-only image writable, as ``qemu-img commit`` reopens its base: the
-        protocol node first, then what a writer does at open (refuse a corrupt image,
-        repair a dirty one, clear unknown autoclear bits, take the bitmaps in use)."""
-        if not self.read_only:
-            return
-        if self.corrupt:
-            raise ImageFormatError("qcow2: Image is corrupt; cannot be opened read/write")
-        reopen = getattr(self.file, "reopen_rw", None)
-        if reopen is None:
-            raise BlockError(errno.EACCES, f"{self.file.describe()}: cannot be reopened "
-                                           "for writing")
-        reopen()
-        self.read_only = False
-        h = self.header
-        if h.incompatible_features & INCOMPAT_DIRTY:
-            self._repair_dirty()
-        if h.version >= 3 and h.autoclear_features & ~AUTOCLEAR_BITMAPS:
-            h.autoclear_features &= AUTOCLEAR_BITMAPS
-            self._write_features()
-        self.bitmaps.open_rw()
-
     def _write_features(self) -> None:
         if self.header.version < 3:
             return
