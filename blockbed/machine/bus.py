@@ -314,10 +314,9 @@ class MmioBus:
 
     def _rebuild(self) -> None:
         """Bring unicorn's MMIO mappings to the current regions, touching only the
-        chunks that changed.  Every ``mem_unmap`` costs unicorn a flush of its
-        translations and TLB (measured: 166 unmaps, 1.6 s of a Linux boot, when each
-        BAR sizing and enable remapped every chunk), and Linux changes one BAR at a
-        time, so most chunks stay as they are."""
+        chunks that changed: ``mem_unmap`` costs time in proportion to the size it
+        unmaps (see :func:`_gap`), and Linux changes one BAR at a time, so most chunks
+        stay as they are."""
         uc = self._uc
         if uc is None:
             return
