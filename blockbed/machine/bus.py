@@ -192,7 +192,6 @@ class MmioBus:
         self.conflicts: list[str] = []
         self._uc = None
         self._mapped: dict[tuple, tuple[int, int]] = {}   # chunk key -> (base, size)
-        self.unmaps = 0             # mem_unmap calls so far (each flushes unicorn's caches)
         self.remaps = 0             # rebuilds that changed the mapping (see CPU.run_slice)
         # wrap(handler) -> (read_cb, write_cb): the CPU supplies callbacks that
         # count exits and advance virtual time around the handler call.
@@ -327,7 +326,6 @@ class MmioBus:
                 kept[key] = (base, size)
             else:
                 uc.mem_unmap(base, size)
-                self.unmaps += 1
         for key, (base, size, handler) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
             if key not in kept:
                 rd, wr = self._wrap(handler)
