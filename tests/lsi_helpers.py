@@ -95,9 +95,10 @@ def standard_script():
 
 
 class Rig:
-    """A machine with one LSI controller and disks at the given targets."""
+    """A machine with one LSI controller and disks at the given targets
+    (``unit_attention=False``: without the disks' power-on UNIT ATTENTION)."""
 
-    def __init__(self, targets=(0,), blocks=2048, memory_mib=16):
+    def __init__(self, targets=(0,), blocks=2048, memory_mib=16, unit_attention=True):
         self.m = Machine(MachineConfig(memory_mib=memory_mib))
         self.chip = LSI53C895A()
         self.drivers = {}
@@ -107,6 +108,8 @@ class Rig:
             be = BlockBackend(drv)
             self.drivers[t] = drv
             self.disks[t] = ScsiDisk(be, DiskIdentity(device_id=f"d{t}"))
+            if not unit_attention:
+                self.disks[t].unit_attention = None     # skip the power-on UNIT ATTENTION
             self.chip.add_target(t, self.disks[t])
         self.m.add_pci(self.chip)
         self.qt = QTest(self.m)

@@ -13,9 +13,7 @@ from lsi_helpers import DONE, SCRIPT, TABLE, Rig
 
 
 def test_random_scripts_never_raise():
-    rig = Rig(targets=(0, 3))
-    for d in rig.disks.values():
-        d.unit_attention = None
+    rig = Rig(targets=(0, 3), unit_attention=False)
     rnd = random.Random(1234)
     ram = 16 << 20
     for _ in range(150):

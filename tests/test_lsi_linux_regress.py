@@ -38,10 +38,7 @@ SCR0_VALUE = 0x12345678
 
 @pytest.fixture
 def rig():
-    r = Rig(targets=(0,))
-    for d in r.disks.values():
-        d.unit_attention = None
-    return r
+    return Rig(targets=(0,), unit_attention=False)
 
 
 def sym_select_script():

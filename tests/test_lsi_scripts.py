@@ -22,10 +22,7 @@ def cdb10(op, lba, count, b1=0):
 
 @pytest.fixture
 def rig():
-    r = Rig(targets=(0, 2))
-    for d in r.disks.values():
-        d.unit_attention = None
-    return r
+    return Rig(targets=(0, 2), unit_attention=False)
 
 
 def test_pci_identity_and_bars(rig):

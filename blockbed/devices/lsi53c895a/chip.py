@@ -14,7 +14,7 @@ import struct
 
 from ... import trace
 from ...machine.memory import DMAError
-from ...machine.pci import CMD_BUS_MASTER, BarKind, PCIDevice
+from ...machine.pci import CMD_BUS_MASTER, COMMAND, BarKind, PCIDevice
 from ..scsi import ScsiDisk
 from . import regs as R
 from .bus import BusState, Nexus, ScsiBus, Stall
@@ -23,22 +23,54 @@ __all__ = ["LSI53C895A", "MAX_TARGETS", "Stall", "Nexus"]
 
 _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
+_DCMD_SHIFT = 8 * (R.DCMD - R.DBC)     # DCMD is the top byte of the DBC dword
 MAX_TARGETS = 7            # IDs 0..6; 7 is the initiator (QEMU's LSI_MAX_DEVS)
+
+# Registers whose read has a side effect or is computed (reg_read), and those whose
+# write is masked, ignored or acts (reg_write); every other byte is plain storage.
+_READ_ACTS = frozenset({R.DSTAT, R.SIST0, R.SIST1, R.CTEST2, R.SSTAT2, R.SBDL, R.CTEST0})
+_READ_ONLY = frozenset({R.DSTAT, R.SSTAT0, R.SSTAT1, R.SSTAT2, R.SIST0, R.SIST1, R.SSID,
+                        R.SBCL, R.ISTAT1, R.CTEST0, R.CTEST1, R.STEST4, R.SIDL, R.SBDL,
+                        R.SBDL + 1})
+_WRITE_ACTS = _READ_ONLY | {R.SCNTL1, R.SDID, R.ISTAT0, R.CTEST2, R.CTEST3, R.DCNTL,
+                            R.DSP + 3, R.DIEN, R.SIEN0, R.SIEN1, R.STIME1}
+_PLAIN_READ = bytes(0 if o in _READ_ACTS else 1 for o in range(R.REG_SIZE))
+_PLAIN_WRITE = bytes(0 if o in _WRITE_ACTS else 1 for o in range(R.REG_SIZE))
+
+
+def _plain(table: bytes, offset: int, size: int) -> bool:
+    """Whether the ``size`` bytes from ``offset`` are all plain (no wrap-around)."""
+    if offset + size > len(table):
+        return False
+    if size == 1:
+        return bool(table[offset])
+    return table.find(0, offset, offset + size) < 0
 
 
 class _RegWindow:
-    """A BAR onto the register file: byte accesses, multi-byte split low to high."""
+    """A BAR onto the register file: byte accesses, multi-byte split low to high.
+
+    An access whose bytes are all plain storage (no read or write side effect:
+    :data:`_PLAIN_READ`, :data:`_PLAIN_WRITE`) is one load or store of the file,
+    the same result as byte by byte; the rest go through reg_read/reg_write."""
 
     def __init__(self, chip: "LSI53C895A"):
         self.chip = chip
 
     def read(self, offset: int, size: int) -> int:
+        o = offset & 0xFF                   # the memory BAR mirrors the 256-byte file
+        if not trace.enabled and _plain(_PLAIN_READ, o, size):
+            return int.from_bytes(self.chip.r[o:o + size], "little")
         v = 0
         for i in range(size):
             v |= self.chip.reg_read((offset + i) & 0xFF) << (8 * i)
         return v
 
     def write(self, offset: int, size: int, value: int) -> None:
+        o = offset & 0xFF
+        if not trace.enabled and _plain(_PLAIN_WRITE, o, size):
+            self.chip.r[o:o + size] = value.to_bytes(size, "little")
+            return
         for i in range(size):
             self.chip.reg_write((offset + i) & 0xFF, (value >> (8 * i)) & 0xFF)
 
@@ -120,11 +152,13 @@ class LSI53C895A(ScsiBus, PCIDevice):
 
     @property
     def dbc(self) -> int:
-        return self.get32(R.DBC) & R.DBC_MASK
+        return _U32.unpack_from(self.r, R.DBC)[0] & R.DBC_MASK
 
     @dbc.setter
     def dbc(self, v: int) -> None:
-        self.r[R.DBC:R.DBC + 3] = (v & 0xFFFFFF).to_bytes(3, "little")
+        # DBC is the dword's low 24 bits; its top byte is DCMD, which stays.
+        r = self.r
+        _U32.pack_into(r, R.DBC, (v & R.DBC_MASK) | r[R.DCMD] << _DCMD_SHIFT)
 
     # --- reset -------------------------------------------------------------------------
     def soft_reset(self) -> None:
@@ -209,6 +243,8 @@ class LSI53C895A(ScsiBus, PCIDevice):
         r = self.r
         if trace.enabled:
             trace.emit("lsi.reg_read", reg=off)
+        if off not in _READ_ACTS:
+            return r[off]
         if off == R.DSTAT:
             v = r[R.DSTAT] | R.DSTAT_DFE
             r[R.DSTAT] = 0
@@ -237,8 +273,10 @@ class LSI53C895A(ScsiBus, PCIDevice):
         r = self.r
         if trace.enabled:
             trace.emit("lsi.reg_write", reg=off, value=val)
-        if off in (R.DSTAT, R.SSTAT0, R.SSTAT1, R.SSTAT2, R.SIST0, R.SIST1, R.SSID, R.SBCL,
-                   R.ISTAT1, R.CTEST0, R.CTEST1, R.STEST4, R.SIDL, R.SBDL, R.SBDL + 1):
+        if off not in _WRITE_ACTS:
+            r[off] = val
+            return
+        if off in _READ_ONLY:
             return                                  # read-only
         if off == R.SCNTL1:
             r[off] = (val & ~R.SCNTL1_SST) & ~R.SCNTL1_CON | (r[off] & R.SCNTL1_CON)
@@ -357,9 +395,16 @@ class LSI53C895A(ScsiBus, PCIDevice):
             return _U32.unpack_from(mem.buf, addr)[0]    # the common case: RAM, no copy
         return int.from_bytes(self.mem_read(addr, 4), "little")
 
+    def read_struct(self, addr: int, st: struct.Struct) -> tuple:
+        """A structure the chip reads by DMA (a SCRIPTS fetch, a block move's table
+        entry): unpacked from guest RAM without a copy in the common case, else
+        through :meth:`mem_read` (SCRIPTS RAM, the chip's own registers, DMAError)."""
+        mem = self.machine.memory if self.machine is not None else None
+        if mem is not None and 0 <= addr and addr + st.size <= mem.size and \
+                self.config[COMMAND] & CMD_BUS_MASTER:
+            return st.unpack_from(mem.buf, addr)
+        return st.unpack(self.mem_read(addr, st.size))
+
     def fetch(self, addr: int) -> tuple[int, int]:
         """The two words of an instruction at ``addr`` (SCRIPTS fetch)."""
-        mem = self.machine.memory if self.machine is not None else None
-        if mem is not None and 0 <= addr and addr + 8 <= mem.size and self.command & CMD_BUS_MASTER:
-            return _U32X2.unpack_from(mem.buf, addr)
-        return _U32X2.unpack(self.mem_read(addr, 8))
+        return self.read_struct(addr, _U32X2)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ... import trace
 from ...machine.memory import DMAError
+from ...machine.pci import CMD_BUS_MASTER, COMMAND
 from . import regs as R
 from . import scripts_layout as S
 from .bus import Stall
@@ -82,6 +83,11 @@ _LS_DSA_REL, _LS_LOAD = S.flag(_LS, "dsa_relative"), S.flag(_LS, "load")
 _MM_COUNT_MASK = S.F.memory_move["count"][1]
 _WORDS = struct.Struct("<II")          # the two words of an instruction, as fetched
 _U32 = struct.Struct("<I")
+_R_DSP, _R_DSPS, _R_DCMD, _R_DCNTL, _SSM = R.DSP, R.DSPS, R.DCMD, R.DCNTL, R.DCNTL_SSM
+_R_ADDER, _R_TEMP, _R_SFBR, _R_SSTAT1, _R_DSA = R.ADDER, R.TEMP, R.SFBR, R.SSTAT1, R.DSA
+_PHASE_BITS = R.PHASE_MASK
+_COMMAND_LOW = COMMAND                  # the PCI COMMAND register's low byte holds bus master
+assert CMD_BUS_MASTER < 0x100
 
 
 def _sext24(v: int) -> int:
@@ -95,75 +101,95 @@ class _Halt(Exception):
 
 
 def execute(chip: "LSI53C895A", budget: int) -> None:
-    """Run from DSP while ``chip.running``; at most ``budget`` instructions."""
+    """Run from DSP while ``chip.running``; at most ``budget`` instructions.
+
+    The loop is the chip's hot path (a 4 KiB read through a disconnecting
+    script is about 40 instructions): it reads DSP straight from the register
+    file, fetches from guest RAM without a call, and advances DSP before the
+    handler runs, because handlers read it (relative addressing, CALL) and
+    may change it.
+    """
     n = 0
     r = chip.r
-    while chip.running and not chip.waiting_reselect and not chip.stalled:
-        if n >= budget:
-            if trace.enabled:
-                trace.emit("lsi.runaway", dsp=chip.dsp, budget=budget)
-            if chip.bus.current is not None:
-                chip.bus.current.req.cancel()
-            chip._bus_free()
-            chip.scsi_interrupt(sist0=R.SIST0_UDC)
-            chip.stop_scripts()
-            break
-        n += 1
-        chip.insns_executed += 1
-        dsp = chip.dsp
-        try:
-            try:
-                insn, arg = chip.fetch(dsp)
-            except DMAError:
-                insn, arg = chip.read32(dsp), None     # the second word may be what faults
-            if insn == 0:
-                # An "empty opcode": skip one word (QEMU's behaviour); counts against the budget.
-                chip.dsp = dsp + 4
-                continue
-            if arg is None:
-                arg = chip.read32(dsp + 4)
-            r[R.DCMD] = insn >> _DCMD_SHIFT
-            _U32.pack_into(r, R.DSPS, arg)
-            chip.dsp = dsp + 8
-            if trace.enabled:
-                from ... import trace_decode as d
-                trace.emit("lsi.insn", dsp=dsp, insn=d.lsi_insn(_WORDS.pack(insn, arg)))
-            kind = insn >> _TYPE_SHIFT
-            if chip.sel_timeout_pending and _needs_bus(insn, kind):
-                chip.selection_timeout()             # halts here, DSP past this instruction
+    m = chip.machine
+    ram = m.memory.buf if m is not None else None
+    ram_end = m.memory.size - 8 if m is not None else -1
+    cfg = chip.config                          # PCI COMMAND, byte 0: bus master (read per fetch)
+    u32 = _U32
+    pack_dsp = _U32.pack_into
+    words = _WORDS.unpack_from
+    try:
+        while chip.running and not chip.waiting_reselect and not chip.stalled:
+            if n >= budget:
+                if trace.enabled:
+                    trace.emit("lsi.runaway", dsp=chip.dsp, budget=budget)
+                if chip.bus.current is not None:
+                    chip.bus.current.req.cancel()
+                chip._bus_free()
+                chip.scsi_interrupt(sist0=R.SIST0_UDC)
+                chip.stop_scripts()
                 break
-            if kind == 0:
-                _block_move(chip, insn, arg)
-            elif kind == 1:
-                if (insn >> _OP_SHIFT) & _OP_MASK < _RW_FIRST:
-                    _io(chip, insn, arg)
+            n += 1
+            dsp = u32.unpack_from(r, _R_DSP)[0]
+            try:
+                if 0 <= dsp <= ram_end and cfg[_COMMAND_LOW] & CMD_BUS_MASTER:
+                    insn, arg = words(ram, dsp)        # the common case: SCRIPTS in RAM
                 else:
-                    _rw_register(chip, insn)
-            elif kind == 2:
-                _transfer_control(chip, insn, arg)
-            elif insn >> _TYPE3_SHIFT == S.MEMORY_MOVE:
-                _memory_move(chip, insn, arg)
-            else:
-                _load_store(chip, insn, arg)
-        except DMAError as exc:
-            if trace.enabled:
-                trace.emit("lsi.bus_fault", dsp=dsp, error=str(exc))
-            chip.dma_interrupt(R.DSTAT_BF)
-            break
-        except _Halt:
-            break
-        except Stall as st:
-            if st.rewind:
-                chip.dsp = dsp
-            chip.stalled = True
-            if trace.enabled:
-                trace.emit("lsi.stall", dsp=chip.dsp, rewind=st.rewind)
-            return
-        if chip.running and not chip.waiting_reselect and r[R.DCNTL] & R.DCNTL_SSM:
-            chip.dma_interrupt(R.DSTAT_SSI)          # single step: halt after each instruction
-            break
-    if chip.sel_timeout_pending and not chip.running:
-        chip.selection_timeout()                     # halted before needing the bus: STO anyway
+                    try:
+                        insn, arg = chip.fetch(dsp)
+                    except DMAError:
+                        insn, arg = chip.read32(dsp), None     # the second word may be what faults
+                    if arg is None and insn != 0:
+                        arg = chip.read32(dsp + 4)
+                if insn == 0:
+                    # An "empty opcode": skip one word (QEMU's behaviour); counts against
+                    # the budget.
+                    pack_dsp(r, _R_DSP, (dsp + 4) & 0xFFFFFFFF)
+                    continue
+                r[_R_DCMD] = insn >> _DCMD_SHIFT
+                pack_dsp(r, _R_DSPS, arg)
+                pack_dsp(r, _R_DSP, (dsp + 8) & 0xFFFFFFFF)
+                if trace.enabled:
+                    from ... import trace_decode as d
+                    trace.emit("lsi.insn", dsp=dsp, insn=d.lsi_insn(_WORDS.pack(insn, arg)))
+                kind = insn >> _TYPE_SHIFT
+                if chip.sel_timeout_pending and _needs_bus(insn, kind):
+                    chip.selection_timeout()             # halts here, DSP past this instruction
+                    break
+                if kind == 2:
+                    _transfer_control(chip, insn, arg)
+                elif kind == 0:
+                    _block_move(chip, insn, arg)
+                elif kind == 1:
+                    if (insn >> _OP_SHIFT) & _OP_MASK < _RW_FIRST:
+                        _io(chip, insn, arg)
+                    else:
+                        _rw_register(chip, insn)
+                elif insn >> _TYPE3_SHIFT == S.MEMORY_MOVE:
+                    _memory_move(chip, insn, arg)
+                else:
+                    _load_store(chip, insn, arg)
+            except DMAError as exc:
+                if trace.enabled:
+                    trace.emit("lsi.bus_fault", dsp=dsp, error=str(exc))
+                chip.dma_interrupt(R.DSTAT_BF)
+                break
+            except _Halt:
+                break
+            except Stall as st:
+                if st.rewind:
+                    chip.dsp = dsp
+                chip.stalled = True
+                if trace.enabled:
+                    trace.emit("lsi.stall", dsp=chip.dsp, rewind=st.rewind)
+                return
+            if r[_R_DCNTL] & _SSM and chip.running and not chip.waiting_reselect:
+                chip.dma_interrupt(R.DSTAT_SSI)          # single step: halt after each instruction
+                break
+        if chip.sel_timeout_pending and not chip.running:
+            chip.selection_timeout()                     # halted before needing the bus: STO anyway
+    finally:
+        chip.insns_executed += n
 
 
 def _needs_bus(insn: int, kind: int) -> bool:
@@ -189,8 +215,8 @@ def _block_move(chip: "LSI53C895A", insn: int, arg: int) -> None:
     if insn & _BM_INDIRECT:                   # indirect: word 2 points at the address
         addr = chip.read32(arg)
     elif insn & _BM_TABLE:                    # table indirect: {count, address} at DSA + offset
-        entry = chip.mem_read((chip.get32(R.DSA) + _sext24(arg)) & 0xFFFFFFFF, _ENTRY.size)
-        count, addr = _ENTRY.unpack(entry)
+        count, addr = chip.read_struct((_U32.unpack_from(r, _R_DSA)[0] + _sext24(arg)) & 0xFFFFFFFF,
+                                       _ENTRY)
         count &= _ENTRY_COUNT_MASK
     phase = (insn >> _PHASE_SHIFT) & _PHASE_MASK
     chip.dbc = count
@@ -351,36 +377,40 @@ def _rw_register(chip: "LSI53C895A", insn: int) -> None:
 
 # --- transfer control -------------------------------------------------------------------------
 def _transfer_control(chip: "LSI53C895A", insn: int, arg: int) -> None:
+    """JUMP, CALL, RETURN, INT (§6.5).  The instruction acts when every condition it
+    tests (carry, phase, data) equals its true/false bit; with no condition it acts
+    when that bit is set ("jump if false" of nothing: never)."""
     op = (insn >> _OP_SHIFT) & _OP_MASK
     if op > _INT:
         _illegal(chip)
-    if insn & (_TC_CONDITIONS | _TC_IF_TRUE) == 0:   # no condition and "jump if false": never
-        return
-    jmp = bool(insn & _TC_IF_TRUE)
-    cond = jmp
     r = chip.r
-    if cond == jmp and insn & _TC_CARRY:
-        cond = bool(chip.carry)
-    if cond == jmp and insn & _TC_CMP_PHASE:
-        want = (insn >> _PHASE_SHIFT) & _PHASE_MASK
-        cond = chip.bus.phase == want if chip.bus.connected else \
-            (r[R.SSTAT1] & R.PHASE_MASK) == want
-    if cond == jmp and insn & _TC_CMP_DATA:
-        mask = (~insn >> _TC_MASK_SHIFT) & _TC_BYTE
-        cond = (r[R.SFBR] & mask) == ((insn >> _TC_DATA_SHIFT) & mask)
-    if cond != jmp:
+    jmp = bool(insn & _TC_IF_TRUE)
+    if insn & _TC_CONDITIONS:
+        if insn & _TC_CARRY and bool(chip.carry) != jmp:
+            return
+        if insn & _TC_CMP_PHASE:
+            want = (insn >> _PHASE_SHIFT) & _PHASE_MASK
+            b = chip.bus
+            now = b.phase if b.connected else r[_R_SSTAT1] & _PHASE_BITS
+            if (now == want) != jmp:
+                return
+        if insn & _TC_CMP_DATA:
+            mask = (~insn >> _TC_MASK_SHIFT) & _TC_BYTE
+            if ((r[_R_SFBR] & mask) == ((insn >> _TC_DATA_SHIFT) & mask)) != jmp:
+                return
+    elif not jmp:
         return
     addr = arg
     if insn & _TC_REL:
-        addr = (chip.dsp + _sext24(arg)) & 0xFFFFFFFF
+        addr = (_U32.unpack_from(r, _R_DSP)[0] + _sext24(arg)) & 0xFFFFFFFF
     if op == _JUMP:                           # JUMP
-        chip.set32(R.ADDER, addr)
-        chip.dsp = addr
+        _U32.pack_into(r, _R_ADDER, addr)
+        _U32.pack_into(r, _R_DSP, addr)
     elif op == _CALL:                         # CALL
-        chip.set32(R.TEMP, chip.dsp)
-        chip.dsp = addr
+        _U32.pack_into(r, _R_TEMP, _U32.unpack_from(r, _R_DSP)[0])
+        _U32.pack_into(r, _R_DSP, addr)
     elif op == _RETURN:                       # RETURN
-        chip.dsp = chip.get32(R.TEMP)
+        _U32.pack_into(r, _R_DSP, _U32.unpack_from(r, _R_TEMP)[0])
     else:                                     # INT / INTFLY
         if insn & _TC_FLY:
             r[R.ISTAT0] |= R.ISTAT0_INTF
