@@ -262,6 +262,27 @@ def test_device_select_and_slave():
     assert w[60] | w[61] << 16 == (2 << 20) // SEC
 
 
+def test_alternate_status_follows_the_selected_unit():
+    q = IdeQ(drives=((0, 1, 1 << 20),), nien=False)
+    q.qt.outb(P + 6, 0xA0)                          # master absent: alternate status 0
+    assert q.qt.inb(C) == 0
+    q.qt.outb(P + 6, 0xB0)                          # slave present: DRDY
+    assert q.qt.inb(C) & 0x40
+
+
+def test_bus_master_registers_read_back_at_every_width(q):
+    """The PRD table address drops bits 1:0 (SFF-8038i §2.1.3) written as one
+    dword or byte by byte; status reads the same as a byte or in the dword."""
+    q.qt.outl(q.bm + 4, 0x12345677)
+    assert q.qt.inl(q.bm + 4) == 0x12345674
+    for i, b in enumerate((0x0B, 0x22, 0x33, 0x44)):
+        q.qt.outb(q.bm + 4 + i, b)
+    assert q.qt.inl(q.bm + 4) == 0x44332208
+    assert q.qt.inl(q.bm + 12) == 0                 # the other channel's table is untouched
+    q.qt.outb(q.bm + 2, 0x60)                       # both drives DMA capable
+    assert q.qt.inb(q.bm + 2) == 0x60 == (q.qt.inl(q.bm) >> 16) & 0xFF
+
+
 def test_srst_cancels_and_restores_signature(q):
     q.tf(0x30, lba=1, count=1)                      # a write waiting for its data
     q.wait()

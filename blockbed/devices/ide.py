@@ -35,7 +35,8 @@ from .. import trace
 
 from ..machine.memory import DMAError
 from ..machine.pci import BarKind, PCIDevice
-from .ide_layout import BM_REGS as _BM_REGS, PRD as _PRD, PRD_COUNT as _PRD_COUNT, PRD_EOT as _PRD_EOT
+from .ide_layout import BM_PRDT_OFFSET, BM_REGS as _BM_REGS, BM_STATUS_OFFSET, PRD as _PRD, \
+    PRD_COUNT as _PRD_COUNT, PRD_EOT as _PRD_EOT
 from .ata import AtaDrive, Command, DriveConfig, Outputs, Protocol, TaskFile
 from .ata.config import default_serial, drive_config, spec_option
 from .ata.regs import DEV_DEV, ER_ABRT, ST_BSY, ST_DRDY, ST_DRQ, ST_DSC, ST_ERR
@@ -102,7 +103,8 @@ class IdeChannel:
         return self.units[self.sel]
 
     def has_drives(self) -> bool:
-        return any(u.drive is not None for u in self.units)
+        units = self.units
+        return units[0].drive is not None or units[1].drive is not None
 
     def set_intrq(self, level: bool) -> None:
         self.intrq = level
@@ -180,10 +182,12 @@ class IdeChannel:
             self.command(v)
 
     def read_ctl(self, off: int, size: int) -> int:
-        if off != 0 or not self.has_drives():
+        # Alternate status (no acknowledge); polled while a command runs, so written
+        # out: the selected unit's status, 0 when it is absent (or the channel empty).
+        if off != 0:
             return 0
-        u = self.unit
-        return u.status if u.drive is not None else 0     # alternate status: no acknowledge
+        u = self.units[1 if self.device & DEV_DEV else 0]
+        return u.status if u.drive is not None else 0
 
     def write_ctl(self, off: int, size: int, value: int) -> None:
         if off != 0:
@@ -414,6 +418,9 @@ class IdeChannel:
 
     # --- bus-master DMA (SFF-8038i) ---------------------------------------------------------------
     def bm_write(self, off: int, size: int, value: int) -> None:
+        if off == BM_PRDT_OFFSET and size == 4:  # the PRD table address as one dword
+            self.bm_prdt = value & 0xFFFFFFFC
+            return
         for i in range(size):
             self._bm_write_byte(off + i, (value >> (8 * i)) & 0xFF)
 
@@ -437,6 +444,8 @@ class IdeChannel:
             self.bm_prdt &= 0xFFFFFFFC
 
     def bm_read(self, off: int, size: int) -> int:
+        if size == 1 and off == BM_STATUS_OFFSET:  # status: polled after every transfer
+            return self.bm_status
         regs = _BM_REGS.pack(self.bm_cmd, 0, self.bm_status, 0, self.bm_prdt)
         return int.from_bytes(regs[off:off + size].ljust(size, b"\0"), "little")
 

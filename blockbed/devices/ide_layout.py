@@ -27,3 +27,4 @@ PRD_EOT = mask(Prd.subcons[1].subcon, "eot")
 PRD_COUNT = mask(Prd.subcons[1].subcon, "byte_count")
 BM_REGS = fast(BmRegs)
 BM_PRDT_OFFSET = offsets(BmRegs)["prdt"]
+BM_STATUS_OFFSET = offsets(BmRegs)["status"]
