@@ -82,6 +82,25 @@ def test_interrupt_is_delivered_through_the_guest_idt(asm_build):
     assert m.apic.isr == 0  # the handler's EOI retired it
 
 
+def test_slices_run_without_unicorns_timeout(asm_build):
+    """unicorn starts a timer thread for an emu_start with a timeout (~140 us a
+    slice); the machine passes none and keeps the deadline in one thread."""
+    m = Machine(MachineConfig(memory_mib=32, timeout_s=10))
+    m.pio.add("test-irq", 0x510, 1, RaiseVectorPort(m))
+    seen = []
+    real = m.cpu.uc.emu_start
+
+    def emu_start(begin, until, timeout=0, count=0):
+        seen.append(timeout)
+        return real(begin, until, timeout, count)
+
+    m.cpu.uc.emu_start = emu_start
+    m.load_kernel(str(asm_build / "interrupt.elf"))
+    r = m.run()
+    assert r.kind is ExitKind.GUEST_EXIT and m.cpu.exits.slices > 1
+    assert len(seen) == m.cpu.exits.slices and set(seen) == {0}
+
+
 def test_wild_jump_is_a_clear_fault_report(asm_build):
     m, r = boot(asm_build / "wild_jump.elf")
     assert r.kind is ExitKind.FAULT

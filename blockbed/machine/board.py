@@ -27,6 +27,7 @@ from typing import Callable
 from .. import trace
 from .debugexit import DebugExit
 from .serial import Serial16550
+from .watchdog import Watchdog
 from .boot import GDT_ADDR, MB_BOOT_MAGIC, BootError, LoadedKernel, load_multiboot
 from .bus import IoPortBus, MmioBus
 from .cpu import CPU, GuestFault, StopReason
@@ -203,58 +204,61 @@ class Machine:
         budget = cfg.max_instructions
         if trace.enabled:
             cpu.track_mmio_rip()        # MMIO events name their instruction
-        while kind is None:
-            if self.exit_code is not None:
-                kind, reason = ExitKind.GUEST_EXIT, f"guest exit {self.exit_code}"
-                break
-            if self.stop_reason_text is not None:
-                kind, reason = ExitKind.STOPPED, f"machine stopped: {self.stop_reason_text}"
-                break
-            if cpu.fault is not None:
-                kind = ExitKind.INTERNAL if cpu.fault.internal else ExitKind.FAULT
-                reason = cpu.fault.reason
-                break
-            cpu.try_deliver_interrupt()
-            if cpu.fault is not None:
-                continue
-            if cpu.halted:
-                if self.apic.has_pending() and cpu.try_deliver_interrupt():
+        # The deadline is kept by one thread for the whole run (watchdog.py);
+        # the slices themselves run without a timeout.
+        cpu.deadline_passed = False
+        watchdog = Watchdog(deadline, cpu.stop_for_deadline)
+        try:
+            while kind is None:
+                if self.exit_code is not None:
+                    kind, reason = ExitKind.GUEST_EXIT, f"guest exit {self.exit_code}"
+                    break
+                if self.stop_reason_text is not None:
+                    kind, reason = ExitKind.STOPPED, f"machine stopped: {self.stop_reason_text}"
+                    break
+                if cpu.fault is not None:
+                    kind = ExitKind.INTERNAL if cpu.fault.internal else ExitKind.FAULT
+                    reason = cpu.fault.reason
+                    break
+                cpu.try_deliver_interrupt()
+                if cpu.fault is not None:
                     continue
-                if self.events.skip_to_next():
-                    continue
-                if self.apic.has_pending() or self.ioapic.asserted:
-                    # An interrupt is pending but masked by IF=0 or the priority rules.
-                    flags = cpu.regs64()["rflags"]
-                    if flags & (1 << 9):
-                        kind, reason = ExitKind.HALTED, "halted: the pending interrupt is blocked by priority"
+                if cpu.halted:
+                    if self.apic.has_pending() and cpu.try_deliver_interrupt():
+                        continue
+                    if self.events.skip_to_next():
+                        continue
+                    # Nothing will wake the CPU: an interrupt may be pending but masked
+                    # by IF=0 or the priority rules, or none is coming at all.
+                    pending = self.apic.has_pending() or self.ioapic.asserted
+                    if not cpu.regs64()["rflags"] & (1 << 9):
+                        reason = "halted with interrupts disabled (IF=0) and nothing to wake it"
+                    elif pending:
+                        reason = "halted: the pending interrupt is blocked by priority"
                     else:
-                        kind, reason = ExitKind.HALTED, "halted with interrupts disabled (IF=0) and nothing to wake it"
+                        reason = "halted waiting for an interrupt, but no device has anything pending"
+                    kind = ExitKind.HALTED
                     break
-                flags = cpu.regs64()["rflags"]
-                if flags & (1 << 9):
-                    kind, reason = ExitKind.HALTED, "halted waiting for an interrupt, but no device has anything pending"
+                now = time.monotonic()
+                if now >= deadline:
+                    kind, reason = ExitKind.TIMEOUT, f"wall-clock timeout after {timeout:g} s"
+                    break
+                # A slice has no timeout: the watchdog's stop at the deadline (like any
+                # stop request the machine did not make) can land inside an MMIO or
+                # port callback, and unicorn then runs that instruction again on
+                # resume -- a device would see the access twice.  So the deadline only
+                # ever ends the run; slices end early only through our own stop
+                # requests (exit, interrupt kick), which the CPU's replay guard covers.
+                if budget is not None:
+                    remaining = budget - cpu.instructions_lower_bound
+                    if remaining <= 0:
+                        kind, reason = ExitKind.BUDGET, f"instruction budget of {budget} used up"
+                        break
+                    cpu.run_slice(count=remaining)
                 else:
-                    kind, reason = ExitKind.HALTED, "halted with interrupts disabled (IF=0) and nothing to wake it"
-                break
-            now = time.monotonic()
-            if now >= deadline:
-                kind, reason = ExitKind.TIMEOUT, f"wall-clock timeout after {timeout:g} s"
-                break
-            # One slice lasts until the deadline: unicorn's timeout (like any stop
-            # request it does not hear from us) can land inside an MMIO or port
-            # callback, and unicorn then runs that instruction again on resume —
-            # a device would see the access twice.  So the timeout only ever ends
-            # the run; slices end early only through our own stop requests (exit,
-            # interrupt kick), which the CPU's replay guard covers.
-            slice_us = max(1000, int((deadline - now) * 1e6))
-            if budget is not None:
-                remaining = budget - cpu.instructions_lower_bound
-                if remaining <= 0:
-                    kind, reason = ExitKind.BUDGET, f"instruction budget of {budget} used up"
-                    break
-                cpu.run_slice(slice_us, count=remaining)
-            else:
-                cpu.run_slice(slice_us)
+                    cpu.run_slice()
+        finally:
+            watchdog.cancel()
         wall = time.monotonic() - start
         if trace.enabled:
             trace.emit("machine.end", kind=kind.value, reason=reason)

@@ -32,7 +32,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
-                     UC_MODE_32, UC_MODE_64, UC_QUERY_TIMEOUT, Uc, UcError)
+                     UC_MODE_32, UC_MODE_64, Uc, UcError)
 from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as X
 
@@ -102,6 +102,7 @@ class CPU(InstructionHooks, CPUInspect):
 
         self.delivery = Delivery(read_phys, write_phys, self._sysregs)
         self.instructions_lower_bound = 0
+        self.deadline_passed = False              # set by the watchdog (stop_for_deadline)
         # MMIO replay guard (see wrap_mmio): unicorn re-executes an MMIO instruction
         # whose callback asked it to stop, so that access must not happen twice.
         self._replay: tuple | None = None
@@ -567,8 +568,14 @@ class CPU(InstructionHooks, CPUInspect):
         return f"unicorn: {err}"
 
     # --- one slice -----------------------------------------------------------------
-    def run_slice(self, slice_us: int, count: int = 0) -> None:
-        """Run guest code until an exit that needs the loop, HLT, a fault or the slice ends.
+    def stop_for_deadline(self) -> None:
+        """The run's wall-clock deadline passed (called from the watchdog thread)."""
+        self.deadline_passed = True
+        self.uc.emu_stop()
+
+    def run_slice(self, count: int = 0) -> None:
+        """Run guest code until an exit that needs the loop, HLT, a fault, or the
+        run's deadline (:mod:`.watchdog`; the slice has no timeout of its own).
 
         With ``count`` unicorn also stops after that many instructions (it then
         counts every instruction, which halves the speed of tight loops, so the
@@ -629,7 +636,7 @@ class CPU(InstructionHooks, CPUInspect):
             return
         try:
             remaps = self.machine.mmio.remaps
-            self.uc.emu_start(begin, END_ADDRESS, slice_us, count)
+            self.uc.emu_start(begin, END_ADDRESS, 0, count)
         except UcError as err:
             if self.stop_reason is StopReason.EXIT:
                 if self._syscall_entry is not None:
@@ -650,7 +657,7 @@ class CPU(InstructionHooks, CPUInspect):
             self._enter_syscall()
             return
         if self.stop_reason is StopReason.NONE:
-            if self.uc.query(UC_QUERY_TIMEOUT):
+            if self.deadline_passed:
                 return
             # Nothing asked unicorn to stop and the slice did not end: HLT.
             rip = self.rip()
