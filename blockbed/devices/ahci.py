@@ -249,9 +249,9 @@ class AhciPort:
         self.stopped.clear()
 
     # --- memory helpers ------------------------------------------------------------------
-    def _dma(self, addr: int, length: int) -> memoryview:
+    def _dma(self, addr: int, length: int, write: bool = False) -> memoryview:
         try:
-            return self.hba.dma(addr, length)
+            return self.hba.dma(addr, length, write)
         except DMAError as exc:
             raise HostBusError(str(exc)) from None
 
@@ -435,10 +435,12 @@ class AhciPort:
         return True
 
     # --- data movement ------------------------------------------------------------------------
-    def prdt_views(self, ctba: int, prdtl: int, nbytes: int) -> list[memoryview]:
+    def prdt_views(self, ctba: int, prdtl: int, nbytes: int, to_memory: bool = False
+                   ) -> list[memoryview]:
         """Views of the PRDT's buffers covering ``nbytes`` (§4.2.3: DBA, DBC 0-based, at
         most 4 MiB; only the entries the transfer needs are read).  Sets ``self.dps``
-        when a consumed entry has its I bit (interrupt on descriptor processed)."""
+        when a consumed entry has its I bit (interrupt on descriptor processed).
+        ``to_memory``: a device-to-host transfer (the buffers will be written)."""
         views: list[memoryview] = []
         self.dps = False
         if nbytes == 0:
@@ -447,7 +449,7 @@ class AhciPort:
         table = self._dma(ctba + CT_PRDT, prdtl * PRD_SIZE) if prdtl else b""
         for dba, dbc in PRD.iter_unpack(table):
             n = min((dbc & PRD_DBC) + 1, need)
-            views.append(self._dma(dba, n))
+            views.append(self._dma(dba, n, to_memory))
             if dbc & PRD_I:
                 self.dps = True
             need -= n
@@ -459,7 +461,8 @@ class AhciPort:
         """Move the command's data through its PRDT; None after a fatal HBA error."""
         info, ctba, hdr = self.header(slot)
         try:
-            views = self.prdt_views(ctba, info >> HDR_PRDTL_SHIFT, cmd.nbytes)
+            views = self.prdt_views(ctba, info >> HDR_PRDTL_SHIFT, cmd.nbytes,
+                                    to_memory=not cmd.protocol.to_device)
         except PrdtTooShort:
             if trace.enabled:
                 trace.emit("ahci.prdt_short", port=self.index, slot=slot)
@@ -633,8 +636,8 @@ class AhciController(PCIDevice):
     def free_port(self) -> int | None:
         return next((p.index for p in self.ports if p.drive is None), None)
 
-    def dma(self, addr: int, length: int) -> memoryview:
-        return super().dma(addr, length)
+    def dma(self, addr: int, length: int, write: bool = False) -> memoryview:
+        return super().dma(addr, length, write)
 
     # --- registers ---------------------------------------------------------------------------
     def read32(self, off: int) -> int:

@@ -452,13 +452,14 @@ class IdeChannel:
     def prd_views(self, nbytes: int) -> list[memoryview] | None:
         """The PRD table as guest-memory views totalling ``nbytes``; None if it is shorter."""
         views: list[memoryview] = []
+        to_memory = bool(self.bm_cmd & BM_READ)     # the direction bit: device -> memory
         need = nbytes
         addr = self.bm_prdt
         for _ in range(MAX_PRDS):
             base, cnt = _PRD.unpack(self.ctrl.dma(addr, _PRD.size))
             n = cnt & _PRD_COUNT or 0x10000       # a count of 0 means 64 KiB
             take = min(n, need)
-            views.append(self.ctrl.dma(base & 0xFFFFFFFE, take))
+            views.append(self.ctrl.dma(base & 0xFFFFFFFE, take, to_memory))
             need -= take
             addr += _PRD.size
             if need == 0:

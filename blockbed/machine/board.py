@@ -109,6 +109,7 @@ class Machine:
         if not 2 <= config.memory_mib <= MAX_RAM_MIB:
             raise ValueError(f"--memory must be between 2 and {MAX_RAM_MIB} MiB (got {config.memory_mib})")
         self.memory = GuestMemory(config.memory_mib << 20)
+        self.warnings: list[str] = []
         self.events = EventQueue(config.seed)
         self.pio = IoPortBus()
         self.mmio = MmioBus(self.memory.size)
@@ -132,7 +133,6 @@ class Machine:
         self.kernel: LoadedKernel | None = None
         self.exit_code: int | None = None
         self.stop_reason_text: str | None = None
-        self.warnings: list[str] = []
         self._firmware_done = False
         self.on_close: list[Callable[[], None]] = []
         self.on_resume: list[Callable[[], None]] = []   # devices' restart after a stop

@@ -47,7 +47,7 @@ from .cpu_inspect import CPUInspect
 from .cpu_state import (_REG64, _RUNNING, EFER, EXCEPTION_NAMES, RFLAGS_IF, ExitCounts,
                         GuestFault, StopReason)
 from .pio_string import PioStrings
-from .uc_direct import IN_CFUNC, OUT_CFUNC, hook_insn, mmio_map, record
+from .uc_direct import IN_CFUNC, OUT_CFUNC, code_invalidator, hook_insn, mmio_map, record
 
 if TYPE_CHECKING:
     from .board import Machine
@@ -112,6 +112,12 @@ class CPU(InstructionHooks, CPUInspect):
         self._mmio_rip_hook: int | None = None    # see track_mmio_rip (tracing only)
         self._mmio_rip = 0
         machine.memory.map_into(self.uc)
+        drop = code_invalidator(self.uc)
+        if drop is not None:
+            machine.memory.drop_code = drop
+        else:
+            machine.warnings.append("this libunicorn cannot drop translated code: code that a "
+                                    "device writes by DMA over code that ran may run stale")
         self._install_io_hooks()
 
     # --- exits -------------------------------------------------------------

@@ -6,7 +6,11 @@ slice of that mmap, and a ``preadv`` into it lands directly in guest memory
 with no copy.
 
 Every device access to guest memory goes through :meth:`GuestMemory.view`,
-which checks the whole range against RAM.  An address or length outside RAM
+which checks the whole range against RAM.  A device that is about to *write*
+a range (a read command's data, a SCRIPTS store) says so
+(:meth:`GuestMemory.device_write_view`): the CPU's translations of that range
+are dropped, so code the device writes runs as written, as on hardware
+(unicorn does not see writes to the mmap; see uc_direct.code_invalidator).  An address or length outside RAM
 raises :class:`DMAError`, which devices turn into a guest-visible error status
 (a real bus would master-abort); it never escapes as a Python exception.
 """
@@ -31,6 +35,10 @@ class DMAError(Exception):
         self.length = length
 
 
+def _no_code(addr: int, length: int) -> None:
+    pass
+
+
 class GuestMemory:
     """Guest-physical RAM ``[0, size)``."""
 
@@ -41,6 +49,9 @@ class GuestMemory:
         self.mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.buf = memoryview(self.mm)
         self.host_address = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
+        # drop_code(addr, length): forget translated code in that range; installed by
+        # the CPU (machine/cpu.py), a no-op for memory no CPU executes from.
+        self.drop_code = _no_code
 
     def map_into(self, uc) -> None:
         from unicorn import UC_PROT_ALL
@@ -57,6 +68,15 @@ class GuestMemory:
                 trace.emit("dma.fault", addr=addr, length=length)
             raise DMAError(addr, length)
         return self.buf[addr:addr + length]
+
+    def device_write_view(self, addr: int, length: int) -> memoryview:
+        """:meth:`view` for a range the device will write: the CPU's translated code
+        of it is dropped first.  Called when the transfer is set up; a guest that
+        executes a buffer while a read into it is still in flight gets what
+        hardware gives it (either contents)."""
+        v = self.view(addr, length)
+        self.drop_code(addr, length)
+        return v
 
     # --- conveniences for device models and tests ------------------------
     def read(self, addr: int, length: int) -> bytes:

@@ -255,13 +255,15 @@ class PCIDevice:
                                size=bar.size, decoded=bar.region is not None)
 
     # --- DMA and interrupts --------------------------------------------------------------
-    def dma(self, addr: int, length: int) -> memoryview:
-        """A view of guest memory for this function's bus-master access; raises DMAError."""
+    def dma(self, addr: int, length: int, write: bool = False) -> memoryview:
+        """A view of guest memory for this function's bus-master access; raises DMAError.
+        ``write``: the device will write the range (GuestMemory.device_write_view)."""
         if not self.command & CMD_BUS_MASTER:
             if trace.enabled:
                 trace.emit("pci.dma_no_busmaster", dev=self.name, addr=addr, length=length)
             raise DMAError(addr, length, "with bus mastering disabled")
-        return self.machine.memory.view(addr, length)
+        mem = self.machine.memory
+        return mem.device_write_view(addr, length) if write else mem.view(addr, length)
 
     def set_irq(self, level: int) -> None:
         """Assert (1) or deassert (0) INTx#; MSI-X/MSI take precedence when enabled."""

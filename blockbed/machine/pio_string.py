@@ -298,6 +298,9 @@ class PioStrings:
         if m == 0:
             return None
         self.memory.buf[phys + size:phys + m * size] = data[size:m * size]
+        # These are the CPU's own stores (an x86 store over code is seen by the next
+        # fetch), written past unicorn: drop its translations of them.
+        self.memory.drop_code(phys + size, (m - 1) * size)
         self._advance(count, ptr, mask, m, size, X.UC_X86_REG_RDI)
         if trace.enabled:
             trace.emit("cpu.pio_string", write=False, port=port, size=size, units=m, addr=ptr)

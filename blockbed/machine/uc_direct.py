@@ -64,3 +64,29 @@ def mmio_map(uc: Uc, base: int, size: int, read: Callable, write: Callable) -> N
     if status != uc_const.UC_ERR_OK:
         raise UcError(status)
     uc._mmio_callbacks[(base, base + size)] = (rd, wr)
+
+
+def code_invalidator(uc: Uc) -> Callable[[int, int], None] | None:
+    """``drop(addr, length)``: discard what unicorn translated from guest-physical
+    RAM ``[addr, addr+length)``, or None when this libunicorn does not export it.
+
+    A device's DMA writes the RAM mmap directly, past unicorn, so unicorn cannot see
+    it and keeps running its old translation of the bytes it replaced; QEMU drops
+    them in its DMA write path (``invalidate_and_set_dirty``).  The binding's
+    ``ctl_remove_cache`` takes a *virtual* address, translated through the guest's
+    current page tables (wrong under Linux's, where RAM is not identity mapped), so
+    this calls QEMU's ``tb_invalidate_phys_range``, exported by libunicorn, with RAM
+    offsets.  Guest RAM is the engine's first and only RAM block, mapped at
+    guest-physical 0 (GuestMemory.map_into, before any other mapping), so its RAM
+    offsets are its guest-physical addresses.  About 1 us a call."""
+    fn = getattr(uclib, "tb_invalidate_phys_range_x86_64", None)
+    if fn is None:
+        return None
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)
+    fn.restype = None
+    handle = uc._uch
+
+    def drop(addr: int, length: int) -> None:
+        fn(handle, addr, addr + length)
+
+    return drop

@@ -362,14 +362,15 @@ class LSI53C895A(ScsiBus, PCIDevice):
             return off
         return None
 
-    def view(self, addr: int, length: int) -> memoryview:
-        """Guest memory (or this chip's SCRIPTS RAM) for a DMA; raises DMAError elsewhere."""
+    def view(self, addr: int, length: int, write: bool = False) -> memoryview:
+        """Guest memory (or this chip's SCRIPTS RAM) for a DMA; raises DMAError elsewhere.
+        ``write``: the chip will write the range (see PCIDevice.dma)."""
         off = self._bar_hit(2, addr, length)
         if off is not None:
             return memoryview(self.script_ram)[off:off + length]
         if addr > 0xFFFFFFFF or length < 0:
             raise DMAError(addr, length)
-        return self.dma(addr, length)
+        return self.dma(addr, length, write)
 
     def mem_read(self, addr: int, length: int) -> bytes:
         """Read for SCRIPTS fetches, table entries, memory moves and loads.
@@ -387,7 +388,7 @@ class LSI53C895A(ScsiBus, PCIDevice):
             for i, b in enumerate(data):
                 self.reg_write(off + i, b)
             return
-        self.view(addr, len(data))[:] = data
+        self.view(addr, len(data), write=True)[:] = data
 
     def read32(self, addr: int) -> int:
         mem = self.machine.memory if self.machine is not None else None

@@ -281,7 +281,7 @@ def _data(chip: "LSI53C895A", addr: int, count: int, data_in: bool) -> None:
     req = nx.req
     n = min(count, req.length - nx.pos)
     if n > 0:
-        view = chip.view(addr, n)             # DMAError -> bus fault; the nexus stays intact
+        view = chip.view(addr, n, data_in)    # DMAError -> bus fault; the nexus stays intact
         ok = req.read(nx.pos, view) if data_in else req.write(nx.pos, view)
         if not ok and req.stopped:
             raise Stall(rewind=True)          # nothing of this move happened: redo it on resume

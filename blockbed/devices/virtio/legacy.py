@@ -182,6 +182,7 @@ class LegacyRegs:
         q.enabled = True
         try:
             q.ram = dev.machine.memory.buf
+            q.drop_code = dev.machine.memory.drop_code
             q.start()                   # maps the rings: RAM bounds and size checked there
         except QueueError as e:
             dev.fail(f"legacy queue PFN {pfn:#x}: {e}")

@@ -374,6 +374,7 @@ class VirtioPCIDevice(PCIDevice):
         try:
             if not q.ready:
                 q.ram = self.machine.memory.buf
+                q.drop_code = self.machine.memory.drop_code
                 q.start()
             self.device_queue_notified(q)
         except QueueError as e:

@@ -73,6 +73,10 @@ class Chain:
     bad: str | None = None
 
 
+def _no_code(addr: int, length: int) -> None:
+    pass
+
+
 class SplitQueue:
     """Device-side state of one split virtqueue.
 
@@ -89,6 +93,9 @@ class SplitQueue:
         # Optional: all of guest RAM as one view; data buffers are then sliced
         # from it after an inline bound check (no call per descriptor).
         self.ram: memoryview | None = None
+        # Forget the CPU's translated code of a range the device will write
+        # (GuestMemory.drop_code); set with ``ram`` by the transport.
+        self.drop_code: Callable[[int, int], None] = _no_code
         self.indirect = False
         self.event_idx = False
         self.reset()
@@ -169,6 +176,7 @@ class SplitQueue:
         dma = self.dma
         ram = self.ram
         ram_size = len(ram) if ram is not None else 0
+        drop = self.drop_code
         readable, writable = chain.readable, chain.writable
         while True:
             seen += 1
@@ -212,6 +220,8 @@ class SplitQueue:
                     view = None
                     chain.bad = str(e)
             if flags & DESC_F_WRITE:
+                if view is not None:
+                    drop(addr, length)      # the device writes it: old code must not run
                 writable.append(view)
             else:
                 if writable:
