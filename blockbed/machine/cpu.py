@@ -96,9 +96,12 @@ class CPU(InstructionHooks, CPUInspect):
             return mem.read(addr, n)
 
         def write_phys(addr: int, data: bytes) -> None:
+            # The CPU's own stores (an exception or interrupt frame), made past
+            # unicorn: like any x86 store, the next fetch must see them.
             if not mem.contains(addr, len(data)):
                 raise ValueError(f"physical address {addr:#x} (+{len(data)}) is outside RAM")
             mem.write(addr, data)
+            mem.drop_code(addr, len(data))
 
         self.delivery = Delivery(read_phys, write_phys, self._sysregs)
         self.instructions_lower_bound = 0
