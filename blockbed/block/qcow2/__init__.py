@@ -8,8 +8,11 @@ declarations), ``cluster`` (L1/L2 mapping), ``cache`` (write-back metadata
 caches with ordering dependencies), ``refcount`` (refcounts and allocation),
 ``snapshot`` (snapshot table), ``compress`` (deflate/zstd), ``overlap``
 (metadata overlap checks), ``check`` (check and repair), ``create`` (creation
-and preallocation), ``driver`` (the BlockDriver), ``subcluster`` (extended L2
-entries: the driver of images with subcluster allocation).
+and preallocation), ``driver`` (the BlockDriver: open, header, flush, close)
+with its I/O paths as mixins, ``read_path``, ``write_path``, ``zero``
+(write_zeroes, discard) and ``status`` (block status), and what those share,
+``state`` and ``helpers``; ``subcluster`` (extended L2 entries: the driver of
+images with subcluster allocation).
 """
 
 from __future__ import annotations
