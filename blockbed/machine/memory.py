@@ -6,13 +6,15 @@ slice of that mmap, and a ``preadv`` into it lands directly in guest memory
 with no copy.
 
 Every device access to guest memory goes through :meth:`GuestMemory.view`,
-which checks the whole range against RAM.  A device that is about to *write*
-a range (a read command's data, a SCRIPTS store) says so
-(:meth:`GuestMemory.device_write_view`): the CPU's translations of that range
-are dropped, so code the device writes runs as written, as on hardware
-(unicorn does not see writes to the mmap; see uc_direct.code_invalidator).  An address or length outside RAM
+which checks the whole range against RAM.  An address or length outside RAM
 raises :class:`DMAError`, which devices turn into a guest-visible error status
 (a real bus would master-abort); it never escapes as a Python exception.
+
+A device that is about to *write* a range (a read command's data, a SCRIPTS
+store) says so (:meth:`GuestMemory.device_write_view`): the CPU's translations
+of that range are dropped, so code the device writes runs as written, as on
+hardware (unicorn does not see writes to the mmap; see
+uc_direct.code_invalidator).
 """
 
 from __future__ import annotations
