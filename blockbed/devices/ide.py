@@ -449,10 +449,12 @@ class IdeChannel:
         regs = _BM_REGS.pack(self.bm_cmd, 0, self.bm_status, 0, self.bm_prdt)
         return int.from_bytes(regs[off:off + size].ljust(size, b"\0"), "little")
 
-    def prd_views(self, nbytes: int) -> list[memoryview] | None:
-        """The PRD table as guest-memory views totalling ``nbytes``; None if it is shorter."""
+    def prd_views(self, nbytes: int, to_memory: bool = False) -> list[memoryview] | None:
+        """The PRD table as guest-memory views totalling ``nbytes``; None if it is shorter.
+        ``to_memory``: the command moves data to the host (the buffers will be written;
+        the command decides, as the model moves data the command's way whatever the
+        bus-master direction bit says)."""
         views: list[memoryview] = []
-        to_memory = bool(self.bm_cmd & BM_READ)     # the direction bit: device -> memory
         need = nbytes
         addr = self.bm_prdt
         for _ in range(MAX_PRDS):
@@ -475,7 +477,7 @@ class IdeChannel:
         x.dma_ready = False
         u = self.units[x.unit]
         try:
-            views = self.prd_views(x.cmd.nbytes)
+            views = self.prd_views(x.cmd.nbytes, to_memory=not x.cmd.protocol.to_device)
         except DMAError:
             if trace.enabled:
                 trace.emit("ide.dma_error", channel=self.index)
