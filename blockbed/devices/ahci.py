@@ -636,9 +636,6 @@ class AhciController(PCIDevice):
     def free_port(self) -> int | None:
         return next((p.index for p in self.ports if p.drive is None), None)
 
-    def dma(self, addr: int, length: int, write: bool = False) -> memoryview:
-        return super().dma(addr, length, write)
-
     # --- registers ---------------------------------------------------------------------------
     def read32(self, off: int) -> int:
         if off < PORT_BASE:
