@@ -1,7 +1,7 @@
 """Small helpers the qcow2 driver's modules share (:mod:`.driver`,
 :mod:`.read_path`, :mod:`.write_path`, :mod:`.zero`, :mod:`.status`,
 :mod:`.subcluster`): the lazily created logger, a buffer of zeros and the
-fill that uses it, and the host path under a node.  Nothing here knows the
+fill that uses it, a request buffer as flat bytes, and the host path under a node.  Nothing here knows the
 qcow2 format and imports nothing from this package, so any module here may use it.
 """
 
@@ -27,6 +27,15 @@ def _zero_fill(buf: memoryview) -> None:
         k = min(n - pos, len(_ZEROS))
         buf[pos:pos + k] = _ZEROS[:k]
         pos += k
+
+
+def _byte_view(buf) -> memoryview:
+    """A request's buffer as a flat view of bytes (what the read and write paths
+    slice and hand to the protocol driver), without a copy."""
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
 
 
 def _node_path(node: BlockDriver) -> str | None:

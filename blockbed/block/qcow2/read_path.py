@@ -22,7 +22,7 @@ from ..driver import BlockError, check_request
 from .cluster import L2E_OFFSET_MASK, OFLAG_COMPRESSED, ClusterType
 from .compress import decompress
 from .corrupt import c_hex
-from .helpers import _zero_fill
+from .helpers import _byte_view, _zero_fill
 from .state import Qcow2State
 
 
@@ -39,10 +39,7 @@ class Qcow2ReadPath(Qcow2State):
             check_request(self, offset, n)
         if trace.enabled:
             trace.emit("qcow2.read", offset=offset, length=n)
-        if not isinstance(buf, memoryview):
-            buf = memoryview(buf)
-        if buf.format != "B" or buf.ndim != 1:
-            buf = buf.cast("B")
+        buf = _byte_view(buf)
         if self.crypto is not None and (offset | n) & 511:
             from .encryption import aligned_read
             aligned_read(self, offset, buf)      # encrypted I/O is in whole sectors

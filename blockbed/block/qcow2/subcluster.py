@@ -31,6 +31,7 @@ from ..driver import Buffer, Extent, check_request
 from .cluster import (L2E_OFFSET_MASK, OFLAG_COPIED, ClusterType, cluster_type_extl2,
                       cluster_type_extl2_data_file)
 from .driver import Qcow2Driver, _mergeable, _zero_fill
+from .helpers import _byte_view
 
 SUBCLUSTERS = 32                       # per cluster, fixed by the spec
 ALL_ALLOC = (1 << 32) - 1              # bitmap bits 0-31
@@ -194,10 +195,7 @@ class ExtL2Driver(Qcow2Driver):
         check_request(self, offset, n)
         if trace.enabled:
             trace.emit("qcow2.read", offset=offset, length=n)
-        if not isinstance(buf, memoryview):
-            buf = memoryview(buf)
-        if buf.format != "B" or buf.ndim != 1:
-            buf = buf.cast("B")
+        buf = _byte_view(buf)
         if self.crypto is not None and (offset | n) & 511:
             from .encryption import aligned_read
             aligned_read(self, offset, buf)      # encrypted I/O is in whole sectors
@@ -264,9 +262,7 @@ class ExtL2Driver(Qcow2Driver):
         self.bitmaps.record(offset, n)          # persistent dirty bitmaps, as the base
         if trace.enabled:
             trace.emit("qcow2.write", offset=offset, length=n, fua=fua)
-        mv = data if isinstance(data, memoryview) else memoryview(data)
-        if mv.format != "B" or mv.ndim != 1:
-            mv = mv.cast("B")
+        mv = _byte_view(data)
         if self.crypto is not None and (offset | n) & 511:
             from .encryption import aligned_write
             aligned_write(self, offset, mv, fua)     # encrypted I/O is in whole sectors

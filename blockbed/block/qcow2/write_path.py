@@ -25,7 +25,7 @@ from ..driver import BlockError, Buffer, check_request
 from .cluster import (L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO,
                       ClusterType, cluster_type)
 from .corrupt import c_hex
-from .helpers import _log
+from .helpers import _byte_view, _log
 from .state import Qcow2State
 
 
@@ -46,9 +46,7 @@ class Qcow2WritePath(Qcow2State):
         self.bitmaps.record(offset, n)
         if trace.enabled:
             trace.emit("qcow2.write", offset=offset, length=n, fua=fua)
-        mv = data if isinstance(data, memoryview) else memoryview(data)
-        if mv.format != "B" or mv.ndim != 1:
-            mv = mv.cast("B")
+        mv = _byte_view(data)
         if self.crypto is not None and (offset | n) & 511:
             from .encryption import aligned_write
             aligned_write(self, offset, mv, fua)     # encrypted I/O is in whole sectors
