@@ -37,8 +37,8 @@ class DMAError(Exception):
         self.length = length
 
 
-def _no_code(addr: int, length: int) -> None:
-    pass
+def drop_no_code(addr: int, length: int) -> None:
+    """The ``drop_code`` of memory no CPU executes from: nothing to drop."""
 
 
 class GuestMemory:
@@ -53,7 +53,7 @@ class GuestMemory:
         self.host_address = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
         # drop_code(addr, length): forget translated code in that range; installed by
         # the CPU (machine/cpu.py), a no-op for memory no CPU executes from.
-        self.drop_code = _no_code
+        self.drop_code = drop_no_code
 
     def map_into(self, uc) -> None:
         from unicorn import UC_PROT_ALL

@@ -86,8 +86,7 @@ _U32 = struct.Struct("<I")
 _R_DSP, _R_DSPS, _R_DCMD, _R_DCNTL, _SSM = R.DSP, R.DSPS, R.DCMD, R.DCNTL, R.DCNTL_SSM
 _R_ADDER, _R_TEMP, _R_SFBR, _R_SSTAT1, _R_DSA = R.ADDER, R.TEMP, R.SFBR, R.SSTAT1, R.DSA
 _PHASE_BITS = R.PHASE_MASK
-_COMMAND_LOW = COMMAND                  # the PCI COMMAND register's low byte holds bus master
-assert CMD_BUS_MASTER < 0x100
+assert CMD_BUS_MASTER < 0x100            # bus master is in PCI COMMAND's low byte
 
 
 def _sext24(v: int) -> int:
@@ -132,7 +131,7 @@ def execute(chip: "LSI53C895A", budget: int) -> None:
             n += 1
             dsp = u32.unpack_from(r, _R_DSP)[0]
             try:
-                if 0 <= dsp <= ram_end and cfg[_COMMAND_LOW] & CMD_BUS_MASTER:
+                if 0 <= dsp <= ram_end and cfg[COMMAND] & CMD_BUS_MASTER:
                     insn, arg = words(ram, dsp)        # the common case: SCRIPTS in RAM
                 else:
                     try:

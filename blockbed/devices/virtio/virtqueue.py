@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ...machine.memory import DMAError
+from ...machine.memory import DMAError, drop_no_code
 
 from . import layout as L
 from .layout import AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
@@ -73,10 +73,6 @@ class Chain:
     bad: str | None = None
 
 
-def _no_code(addr: int, length: int) -> None:
-    pass
-
-
 class SplitQueue:
     """Device-side state of one split virtqueue.
 
@@ -95,7 +91,7 @@ class SplitQueue:
         self.ram: memoryview | None = None
         # Forget the CPU's translated code of a range the device will write
         # (GuestMemory.drop_code); set with ``ram`` by the transport.
-        self.drop_code: Callable[[int, int], None] = _no_code
+        self.drop_code: Callable[[int, int], None] = drop_no_code
         self.indirect = False
         self.event_idx = False
         self.reset()
